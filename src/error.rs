@@ -1,0 +1,57 @@
+//! Typed errors for the library. Each variant names the offending field or file and what would fix it.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in groklens, with enough context to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum GrokError {
+    /// A configuration value is outside its allowed range.
+    #[error("invalid config: `{field}` = {value}: {expected}")]
+    Config {
+        /// Dotted field name, e.g. `task.p`.
+        field: String,
+        /// The value that was given.
+        value: String,
+        /// What would be accepted.
+        expected: String,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    File {
+        /// The file involved.
+        path: PathBuf,
+        /// What went wrong and how to fix it.
+        message: String,
+    },
+    /// A tensor has the wrong shape or dtype, or is missing.
+    #[error("tensor `{name}`: {message}")]
+    Tensor {
+        /// Tensor name (TransformerLens state_dict name where applicable).
+        name: String,
+        /// What was expected.
+        message: String,
+    },
+    /// An error from the candle tensor library.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias used throughout the library.
+pub type Result<T> = std::result::Result<T, GrokError>;
+
+impl GrokError {
+    /// A config error for `field` holding `value`, explaining the allowed range.
+    pub fn config(field: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Self {
+        GrokError::Config { field: field.to_string(), value: value.to_string(), expected: expected.into() }
+    }
+
+    /// A file error for `path`.
+    pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        GrokError::File { path: path.into(), message: message.into() }
+    }
+
+    /// A tensor error for `name`.
+    pub fn tensor(name: &str, message: impl Into<String>) -> Self {
+        GrokError::Tensor { name: name.to_string(), message: message.into() }
+    }
+}

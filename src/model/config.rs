@@ -1,0 +1,394 @@
+//! The model configuration, mirroring TransformerLens's `HookedTransformerConfig` for what these models use.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GrokError, Result};
+
+/// MLP activation function, under TransformerLens's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActFn {
+    /// max(0, x).
+    Relu,
+    /// Exact GELU, x·Φ(x) with the error function (TransformerLens `"gelu"`).
+    Gelu,
+    /// The tanh approximation of GELU (TransformerLens `"gelu_new"`).
+    GeluNew,
+}
+
+/// Normalization before attention, MLP and unembedding (TransformerLens `normalization_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Normalization {
+    /// LayerNorm with learned weight `w` and bias `b`.
+    LN,
+    /// LayerNorm without the affine map (what `fold_ln` produces).
+    LNPre,
+}
+
+/// How positions are embedded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionalEmbedding {
+    /// A learned `W_pos [n_ctx, d_model]` added to the token embedding.
+    #[default]
+    Standard,
+    /// No positional information: `W_pos` is kept at zero and frozen (seed 003's `deactivate_position`),
+    /// so the state dict still loads into a standard TransformerLens model.
+    None,
+}
+
+/// Architecture and init of a `HookedTransformer`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Attention heads per block.
+    pub n_heads: usize,
+    /// Width of each head.
+    pub d_head: usize,
+    /// Hidden width of the MLP (ignored when `attn_only`).
+    pub d_mlp: usize,
+    /// MLP activation.
+    pub act_fn: ActFn,
+    /// Normalization; `None` for the grokking models.
+    #[serde(default, with = "normalization_serde")]
+    pub normalization_type: Option<Normalization>,
+    /// Input vocabulary size; 0 means "derive from the task".
+    #[serde(default)]
+    pub d_vocab: usize,
+    /// Output vocabulary size; 0 means "derive from the task".
+    #[serde(default)]
+    pub d_vocab_out: usize,
+    /// Context length; 0 means "derive from the task".
+    #[serde(default)]
+    pub n_ctx: usize,
+    /// Positional embedding kind.
+    #[serde(default)]
+    pub positional_embedding_type: PositionalEmbedding,
+    /// Blocks without MLPs.
+    #[serde(default)]
+    pub attn_only: bool,
+    /// LayerNorm epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Seed of the weight init.
+    #[serde(default)]
+    pub seed: u64,
+    /// Standard deviation of every `W_*` at init; 0 means TransformerLens's default 0.8/√d_model.
+    #[serde(default)]
+    pub initializer_range: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+mod normalization_serde {
+    //! TOML has no null, so `None` is written as the string "none"; JSON null is accepted too.
+    use super::Normalization;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Normalization>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            None => "none",
+            Some(Normalization::LN) => "LN",
+            Some(Normalization::LNPre) => "LNPre",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Normalization>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        match s.as_deref() {
+            None | Some("none") | Some("None") => Ok(None),
+            Some("LN") => Ok(Some(Normalization::LN)),
+            Some("LNPre") => Ok(Some(Normalization::LNPre)),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "unknown normalization_type `{other}`: expected \"none\", \"LN\" or \"LNPre\""
+            ))),
+        }
+    }
+}
+
+/// What kind of parameter a tensor is; decides its init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A `W_*` matrix: N(0, initializer_range²).
+    Weight,
+    /// A bias: zeros.
+    Bias,
+    /// A LayerNorm weight: ones.
+    LnWeight,
+    /// Kept at zero and never trained (`W_pos` without positional embeddings).
+    Zero,
+}
+
+/// Name, shape and kind of one parameter, in TransformerLens's state_dict layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// TransformerLens state_dict name, e.g. `blocks.0.attn.W_Q`.
+    pub name: String,
+    /// Shape as TransformerLens stores it.
+    pub shape: Vec<usize>,
+    /// Init rule.
+    pub kind: ParamKind,
+}
+
+impl ModelConfig {
+    /// The TransformerLens grokking-demo architecture (seed 004) for a vocabulary derived from the task.
+    pub fn grokking_demo() -> Self {
+        ModelConfig {
+            n_layers: 1,
+            d_model: 128,
+            n_heads: 4,
+            d_head: 32,
+            d_mlp: 512,
+            act_fn: ActFn::Relu,
+            normalization_type: None,
+            d_vocab: 0,
+            d_vocab_out: 0,
+            n_ctx: 0,
+            positional_embedding_type: PositionalEmbedding::Standard,
+            attn_only: false,
+            eps: 1e-5,
+            seed: 999,
+            initializer_range: 0.0,
+        }
+    }
+
+    /// Standard deviation of `W_*` at init.
+    pub fn init_std(&self) -> f64 {
+        if self.initializer_range > 0.0 {
+            self.initializer_range
+        } else {
+            0.8 / (self.d_model as f64).sqrt()
+        }
+    }
+
+    /// Checks every field; `d_vocab`, `d_vocab_out` and `n_ctx` must already be resolved (non-zero).
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("model.n_layers", self.n_layers),
+            ("model.d_model", self.d_model),
+            ("model.n_heads", self.n_heads),
+            ("model.d_head", self.d_head),
+            ("model.d_vocab", self.d_vocab),
+            ("model.d_vocab_out", self.d_vocab_out),
+            ("model.n_ctx", self.n_ctx),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(GrokError::config(field, v, "must be at least 1"));
+            }
+        }
+        if !self.attn_only && self.d_mlp == 0 {
+            return Err(GrokError::config("model.d_mlp", 0, "must be at least 1 unless model.attn_only = true"));
+        }
+        let big = [("model.d_model", self.d_model), ("model.d_mlp", self.d_mlp), ("model.d_vocab", self.d_vocab)];
+        for (field, v) in big {
+            if v > 1 << 16 {
+                return Err(GrokError::config(field, v, "must be at most 65536"));
+            }
+        }
+        if !(self.eps > 0.0 && self.eps < 1.0) {
+            return Err(GrokError::config("model.eps", self.eps, "must be in (0, 1)"));
+        }
+        if !(self.initializer_range >= 0.0 && self.initializer_range.is_finite()) {
+            return Err(GrokError::config(
+                "model.initializer_range",
+                self.initializer_range,
+                "must be >= 0 (0 = TransformerLens default 0.8/sqrt(d_model))",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every parameter in TransformerLens's state_dict order, with shapes.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let (dm, nh, dh, dmlp) = (self.d_model, self.n_heads, self.d_head, self.d_mlp);
+        let mut specs = Vec::new();
+        let mut push = |name: String, shape: Vec<usize>, kind: ParamKind| specs.push(ParamSpec { name, shape, kind });
+        push("embed.W_E".into(), vec![self.d_vocab, dm], ParamKind::Weight);
+        let pos_kind = match self.positional_embedding_type {
+            PositionalEmbedding::Standard => ParamKind::Weight,
+            PositionalEmbedding::None => ParamKind::Zero,
+        };
+        push("pos_embed.W_pos".into(), vec![self.n_ctx, dm], pos_kind);
+        for l in 0..self.n_layers {
+            let b = format!("blocks.{l}");
+            if self.normalization_type == Some(Normalization::LN) {
+                push(format!("{b}.ln1.w"), vec![dm], ParamKind::LnWeight);
+                push(format!("{b}.ln1.b"), vec![dm], ParamKind::Bias);
+                if !self.attn_only {
+                    push(format!("{b}.ln2.w"), vec![dm], ParamKind::LnWeight);
+                    push(format!("{b}.ln2.b"), vec![dm], ParamKind::Bias);
+                }
+            }
+            for m in ["Q", "K", "V"] {
+                push(format!("{b}.attn.W_{m}"), vec![nh, dm, dh], ParamKind::Weight);
+            }
+            push(format!("{b}.attn.W_O"), vec![nh, dh, dm], ParamKind::Weight);
+            for m in ["Q", "K", "V"] {
+                push(format!("{b}.attn.b_{m}"), vec![nh, dh], ParamKind::Bias);
+            }
+            push(format!("{b}.attn.b_O"), vec![dm], ParamKind::Bias);
+            if !self.attn_only {
+                push(format!("{b}.mlp.W_in"), vec![dm, dmlp], ParamKind::Weight);
+                push(format!("{b}.mlp.b_in"), vec![dmlp], ParamKind::Bias);
+                push(format!("{b}.mlp.W_out"), vec![dmlp, dm], ParamKind::Weight);
+                push(format!("{b}.mlp.b_out"), vec![dm], ParamKind::Bias);
+            }
+        }
+        if self.normalization_type == Some(Normalization::LN) {
+            push("ln_final.w".into(), vec![dm], ParamKind::LnWeight);
+            push("ln_final.b".into(), vec![dm], ParamKind::Bias);
+        }
+        push("unembed.W_U".into(), vec![dm, self.d_vocab_out], ParamKind::Weight);
+        push("unembed.b_U".into(), vec![self.d_vocab_out], ParamKind::Bias);
+        specs
+    }
+
+    /// The keys a Python user passes to `HookedTransformerConfig(**cfg)` to get the same model.
+    pub fn to_transformer_lens_json(&self) -> serde_json::Value {
+        let act = match self.act_fn {
+            ActFn::Relu => "relu",
+            ActFn::Gelu => "gelu",
+            ActFn::GeluNew => "gelu_new",
+        };
+        let norm = match self.normalization_type {
+            None => serde_json::Value::Null,
+            Some(Normalization::LN) => "LN".into(),
+            Some(Normalization::LNPre) => "LNPre".into(),
+        };
+        serde_json::json!({
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "n_heads": self.n_heads,
+            "d_head": self.d_head,
+            "d_mlp": if self.attn_only { serde_json::Value::Null } else { self.d_mlp.into() },
+            "act_fn": act,
+            "normalization_type": norm,
+            "d_vocab": self.d_vocab,
+            "d_vocab_out": self.d_vocab_out,
+            "n_ctx": self.n_ctx,
+            "attn_only": self.attn_only,
+            "eps": self.eps,
+            "seed": self.seed,
+            "positional_embedding_type": "standard",
+            "default_prepend_bos": false,
+        })
+    }
+
+    /// Reads a config written by [`ModelConfig::to_transformer_lens_json`] or by a Python user
+    /// (`HookedTransformerConfig` keys; unknown keys are ignored, missing optional ones take TL defaults).
+    pub fn from_transformer_lens_json(v: &serde_json::Value) -> Result<Self> {
+        let obj = v.as_object().ok_or_else(|| GrokError::config("model_config", v, "must be a JSON object"))?;
+        let get_usize = |k: &str| -> Result<Option<usize>> {
+            match obj.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_u64()
+                    .map(|n| Some(n as usize))
+                    .ok_or_else(|| GrokError::config(k, x, "must be a non-negative integer")),
+            }
+        };
+        let need = |k: &str| -> Result<usize> {
+            get_usize(k)?.ok_or_else(|| GrokError::config(k, "missing", "required key in model_config.json"))
+        };
+        let d_model = need("d_model")?;
+        let n_heads = need("n_heads")?;
+        let act_fn = match obj.get("act_fn").and_then(|x| x.as_str()).unwrap_or("relu") {
+            "relu" => ActFn::Relu,
+            "gelu" => ActFn::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => ActFn::GeluNew,
+            other => return Err(GrokError::config("act_fn", other, "one of relu, gelu, gelu_new")),
+        };
+        let normalization_type = match obj.get("normalization_type") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(x) => match x.as_str() {
+                Some("LN") => Some(Normalization::LN),
+                Some("LNPre") => Some(Normalization::LNPre),
+                _ => return Err(GrokError::config("normalization_type", x, "null, \"LN\" or \"LNPre\"")),
+            },
+        };
+        let attn_only = obj.get("attn_only").and_then(|x| x.as_bool()).unwrap_or(false);
+        let d_vocab = need("d_vocab")?;
+        let cfg = ModelConfig {
+            n_layers: need("n_layers")?,
+            d_model,
+            n_heads,
+            d_head: get_usize("d_head")?.unwrap_or(d_model / n_heads.max(1)),
+            d_mlp: get_usize("d_mlp")?.unwrap_or(if attn_only { 0 } else { 4 * d_model }),
+            act_fn,
+            normalization_type,
+            d_vocab,
+            d_vocab_out: match obj.get("d_vocab_out").and_then(|x| x.as_i64()) {
+                Some(n) if n > 0 => n as usize,
+                _ => d_vocab,
+            },
+            n_ctx: need("n_ctx")?,
+            positional_embedding_type: PositionalEmbedding::Standard,
+            attn_only,
+            eps: obj.get("eps").and_then(|x| x.as_f64()).unwrap_or(1e-5),
+            seed: obj.get("seed").and_then(|x| x.as_u64()).unwrap_or(0),
+            initializer_range: 0.0,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Multiply-add count of one forward pass over `batch` sequences, as 2·m·n·k per matmul.
+    /// `logit_positions` is how many positions run the last MLP and the unembedding.
+    pub fn forward_flops(&self, batch: usize, logit_positions: usize) -> f64 {
+        let (b, t, dm, nh, dh) = (batch as f64, self.n_ctx as f64, self.d_model as f64, self.n_heads as f64, self.d_head as f64);
+        let mut f = 0.0;
+        for l in 0..self.n_layers {
+            let last = l + 1 == self.n_layers;
+            let rows_after = if last { b * logit_positions as f64 } else { b * t };
+            f += 2.0 * b * t * dm * nh * dh * 3.0; // QKV
+            f += 2.0 * b * nh * t * t * dh * 2.0; // scores and z
+            f += 2.0 * b * t * nh * dh * dm; // W_O
+            if !self.attn_only {
+                f += 2.0 * rows_after * dm * self.d_mlp as f64 * 2.0;
+            }
+        }
+        f + 2.0 * b * logit_positions as f64 * dm * self.d_vocab_out as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolved() -> ModelConfig {
+        ModelConfig { d_vocab: 114, d_vocab_out: 113, n_ctx: 3, ..ModelConfig::grokking_demo() }
+    }
+
+    #[test]
+    fn specs_follow_transformer_lens_shapes() {
+        let specs = resolved().param_specs();
+        let find = |n: &str| specs.iter().find(|s| s.name == n).unwrap().shape.clone();
+        assert_eq!(find("embed.W_E"), vec![114, 128]);
+        assert_eq!(find("blocks.0.attn.W_Q"), vec![4, 128, 32]);
+        assert_eq!(find("blocks.0.attn.W_O"), vec![4, 32, 128]);
+        assert_eq!(find("blocks.0.mlp.W_in"), vec![128, 512]);
+        assert_eq!(find("unembed.W_U"), vec![128, 113]);
+        assert!(!specs.iter().any(|s| s.name.contains("ln")));
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let c = resolved();
+        let back = ModelConfig::from_transformer_lens_json(&c.to_transformer_lens_json()).unwrap();
+        assert_eq!(ModelConfig { seed: c.seed, ..back }, c);
+    }
+
+    #[test]
+    fn zero_width_is_rejected_by_name() {
+        let c = ModelConfig { d_head: 0, ..resolved() };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("model.d_head"), "{e}");
+    }
+}

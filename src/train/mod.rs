@@ -1,0 +1,3 @@
+//! Training: loss, AdamW, schedules and the training loop.
+
+pub mod loss;

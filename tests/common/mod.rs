@@ -1,0 +1,41 @@
+//! Helpers shared by the integration tests: loading the TransformerLens fixtures.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use groklens::model::{ActFn, ModelConfig, Normalization, Params, PositionalEmbedding};
+use groklens::tensor_io::{self, TensorFile};
+
+/// A fixture file from `tests/fixtures/`.
+pub fn fixture(name: &str) -> TensorFile {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    tensor_io::read(&path).expect("fixture readable")
+}
+
+/// The model config recorded in a fixture's metadata.
+pub fn fixture_config(f: &TensorFile) -> ModelConfig {
+    let v: serde_json::Value = serde_json::from_str(&f.metadata["config"]).unwrap();
+    let mut cfg = ModelConfig::from_transformer_lens_json(&v).unwrap();
+    cfg.positional_embedding_type = PositionalEmbedding::Standard;
+    assert!(matches!(cfg.act_fn, ActFn::Relu | ActFn::Gelu));
+    let _ = Normalization::LN;
+    cfg
+}
+
+/// The `param.*` tensors of a fixture as a parameter store.
+pub fn fixture_params(f: &TensorFile, prefix: &str) -> Params {
+    let cfg = fixture_config(f);
+    Params::from_tensor_map(&cfg, |n| f.get(&format!("{prefix}{n}")), "fixture").unwrap()
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Tokens of a fixture as u32, with batch size.
+pub fn fixture_tokens(f: &TensorFile) -> (Vec<u32>, usize) {
+    let t = f.get("tokens").unwrap();
+    (t.to_i64("tokens").unwrap().iter().map(|&x| x as u32).collect(), t.shape[0])
+}
