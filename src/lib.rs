@@ -1,8 +1,18 @@
 //! groklens: train small transformers on algorithmic tasks until they grok, then take them apart.
+//!
+//! Dependencies point one way: `cli` → `train` → `model` → `tensor_io`; `tasks` and `config` describe
+//! what to train, `run` is the on-disk layout of a run.
 
+pub mod bench;
+pub mod config;
 pub mod error;
+pub mod fast;
 pub mod model;
-pub mod train;
+pub mod presets;
+pub mod run;
+pub mod tasks;
 pub mod tensor_io;
+pub mod train;
 
+pub use config::RunConfig;
 pub use error::{GrokError, Result};

@@ -1,1 +1,196 @@
-fn main() {}
+//! The `groklens` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use groklens::presets::{preset, PRESETS};
+use groklens::run::{MetricsRow, RunDir};
+use groklens::train::{grokking_epoch, Trainer};
+use groklens::RunConfig;
+
+/// Train small transformers on algorithmic tasks until they grok, then take them apart.
+#[derive(Parser)]
+#[command(name = "groklens", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model and write a run directory.
+    Train {
+        /// Start from a named preset (see `groklens presets`).
+        #[arg(long, conflicts_with_all = ["config", "resume"])]
+        preset: Option<String>,
+        /// Start from a TOML config file.
+        #[arg(long, conflicts_with = "resume")]
+        config: Option<PathBuf>,
+        /// Override one setting, e.g. `--set train.lr=3e-3`; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+        sets: Vec<String>,
+        /// Output run directory (must not hold a run already).
+        #[arg(long, required_unless_present = "resume")]
+        out: Option<PathBuf>,
+        /// Continue the run in this directory from its last complete checkpoint.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// No progress bar; one summary line at the end.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// List the presets, or print one as TOML.
+    Presets {
+        /// Print this preset's full config.
+        #[arg(long, value_name = "NAME")]
+        show: Option<String>,
+    },
+    /// The main job: train the default preset and print where it grokked.
+    Grok {
+        /// Run directory (default: runs/grok-<preset>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Preset to train.
+        #[arg(long, default_value = "tl-grokking-demo")]
+        preset: String,
+        /// Override one setting; repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Time train steps and test forwards of a preset on this machine.
+    Bench {
+        /// Preset to time.
+        #[arg(long, default_value = "tl-grokking-demo")]
+        preset: String,
+        /// Timed iterations (median reported).
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+        /// Override one setting; repeatable (e.g. `--set train.engine=candle`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { preset: p, config, sets, out, resume, quiet } => {
+            if let Some(dir) = resume {
+                let dir = RunDir::new(dir);
+                let (trainer, skipped) = Trainer::resume(&dir)?;
+                for s in skipped {
+                    eprintln!("skipped incomplete checkpoint: {s}");
+                }
+                eprintln!("resuming {} at epoch {}", dir.root.display(), trainer.epoch);
+                return train(trainer, &dir, quiet);
+            }
+            let cfg = build_config(p.as_deref(), config, &sets)?;
+            let dir = RunDir::new(out.expect("clap requires --out"));
+            train(Trainer::create(cfg, &dir)?, &dir, quiet)
+        }
+        Command::Presets { show } => {
+            match show {
+                Some(name) => print!("{}", preset(&name)?.to_toml()),
+                None => {
+                    for (i, (name, about)) in PRESETS.iter().enumerate() {
+                        println!("{name:<18} {about}{}", if i == 0 { " (default)" } else { "" });
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Grok { out, preset: p, sets, quiet } => {
+            let cfg = build_config(Some(&p), None, &sets)?;
+            let dir = RunDir::new(out.unwrap_or_else(|| PathBuf::from(format!("runs/grok-{p}"))));
+            if groklens::run::is_run_dir(&dir.root) {
+                bail!("{} already holds a run; pass --out DIR for a new one or `groklens train --resume {}`", dir.root.display(), dir.root.display());
+            }
+            train(Trainer::create(cfg, &dir)?, &dir, quiet)
+        }
+        Command::Bench { preset: p, iters, sets } => {
+            let cfg = build_config(Some(&p), None, &sets)?;
+            let r = groklens::bench::bench(&cfg, iters)?;
+            println!("preset {p}: engine {}, {} thread(s), median of {iters}", r.engine, r.threads);
+            println!("  train step (full batch)  {:8.2} ms", r.train_step_ms);
+            println!("  test-set forward         {:8.2} ms", r.test_forward_ms);
+            println!("  epoch                    {:8.2} ms  ({:.1} epochs/s)", r.epoch_ms(), 1e3 / r.epoch_ms());
+            println!("  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch, last-position model)", r.effective_gflops(), r.epoch_flops / 1e9);
+            println!("  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads", r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads);
+            Ok(())
+        }
+    }
+}
+
+fn build_config(preset_name: Option<&str>, file: Option<PathBuf>, sets: &[String]) -> Result<RunConfig> {
+    let mut cfg = match (preset_name, file) {
+        (Some(p), _) => preset(p)?,
+        (None, Some(f)) => RunConfig::load(&f)?,
+        (None, None) => bail!("give --preset NAME or --config FILE (see `groklens presets`)"),
+    };
+    for s in sets {
+        cfg.set(s).with_context(|| format!("--set {s}"))?;
+    }
+    Ok(cfg.resolve()?)
+}
+
+fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
+    let total = trainer.cfg.train.epochs;
+    let start = Instant::now();
+    let first_epoch = trainer.epoch;
+    let mut last_draw = Instant::now();
+    let mut draw = |row: &MetricsRow| {
+        if quiet || (last_draw.elapsed().as_millis() < 100 && row.epoch != total) {
+            return;
+        }
+        last_draw = Instant::now();
+        let rate = (row.epoch - first_epoch) as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        eprint!(
+            "\repoch {:>6}/{total} | train loss {:9.3e} acc {:6.2}% | test loss {:9.3e} acc {:6.2}% | {:7.1} epochs/s ",
+            row.epoch,
+            row.train_loss,
+            100.0 * row.train_acc,
+            row.test_loss,
+            100.0 * row.test_acc,
+            rate
+        );
+        let _ = std::io::stderr().flush();
+    };
+    let outcome = trainer.run(&mut draw)?;
+    if !quiet {
+        eprintln!();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let last = outcome.last.context("no evaluation was recorded")?;
+    println!(
+        "{}: {} epochs in {:.1}s with the {} engine; final train loss {:.3e}, test loss {:.3e}, test acc {:.2}%",
+        dir.root.display(),
+        outcome.epochs,
+        secs,
+        trainer.engine_name(),
+        last.train_loss,
+        last.test_loss,
+        100.0 * last.test_acc
+    );
+    match grokking_epoch(&trainer.history, 0.99) {
+        Some(e) => println!("grokked (test accuracy >= 99%) at epoch {e}"),
+        None => println!("did not reach 99% test accuracy"),
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `groklens bench`: per-epoch timings of the default preset and the machine's f32 matmul peak.
+
+use std::time::Instant;
+
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::train::Trainer;
+
+/// Measured figures for one config on this machine.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// Engine that computed the passes.
+    pub engine: &'static str,
+    /// Worker threads used by the engine.
+    pub threads: usize,
+    /// Median ms of one full-batch train step (forward, backward, AdamW).
+    pub train_step_ms: f64,
+    /// Median ms of one forward pass over the whole test set.
+    pub test_forward_ms: f64,
+    /// Nominal FLOPs of one epoch (train step counted as 3 forwards, plus the test forward).
+    pub epoch_flops: f64,
+    /// f32 matmul peak of this machine in GFLOP/s (512³, one thread and all threads).
+    pub matmul_peak_gflops: (f64, f64),
+}
+
+impl BenchReport {
+    /// ms per epoch = train step + test forward.
+    pub fn epoch_ms(&self) -> f64 {
+        self.train_step_ms + self.test_forward_ms
+    }
+
+    /// Nominal GFLOP per epoch divided by the measured time.
+    pub fn effective_gflops(&self) -> f64 {
+        self.epoch_flops / (self.epoch_ms() * 1e6)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Times `iters` full-batch train steps and test forwards of `cfg` after a short warm-up.
+pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
+    let mut t = Trainer::new(cfg.clone())?;
+    t.train_epoch()?;
+    t.evaluate_test()?;
+    let (mut train_ms, mut test_ms) = (Vec::new(), Vec::new());
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        t.train_epoch()?;
+        train_ms.push(s.elapsed().as_secs_f64() * 1e3);
+        let s = Instant::now();
+        t.evaluate_test()?;
+        test_ms.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let (n_train, n_test) = (t.data().0.len(), t.data().1.len());
+    let m = &cfg.model;
+    let epoch_flops = 3.0 * m.forward_flops(n_train, 1) + m.forward_flops(n_test, 1);
+    Ok(BenchReport {
+        engine: t.engine_name(),
+        threads: crate::fast::thread_count(cfg.train.threads),
+        train_step_ms: median(train_ms),
+        test_forward_ms: median(test_ms),
+        epoch_flops,
+        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::fast::thread_count(0))),
+    })
+}
+
+/// Best-of-5 GFLOP/s of a 512×512×512 f32 matmul with `threads` threads (the `gemm` crate).
+pub fn matmul_peak(threads: usize) -> f64 {
+    let n = 512;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let s = Instant::now();
+        // SAFETY: the three buffers are n×n, row-major, with the strides given.
+        unsafe {
+            gemm::gemm(
+                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, b.as_ptr(), 1, n as isize,
+                0.0f32, 1.0f32, false, false, false, par,
+            );
+        }
+        best = best.min(s.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}

@@ -1,0 +1,156 @@
+//! The full run configuration — task, model and training — read from TOML, overridden with
+//! `--set key=value`, resolved (vocabulary and context derived from the task) and validated.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GrokError, Result};
+use crate::model::ModelConfig;
+use crate::tasks::TaskConfig;
+use crate::train::config::TrainConfig;
+
+/// Everything that defines a run; `config.toml` in a run directory holds the resolved form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The algorithmic task and split.
+    pub task: TaskConfig,
+    /// The transformer.
+    pub model: ModelConfig,
+    /// Optimizer, schedule, evaluation and checkpointing.
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// Parses TOML text; `source` names the file in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| GrokError::file(source, format!("invalid config: {e}")))
+    }
+
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+
+    /// Applies one `section.key=value` override; the value is read as TOML (a bare word is a string).
+    pub fn set(&mut self, assignment: &str) -> Result<()> {
+        let (key, raw) = assignment
+            .split_once('=')
+            .ok_or_else(|| GrokError::config("--set", assignment, "expected key=value, e.g. train.lr=3e-3"))?;
+        let key = key.trim();
+        let raw = raw.trim();
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let mut doc = toml::Value::try_from(&*self).expect("config serialises");
+        let unknown = || GrokError::config(key, raw, "unknown key: use task.*, model.* or train.* (see `groklens presets --show NAME`)");
+        let (section, field) = key.split_once('.').ok_or_else(unknown)?;
+        let table = doc
+            .get_mut(section)
+            .and_then(|t| t.as_table_mut())
+            .ok_or_else(unknown)?;
+        if field.contains('.') {
+            return Err(unknown());
+        }
+        table.insert(field.to_string(), value);
+        *self = doc.try_into().map_err(|e: toml::de::Error| GrokError::config(key, raw, e.message().to_string()))?;
+        Ok(())
+    }
+
+    /// Fills the model's vocabulary and context from the task where they are 0, then validates all.
+    pub fn resolve(mut self) -> Result<Self> {
+        self.task.validate()?;
+        let layout = self.task.layout;
+        let m = &mut self.model;
+        if m.d_vocab == 0 {
+            m.d_vocab = layout.vocab(self.task.p);
+        }
+        if m.d_vocab_out == 0 {
+            m.d_vocab_out = self.task.p;
+        }
+        if m.n_ctx == 0 {
+            m.n_ctx = layout.len();
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks each part and that the task fits the model.
+    pub fn validate(&self) -> Result<()> {
+        self.task.validate()?;
+        self.model.validate()?;
+        self.train.validate()?;
+        let need_vocab = self.task.layout.vocab(self.task.p);
+        if self.model.d_vocab < need_vocab {
+            return Err(GrokError::config(
+                "model.d_vocab",
+                self.model.d_vocab,
+                format!("must be at least {need_vocab}: the task uses tokens 0..{need_vocab} (set 0 to derive it)"),
+            ));
+        }
+        if self.model.d_vocab_out < self.task.p {
+            return Err(GrokError::config(
+                "model.d_vocab_out",
+                self.model.d_vocab_out,
+                format!("must be at least p = {} so every label can be predicted (set 0 to derive it)", self.task.p),
+            ));
+        }
+        if self.model.n_ctx < self.task.layout.len() {
+            return Err(GrokError::config(
+                "model.n_ctx",
+                self.model.n_ctx,
+                format!("must be at least {}, the length of layout {:?} (set 0 to derive it)", self.task.layout.len(), self.task.layout),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets;
+
+    #[test]
+    fn set_overrides_and_round_trips() {
+        let mut c = presets::preset("tl-grokking-demo").unwrap();
+        c.set("train.lr=3e-3").unwrap();
+        c.set("task.op=sub").unwrap();
+        c.set("model.normalization_type=LN").unwrap();
+        assert_eq!(c.train.lr, 3e-3);
+        assert_eq!(c.task.op, crate::tasks::Operation::Sub);
+        let back = RunConfig::from_toml(&c.to_toml(), "x").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_overrides_name_the_key() {
+        let mut c = presets::preset("quick").unwrap();
+        let e = c.set("train.lrr=1").unwrap_err().to_string();
+        assert!(e.contains("lrr"), "{e}");
+        let e = c.set("nope.x=1").unwrap_err().to_string();
+        assert!(e.contains("nope.x"), "{e}");
+        let e = c.set("task.op=pow").unwrap_err().to_string();
+        assert!(e.contains("task.op") && e.contains("add"), "{e}");
+    }
+
+    #[test]
+    fn small_vocab_and_context_are_rejected() {
+        let mut c = presets::preset("quick").unwrap();
+        c.model.d_vocab = 5;
+        let e = c.clone().resolve().unwrap_err().to_string();
+        assert!(e.contains("model.d_vocab") && e.contains("at least"), "{e}");
+        c.model.d_vocab = 0;
+        c.model.n_ctx = 2;
+        let e = c.resolve().unwrap_err().to_string();
+        assert!(e.contains("model.n_ctx"), "{e}");
+    }
+}

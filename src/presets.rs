@@ -1,0 +1,74 @@
+//! Named, ready-to-run configurations.
+
+use crate::config::RunConfig;
+use crate::error::{GrokError, Result};
+use crate::model::ModelConfig;
+use crate::tasks::{Layout, Operation, TaskConfig};
+use crate::train::config::TrainConfig;
+
+/// Preset names with one-line descriptions; the first is the default.
+pub const PRESETS: [(&str, &str); 4] = [
+    ("tl-grokking-demo", "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs"),
+    ("nanda-2023", "Nanda et al. 2023: the demo's setup with a 10-step linear warm-up, 40k epochs"),
+    ("seed-001", "seed 001: a+b mod 97, 30% train, d_model 128, 4 heads, d_mlp 512, 30k epochs"),
+    ("quick", "a+b mod 31, 50% train, small model: groks in seconds, for demos and tests"),
+];
+
+/// The resolved config of preset `name`.
+pub fn preset(name: &str) -> Result<RunConfig> {
+    let demo = RunConfig {
+        task: TaskConfig::grokking_demo(),
+        model: ModelConfig::grokking_demo(),
+        train: TrainConfig::grokking_demo(),
+    };
+    let cfg = match name {
+        "tl-grokking-demo" => demo,
+        "nanda-2023" => RunConfig {
+            train: TrainConfig { epochs: 40_000, warmup_steps: 10, ..demo.train },
+            ..demo
+        },
+        "seed-001" => RunConfig {
+            task: TaskConfig { op: Operation::Add, p: 97, layout: Layout::ABEq, train_frac: 0.3, data_seed: 346 },
+            model: ModelConfig { seed: 0, ..demo.model },
+            train: TrainConfig { epochs: 30_000, ..demo.train },
+        },
+        "quick" => RunConfig {
+            task: TaskConfig { op: Operation::Add, p: 31, layout: Layout::ABEq, train_frac: 0.5, data_seed: 0 },
+            model: ModelConfig { d_model: 64, n_heads: 4, d_head: 16, d_mlp: 256, seed: 0, ..demo.model },
+            train: TrainConfig {
+                lr: 3e-3,
+                weight_decay: 1.0,
+                epochs: 3000,
+                checkpoint_every: 100,
+                stop_at_test_acc: 0.999,
+                ..demo.train
+            },
+        },
+        other => {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            return Err(GrokError::config("--preset", other, format!("unknown preset; choose one of {}", names.join(", "))));
+        }
+    };
+    cfg.resolve()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_resolves() {
+        for (name, _) in PRESETS {
+            let c = preset(name).unwrap();
+            assert_eq!(c.model.d_vocab, c.task.layout.vocab(c.task.p), "{name}");
+        }
+        let demo = preset("tl-grokking-demo").unwrap();
+        assert_eq!((demo.task.p, demo.task.data_seed, demo.model.seed, demo.train.epochs), (113, 598, 999, 25_000));
+    }
+
+    #[test]
+    fn unknown_preset_lists_the_choices() {
+        let e = preset("fast").unwrap_err().to_string();
+        assert!(e.contains("quick") && e.contains("tl-grokking-demo"), "{e}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Checkpoints: TransformerLens-named parameters plus AdamW state beside them.
+//!
+//! The optimizer file is written first and the model file last, each atomically, so a checkpoint is
+//! complete exactly when both files exist and parse; resume skips anything else.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{GrokError, Result};
+use crate::model::{ModelConfig, Params};
+use crate::tensor_io;
+use crate::train::adamw::{AdamW, AdamWConfig};
+
+/// A model and optimizer snapshot after `epoch` completed epochs.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Parameters.
+    pub params: Params,
+    /// Optimizer state.
+    pub optimizer: AdamW,
+    /// Training wall time so far, in seconds.
+    pub elapsed_s: f64,
+}
+
+/// Model file for `epoch` in `dir`.
+pub fn model_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("epoch_{epoch:06}.safetensors"))
+}
+
+/// Optimizer file for `epoch` in `dir`.
+pub fn optim_path(dir: &Path, epoch: usize) -> PathBuf {
+    dir.join(format!("epoch_{epoch:06}.optim.safetensors"))
+}
+
+/// Epochs of every model file in `dir`, ascending (complete or not).
+pub fn list_epochs(dir: &Path) -> Vec<usize> {
+    let mut epochs: Vec<usize> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("epoch_")?.strip_suffix(".safetensors")?.parse().ok()
+        })
+        .collect();
+    epochs.sort_unstable();
+    epochs
+}
+
+impl Checkpoint {
+    /// Writes the optimizer file, then the model file.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let meta = BTreeMap::from([
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("step".to_string(), self.optimizer.step.to_string()),
+            ("elapsed_s".to_string(), self.elapsed_s.to_string()),
+        ]);
+        let mut tensors = self.optimizer.exp_avg.to_host_tensors("exp_avg.");
+        tensors.extend(self.optimizer.exp_avg_sq.to_host_tensors("exp_avg_sq."));
+        tensor_io::write_atomic(&optim_path(dir, self.epoch), &tensors, meta)?;
+        let meta = BTreeMap::from([("epoch".to_string(), self.epoch.to_string()), ("format".to_string(), "pt".to_string())]);
+        self.params.save(&model_path(dir, self.epoch), meta)
+    }
+
+    /// Loads the checkpoint of `epoch`; any missing, truncated or mismatched file is an error naming it.
+    pub fn load(dir: &Path, epoch: usize, cfg: &ModelConfig, adam: AdamWConfig) -> Result<Self> {
+        let params = Params::load(&model_path(dir, epoch), cfg)?;
+        let opath = optim_path(dir, epoch);
+        let f = tensor_io::read(&opath)?;
+        let moments = |prefix: &str| Params::from_tensor_map(cfg, |n| f.get(&format!("{prefix}{n}")), &opath.display().to_string());
+        let meta = |k: &str| -> Result<&String> {
+            f.metadata.get(k).ok_or_else(|| GrokError::file(&opath, format!("metadata lacks `{k}`; not a groklens optimizer file")))
+        };
+        let step = meta("step")?.parse().map_err(|_| GrokError::file(&opath, "metadata `step` is not an integer"))?;
+        let elapsed_s = meta("elapsed_s")?.parse().unwrap_or(0.0);
+        if meta("epoch")?.parse::<usize>().ok() != Some(epoch) {
+            return Err(GrokError::file(&opath, format!("metadata epoch does not match the file name (epoch {epoch})")));
+        }
+        let optimizer = AdamW { cfg: adam, step, exp_avg: moments("exp_avg.")?, exp_avg_sq: moments("exp_avg_sq.")? };
+        Ok(Checkpoint { epoch, params, optimizer, elapsed_s })
+    }
+
+    /// The newest complete checkpoint in `dir`, with the reasons newer ones were skipped.
+    pub fn latest(dir: &Path, cfg: &ModelConfig, adam: AdamWConfig) -> (Option<Self>, Vec<String>) {
+        let mut skipped = Vec::new();
+        for epoch in list_epochs(dir).into_iter().rev() {
+            match Self::load(dir, epoch, cfg, adam) {
+                Ok(c) => return (Some(c), skipped),
+                Err(e) => skipped.push(e.to_string()),
+            }
+        }
+        (None, skipped)
+    }
+}

@@ -1,0 +1,85 @@
+//! `metrics.csv`: one row per evaluation, appended as training goes and truncated on resume.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{GrokError, Result};
+use crate::tensor_io::write_bytes_atomic;
+
+/// Header of `metrics.csv`.
+pub const HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s";
+
+/// One evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricsRow {
+    /// Completed epochs.
+    pub epoch: usize,
+    /// Mean train loss of the epoch's forward passes (before each step's update).
+    pub train_loss: f64,
+    /// Train accuracy, same passes.
+    pub train_acc: f64,
+    /// Test loss after the epoch.
+    pub test_loss: f64,
+    /// Test accuracy after the epoch.
+    pub test_acc: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Sum of squares of all parameters after the epoch.
+    pub weight_norm_sq: f64,
+    /// Wall-clock seconds of training so far (across resumes).
+    pub elapsed_s: f64,
+}
+
+impl MetricsRow {
+    /// The CSV line (no newline); floats in shortest round-trip form.
+    pub fn to_csv(&self) -> String {
+        format!(
+            "{},{},{},{},{},{},{},{:.3}",
+            self.epoch, self.train_loss, self.train_acc, self.test_loss, self.test_acc, self.lr, self.weight_norm_sq, self.elapsed_s
+        )
+    }
+
+    /// Parses a CSV line; `None` for a partial or malformed line.
+    pub fn from_csv(line: &str) -> Option<Self> {
+        let f: Vec<&str> = line.trim().split(',').collect();
+        if f.len() != 8 {
+            return None;
+        }
+        let n = |i: usize| f[i].parse::<f64>().ok();
+        Some(MetricsRow {
+            epoch: f[0].parse().ok()?,
+            train_loss: n(1)?,
+            train_acc: n(2)?,
+            test_loss: n(3)?,
+            test_acc: n(4)?,
+            lr: n(5)?,
+            weight_norm_sq: n(6)?,
+            elapsed_s: n(7)?,
+        })
+    }
+}
+
+/// Reads every complete row of a metrics file (a partial last line from a crash is dropped).
+pub fn read(path: &Path) -> Result<Vec<MetricsRow>> {
+    let text = std::fs::read_to_string(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    Ok(complete.lines().skip(1).filter_map(MetricsRow::from_csv).collect())
+}
+
+/// Replaces the file with `rows`, atomically.
+pub fn write_all(path: &Path, rows: &[MetricsRow]) -> Result<()> {
+    let mut s = String::from(HEADER);
+    s.push('\n');
+    for r in rows {
+        s.push_str(&r.to_csv());
+        s.push('\n');
+    }
+    write_bytes_atomic(path, s.as_bytes())
+}
+
+/// Appends one row and flushes it.
+pub fn append(path: &Path, row: &MetricsRow) -> Result<()> {
+    let io = |e: std::io::Error| GrokError::file(path, format!("cannot append: {e}"));
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+    writeln!(f, "{}", row.to_csv()).map_err(io)
+}

@@ -1,0 +1,109 @@
+//! The run directory: resolved config, Python-loadable model config, split, metrics and checkpoints.
+//!
+//! ```text
+//! RUN_DIR/config.toml            full resolved config
+//! RUN_DIR/model_config.json      HookedTransformerConfig(**json) keys
+//! RUN_DIR/split.safetensors      int64 `train` and `test` row indices
+//! RUN_DIR/metrics.csv            one row per evaluation
+//! RUN_DIR/checkpoints/epoch_NNNNNN.safetensors        TransformerLens-named parameters
+//! RUN_DIR/checkpoints/epoch_NNNNNN.optim.safetensors  AdamW moments and step
+//! RUN_DIR/final.safetensors      parameters at the end of training
+//! ```
+//! Every file is written atomically (temp file, fsync, rename).
+
+pub mod checkpoint;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::RunConfig;
+use crate::error::{GrokError, Result};
+use crate::tasks::Split;
+use crate::tensor_io::{self, HostTensor};
+
+pub use checkpoint::Checkpoint;
+pub use metrics::MetricsRow;
+
+/// Paths inside one run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// The directory itself.
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    /// A handle on `root` (nothing is created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+
+    /// `config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// `metrics.csv`.
+    pub fn metrics_path(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+
+    /// `checkpoints/`.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    /// `final.safetensors`.
+    pub fn final_path(&self) -> PathBuf {
+        self.root.join("final.safetensors")
+    }
+
+    /// `split.safetensors`.
+    pub fn split_path(&self) -> PathBuf {
+        self.root.join("split.safetensors")
+    }
+
+    /// Creates the directory and writes config, model config and split for a new run. Refuses a
+    /// directory that already holds a run, so a finished run is never overwritten by accident.
+    pub fn create(&self, cfg: &RunConfig, split: &Split) -> Result<()> {
+        if self.config_path().exists() {
+            return Err(GrokError::file(
+                &self.root,
+                "already holds a run (config.toml exists); use `groklens train --resume` to continue it or pick another --out",
+            ));
+        }
+        std::fs::create_dir_all(self.checkpoint_dir()).map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
+        tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
+        let json = serde_json::to_string_pretty(&cfg.model.to_transformer_lens_json()).expect("json");
+        tensor_io::write_bytes_atomic(&self.root.join("model_config.json"), json.as_bytes())?;
+        let idx = |v: &[usize]| HostTensor::i64(vec![v.len()], v.iter().map(|&i| i as i64).collect());
+        let tensors = vec![("train".to_string(), idx(&split.train)), ("test".to_string(), idx(&split.test))];
+        let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed.to_string())]);
+        tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
+        metrics::write_all(&self.metrics_path(), &[])
+    }
+
+    /// The config of an existing run.
+    pub fn load_config(&self) -> Result<RunConfig> {
+        let path = self.config_path();
+        if !path.exists() {
+            return Err(GrokError::file(&path, "not found: is this a groklens run directory?"));
+        }
+        RunConfig::load(&path)?.resolve()
+    }
+
+    /// The split saved with the run.
+    pub fn load_split(&self) -> Result<Split> {
+        let path = self.split_path();
+        let f = tensor_io::read(&path)?;
+        let get = |name: &str| -> Result<Vec<usize>> {
+            Ok(f.require(name, &path)?.to_i64(name)?.into_iter().map(|i| i as usize).collect())
+        };
+        Ok(Split { train: get("train")?, test: get("test")? })
+    }
+}
+
+/// True when `path` exists as a directory containing a run.
+pub fn is_run_dir(path: &Path) -> bool {
+    path.join("config.toml").is_file()
+}

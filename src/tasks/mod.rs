@@ -1,0 +1,315 @@
+//! Algorithmic tasks: binary operations modulo p over all pairs, token layouts, and the seeded split.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GrokError, Result};
+
+/// A binary operation on Z_p. The polynomial ones are from Power et al. (2022).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    /// a + b
+    #[serde(rename = "add")]
+    Add,
+    /// a − b
+    #[serde(rename = "sub")]
+    Sub,
+    /// a · b
+    #[serde(rename = "mul")]
+    Mul,
+    /// a · b⁻¹ for b ≠ 0 (needs prime p)
+    #[serde(rename = "div")]
+    Div,
+    /// a² + b²
+    #[serde(rename = "x2+y2")]
+    SquareSum,
+    /// a² + ab + b²
+    #[serde(rename = "x2+xy+y2")]
+    QuadraticForm,
+    /// a² + ab + b² + a
+    #[serde(rename = "x2+xy+y2+x")]
+    QuadraticFormPlusX,
+    /// a³ + ab
+    #[serde(rename = "x3+xy")]
+    CubePlusXY,
+    /// a³ + ab² + b
+    #[serde(rename = "x3+xy2+y")]
+    CubePlusXY2PlusY,
+}
+
+impl Operation {
+    /// Every operation with its config name.
+    pub const ALL: [(Operation, &'static str); 9] = [
+        (Operation::Add, "add"),
+        (Operation::Sub, "sub"),
+        (Operation::Mul, "mul"),
+        (Operation::Div, "div"),
+        (Operation::SquareSum, "x2+y2"),
+        (Operation::QuadraticForm, "x2+xy+y2"),
+        (Operation::QuadraticFormPlusX, "x2+xy+y2+x"),
+        (Operation::CubePlusXY, "x3+xy"),
+        (Operation::CubePlusXY2PlusY, "x3+xy2+y"),
+    ];
+
+    /// The result for `(a, b)` modulo `p`, or `None` where it is undefined (division by zero).
+    pub fn apply(self, a: u64, b: u64, p: u64) -> Option<u64> {
+        let (a, b) = (a % p, b % p);
+        Some(match self {
+            Operation::Add => (a + b) % p,
+            Operation::Sub => (a + p - b) % p,
+            Operation::Mul => a * b % p,
+            Operation::Div => {
+                if b == 0 {
+                    return None;
+                }
+                a * pow_mod(b, p - 2, p) % p
+            }
+            Operation::SquareSum => (a * a + b * b) % p,
+            Operation::QuadraticForm => (a * a + a * b + b * b) % p,
+            Operation::QuadraticFormPlusX => (a * a + a * b + b * b + a) % p,
+            Operation::CubePlusXY => (a * a % p * a + a * b) % p,
+            Operation::CubePlusXY2PlusY => (a * a % p * a + a * (b * b % p) + b) % p,
+        })
+    }
+}
+
+fn pow_mod(mut base: u64, mut exp: u64, p: u64) -> u64 {
+    let mut acc = 1 % p;
+    base %= p;
+    while exp > 0 {
+        if exp & 1 == 1 {
+            acc = acc * base % p;
+        }
+        base = base * base % p;
+        exp >>= 1;
+    }
+    acc
+}
+
+/// True when `n` is prime.
+pub fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// How an example is written as tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// `[a, b, =]` with `=` = token p (the TransformerLens grokking demo).
+    ABEq,
+    /// `[a, op, b, =]` with op = token p and `=` = token p+1 (seed 002).
+    AOpBEq,
+}
+
+impl Layout {
+    /// Sequence length.
+    pub fn len(self) -> usize {
+        match self {
+            Layout::ABEq => 3,
+            Layout::AOpBEq => 4,
+        }
+    }
+
+    /// Always false: a layout has at least three tokens.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// Number of distinct input tokens for modulus `p`.
+    pub fn vocab(self, p: usize) -> usize {
+        match self {
+            Layout::ABEq => p + 1,
+            Layout::AOpBEq => p + 2,
+        }
+    }
+
+    fn write(self, a: u32, b: u32, p: u32, out: &mut Vec<u32>) {
+        match self {
+            Layout::ABEq => out.extend_from_slice(&[a, b, p]),
+            Layout::AOpBEq => out.extend_from_slice(&[a, p, b, p + 1]),
+        }
+    }
+}
+
+/// What to learn: an operation mod p, its layout and the train/test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The operation.
+    pub op: Operation,
+    /// The modulus.
+    pub p: usize,
+    /// Token layout.
+    pub layout: Layout,
+    /// Fraction of all pairs used for training, in (0, 1).
+    pub train_frac: f64,
+    /// Seed of the split shuffle.
+    pub data_seed: u64,
+}
+
+impl TaskConfig {
+    /// The TransformerLens demo task: a + b mod 113, 30 % train, data seed 598.
+    pub fn grokking_demo() -> Self {
+        TaskConfig { op: Operation::Add, p: 113, layout: Layout::ABEq, train_frac: 0.3, data_seed: 598 }
+    }
+
+    /// Checks p, the train fraction, and that division has a prime modulus.
+    pub fn validate(&self) -> Result<()> {
+        if self.p < 2 || self.p > 4096 {
+            return Err(GrokError::config("task.p", self.p, "must be in [2, 4096]"));
+        }
+        if self.op == Operation::Div && !is_prime(self.p as u64) {
+            return Err(GrokError::config("task.p", self.p, "must be prime for op = \"div\" (b⁻¹ must exist)"));
+        }
+        if !(self.train_frac > 0.0 && self.train_frac < 1.0) {
+            return Err(GrokError::config("task.train_frac", self.train_frac, "must be in the open interval (0, 1)"));
+        }
+        let n = self.dataset().len();
+        let n_train = (self.train_frac * n as f64).floor() as usize;
+        if n_train == 0 || n_train == n {
+            return Err(GrokError::config(
+                "task.train_frac",
+                self.train_frac,
+                format!("leaves an empty train or test set of {n} rows; pick a fraction further from 0 and 1"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every example in (a, b) order: rows of `layout.len()` tokens plus labels in [0, p).
+    pub fn dataset(&self) -> Dataset {
+        let p = self.p as u64;
+        let mut tokens = Vec::new();
+        let mut labels = Vec::new();
+        for a in 0..p {
+            for b in 0..p {
+                if let Some(y) = self.op.apply(a, b, p) {
+                    self.layout.write(a as u32, b as u32, p as u32, &mut tokens);
+                    labels.push(y as u32);
+                }
+            }
+        }
+        Dataset { seq_len: self.layout.len(), tokens, labels }
+    }
+
+    /// Shuffles all row indices with the data seed; the first ⌊frac·N⌋ are train.
+    pub fn split(&self) -> Split {
+        let n = self.dataset().len();
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(self.data_seed));
+        let cut = (self.train_frac * n as f64).floor() as usize;
+        Split { train: idx[..cut].to_vec(), test: idx[cut..].to_vec() }
+    }
+}
+
+/// Token rows and labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Tokens per row.
+    pub seq_len: usize,
+    /// Row-major tokens `[rows, seq_len]`.
+    pub tokens: Vec<u32>,
+    /// One label per row.
+    pub labels: Vec<u32>,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        let mut tokens = Vec::with_capacity(indices.len() * self.seq_len);
+        for &i in indices {
+            tokens.extend_from_slice(&self.tokens[i * self.seq_len..(i + 1) * self.seq_len]);
+        }
+        Dataset { seq_len: self.seq_len, tokens, labels: indices.iter().map(|&i| self.labels[i]).collect() }
+    }
+}
+
+/// Train and test row indices into the full dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// Train rows.
+    pub train: Vec<usize>,
+    /// Test rows.
+    pub test: Vec<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(op: Operation, p: usize) -> TaskConfig {
+        TaskConfig { op, p, ..TaskConfig::grokking_demo() }
+    }
+
+    #[test]
+    fn operations_match_hand_computed_values() {
+        let p = 7;
+        assert_eq!(Operation::Add.apply(5, 4, p), Some(2));
+        assert_eq!(Operation::Sub.apply(2, 5, p), Some(4));
+        assert_eq!(Operation::Mul.apply(3, 5, p), Some(1));
+        assert_eq!(Operation::Div.apply(3, 5, p), Some(2)); // 5⁻¹ = 3, 3·3 = 9 = 2
+        assert_eq!(Operation::Div.apply(3, 0, p), None);
+        assert_eq!(Operation::SquareSum.apply(3, 4, p), Some(25 % 7));
+        assert_eq!(Operation::QuadraticForm.apply(2, 3, p), Some(19 % 7));
+        assert_eq!(Operation::QuadraticFormPlusX.apply(2, 3, p), Some(21 % 7));
+        assert_eq!(Operation::CubePlusXY.apply(2, 3, p), Some(14 % 7));
+        assert_eq!(Operation::CubePlusXY2PlusY.apply(2, 3, p), Some(29 % 7));
+    }
+
+    #[test]
+    fn division_inverts_multiplication() {
+        for a in 0..13 {
+            for b in 1..13 {
+                let q = Operation::Div.apply(a, b, 13).unwrap();
+                assert_eq!(q * b % 13, a);
+            }
+        }
+    }
+
+    #[test]
+    fn dataset_layouts_and_sizes() {
+        let d = task(Operation::Add, 5).dataset();
+        assert_eq!(d.len(), 25);
+        assert_eq!(&d.tokens[3 * 7..3 * 8], &[1, 2, 5]); // row 7 = (a=1, b=2)
+        assert_eq!(d.labels[7], 3);
+        let t = TaskConfig { layout: Layout::AOpBEq, ..task(Operation::Div, 5) };
+        let d = t.dataset();
+        assert_eq!(d.len(), 20);
+        assert_eq!(&d.tokens[..4], &[0, 5, 1, 6]);
+    }
+
+    #[test]
+    fn split_is_seeded_disjoint_and_complete() {
+        let t = task(Operation::Add, 23);
+        let s = t.split();
+        assert_eq!(s, t.split());
+        assert_eq!(s.train.len(), (0.3f64 * 529.0).floor() as usize);
+        let mut all: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..529).collect::<Vec<_>>());
+        let other = TaskConfig { data_seed: 1, ..t }.split();
+        assert_ne!(s.train, other.train);
+    }
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let e = task(Operation::Add, 1).validate().unwrap_err().to_string();
+        assert!(e.contains("task.p") && e.contains("[2, 4096]"), "{e}");
+        let e = task(Operation::Div, 12).validate().unwrap_err().to_string();
+        assert!(e.contains("task.p") && e.contains("prime"), "{e}");
+        let e = TaskConfig { train_frac: 1.0, ..task(Operation::Add, 7) }.validate().unwrap_err().to_string();
+        assert!(e.contains("task.train_frac") && e.contains("(0, 1)"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! The training loop: epochs of AdamW steps, periodic evaluation, checkpoints, early stop and resume.
+
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::RunConfig;
+use crate::error::{GrokError, Result};
+use crate::model::Params;
+use crate::run::{metrics, Checkpoint, MetricsRow, RunDir};
+use crate::tasks::{Dataset, Split};
+use crate::train::adamw::{AdamW, AdamWConfig};
+use crate::train::engine::{Batch, BatchStats, Engine};
+
+/// Why [`Trainer::run`] returned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// Epochs completed in total.
+    pub epochs: usize,
+    /// True when an early-stop target was met.
+    pub stopped_early: bool,
+    /// The last evaluation.
+    pub last: Option<MetricsRow>,
+}
+
+/// Owns a model, its optimizer and data, and trains it, optionally writing a run directory.
+pub struct Trainer {
+    /// The resolved config.
+    pub cfg: RunConfig,
+    /// Current parameters.
+    pub params: Params,
+    /// Current optimizer state.
+    pub optimizer: AdamW,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Every evaluation so far (including those before a resume).
+    pub history: Vec<MetricsRow>,
+    trainable: Vec<bool>,
+    grads: Params,
+    train: Dataset,
+    test: Dataset,
+    engine: Box<dyn Engine>,
+    elapsed_before: f64,
+    run_dir: Option<RunDir>,
+}
+
+fn adam_config(cfg: &RunConfig) -> AdamWConfig {
+    AdamWConfig { weight_decay: cfg.train.weight_decay, betas: (cfg.train.beta1, cfg.train.beta2), eps: cfg.train.adam_eps }
+}
+
+impl Trainer {
+    /// A fresh model trained in memory only.
+    pub fn new(cfg: RunConfig) -> Result<Self> {
+        let cfg = cfg.resolve()?;
+        let split = cfg.task.split();
+        let params = Params::init(&cfg.model);
+        let optimizer = AdamW::new(adam_config(&cfg), &params);
+        Self::assemble(cfg, split, params, optimizer, 0, 0.0, Vec::new(), None)
+    }
+
+    /// A fresh model whose run directory `dir` is created now (config, model config, split).
+    pub fn create(cfg: RunConfig, dir: &RunDir) -> Result<Self> {
+        let mut t = Self::new(cfg)?;
+        dir.create(&t.cfg, &t.cfg.task.split())?;
+        t.run_dir = Some(dir.clone());
+        Ok(t)
+    }
+
+    /// Continues the run in `dir` from its newest complete checkpoint (from scratch if it has none).
+    /// Returns the trainer and a note for each newer checkpoint that was incomplete and skipped.
+    pub fn resume(dir: &RunDir) -> Result<(Self, Vec<String>)> {
+        let cfg = dir.load_config()?;
+        let split = dir.load_split()?;
+        let (latest, skipped) = Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
+        let (params, optimizer, epoch, elapsed) = match latest {
+            Some(c) => (c.params, c.optimizer, c.epoch, c.elapsed_s),
+            None => {
+                let p = Params::init(&cfg.model);
+                let o = AdamW::new(adam_config(&cfg), &p);
+                (p, o, 0, 0.0)
+            }
+        };
+        let history: Vec<MetricsRow> = if dir.metrics_path().exists() {
+            metrics::read(&dir.metrics_path())?.into_iter().filter(|r| r.epoch <= epoch).collect()
+        } else {
+            Vec::new()
+        };
+        metrics::write_all(&dir.metrics_path(), &history)?;
+        let t = Self::assemble(cfg, split, params, optimizer, epoch, elapsed, history, Some(dir.clone()))?;
+        Ok((t, skipped))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        cfg: RunConfig,
+        split: Split,
+        params: Params,
+        optimizer: AdamW,
+        epoch: usize,
+        elapsed_before: f64,
+        history: Vec<MetricsRow>,
+        run_dir: Option<RunDir>,
+    ) -> Result<Self> {
+        let data = cfg.task.dataset();
+        if let Some(&bad) = split.train.iter().chain(&split.test).find(|&&i| i >= data.len()) {
+            return Err(GrokError::tensor("split", format!("row index {bad} is outside the dataset of {} rows", data.len())));
+        }
+        let trainable: Vec<bool> = params
+            .iter()
+            .zip(cfg.model.param_specs())
+            .map(|(p, s)| s.kind != crate::model::config::ParamKind::Zero && !cfg.train.is_frozen(&p.name))
+            .collect();
+        let engine = crate::fast::select_engine(&cfg)?;
+        Ok(Trainer {
+            grads: params.zeros_like(),
+            train: data.select(&split.train),
+            test: data.select(&split.test),
+            engine,
+            trainable,
+            params,
+            optimizer,
+            epoch,
+            history,
+            elapsed_before,
+            run_dir,
+            cfg,
+        })
+    }
+
+    /// Name of the engine computing gradients.
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// Whether each parameter (in state_dict order) is trained.
+    pub fn trainable(&self) -> &[bool] {
+        &self.trainable
+    }
+
+    /// Train and test data.
+    pub fn data(&self) -> (&Dataset, &Dataset) {
+        (&self.train, &self.test)
+    }
+
+    /// One epoch of optimizer steps; returns the pre-update train loss/accuracy and the last lr.
+    pub fn train_epoch(&mut self) -> Result<(BatchStats, f64)> {
+        let n = self.train.len();
+        let bs = if self.cfg.train.batch_size == 0 { n } else { self.cfg.train.batch_size.min(n) };
+        let seq = self.train.seq_len;
+        let mut order: Option<Dataset> = None;
+        if bs < n {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.train.seed);
+            rng.set_stream(self.epoch as u64);
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.shuffle(&mut rng);
+            order = Some(self.train.select(&idx));
+        }
+        let data = order.as_ref().unwrap_or(&self.train);
+        let (mut loss_sum, mut correct, mut lr) = (0.0, 0, 0.0);
+        for start in (0..n).step_by(bs) {
+            let end = (start + bs).min(n);
+            let batch = Batch { tokens: &data.tokens[start * seq..end * seq], labels: &data.labels[start..end], seq_len: seq };
+            let stats = self.engine.loss_and_grads(&self.params, &self.trainable, batch, &mut self.grads)?;
+            if !stats.loss.is_finite() {
+                return Err(GrokError::config(
+                    "train.lr",
+                    self.cfg.train.lr,
+                    format!("training diverged at epoch {} (loss {}); lower the learning rate or set train.grad_clip", self.epoch + 1, stats.loss),
+                ));
+            }
+            loss_sum += stats.loss * stats.rows as f64;
+            correct += stats.correct;
+            if self.cfg.train.grad_clip > 0.0 {
+                clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
+            }
+            lr = self.cfg.train.lr_at(self.optimizer.step);
+            self.optimizer.step(&mut self.params, &self.grads, &self.trainable, lr);
+        }
+        self.epoch += 1;
+        Ok((BatchStats { loss: loss_sum / n as f64, correct, rows: n }, lr))
+    }
+
+    /// Loss and accuracy on the test set with the current parameters.
+    pub fn evaluate_test(&mut self) -> Result<BatchStats> {
+        let batch = Batch { tokens: &self.test.tokens, labels: &self.test.labels, seq_len: self.test.seq_len };
+        self.engine.evaluate(&self.params, batch)
+    }
+
+    /// Loss and accuracy on the train set with the current parameters.
+    pub fn evaluate_train(&mut self) -> Result<BatchStats> {
+        let batch = Batch { tokens: &self.train.tokens, labels: &self.train.labels, seq_len: self.train.seq_len };
+        self.engine.evaluate(&self.params, batch)
+    }
+
+    fn stop_reached(&self, row: &MetricsRow) -> bool {
+        let t = &self.cfg.train;
+        (t.stop_at_test_acc > 0.0 && row.test_acc >= t.stop_at_test_acc)
+            || (t.stop_at_test_loss > 0.0 && row.test_loss <= t.stop_at_test_loss)
+    }
+
+    fn checkpoint(&self, elapsed_s: f64) -> Result<()> {
+        if let Some(dir) = &self.run_dir {
+            let c = Checkpoint { epoch: self.epoch, params: self.params.clone(), optimizer: self.optimizer.clone(), elapsed_s };
+            c.save(&dir.checkpoint_dir())?;
+        }
+        Ok(())
+    }
+
+    /// Trains until `train.epochs` or an early-stop target, calling `on_eval` after each evaluation.
+    pub fn run(&mut self, on_eval: &mut dyn FnMut(&MetricsRow)) -> Result<Outcome> {
+        let start = Instant::now();
+        let total = self.cfg.train.epochs;
+        let mut stopped_early = self.history.last().is_some_and(|r| r.epoch == self.epoch && self.stop_reached(r));
+        while self.epoch < total && !stopped_early {
+            let (train, lr) = self.train_epoch()?;
+            let e = self.epoch;
+            let elapsed_s = self.elapsed_before + start.elapsed().as_secs_f64();
+            if e % self.cfg.train.eval_every == 0 || e == total || e == 1 {
+                let test = self.evaluate_test()?;
+                let row = MetricsRow {
+                    epoch: e,
+                    train_loss: train.loss,
+                    train_acc: train.accuracy(),
+                    test_loss: test.loss,
+                    test_acc: test.accuracy(),
+                    lr,
+                    weight_norm_sq: self.params.sum_of_squares(),
+                    elapsed_s,
+                };
+                if let Some(dir) = &self.run_dir {
+                    metrics::append(&dir.metrics_path(), &row)?;
+                }
+                self.history.push(row);
+                on_eval(&row);
+                stopped_early = self.stop_reached(&row);
+            }
+            if e % self.cfg.train.checkpoint_every == 0 || e == total || stopped_early {
+                self.checkpoint(elapsed_s)?;
+            }
+        }
+        if let Some(dir) = &self.run_dir {
+            let meta = [("epoch".to_string(), self.epoch.to_string()), ("format".to_string(), "pt".to_string())];
+            self.params.save(&dir.final_path(), meta.into_iter().collect())?;
+        }
+        Ok(Outcome { epochs: self.epoch, stopped_early, last: self.history.last().copied() })
+    }
+}
+
+/// Scales trainable gradients so their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`).
+pub fn clip_grad_norm(grads: &mut Params, trainable: &[bool], max_norm: f64) -> f64 {
+    let norm = grads
+        .iter()
+        .zip(trainable)
+        .filter(|(_, &t)| t)
+        .flat_map(|(g, _)| g.data.iter())
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (g, _) in grads.iter_mut().zip(trainable).filter(|(_, &t)| t) {
+            g.data.iter_mut().for_each(|x| *x *= coef as f32);
+        }
+    }
+    norm
+}
+
+/// The first evaluated epoch at which test accuracy reached `threshold`, if any.
+pub fn grokking_epoch(history: &[MetricsRow], threshold: f64) -> Option<usize> {
+    history.iter().find(|r| r.test_acc >= threshold).map(|r| r.epoch)
+}
