@@ -1,12 +1,40 @@
 //! The hand-written CPU engine for the training hot path.
+//!
+//! It computes exactly what the candle path computes for the last-position loss, for models without
+//! normalization and with ReLU or `gelu_new` MLPs (every grokking preset); the batch is split into one
+//! chunk per thread and the chunks' gradients are summed in a fixed order, so results are deterministic
+//! for a given thread count. Other models use the candle engine.
+
+pub mod kernels;
+pub mod model;
 
 use crate::config::RunConfig;
-use crate::error::Result;
-use crate::train::engine::{CandleEngine, Engine};
+use crate::error::{GrokError, Result};
+use crate::model::{ActFn, ModelConfig, Params};
+use crate::train::config::EngineKind;
+use crate::train::engine::{Batch, BatchStats, CandleEngine, Engine};
+
+use model::{ChunkResult, Prepared, Weights};
+
+/// Why the fast engine cannot run `cfg`, or `None` when it can.
+pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
+    if cfg.normalization_type.is_some() {
+        return Some("normalization_type must be none".into());
+    }
+    if cfg.act_fn == ActFn::Gelu {
+        return Some("act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into());
+    }
+    None
+}
 
 /// The engine `cfg.train.engine` asks for.
 pub fn select_engine(cfg: &RunConfig) -> Result<Box<dyn Engine>> {
-    Ok(Box::new(CandleEngine::new(&cfg.model)))
+    let reason = unsupported_reason(&cfg.model);
+    match (cfg.train.engine, reason) {
+        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => Ok(Box::new(CandleEngine::new(&cfg.model))),
+        (EngineKind::Fast, Some(why)) => Err(GrokError::config("train.engine", "fast", format!("this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""))),
+        (_, None) => Ok(Box::new(FastEngine::new(&cfg.model, thread_count(cfg.train.threads)))),
+    }
 }
 
 /// Threads the fast engine uses: `requested`, or one per core when 0.
@@ -15,5 +43,77 @@ pub fn thread_count(requested: usize) -> usize {
         requested
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+/// Hand-written forward/backward on `gemm`, parallel over batch chunks.
+pub struct FastEngine {
+    cfg: ModelConfig,
+    threads: usize,
+}
+
+impl FastEngine {
+    /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
+    pub fn new(cfg: &ModelConfig, threads: usize) -> Self {
+        FastEngine { cfg: cfg.clone(), threads: threads.max(1) }
+    }
+
+    fn run_chunks(&self, params: &Params, batch: Batch, grads: bool) -> Result<Vec<ChunkResult>> {
+        if batch.seq_len == 0 || batch.seq_len > self.cfg.n_ctx || batch.tokens.len() != batch.rows() * batch.seq_len {
+            return Err(GrokError::tensor("tokens", format!("batch of {} rows does not fit seq_len {} <= n_ctx {}", batch.rows(), batch.seq_len, self.cfg.n_ctx)));
+        }
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
+            return Err(GrokError::tensor("tokens", format!("id {bad} is outside the vocabulary [0, {})", self.cfg.d_vocab)));
+        }
+        let w = Weights::from_params(&self.cfg, params);
+        let prepared = Prepared::new(&self.cfg, &w);
+        let n = batch.rows();
+        let chunk = n.div_ceil(self.threads).max(1);
+        let seq = batch.seq_len;
+        let n_total = grads.then_some(n);
+        let results = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .skip(1)
+                .map(|start| {
+                    let end = (start + chunk).min(n);
+                    let prepared = &prepared;
+                    s.spawn(move || prepared.run(&batch.tokens[start * seq..end * seq], &batch.labels[start..end], seq, n_total))
+                })
+                .collect();
+            let end = chunk.min(n);
+            let mut out = vec![prepared.run(&batch.tokens[..end * seq], &batch.labels[..end], seq, n_total)];
+            out.extend(handles.into_iter().map(|h| h.join().expect("fast engine worker panicked")));
+            out
+        });
+        Ok(results)
+    }
+}
+
+fn totals(results: &[ChunkResult], rows: usize) -> BatchStats {
+    let loss_sum: f64 = results.iter().map(|r| r.loss_sum).sum();
+    BatchStats { loss: loss_sum / rows as f64, correct: results.iter().map(|r| r.correct).sum(), rows }
+}
+
+impl Engine for FastEngine {
+    fn name(&self) -> &'static str {
+        "fast"
+    }
+
+    fn loss_and_grads(&mut self, params: &Params, trainable: &[bool], batch: Batch, grads: &mut Params) -> Result<BatchStats> {
+        let mut results = self.run_chunks(params, batch, true)?;
+        let stats = totals(&results, batch.rows());
+        let mut iter = results.iter_mut().filter_map(|r| r.grads.as_mut());
+        let mut total = iter.next().expect("at least one chunk").clone();
+        for g in iter {
+            total.add_assign(g);
+        }
+        total.write_params(&self.cfg, grads, trainable);
+        Ok(stats)
+    }
+
+    fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
+        let results = self.run_chunks(params, batch, false)?;
+        Ok(totals(&results, batch.rows()))
     }
 }

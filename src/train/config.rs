@@ -86,7 +86,7 @@ impl TrainConfig {
             warmup_steps: 0,
             grad_clip: 0.0,
             freeze: vec!["*.b_*".into()],
-            eval_every: 1,
+            eval_every: 10,
             checkpoint_every: 100,
             stop_at_test_loss: 0.0,
             stop_at_test_acc: 0.0,

@@ -1,0 +1,526 @@
+//! Forward and backward passes of a norm-free transformer on one chunk of rows, written by hand.
+//!
+//! Two savings over the general path, both exact:
+//! - the loss reads only the last position, so the last block's attention queries, MLP and the
+//!   unembedding run at that position alone;
+//! - block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up from
+//!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
+
+use crate::fast::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
+use crate::model::{ActFn, ModelConfig, Params};
+
+/// Weights of one block in the layouts the kernels want.
+#[derive(Clone)]
+pub struct BlockWeights {
+    /// `[d_model, 3·n_heads·d_head]`, columns Q | K | V, each head-major.
+    pub w_qkv: Vec<f32>,
+    /// `[3·n_heads·d_head]`.
+    pub b_qkv: Vec<f32>,
+    /// `[n_heads·d_head, d_model]` (TransformerLens `W_O` flattened).
+    pub w_o: Vec<f32>,
+    /// `[d_model]`.
+    pub b_o: Vec<f32>,
+    /// `[d_model, d_mlp]` (empty when attention-only).
+    pub w_in: Vec<f32>,
+    /// `[d_mlp]`.
+    pub b_in: Vec<f32>,
+    /// `[d_mlp, d_model]`.
+    pub w_out: Vec<f32>,
+    /// `[d_model]`.
+    pub b_out: Vec<f32>,
+}
+
+/// All weights (or gradients) of a model in kernel layout.
+#[derive(Clone)]
+pub struct Weights {
+    /// `[d_vocab, d_model]`.
+    pub w_e: Vec<f32>,
+    /// `[n_ctx, d_model]`.
+    pub w_pos: Vec<f32>,
+    /// One entry per block.
+    pub blocks: Vec<BlockWeights>,
+    /// `[d_model, d_vocab_out]`.
+    pub w_u: Vec<f32>,
+    /// `[d_vocab_out]`.
+    pub b_u: Vec<f32>,
+}
+
+/// Block 0's Q/K/V per token and per position: `W_E·W_QKV` and `W_pos·W_QKV + b_QKV`.
+pub struct Lookup {
+    per_token: Vec<f32>,
+    per_position: Vec<f32>,
+}
+
+/// Shapes used everywhere.
+#[derive(Clone, Copy)]
+pub struct Dims {
+    d_model: usize,
+    n_heads: usize,
+    d_head: usize,
+    d_mlp: usize,
+    d_vocab: usize,
+    d_vocab_out: usize,
+    n_ctx: usize,
+    act: ActFn,
+    attn_only: bool,
+}
+
+impl Dims {
+    /// Shapes of `cfg`.
+    pub fn new(cfg: &ModelConfig) -> Self {
+        Dims {
+            d_model: cfg.d_model,
+            n_heads: cfg.n_heads,
+            d_head: cfg.d_head,
+            d_mlp: if cfg.attn_only { 0 } else { cfg.d_mlp },
+            d_vocab: cfg.d_vocab,
+            d_vocab_out: cfg.d_vocab_out,
+            n_ctx: cfg.n_ctx,
+            act: cfg.act_fn,
+            attn_only: cfg.attn_only,
+        }
+    }
+
+    fn hd(&self) -> usize {
+        self.n_heads * self.d_head
+    }
+}
+
+impl Weights {
+    /// Gathers `params` (TransformerLens layout) into kernel layout.
+    pub fn from_params(cfg: &ModelConfig, params: &Params) -> Self {
+        let d = Dims::new(cfg);
+        let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
+        let blocks = (0..cfg.n_layers)
+            .map(|l| {
+                let p = |n: &str| params.data(&format!("blocks.{l}.{n}")).to_vec();
+                let mut w_qkv = vec![0.0; dm * 3 * hd];
+                let mut b_qkv = vec![0.0; 3 * hd];
+                for (which, m) in ["Q", "K", "V"].iter().enumerate() {
+                    let w = params.data(&format!("blocks.{l}.attn.W_{m}"));
+                    for h in 0..d.n_heads {
+                        for r in 0..dm {
+                            let src = &w[(h * dm + r) * dh..(h * dm + r + 1) * dh];
+                            let at = r * 3 * hd + which * hd + h * dh;
+                            w_qkv[at..at + dh].copy_from_slice(src);
+                        }
+                    }
+                    b_qkv[which * hd..(which + 1) * hd].copy_from_slice(params.data(&format!("blocks.{l}.attn.b_{m}")));
+                }
+                let mlp = |n: &str| if d.attn_only { Vec::new() } else { p(n) };
+                BlockWeights {
+                    w_qkv,
+                    b_qkv,
+                    w_o: p("attn.W_O"),
+                    b_o: p("attn.b_O"),
+                    w_in: mlp("mlp.W_in"),
+                    b_in: mlp("mlp.b_in"),
+                    w_out: mlp("mlp.W_out"),
+                    b_out: mlp("mlp.b_out"),
+                }
+            })
+            .collect();
+        Weights {
+            w_e: params.data("embed.W_E").to_vec(),
+            w_pos: params.data("pos_embed.W_pos").to_vec(),
+            blocks,
+            w_u: params.data("unembed.W_U").to_vec(),
+            b_u: params.data("unembed.b_U").to_vec(),
+        }
+    }
+
+    /// Zeros in the same layout (a gradient accumulator).
+    pub fn zeros_like(&self) -> Self {
+        let z = |v: &Vec<f32>| vec![0.0; v.len()];
+        Weights {
+            w_e: z(&self.w_e),
+            w_pos: z(&self.w_pos),
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| BlockWeights {
+                    w_qkv: z(&b.w_qkv),
+                    b_qkv: z(&b.b_qkv),
+                    w_o: z(&b.w_o),
+                    b_o: z(&b.b_o),
+                    w_in: z(&b.w_in),
+                    b_in: z(&b.b_in),
+                    w_out: z(&b.w_out),
+                    b_out: z(&b.b_out),
+                })
+                .collect(),
+            w_u: z(&self.w_u),
+            b_u: z(&self.b_u),
+        }
+    }
+
+    fn buffers_mut(&mut self) -> Vec<&mut Vec<f32>> {
+        let mut v = vec![&mut self.w_e, &mut self.w_pos, &mut self.w_u, &mut self.b_u];
+        for b in &mut self.blocks {
+            v.extend([&mut b.w_qkv, &mut b.b_qkv, &mut b.w_o, &mut b.b_o, &mut b.w_in, &mut b.b_in, &mut b.w_out, &mut b.b_out]);
+        }
+        v
+    }
+
+    /// `self += other`, buffer by buffer.
+    pub fn add_assign(&mut self, other: &mut Weights) {
+        for (a, b) in self.buffers_mut().into_iter().zip(other.buffers_mut()) {
+            a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
+        }
+    }
+
+    /// Writes these values (gradients) into `out` in TransformerLens layout, for trainable entries.
+    pub fn write_params(&self, cfg: &ModelConfig, out: &mut Params, trainable: &[bool]) {
+        let d = Dims::new(cfg);
+        let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
+        let names: Vec<String> = out.iter().map(|p| p.name.clone()).collect();
+        for (name, &train) in names.iter().zip(trainable) {
+            if !train {
+                continue;
+            }
+            let dst = out.data_mut(name);
+            let parts: Vec<&str> = name.split('.').collect();
+            match parts.as_slice() {
+                ["embed", "W_E"] => dst.copy_from_slice(&self.w_e),
+                ["pos_embed", "W_pos"] => dst.copy_from_slice(&self.w_pos),
+                ["unembed", "W_U"] => dst.copy_from_slice(&self.w_u),
+                ["unembed", "b_U"] => dst.copy_from_slice(&self.b_u),
+                ["blocks", l, kind, w] => {
+                    let b = &self.blocks[l.parse::<usize>().expect("block index")];
+                    let qkv = |m: &str| ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"].iter().position(|x| *x == m);
+                    match (*kind, *w) {
+                        ("attn", "W_O") => dst.copy_from_slice(&b.w_o),
+                        ("attn", "b_O") => dst.copy_from_slice(&b.b_o),
+                        ("attn", m) if qkv(m).is_some_and(|i| i < 3) => {
+                            let which = qkv(m).unwrap();
+                            for h in 0..d.n_heads {
+                                for r in 0..dm {
+                                    let at = r * 3 * hd + which * hd + h * dh;
+                                    dst[(h * dm + r) * dh..(h * dm + r + 1) * dh].copy_from_slice(&b.w_qkv[at..at + dh]);
+                                }
+                            }
+                        }
+                        ("attn", m) if qkv(m).is_some() => {
+                            let which = qkv(m).unwrap() - 3;
+                            dst.copy_from_slice(&b.b_qkv[which * hd..(which + 1) * hd]);
+                        }
+                        ("mlp", "W_in") => dst.copy_from_slice(&b.w_in),
+                        ("mlp", "b_in") => dst.copy_from_slice(&b.b_in),
+                        ("mlp", "W_out") => dst.copy_from_slice(&b.w_out),
+                        ("mlp", "b_out") => dst.copy_from_slice(&b.b_out),
+                        _ => unreachable!("parameter {name} is not produced by the norm-free model"),
+                    }
+                }
+                _ => unreachable!("parameter {name} is not produced by the norm-free model"),
+            }
+        }
+    }
+
+    /// Block 0's per-token and per-position Q/K/V tables.
+    pub fn lookup(&self, d: &Dims) -> Lookup {
+        let (dm, n3) = (d.d_model, 3 * d.hd());
+        let b0 = &self.blocks[0];
+        let mut per_token = vec![0.0; d.d_vocab * n3];
+        matmul(&mut per_token, &self.w_e, &b0.w_qkv, d.d_vocab, n3, dm, false, false, false);
+        let mut per_position = vec![0.0; d.n_ctx * n3];
+        matmul(&mut per_position, &self.w_pos, &b0.w_qkv, d.n_ctx, n3, dm, false, false, false);
+        add_bias(&mut per_position, &b0.b_qkv);
+        Lookup { per_token, per_position }
+    }
+}
+
+/// What the forward pass of one block keeps for the backward pass.
+struct BlockCache {
+    /// Block input at every position `[rows·seq, d_model]` (empty for block 0, which is looked up).
+    x: Vec<f32>,
+    /// `[rows·seq, 3·hd]`.
+    qkv: Vec<f32>,
+    /// `[rows, tq, n_heads, seq]`.
+    pattern: Vec<f32>,
+    /// `[rows·tq, hd]`.
+    z: Vec<f32>,
+    /// resid_mid at query positions `[rows·tq, d_model]`.
+    mid: Vec<f32>,
+    /// `[rows·tq, d_mlp]`.
+    pre: Vec<f32>,
+    /// `[rows·tq, d_mlp]`.
+    post: Vec<f32>,
+}
+
+/// Loss, correct count and (for training) gradients of one chunk.
+pub struct ChunkResult {
+    /// Σ −log p(label) over the chunk's rows, in f64.
+    pub loss_sum: f64,
+    /// Rows whose arg-max logit is the label.
+    pub correct: usize,
+    /// Gradients of the mean loss over `n_total` rows, when asked for.
+    pub grads: Option<Weights>,
+}
+
+/// A model prepared for one optimizer step: weights in kernel layout plus block 0's lookup tables.
+pub struct Prepared<'a> {
+    w: &'a Weights,
+    lookup: Lookup,
+    d: Dims,
+}
+
+impl<'a> Prepared<'a> {
+    /// Prepares `w` for passes over batches.
+    pub fn new(cfg: &ModelConfig, w: &'a Weights) -> Self {
+        let d = Dims::new(cfg);
+        Prepared { lookup: w.lookup(&d), w, d }
+    }
+
+    /// Forward (and, if `n_total` is given, backward for a mean over `n_total` rows) on `rows` rows.
+    pub fn run(&self, tokens: &[u32], labels: &[u32], seq: usize, n_total: Option<usize>) -> ChunkResult {
+        let rows = labels.len();
+        let d = &self.d;
+        let n_layers = self.w.blocks.len();
+        let mut caches: Vec<BlockCache> = Vec::with_capacity(n_layers);
+        let mut x_next: Vec<f32> = Vec::new();
+        for l in 0..n_layers {
+            let tq = if l + 1 == n_layers { 1 } else { seq };
+            let x = std::mem::take(&mut x_next);
+            let (cache, out) = self.block_forward(l, x, tokens, rows, seq, tq);
+            caches.push(cache);
+            x_next = out;
+        }
+        // x_next: resid_post of the last block at the last position, [rows, d_model].
+        let vo = d.d_vocab_out;
+        let mut logits = vec![0.0; rows * vo];
+        matmul(&mut logits, &x_next, &self.w.w_u, rows, vo, d.d_model, false, false, false);
+        add_bias(&mut logits, &self.w.b_u);
+        let (loss_sum, correct) = loss_and_dlogits(&mut logits, labels, n_total);
+        let Some(_) = n_total else { return ChunkResult { loss_sum, correct, grads: None } };
+        let dlogits = logits;
+        let mut g = self.w.zeros_like();
+        matmul(&mut g.w_u, &x_next, &dlogits, d.d_model, vo, rows, true, false, false);
+        add_column_sums(&mut g.b_u, &dlogits);
+        let mut dout = vec![0.0; rows * d.d_model];
+        matmul(&mut dout, &dlogits, &self.w.w_u, rows, d.d_model, vo, false, true, false);
+        for l in (0..n_layers).rev() {
+            let tq = if l + 1 == n_layers { 1 } else { seq };
+            dout = self.block_backward(l, &caches[l], dout, tokens, rows, seq, tq, &mut g);
+        }
+        ChunkResult { loss_sum, correct, grads: Some(g) }
+    }
+
+    /// Runs block `l` on input `x` (`[rows·seq, d_model]`, empty for block 0); returns its cache and
+    /// resid_post at the `tq` query positions (`tq` = 1: the last position only).
+    fn block_forward(&self, l: usize, x: Vec<f32>, tokens: &[u32], rows: usize, seq: usize, tq: usize) -> (BlockCache, Vec<f32>) {
+        let d = &self.d;
+        let b = &self.w.blocks[l];
+        let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
+        let n3 = 3 * hd;
+        let mut qkv = vec![0.0; rows * seq * n3];
+        if l == 0 {
+            for (i, row) in qkv.chunks_exact_mut(n3).enumerate() {
+                let (tok, t) = (tokens[i] as usize, i % seq);
+                let a = &self.lookup.per_token[tok * n3..(tok + 1) * n3];
+                let p = &self.lookup.per_position[t * n3..(t + 1) * n3];
+                row.iter_mut().zip(a.iter().zip(p)).for_each(|(o, (x, y))| *o = x + y);
+            }
+        } else {
+            matmul(&mut qkv, &x, &b.w_qkv, rows * seq, n3, dm, false, false, false);
+            add_bias(&mut qkv, &b.b_qkv);
+        }
+        // Residual stream at the query positions.
+        let first_q = seq - tq;
+        let mut mid = vec![0.0; rows * tq * dm];
+        for r in 0..rows {
+            for qi in 0..tq {
+                let t = first_q + qi;
+                let dst = &mut mid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm];
+                if l == 0 {
+                    let tok = tokens[r * seq + t] as usize;
+                    let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
+                    let p = &self.w.w_pos[t * dm..(t + 1) * dm];
+                    dst.iter_mut().zip(e.iter().zip(p)).for_each(|(o, (a, b))| *o = a + b);
+                } else {
+                    dst.copy_from_slice(&x[(r * seq + t) * dm..(r * seq + t + 1) * dm]);
+                }
+            }
+        }
+        // Attention, one (row, query, head) at a time: seq is tiny.
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut pattern = vec![0.0; rows * tq * nh * seq];
+        let mut z = vec![0.0; rows * tq * hd];
+        let mut s = vec![0.0f32; seq];
+        for r in 0..rows {
+            for qi in 0..tq {
+                let i = first_q + qi;
+                let q = &qkv[(r * seq + i) * n3..(r * seq + i) * n3 + hd];
+                for h in 0..nh {
+                    let qh = &q[h * dh..(h + 1) * dh];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sj) in s.iter_mut().enumerate().take(i + 1) {
+                        let k = &qkv[(r * seq + j) * n3 + hd + h * dh..][..dh];
+                        *sj = dot(qh, k) * scale;
+                        max = max.max(*sj);
+                    }
+                    let mut sum = 0.0;
+                    for sj in s.iter_mut().take(i + 1) {
+                        *sj = (*sj - max).exp();
+                        sum += *sj;
+                    }
+                    let p = &mut pattern[((r * tq + qi) * nh + h) * seq..][..seq];
+                    let zh = &mut z[(r * tq + qi) * hd + h * dh..][..dh];
+                    for j in 0..=i {
+                        p[j] = s[j] / sum;
+                        let v = &qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh];
+                        zh.iter_mut().zip(v).for_each(|(o, vv)| *o += p[j] * vv);
+                    }
+                }
+            }
+        }
+        matmul(&mut mid, &z, &b.w_o, rows * tq, dm, hd, false, false, true);
+        add_bias(&mut mid, &b.b_o);
+        if d.attn_only {
+            let out = mid.clone();
+            return (BlockCache { x, qkv, pattern, z, mid, pre: Vec::new(), post: Vec::new() }, out);
+        }
+        let m = d.d_mlp;
+        let mut pre = vec![0.0; rows * tq * m];
+        matmul(&mut pre, &mid, &b.w_in, rows * tq, m, dm, false, false, false);
+        add_bias(&mut pre, &b.b_in);
+        let post: Vec<f32> = match d.act {
+            ActFn::Relu => pre.iter().map(|&v| v.max(0.0)).collect(),
+            ActFn::GeluNew => pre.iter().map(|&v| gelu_new(v)).collect(),
+            ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
+        };
+        let mut out = mid.clone();
+        matmul(&mut out, &post, &b.w_out, rows * tq, dm, m, false, false, true);
+        add_bias(&mut out, &b.b_out);
+        (BlockCache { x, qkv, pattern, z, mid, pre, post }, out)
+    }
+
+    /// Backward through block `l` given d(loss)/d(resid_post) at its query positions; accumulates
+    /// parameter gradients into `g` and returns d(loss)/d(block input) at every position.
+    #[allow(clippy::too_many_arguments)]
+    fn block_backward(&self, l: usize, c: &BlockCache, dout: Vec<f32>, tokens: &[u32], rows: usize, seq: usize, tq: usize, g: &mut Weights) -> Vec<f32> {
+        let d = &self.d;
+        let b = &self.w.blocks[l];
+        let gb = &mut g.blocks[l];
+        let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
+        let n3 = 3 * hd;
+        let nq = rows * tq;
+        let mut dmid = dout;
+        if !d.attn_only {
+            let m = d.d_mlp;
+            matmul(&mut gb.w_out, &c.post, &dmid, m, dm, nq, true, false, false);
+            add_column_sums(&mut gb.b_out, &dmid);
+            let mut dpre = vec![0.0; nq * m];
+            matmul(&mut dpre, &dmid, &b.w_out, nq, m, dm, false, true, false);
+            match d.act {
+                ActFn::Relu => dpre.iter_mut().zip(&c.pre).for_each(|(g, &x)| if x <= 0.0 { *g = 0.0 }),
+                ActFn::GeluNew => dpre.iter_mut().zip(&c.pre).for_each(|(g, &x)| *g *= gelu_new_grad(x)),
+                ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
+            }
+            matmul(&mut gb.w_in, &c.mid, &dpre, dm, m, nq, true, false, false);
+            add_column_sums(&mut gb.b_in, &dpre);
+            matmul(&mut dmid, &dpre, &b.w_in, nq, dm, m, false, true, true);
+        }
+        matmul(&mut gb.w_o, &c.z, &dmid, hd, dm, nq, true, false, false);
+        add_column_sums(&mut gb.b_o, &dmid);
+        let mut dz = vec![0.0; nq * hd];
+        matmul(&mut dz, &dmid, &b.w_o, nq, hd, dm, false, true, false);
+        // Attention backward.
+        let first_q = seq - tq;
+        let scale = 1.0 / (dh as f32).sqrt();
+        let mut dqkv = vec![0.0; rows * seq * n3];
+        let mut ds = vec![0.0f32; seq];
+        for r in 0..rows {
+            for qi in 0..tq {
+                let i = first_q + qi;
+                for h in 0..nh {
+                    let p = &c.pattern[((r * tq + qi) * nh + h) * seq..][..seq];
+                    let dzh = &dz[(r * tq + qi) * hd + h * dh..][..dh];
+                    let mut weighted = 0.0;
+                    for j in 0..=i {
+                        let v = &c.qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh];
+                        ds[j] = dot(dzh, v);
+                        weighted += p[j] * ds[j];
+                        let dv = &mut dqkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh];
+                        dv.iter_mut().zip(dzh).for_each(|(o, g)| *o += p[j] * g);
+                    }
+                    let q_at = (r * seq + i) * n3 + h * dh;
+                    for j in 0..=i {
+                        let dsj = p[j] * (ds[j] - weighted) * scale;
+                        let k_at = (r * seq + j) * n3 + hd + h * dh;
+                        for e in 0..dh {
+                            dqkv[q_at + e] += dsj * c.qkv[k_at + e];
+                            dqkv[k_at + e] += dsj * c.qkv[q_at + e];
+                        }
+                    }
+                }
+            }
+        }
+        // d(block input): the residual path plus, for later blocks, the Q/K/V projections.
+        let mut dx = vec![0.0; rows * seq * dm];
+        for r in 0..rows {
+            for qi in 0..tq {
+                let t = first_q + qi;
+                dx[(r * seq + t) * dm..(r * seq + t + 1) * dm].copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
+            }
+        }
+        add_column_sums(&mut gb.b_qkv, &dqkv);
+        if l > 0 {
+            matmul(&mut gb.w_qkv, &c.x, &dqkv, dm, n3, rows * seq, true, false, false);
+            matmul(&mut dx, &dqkv, &b.w_qkv, rows * seq, dm, n3, false, true, true);
+            return dx;
+        }
+        // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
+        let (dv, nctx) = (d.d_vocab, d.n_ctx);
+        let mut g_tok = vec![0.0; dv * n3];
+        let mut g_pos = vec![0.0; nctx * n3];
+        for (i, row) in dqkv.chunks_exact(n3).enumerate() {
+            let (tok, t) = (tokens[i] as usize, i % seq);
+            g_tok[tok * n3..(tok + 1) * n3].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            g_pos[t * n3..(t + 1) * n3].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        matmul(&mut gb.w_qkv, &self.w.w_e, &g_tok, dm, n3, dv, true, false, false);
+        matmul(&mut gb.w_qkv, &self.w.w_pos, &g_pos, dm, n3, nctx, true, false, true);
+        matmul(&mut g.w_e, &g_tok, &b.w_qkv, dv, dm, n3, false, true, true);
+        matmul(&mut g.w_pos, &g_pos, &b.w_qkv, nctx, dm, n3, false, true, true);
+        for (i, row) in dx.chunks_exact(dm).enumerate() {
+            let (tok, t) = (tokens[i] as usize, i % seq);
+            g.w_e[tok * dm..(tok + 1) * dm].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            g.w_pos[t * dm..(t + 1) * dm].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+        }
+        Vec::new()
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Σ −log softmax(logits)[label] in f64 and the arg-max hit count; when `n_total` is given, turns
+/// `logits` into d(mean loss)/d(logits) in place.
+fn loss_and_dlogits(logits: &mut [f32], labels: &[u32], n_total: Option<usize>) -> (f64, usize) {
+    let vo = logits.len() / labels.len().max(1);
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
+        let (mut best, mut max) = (0, f32::NEG_INFINITY);
+        for (j, &v) in row.iter().enumerate() {
+            if v > max {
+                max = v;
+                best = j;
+            }
+        }
+        correct += usize::from(best == y as usize);
+        let m = max as f64;
+        let sum: f64 = row.iter().map(|&v| (v as f64 - m).exp()).sum();
+        let lse = m + sum.ln();
+        loss += lse - row[y as usize] as f64;
+        if let Some(n) = n_total {
+            let inv = 1.0 / n as f64;
+            for v in row.iter_mut() {
+                *v = (((*v as f64) - lse).exp() * inv) as f32;
+            }
+            row[y as usize] -= inv as f32;
+        }
+    }
+    (loss, correct)
+}
