@@ -73,15 +73,36 @@ pub fn matmul_peak(threads: usize) -> f64 {
     let a = vec![1.0f32; n * n];
     let b = vec![0.5f32; n * n];
     let mut c = vec![0.0f32; n * n];
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     let mut best = f64::MAX;
     for _ in 0..5 {
         let s = Instant::now();
         // SAFETY: the three buffers are n×n, row-major, with the strides given.
         unsafe {
             gemm::gemm(
-                n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, b.as_ptr(), 1, n as isize,
-                0.0f32, 1.0f32, false, false, false, par,
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                par,
             );
         }
         best = best.min(s.elapsed().as_secs_f64());

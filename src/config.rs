@@ -30,7 +30,8 @@ impl RunConfig {
 
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -41,9 +42,13 @@ impl RunConfig {
 
     /// Applies one `section.key=value` override; the value is read as TOML (a bare word is a string).
     pub fn set(&mut self, assignment: &str) -> Result<()> {
-        let (key, raw) = assignment
-            .split_once('=')
-            .ok_or_else(|| GrokError::config("--set", assignment, "expected key=value, e.g. train.lr=3e-3"))?;
+        let (key, raw) = assignment.split_once('=').ok_or_else(|| {
+            GrokError::config(
+                "--set",
+                assignment,
+                "expected key=value, e.g. train.lr=3e-3",
+            )
+        })?;
         let key = key.trim();
         let raw = raw.trim();
         let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
@@ -51,7 +56,13 @@ impl RunConfig {
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(raw.to_string()));
         let mut doc = toml::Value::try_from(&*self).expect("config serialises");
-        let unknown = || GrokError::config(key, raw, "unknown key: use task.*, model.* or train.* (see `groklens presets --show NAME`)");
+        let unknown = || {
+            GrokError::config(
+                key,
+                raw,
+                "unknown key: use task.*, model.* or train.* (see `groklens presets --show NAME`)",
+            )
+        };
         let (section, field) = key.split_once('.').ok_or_else(unknown)?;
         let table = doc
             .get_mut(section)
@@ -61,7 +72,9 @@ impl RunConfig {
             return Err(unknown());
         }
         table.insert(field.to_string(), value);
-        *self = doc.try_into().map_err(|e: toml::de::Error| GrokError::config(key, raw, e.message().to_string()))?;
+        *self = doc
+            .try_into()
+            .map_err(|e: toml::de::Error| GrokError::config(key, raw, e.message().to_string()))?;
         Ok(())
     }
 
@@ -100,14 +113,21 @@ impl RunConfig {
             return Err(GrokError::config(
                 "model.d_vocab_out",
                 self.model.d_vocab_out,
-                format!("must be at least p = {} so every label can be predicted (set 0 to derive it)", self.task.p),
+                format!(
+                    "must be at least p = {} so every label can be predicted (set 0 to derive it)",
+                    self.task.p
+                ),
             ));
         }
         if self.model.n_ctx < self.task.layout.len() {
             return Err(GrokError::config(
                 "model.n_ctx",
                 self.model.n_ctx,
-                format!("must be at least {}, the length of layout {:?} (set 0 to derive it)", self.task.layout.len(), self.task.layout),
+                format!(
+                    "must be at least {}, the length of layout {:?} (set 0 to derive it)",
+                    self.task.layout.len(),
+                    self.task.layout
+                ),
             ));
         }
         Ok(())

@@ -42,16 +42,26 @@ pub type Result<T> = std::result::Result<T, GrokError>;
 impl GrokError {
     /// A config error for `field` holding `value`, explaining the allowed range.
     pub fn config(field: &str, value: impl std::fmt::Display, expected: impl Into<String>) -> Self {
-        GrokError::Config { field: field.to_string(), value: value.to_string(), expected: expected.into() }
+        GrokError::Config {
+            field: field.to_string(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
     }
 
     /// A file error for `path`.
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        GrokError::File { path: path.into(), message: message.into() }
+        GrokError::File {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     /// A tensor error for `name`.
     pub fn tensor(name: &str, message: impl Into<String>) -> Self {
-        GrokError::Tensor { name: name.to_string(), message: message.into() }
+        GrokError::Tensor {
+            name: name.to_string(),
+            message: message.into(),
+        }
     }
 }

@@ -91,7 +91,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Train { preset: p, config, sets, out, resume, quiet } => {
+        Command::Train {
+            preset: p,
+            config,
+            sets,
+            out,
+            resume,
+            quiet,
+        } => {
             if let Some(dir) = resume {
                 let dir = RunDir::new(dir);
                 let (trainer, skipped) = Trainer::resume(&dir)?;
@@ -110,13 +117,21 @@ fn run(cli: Cli) -> Result<()> {
                 Some(name) => print!("{}", preset(&name)?.to_toml()),
                 None => {
                     for (i, (name, about)) in PRESETS.iter().enumerate() {
-                        println!("{name:<18} {about}{}", if i == 0 { " (default)" } else { "" });
+                        println!(
+                            "{name:<18} {about}{}",
+                            if i == 0 { " (default)" } else { "" }
+                        );
                     }
                 }
             }
             Ok(())
         }
-        Command::Grok { out, preset: p, sets, quiet } => {
+        Command::Grok {
+            out,
+            preset: p,
+            sets,
+            quiet,
+        } => {
             let cfg = build_config(Some(&p), None, &sets)?;
             let dir = RunDir::new(out.unwrap_or_else(|| PathBuf::from(format!("runs/grok-{p}"))));
             if groklens::run::is_run_dir(&dir.root) {
@@ -124,21 +139,39 @@ fn run(cli: Cli) -> Result<()> {
             }
             train(Trainer::create(cfg, &dir)?, &dir, quiet)
         }
-        Command::Bench { preset: p, iters, sets } => {
+        Command::Bench {
+            preset: p,
+            iters,
+            sets,
+        } => {
             let cfg = build_config(Some(&p), None, &sets)?;
             let r = groklens::bench::bench(&cfg, iters)?;
-            println!("preset {p}: engine {}, {} thread(s), median of {iters}", r.engine, r.threads);
+            println!(
+                "preset {p}: engine {}, {} thread(s), median of {iters}",
+                r.engine, r.threads
+            );
             println!("  train step (full batch)  {:8.2} ms", r.train_step_ms);
             println!("  test-set forward         {:8.2} ms", r.test_forward_ms);
-            println!("  epoch                    {:8.2} ms  ({:.1} epochs/s)", r.epoch_ms(), 1e3 / r.epoch_ms());
+            println!(
+                "  epoch                    {:8.2} ms  ({:.1} epochs/s)",
+                r.epoch_ms(),
+                1e3 / r.epoch_ms()
+            );
             println!("  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch, last-position model)", r.effective_gflops(), r.epoch_flops / 1e9);
-            println!("  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads", r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads);
+            println!(
+                "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
+                r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
+            );
             Ok(())
         }
     }
 }
 
-fn build_config(preset_name: Option<&str>, file: Option<PathBuf>, sets: &[String]) -> Result<RunConfig> {
+fn build_config(
+    preset_name: Option<&str>,
+    file: Option<PathBuf>,
+    sets: &[String],
+) -> Result<RunConfig> {
     let mut cfg = match (preset_name, file) {
         (Some(p), _) => preset(p)?,
         (None, Some(f)) => RunConfig::load(&f)?,

@@ -8,10 +8,22 @@ use crate::train::config::TrainConfig;
 
 /// Preset names with one-line descriptions; the first is the default.
 pub const PRESETS: [(&str, &str); 4] = [
-    ("tl-grokking-demo", "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs"),
-    ("nanda-2023", "Nanda et al. 2023: the demo's setup with a 10-step linear warm-up, 40k epochs"),
-    ("seed-001", "seed 001: a+b mod 97, 30% train, d_model 128, 4 heads, d_mlp 512, 30k epochs"),
-    ("quick", "a+b mod 31, 50% train, small model: groks in seconds, for demos and tests"),
+    (
+        "tl-grokking-demo",
+        "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs",
+    ),
+    (
+        "nanda-2023",
+        "Nanda et al. 2023: the demo's setup with a 10-step linear warm-up, 40k epochs",
+    ),
+    (
+        "seed-001",
+        "seed 001: a+b mod 97, 30% train, d_model 128, 4 heads, d_mlp 512, 30k epochs",
+    ),
+    (
+        "quick",
+        "a+b mod 31, 60% train, small model, weight decay 3: groks in seconds, for demos and tests",
+    ),
 ];
 
 /// The resolved config of preset `name`.
@@ -24,20 +36,49 @@ pub fn preset(name: &str) -> Result<RunConfig> {
     let cfg = match name {
         "tl-grokking-demo" => demo,
         "nanda-2023" => RunConfig {
-            train: TrainConfig { epochs: 40_000, warmup_steps: 10, ..demo.train },
+            train: TrainConfig {
+                epochs: 40_000,
+                warmup_steps: 10,
+                ..demo.train
+            },
             ..demo
         },
         "seed-001" => RunConfig {
-            task: TaskConfig { op: Operation::Add, p: 97, layout: Layout::ABEq, train_frac: 0.3, data_seed: 346 },
-            model: ModelConfig { seed: 0, ..demo.model },
-            train: TrainConfig { epochs: 30_000, ..demo.train },
+            task: TaskConfig {
+                op: Operation::Add,
+                p: 97,
+                layout: Layout::ABEq,
+                train_frac: 0.3,
+                data_seed: 346,
+            },
+            model: ModelConfig {
+                seed: 0,
+                ..demo.model
+            },
+            train: TrainConfig {
+                epochs: 30_000,
+                ..demo.train
+            },
         },
         "quick" => RunConfig {
-            task: TaskConfig { op: Operation::Add, p: 31, layout: Layout::ABEq, train_frac: 0.5, data_seed: 0 },
-            model: ModelConfig { d_model: 64, n_heads: 4, d_head: 16, d_mlp: 256, seed: 0, ..demo.model },
+            task: TaskConfig {
+                op: Operation::Add,
+                p: 31,
+                layout: Layout::ABEq,
+                train_frac: 0.6,
+                data_seed: 0,
+            },
+            model: ModelConfig {
+                d_model: 64,
+                n_heads: 4,
+                d_head: 16,
+                d_mlp: 256,
+                seed: 0,
+                ..demo.model
+            },
             train: TrainConfig {
                 lr: 3e-3,
-                weight_decay: 1.0,
+                weight_decay: 3.0,
                 epochs: 3000,
                 checkpoint_every: 100,
                 stop_at_test_acc: 0.999,
@@ -46,7 +87,11 @@ pub fn preset(name: &str) -> Result<RunConfig> {
         },
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            return Err(GrokError::config("--preset", other, format!("unknown preset; choose one of {}", names.join(", "))));
+            return Err(GrokError::config(
+                "--preset",
+                other,
+                format!("unknown preset; choose one of {}", names.join(", ")),
+            ));
         }
     };
     cfg.resolve()
@@ -63,7 +108,15 @@ mod tests {
             assert_eq!(c.model.d_vocab, c.task.layout.vocab(c.task.p), "{name}");
         }
         let demo = preset("tl-grokking-demo").unwrap();
-        assert_eq!((demo.task.p, demo.task.data_seed, demo.model.seed, demo.train.epochs), (113, 598, 999, 25_000));
+        assert_eq!(
+            (
+                demo.task.p,
+                demo.task.data_seed,
+                demo.model.seed,
+                demo.train.epochs
+            ),
+            (113, 598, 999, 25_000)
+        );
     }
 
     #[test]

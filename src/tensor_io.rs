@@ -31,17 +31,26 @@ pub struct HostTensor {
 impl HostTensor {
     /// An f32 tensor.
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        HostTensor { shape, data: HostData::F32(data) }
+        HostTensor {
+            shape,
+            data: HostData::F32(data),
+        }
     }
 
     /// An i64 tensor.
     pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Self {
-        HostTensor { shape, data: HostData::I64(data) }
+        HostTensor {
+            shape,
+            data: HostData::I64(data),
+        }
     }
 
     /// An f64 tensor.
     pub fn f64(shape: Vec<usize>, data: Vec<f64>) -> Self {
-        HostTensor { shape, data: HostData::F64(data) }
+        HostTensor {
+            shape,
+            data: HostData::F64(data),
+        }
     }
 
     /// The values as f32 (f64 is narrowed); an integer tensor is an error naming `name`.
@@ -49,7 +58,10 @@ impl HostTensor {
         match &self.data {
             HostData::F32(v) => Ok(v.clone()),
             HostData::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
-            HostData::I64(_) => Err(GrokError::tensor(name, "is int64; a float tensor was expected")),
+            HostData::I64(_) => Err(GrokError::tensor(
+                name,
+                "is int64; a float tensor was expected",
+            )),
         }
     }
 
@@ -57,7 +69,10 @@ impl HostTensor {
     pub fn to_i64(&self, name: &str) -> Result<Vec<i64>> {
         match &self.data {
             HostData::I64(v) => Ok(v.clone()),
-            _ => Err(GrokError::tensor(name, "is a float tensor; int64 was expected")),
+            _ => Err(GrokError::tensor(
+                name,
+                "is a float tensor; int64 was expected",
+            )),
         }
     }
 
@@ -66,7 +81,10 @@ impl HostTensor {
         match &self.data {
             HostData::F64(v) => Ok(v.clone()),
             HostData::F32(v) => Ok(v.iter().map(|&x| x as f64).collect()),
-            HostData::I64(_) => Err(GrokError::tensor(name, "is int64; a float tensor was expected")),
+            HostData::I64(_) => Err(GrokError::tensor(
+                name,
+                "is int64; a float tensor was expected",
+            )),
         }
     }
 }
@@ -96,13 +114,18 @@ impl TensorFile {
 
 /// Reads a safetensors file. A truncated or corrupt file is an error naming it.
 pub fn read(path: &Path) -> Result<TensorFile> {
-    let bytes = std::fs::read(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
     parse(&bytes, path)
 }
 
 fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
-    let corrupt =
-        |e: String| GrokError::file(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"));
+    let corrupt = |e: String| {
+        GrokError::file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    };
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(e.to_string()))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut tensors = HashMap::new();
@@ -110,25 +133,51 @@ fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
         let shape = view.shape().to_vec();
         let raw = view.data();
         let data = match view.dtype() {
-            Dtype::F32 => HostData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::F64 => HostData::F64(raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::I64 => HostData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
-            Dtype::I32 => HostData::I64(raw.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64).collect()),
+            Dtype::F32 => HostData::F32(
+                raw.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            Dtype::F64 => HostData::F64(
+                raw.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            Dtype::I64 => HostData::I64(
+                raw.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            ),
+            Dtype::I32 => HostData::I64(
+                raw.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect(),
+            ),
             other => {
                 return Err(GrokError::file(
                     path,
-                    format!("tensor `{name}` has dtype {other:?}; groklens reads F32, F64, I64 and I32"),
+                    format!(
+                        "tensor `{name}` has dtype {other:?}; groklens reads F32, F64, I64 and I32"
+                    ),
                 ))
             }
         };
         tensors.insert(name, HostTensor { shape, data });
     }
-    let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let metadata = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     Ok(TensorFile { tensors, metadata })
 }
 
 /// Serialises tensors to safetensors bytes.
-pub fn to_bytes(tensors: &[(String, HostTensor)], metadata: BTreeMap<String, String>) -> Result<Vec<u8>> {
+pub fn to_bytes(
+    tensors: &[(String, HostTensor)],
+    metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     let bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(name, t)| {
@@ -142,14 +191,25 @@ pub fn to_bytes(tensors: &[(String, HostTensor)], metadata: BTreeMap<String, Str
         .collect();
     let views: Vec<(String, TensorView)> = bufs
         .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| GrokError::tensor(n, e.to_string()))?)))
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b)
+                    .map_err(|e| GrokError::tensor(n, e.to_string()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let meta: HashMap<String, String> = metadata.into_iter().collect();
-    safetensors::serialize(views, Some(meta)).map_err(|e| GrokError::tensor("<file>", e.to_string()))
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| GrokError::tensor("<file>", e.to_string()))
 }
 
 /// Writes a safetensors file atomically: a temp file beside it, fsync, then rename.
-pub fn write_atomic(path: &Path, tensors: &[(String, HostTensor)], metadata: BTreeMap<String, String>) -> Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    tensors: &[(String, HostTensor)],
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
     write_bytes_atomic(path, &to_bytes(tensors, metadata)?)
 }
 
@@ -178,7 +238,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
         let t = vec![
-            ("a".to_string(), HostTensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0])),
+            (
+                "a".to_string(),
+                HostTensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]),
+            ),
             ("b".to_string(), HostTensor::i64(vec![3], vec![5, 6, 7])),
         ];
         let meta = BTreeMap::from([("k".to_string(), "v".to_string())]);
@@ -190,6 +253,9 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&path).unwrap_err().to_string();
-        assert!(e.contains("t.safetensors") && e.contains("truncated"), "{e}");
+        assert!(
+            e.contains("t.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
     }
 }

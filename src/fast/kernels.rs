@@ -3,8 +3,21 @@
 /// `c[m×n] = (acc ? c : 0) + op(a)·op(b)`, all row-major; `ta`/`tb` mean `a` is stored `[k×m]` / `b` is
 /// stored `[n×k]`. Single-threaded: the engine parallelises over batch chunks itself.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(c: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bool, acc: bool) {
-    assert!(c.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul buffer too small");
+pub fn matmul(
+    c: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    acc: bool,
+) {
+    assert!(
+        c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul buffer too small"
+    );
     if m == 0 || n == 0 {
         return;
     }

@@ -22,7 +22,9 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
         return Some("normalization_type must be none".into());
     }
     if cfg.act_fn == ActFn::Gelu {
-        return Some("act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into());
+        return Some(
+            "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into(),
+        );
     }
     None
 }
@@ -31,9 +33,20 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
 pub fn select_engine(cfg: &RunConfig) -> Result<Box<dyn Engine>> {
     let reason = unsupported_reason(&cfg.model);
     match (cfg.train.engine, reason) {
-        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => Ok(Box::new(CandleEngine::new(&cfg.model))),
-        (EngineKind::Fast, Some(why)) => Err(GrokError::config("train.engine", "fast", format!("this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""))),
-        (_, None) => Ok(Box::new(FastEngine::new(&cfg.model, thread_count(cfg.train.threads)))),
+        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
+            Ok(Box::new(CandleEngine::new(&cfg.model)))
+        }
+        (EngineKind::Fast, Some(why)) => Err(GrokError::config(
+            "train.engine",
+            "fast",
+            format!(
+                "this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""
+            ),
+        )),
+        (_, None) => Ok(Box::new(FastEngine::new(
+            &cfg.model,
+            thread_count(cfg.train.threads),
+        ))),
     }
 }
 
@@ -55,15 +68,39 @@ pub struct FastEngine {
 impl FastEngine {
     /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
     pub fn new(cfg: &ModelConfig, threads: usize) -> Self {
-        FastEngine { cfg: cfg.clone(), threads: threads.max(1) }
+        FastEngine {
+            cfg: cfg.clone(),
+            threads: threads.max(1),
+        }
     }
 
     fn run_chunks(&self, params: &Params, batch: Batch, grads: bool) -> Result<Vec<ChunkResult>> {
-        if batch.seq_len == 0 || batch.seq_len > self.cfg.n_ctx || batch.tokens.len() != batch.rows() * batch.seq_len {
-            return Err(GrokError::tensor("tokens", format!("batch of {} rows does not fit seq_len {} <= n_ctx {}", batch.rows(), batch.seq_len, self.cfg.n_ctx)));
+        if batch.seq_len == 0
+            || batch.seq_len > self.cfg.n_ctx
+            || batch.tokens.len() != batch.rows() * batch.seq_len
+        {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!(
+                    "batch of {} rows does not fit seq_len {} <= n_ctx {}",
+                    batch.rows(),
+                    batch.seq_len,
+                    self.cfg.n_ctx
+                ),
+            ));
         }
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
-            return Err(GrokError::tensor("tokens", format!("id {bad} is outside the vocabulary [0, {})", self.cfg.d_vocab)));
+        if let Some(&bad) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.cfg.d_vocab)
+        {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!(
+                    "id {bad} is outside the vocabulary [0, {})",
+                    self.cfg.d_vocab
+                ),
+            ));
         }
         let w = Weights::from_params(&self.cfg, params);
         let prepared = Prepared::new(&self.cfg, &w);
@@ -78,12 +115,28 @@ impl FastEngine {
                 .map(|start| {
                     let end = (start + chunk).min(n);
                     let prepared = &prepared;
-                    s.spawn(move || prepared.run(&batch.tokens[start * seq..end * seq], &batch.labels[start..end], seq, n_total))
+                    s.spawn(move || {
+                        prepared.run(
+                            &batch.tokens[start * seq..end * seq],
+                            &batch.labels[start..end],
+                            seq,
+                            n_total,
+                        )
+                    })
                 })
                 .collect();
             let end = chunk.min(n);
-            let mut out = vec![prepared.run(&batch.tokens[..end * seq], &batch.labels[..end], seq, n_total)];
-            out.extend(handles.into_iter().map(|h| h.join().expect("fast engine worker panicked")));
+            let mut out = vec![prepared.run(
+                &batch.tokens[..end * seq],
+                &batch.labels[..end],
+                seq,
+                n_total,
+            )];
+            out.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("fast engine worker panicked")),
+            );
             out
         });
         Ok(results)
@@ -92,7 +145,11 @@ impl FastEngine {
 
 fn totals(results: &[ChunkResult], rows: usize) -> BatchStats {
     let loss_sum: f64 = results.iter().map(|r| r.loss_sum).sum();
-    BatchStats { loss: loss_sum / rows as f64, correct: results.iter().map(|r| r.correct).sum(), rows }
+    BatchStats {
+        loss: loss_sum / rows as f64,
+        correct: results.iter().map(|r| r.correct).sum(),
+        rows,
+    }
 }
 
 impl Engine for FastEngine {
@@ -100,7 +157,13 @@ impl Engine for FastEngine {
         "fast"
     }
 
-    fn loss_and_grads(&mut self, params: &Params, trainable: &[bool], batch: Batch, grads: &mut Params) -> Result<BatchStats> {
+    fn loss_and_grads(
+        &mut self,
+        params: &Params,
+        trainable: &[bool],
+        batch: Batch,
+        grads: &mut Params,
+    ) -> Result<BatchStats> {
         let mut results = self.run_chunks(params, batch, true)?;
         let stats = totals(&results, batch.rows());
         let mut iter = results.iter_mut().filter_map(|r| r.grads.as_mut());

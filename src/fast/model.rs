@@ -105,7 +105,8 @@ impl Weights {
                             w_qkv[at..at + dh].copy_from_slice(src);
                         }
                     }
-                    b_qkv[which * hd..(which + 1) * hd].copy_from_slice(params.data(&format!("blocks.{l}.attn.b_{m}")));
+                    b_qkv[which * hd..(which + 1) * hd]
+                        .copy_from_slice(params.data(&format!("blocks.{l}.attn.b_{m}")));
                 }
                 let mlp = |n: &str| if d.attn_only { Vec::new() } else { p(n) };
                 BlockWeights {
@@ -157,7 +158,16 @@ impl Weights {
     fn buffers_mut(&mut self) -> Vec<&mut Vec<f32>> {
         let mut v = vec![&mut self.w_e, &mut self.w_pos, &mut self.w_u, &mut self.b_u];
         for b in &mut self.blocks {
-            v.extend([&mut b.w_qkv, &mut b.b_qkv, &mut b.w_o, &mut b.b_o, &mut b.w_in, &mut b.b_in, &mut b.w_out, &mut b.b_out]);
+            v.extend([
+                &mut b.w_qkv,
+                &mut b.b_qkv,
+                &mut b.w_o,
+                &mut b.b_o,
+                &mut b.w_in,
+                &mut b.b_in,
+                &mut b.w_out,
+                &mut b.b_out,
+            ]);
         }
         v
     }
@@ -187,7 +197,11 @@ impl Weights {
                 ["unembed", "b_U"] => dst.copy_from_slice(&self.b_u),
                 ["blocks", l, kind, w] => {
                     let b = &self.blocks[l.parse::<usize>().expect("block index")];
-                    let qkv = |m: &str| ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"].iter().position(|x| *x == m);
+                    let qkv = |m: &str| {
+                        ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"]
+                            .iter()
+                            .position(|x| *x == m)
+                    };
                     match (*kind, *w) {
                         ("attn", "W_O") => dst.copy_from_slice(&b.w_o),
                         ("attn", "b_O") => dst.copy_from_slice(&b.b_o),
@@ -196,7 +210,8 @@ impl Weights {
                             for h in 0..d.n_heads {
                                 for r in 0..dm {
                                     let at = r * 3 * hd + which * hd + h * dh;
-                                    dst[(h * dm + r) * dh..(h * dm + r + 1) * dh].copy_from_slice(&b.w_qkv[at..at + dh]);
+                                    dst[(h * dm + r) * dh..(h * dm + r + 1) * dh]
+                                        .copy_from_slice(&b.w_qkv[at..at + dh]);
                                 }
                             }
                         }
@@ -208,7 +223,9 @@ impl Weights {
                         ("mlp", "b_in") => dst.copy_from_slice(&b.b_in),
                         ("mlp", "W_out") => dst.copy_from_slice(&b.w_out),
                         ("mlp", "b_out") => dst.copy_from_slice(&b.b_out),
-                        _ => unreachable!("parameter {name} is not produced by the norm-free model"),
+                        _ => {
+                            unreachable!("parameter {name} is not produced by the norm-free model")
+                        }
                     }
                 }
                 _ => unreachable!("parameter {name} is not produced by the norm-free model"),
@@ -221,11 +238,34 @@ impl Weights {
         let (dm, n3) = (d.d_model, 3 * d.hd());
         let b0 = &self.blocks[0];
         let mut per_token = vec![0.0; d.d_vocab * n3];
-        matmul(&mut per_token, &self.w_e, &b0.w_qkv, d.d_vocab, n3, dm, false, false, false);
+        matmul(
+            &mut per_token,
+            &self.w_e,
+            &b0.w_qkv,
+            d.d_vocab,
+            n3,
+            dm,
+            false,
+            false,
+            false,
+        );
         let mut per_position = vec![0.0; d.n_ctx * n3];
-        matmul(&mut per_position, &self.w_pos, &b0.w_qkv, d.n_ctx, n3, dm, false, false, false);
+        matmul(
+            &mut per_position,
+            &self.w_pos,
+            &b0.w_qkv,
+            d.n_ctx,
+            n3,
+            dm,
+            false,
+            false,
+            false,
+        );
         add_bias(&mut per_position, &b0.b_qkv);
-        Lookup { per_token, per_position }
+        Lookup {
+            per_token,
+            per_position,
+        }
     }
 }
 
@@ -268,11 +308,21 @@ impl<'a> Prepared<'a> {
     /// Prepares `w` for passes over batches.
     pub fn new(cfg: &ModelConfig, w: &'a Weights) -> Self {
         let d = Dims::new(cfg);
-        Prepared { lookup: w.lookup(&d), w, d }
+        Prepared {
+            lookup: w.lookup(&d),
+            w,
+            d,
+        }
     }
 
     /// Forward (and, if `n_total` is given, backward for a mean over `n_total` rows) on `rows` rows.
-    pub fn run(&self, tokens: &[u32], labels: &[u32], seq: usize, n_total: Option<usize>) -> ChunkResult {
+    pub fn run(
+        &self,
+        tokens: &[u32],
+        labels: &[u32],
+        seq: usize,
+        n_total: Option<usize>,
+    ) -> ChunkResult {
         let rows = labels.len();
         let d = &self.d;
         let n_layers = self.w.blocks.len();
@@ -288,26 +338,66 @@ impl<'a> Prepared<'a> {
         // x_next: resid_post of the last block at the last position, [rows, d_model].
         let vo = d.d_vocab_out;
         let mut logits = vec![0.0; rows * vo];
-        matmul(&mut logits, &x_next, &self.w.w_u, rows, vo, d.d_model, false, false, false);
+        matmul(
+            &mut logits,
+            &x_next,
+            &self.w.w_u,
+            rows,
+            vo,
+            d.d_model,
+            false,
+            false,
+            false,
+        );
         add_bias(&mut logits, &self.w.b_u);
         let (loss_sum, correct) = loss_and_dlogits(&mut logits, labels, n_total);
-        let Some(_) = n_total else { return ChunkResult { loss_sum, correct, grads: None } };
+        let Some(_) = n_total else {
+            return ChunkResult {
+                loss_sum,
+                correct,
+                grads: None,
+            };
+        };
         let dlogits = logits;
         let mut g = self.w.zeros_like();
-        matmul(&mut g.w_u, &x_next, &dlogits, d.d_model, vo, rows, true, false, false);
+        matmul(
+            &mut g.w_u, &x_next, &dlogits, d.d_model, vo, rows, true, false, false,
+        );
         add_column_sums(&mut g.b_u, &dlogits);
         let mut dout = vec![0.0; rows * d.d_model];
-        matmul(&mut dout, &dlogits, &self.w.w_u, rows, d.d_model, vo, false, true, false);
+        matmul(
+            &mut dout,
+            &dlogits,
+            &self.w.w_u,
+            rows,
+            d.d_model,
+            vo,
+            false,
+            true,
+            false,
+        );
         for l in (0..n_layers).rev() {
             let tq = if l + 1 == n_layers { 1 } else { seq };
             dout = self.block_backward(l, &caches[l], dout, tokens, rows, seq, tq, &mut g);
         }
-        ChunkResult { loss_sum, correct, grads: Some(g) }
+        ChunkResult {
+            loss_sum,
+            correct,
+            grads: Some(g),
+        }
     }
 
     /// Runs block `l` on input `x` (`[rows·seq, d_model]`, empty for block 0); returns its cache and
     /// resid_post at the `tq` query positions (`tq` = 1: the last position only).
-    fn block_forward(&self, l: usize, x: Vec<f32>, tokens: &[u32], rows: usize, seq: usize, tq: usize) -> (BlockCache, Vec<f32>) {
+    fn block_forward(
+        &self,
+        l: usize,
+        x: Vec<f32>,
+        tokens: &[u32],
+        rows: usize,
+        seq: usize,
+        tq: usize,
+    ) -> (BlockCache, Vec<f32>) {
         let d = &self.d;
         let b = &self.w.blocks[l];
         let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
@@ -318,10 +408,22 @@ impl<'a> Prepared<'a> {
                 let (tok, t) = (tokens[i] as usize, i % seq);
                 let a = &self.lookup.per_token[tok * n3..(tok + 1) * n3];
                 let p = &self.lookup.per_position[t * n3..(t + 1) * n3];
-                row.iter_mut().zip(a.iter().zip(p)).for_each(|(o, (x, y))| *o = x + y);
+                row.iter_mut()
+                    .zip(a.iter().zip(p))
+                    .for_each(|(o, (x, y))| *o = x + y);
             }
         } else {
-            matmul(&mut qkv, &x, &b.w_qkv, rows * seq, n3, dm, false, false, false);
+            matmul(
+                &mut qkv,
+                &x,
+                &b.w_qkv,
+                rows * seq,
+                n3,
+                dm,
+                false,
+                false,
+                false,
+            );
             add_bias(&mut qkv, &b.b_qkv);
         }
         // Residual stream at the query positions.
@@ -335,7 +437,9 @@ impl<'a> Prepared<'a> {
                     let tok = tokens[r * seq + t] as usize;
                     let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
                     let p = &self.w.w_pos[t * dm..(t + 1) * dm];
-                    dst.iter_mut().zip(e.iter().zip(p)).for_each(|(o, (a, b))| *o = a + b);
+                    dst.iter_mut()
+                        .zip(e.iter().zip(p))
+                        .for_each(|(o, (a, b))| *o = a + b);
                 } else {
                     dst.copy_from_slice(&x[(r * seq + t) * dm..(r * seq + t + 1) * dm]);
                 }
@@ -377,11 +481,32 @@ impl<'a> Prepared<'a> {
         add_bias(&mut mid, &b.b_o);
         if d.attn_only {
             let out = mid.clone();
-            return (BlockCache { x, qkv, pattern, z, mid, pre: Vec::new(), post: Vec::new() }, out);
+            return (
+                BlockCache {
+                    x,
+                    qkv,
+                    pattern,
+                    z,
+                    mid,
+                    pre: Vec::new(),
+                    post: Vec::new(),
+                },
+                out,
+            );
         }
         let m = d.d_mlp;
         let mut pre = vec![0.0; rows * tq * m];
-        matmul(&mut pre, &mid, &b.w_in, rows * tq, m, dm, false, false, false);
+        matmul(
+            &mut pre,
+            &mid,
+            &b.w_in,
+            rows * tq,
+            m,
+            dm,
+            false,
+            false,
+            false,
+        );
         add_bias(&mut pre, &b.b_in);
         let post: Vec<f32> = match d.act {
             ActFn::Relu => pre.iter().map(|&v| v.max(0.0)).collect(),
@@ -389,15 +514,46 @@ impl<'a> Prepared<'a> {
             ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
         };
         let mut out = mid.clone();
-        matmul(&mut out, &post, &b.w_out, rows * tq, dm, m, false, false, true);
+        matmul(
+            &mut out,
+            &post,
+            &b.w_out,
+            rows * tq,
+            dm,
+            m,
+            false,
+            false,
+            true,
+        );
         add_bias(&mut out, &b.b_out);
-        (BlockCache { x, qkv, pattern, z, mid, pre, post }, out)
+        (
+            BlockCache {
+                x,
+                qkv,
+                pattern,
+                z,
+                mid,
+                pre,
+                post,
+            },
+            out,
+        )
     }
 
     /// Backward through block `l` given d(loss)/d(resid_post) at its query positions; accumulates
     /// parameter gradients into `g` and returns d(loss)/d(block input) at every position.
     #[allow(clippy::too_many_arguments)]
-    fn block_backward(&self, l: usize, c: &BlockCache, dout: Vec<f32>, tokens: &[u32], rows: usize, seq: usize, tq: usize, g: &mut Weights) -> Vec<f32> {
+    fn block_backward(
+        &self,
+        l: usize,
+        c: &BlockCache,
+        dout: Vec<f32>,
+        tokens: &[u32],
+        rows: usize,
+        seq: usize,
+        tq: usize,
+        g: &mut Weights,
+    ) -> Vec<f32> {
         let d = &self.d;
         let b = &self.w.blocks[l];
         let gb = &mut g.blocks[l];
@@ -412,8 +568,15 @@ impl<'a> Prepared<'a> {
             let mut dpre = vec![0.0; nq * m];
             matmul(&mut dpre, &dmid, &b.w_out, nq, m, dm, false, true, false);
             match d.act {
-                ActFn::Relu => dpre.iter_mut().zip(&c.pre).for_each(|(g, &x)| if x <= 0.0 { *g = 0.0 }),
-                ActFn::GeluNew => dpre.iter_mut().zip(&c.pre).for_each(|(g, &x)| *g *= gelu_new_grad(x)),
+                ActFn::Relu => dpre.iter_mut().zip(&c.pre).for_each(|(g, &x)| {
+                    if x <= 0.0 {
+                        *g = 0.0
+                    }
+                }),
+                ActFn::GeluNew => dpre
+                    .iter_mut()
+                    .zip(&c.pre)
+                    .for_each(|(g, &x)| *g *= gelu_new_grad(x)),
                 ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
             }
             matmul(&mut gb.w_in, &c.mid, &dpre, dm, m, nq, true, false, false);
@@ -460,13 +623,34 @@ impl<'a> Prepared<'a> {
         for r in 0..rows {
             for qi in 0..tq {
                 let t = first_q + qi;
-                dx[(r * seq + t) * dm..(r * seq + t + 1) * dm].copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
+                dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
+                    .copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
             }
         }
         add_column_sums(&mut gb.b_qkv, &dqkv);
         if l > 0 {
-            matmul(&mut gb.w_qkv, &c.x, &dqkv, dm, n3, rows * seq, true, false, false);
-            matmul(&mut dx, &dqkv, &b.w_qkv, rows * seq, dm, n3, false, true, true);
+            matmul(
+                &mut gb.w_qkv,
+                &c.x,
+                &dqkv,
+                dm,
+                n3,
+                rows * seq,
+                true,
+                false,
+                false,
+            );
+            matmul(
+                &mut dx,
+                &dqkv,
+                &b.w_qkv,
+                rows * seq,
+                dm,
+                n3,
+                false,
+                true,
+                true,
+            );
             return dx;
         }
         // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
@@ -475,17 +659,59 @@ impl<'a> Prepared<'a> {
         let mut g_pos = vec![0.0; nctx * n3];
         for (i, row) in dqkv.chunks_exact(n3).enumerate() {
             let (tok, t) = (tokens[i] as usize, i % seq);
-            g_tok[tok * n3..(tok + 1) * n3].iter_mut().zip(row).for_each(|(o, v)| *o += v);
-            g_pos[t * n3..(t + 1) * n3].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            g_tok[tok * n3..(tok + 1) * n3]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, v)| *o += v);
+            g_pos[t * n3..(t + 1) * n3]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, v)| *o += v);
         }
-        matmul(&mut gb.w_qkv, &self.w.w_e, &g_tok, dm, n3, dv, true, false, false);
-        matmul(&mut gb.w_qkv, &self.w.w_pos, &g_pos, dm, n3, nctx, true, false, true);
+        matmul(
+            &mut gb.w_qkv,
+            &self.w.w_e,
+            &g_tok,
+            dm,
+            n3,
+            dv,
+            true,
+            false,
+            false,
+        );
+        matmul(
+            &mut gb.w_qkv,
+            &self.w.w_pos,
+            &g_pos,
+            dm,
+            n3,
+            nctx,
+            true,
+            false,
+            true,
+        );
         matmul(&mut g.w_e, &g_tok, &b.w_qkv, dv, dm, n3, false, true, true);
-        matmul(&mut g.w_pos, &g_pos, &b.w_qkv, nctx, dm, n3, false, true, true);
+        matmul(
+            &mut g.w_pos,
+            &g_pos,
+            &b.w_qkv,
+            nctx,
+            dm,
+            n3,
+            false,
+            true,
+            true,
+        );
         for (i, row) in dx.chunks_exact(dm).enumerate() {
             let (tok, t) = (tokens[i] as usize, i % seq);
-            g.w_e[tok * dm..(tok + 1) * dm].iter_mut().zip(row).for_each(|(o, v)| *o += v);
-            g.w_pos[t * dm..(t + 1) * dm].iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            g.w_e[tok * dm..(tok + 1) * dm]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, v)| *o += v);
+            g.w_pos[t * dm..(t + 1) * dm]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(o, v)| *o += v);
         }
         Vec::new()
     }

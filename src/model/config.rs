@@ -184,16 +184,28 @@ impl ModelConfig {
             }
         }
         if !self.attn_only && self.d_mlp == 0 {
-            return Err(GrokError::config("model.d_mlp", 0, "must be at least 1 unless model.attn_only = true"));
+            return Err(GrokError::config(
+                "model.d_mlp",
+                0,
+                "must be at least 1 unless model.attn_only = true",
+            ));
         }
-        let big = [("model.d_model", self.d_model), ("model.d_mlp", self.d_mlp), ("model.d_vocab", self.d_vocab)];
+        let big = [
+            ("model.d_model", self.d_model),
+            ("model.d_mlp", self.d_mlp),
+            ("model.d_vocab", self.d_vocab),
+        ];
         for (field, v) in big {
             if v > 1 << 16 {
                 return Err(GrokError::config(field, v, "must be at most 65536"));
             }
         }
         if !(self.eps > 0.0 && self.eps < 1.0) {
-            return Err(GrokError::config("model.eps", self.eps, "must be in (0, 1)"));
+            return Err(GrokError::config(
+                "model.eps",
+                self.eps,
+                "must be in (0, 1)",
+            ));
         }
         if !(self.initializer_range >= 0.0 && self.initializer_range.is_finite()) {
             return Err(GrokError::config(
@@ -209,8 +221,14 @@ impl ModelConfig {
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let (dm, nh, dh, dmlp) = (self.d_model, self.n_heads, self.d_head, self.d_mlp);
         let mut specs = Vec::new();
-        let mut push = |name: String, shape: Vec<usize>, kind: ParamKind| specs.push(ParamSpec { name, shape, kind });
-        push("embed.W_E".into(), vec![self.d_vocab, dm], ParamKind::Weight);
+        let mut push = |name: String, shape: Vec<usize>, kind: ParamKind| {
+            specs.push(ParamSpec { name, shape, kind })
+        };
+        push(
+            "embed.W_E".into(),
+            vec![self.d_vocab, dm],
+            ParamKind::Weight,
+        );
         let pos_kind = match self.positional_embedding_type {
             PositionalEmbedding::Standard => ParamKind::Weight,
             PositionalEmbedding::None => ParamKind::Zero,
@@ -227,7 +245,11 @@ impl ModelConfig {
                 }
             }
             for m in ["Q", "K", "V"] {
-                push(format!("{b}.attn.W_{m}"), vec![nh, dm, dh], ParamKind::Weight);
+                push(
+                    format!("{b}.attn.W_{m}"),
+                    vec![nh, dm, dh],
+                    ParamKind::Weight,
+                );
             }
             push(format!("{b}.attn.W_O"), vec![nh, dh, dm], ParamKind::Weight);
             for m in ["Q", "K", "V"] {
@@ -245,8 +267,16 @@ impl ModelConfig {
             push("ln_final.w".into(), vec![dm], ParamKind::LnWeight);
             push("ln_final.b".into(), vec![dm], ParamKind::Bias);
         }
-        push("unembed.W_U".into(), vec![dm, self.d_vocab_out], ParamKind::Weight);
-        push("unembed.b_U".into(), vec![self.d_vocab_out], ParamKind::Bias);
+        push(
+            "unembed.W_U".into(),
+            vec![dm, self.d_vocab_out],
+            ParamKind::Weight,
+        );
+        push(
+            "unembed.b_U".into(),
+            vec![self.d_vocab_out],
+            ParamKind::Bias,
+        );
         specs
     }
 
@@ -284,7 +314,9 @@ impl ModelConfig {
     /// Reads a config written by [`ModelConfig::to_transformer_lens_json`] or by a Python user
     /// (`HookedTransformerConfig` keys; unknown keys are ignored, missing optional ones take TL defaults).
     pub fn from_transformer_lens_json(v: &serde_json::Value) -> Result<Self> {
-        let obj = v.as_object().ok_or_else(|| GrokError::config("model_config", v, "must be a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| GrokError::config("model_config", v, "must be a JSON object"))?;
         let get_usize = |k: &str| -> Result<Option<usize>> {
             match obj.get(k) {
                 None | Some(serde_json::Value::Null) => Ok(None),
@@ -295,7 +327,8 @@ impl ModelConfig {
             }
         };
         let need = |k: &str| -> Result<usize> {
-            get_usize(k)?.ok_or_else(|| GrokError::config(k, "missing", "required key in model_config.json"))
+            get_usize(k)?
+                .ok_or_else(|| GrokError::config(k, "missing", "required key in model_config.json"))
         };
         let d_model = need("d_model")?;
         let n_heads = need("n_heads")?;
@@ -303,17 +336,32 @@ impl ModelConfig {
             "relu" => ActFn::Relu,
             "gelu" => ActFn::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => ActFn::GeluNew,
-            other => return Err(GrokError::config("act_fn", other, "one of relu, gelu, gelu_new")),
+            other => {
+                return Err(GrokError::config(
+                    "act_fn",
+                    other,
+                    "one of relu, gelu, gelu_new",
+                ))
+            }
         };
         let normalization_type = match obj.get("normalization_type") {
             None | Some(serde_json::Value::Null) => None,
             Some(x) => match x.as_str() {
                 Some("LN") => Some(Normalization::LN),
                 Some("LNPre") => Some(Normalization::LNPre),
-                _ => return Err(GrokError::config("normalization_type", x, "null, \"LN\" or \"LNPre\"")),
+                _ => {
+                    return Err(GrokError::config(
+                        "normalization_type",
+                        x,
+                        "null, \"LN\" or \"LNPre\"",
+                    ))
+                }
             },
         };
-        let attn_only = obj.get("attn_only").and_then(|x| x.as_bool()).unwrap_or(false);
+        let attn_only = obj
+            .get("attn_only")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false);
         let d_vocab = need("d_vocab")?;
         let cfg = ModelConfig {
             n_layers: need("n_layers")?,
@@ -342,11 +390,21 @@ impl ModelConfig {
     /// Multiply-add count of one forward pass over `batch` sequences, as 2·m·n·k per matmul.
     /// `logit_positions` is how many positions run the last MLP and the unembedding.
     pub fn forward_flops(&self, batch: usize, logit_positions: usize) -> f64 {
-        let (b, t, dm, nh, dh) = (batch as f64, self.n_ctx as f64, self.d_model as f64, self.n_heads as f64, self.d_head as f64);
+        let (b, t, dm, nh, dh) = (
+            batch as f64,
+            self.n_ctx as f64,
+            self.d_model as f64,
+            self.n_heads as f64,
+            self.d_head as f64,
+        );
         let mut f = 0.0;
         for l in 0..self.n_layers {
             let last = l + 1 == self.n_layers;
-            let rows_after = if last { b * logit_positions as f64 } else { b * t };
+            let rows_after = if last {
+                b * logit_positions as f64
+            } else {
+                b * t
+            };
             f += 2.0 * b * t * dm * nh * dh * 3.0; // QKV
             f += 2.0 * b * nh * t * t * dh * 2.0; // scores and z
             f += 2.0 * b * t * nh * dh * dm; // W_O
@@ -363,7 +421,12 @@ mod tests {
     use super::*;
 
     fn resolved() -> ModelConfig {
-        ModelConfig { d_vocab: 114, d_vocab_out: 113, n_ctx: 3, ..ModelConfig::grokking_demo() }
+        ModelConfig {
+            d_vocab: 114,
+            d_vocab_out: 113,
+            n_ctx: 3,
+            ..ModelConfig::grokking_demo()
+        }
     }
 
     #[test]
@@ -382,12 +445,21 @@ mod tests {
     fn json_round_trip() {
         let c = resolved();
         let back = ModelConfig::from_transformer_lens_json(&c.to_transformer_lens_json()).unwrap();
-        assert_eq!(ModelConfig { seed: c.seed, ..back }, c);
+        assert_eq!(
+            ModelConfig {
+                seed: c.seed,
+                ..back
+            },
+            c
+        );
     }
 
     #[test]
     fn zero_width_is_rejected_by_name() {
-        let c = ModelConfig { d_head: 0, ..resolved() };
+        let c = ModelConfig {
+            d_head: 0,
+            ..resolved()
+        };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("model.d_head"), "{e}");
     }

@@ -35,13 +35,24 @@ impl HookedTransformer {
         let device = Device::Cpu;
         let mut weights = HashMap::new();
         for p in params.iter() {
-            weights.insert(p.name.clone(), Tensor::from_slice(&p.data, p.shape.as_slice(), &device)?);
+            weights.insert(
+                p.name.clone(),
+                Tensor::from_slice(&p.data, p.shape.as_slice(), &device)?,
+            );
         }
-        Ok(HookedTransformer { cfg: cfg.clone(), weights, device })
+        Ok(HookedTransformer {
+            cfg: cfg.clone(),
+            weights,
+            device,
+        })
     }
 
     /// Wraps `params`, making those `trainable` accepts into [`Var`]s whose gradients `backward` keeps.
-    pub fn with_vars(cfg: &ModelConfig, params: &Params, trainable: impl Fn(&str) -> bool) -> Result<(Self, Vec<(String, Var)>)> {
+    pub fn with_vars(
+        cfg: &ModelConfig,
+        params: &Params,
+        trainable: impl Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<(String, Var)>)> {
         let mut model = Self::new(cfg, params)?;
         let mut vars = Vec::new();
         for p in params.iter() {
@@ -56,35 +67,61 @@ impl HookedTransformer {
 
     /// The weight called `name` (a TransformerLens state_dict name).
     pub fn weight(&self, name: &str) -> Result<&Tensor> {
-        self.weights.get(name).ok_or_else(|| GrokError::tensor(name, "no such parameter in this model"))
+        self.weights
+            .get(name)
+            .ok_or_else(|| GrokError::tensor(name, "no such parameter in this model"))
     }
 
     /// Token ids `[batch, pos]` as a candle tensor, checked against the vocabulary and context length.
     pub fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        let pos = if batch == 0 { 0 } else { tokens.len() / batch };
+        let pos = tokens.len().checked_div(batch).unwrap_or(0);
         if batch * pos != tokens.len() || pos == 0 || pos > self.cfg.n_ctx {
             return Err(GrokError::tensor(
                 "tokens",
-                format!("{} ids do not form [batch={batch}, pos<= n_ctx={}]", tokens.len(), self.cfg.n_ctx),
+                format!(
+                    "{} ids do not form [batch={batch}, pos<= n_ctx={}]",
+                    tokens.len(),
+                    self.cfg.n_ctx
+                ),
             ));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
-            return Err(GrokError::tensor("tokens", format!("id {bad} is outside the vocabulary [0, {})", self.cfg.d_vocab)));
+            return Err(GrokError::tensor(
+                "tokens",
+                format!(
+                    "id {bad} is outside the vocabulary [0, {})",
+                    self.cfg.d_vocab
+                ),
+            ));
         }
         Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
     }
 
     /// Runs the model on `tokens [batch, pos]` (u32) and returns logits.
-    pub fn forward(&self, tokens: &Tensor, at: LogitPositions, hooks: &mut dyn Hooks) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        tokens: &Tensor,
+        at: LogitPositions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
         let (batch, pos) = tokens.dims2()?;
         let d_model = self.cfg.d_model;
-        let embed = self.weight("embed.W_E")?.index_select(&tokens.flatten_all()?, 0)?.reshape((batch, pos, d_model))?;
+        let embed = self
+            .weight("embed.W_E")?
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((batch, pos, d_model))?;
         let embed = hooks.hook("hook_embed", embed)?;
         let pos_embed = match self.cfg.positional_embedding_type {
             PositionalEmbedding::Standard => self.weight("pos_embed.W_pos")?.narrow(0, 0, pos)?,
             PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, &self.device)?,
         };
-        let pos_embed = hooks.hook("hook_pos_embed", pos_embed.unsqueeze(0)?.broadcast_as((batch, pos, d_model))?.contiguous()?)?;
+        let pos_embed = hooks.hook(
+            "hook_pos_embed",
+            pos_embed
+                .unsqueeze(0)?
+                .broadcast_as((batch, pos, d_model))?
+                .contiguous()?,
+        )?;
         let mut resid = (embed + pos_embed)?;
         for layer in 0..self.cfg.n_layers {
             let last = layer + 1 == self.cfg.n_layers && at == LogitPositions::Last;
@@ -92,12 +129,20 @@ impl HookedTransformer {
         }
         let x = self.norm("ln_final", resid, hooks)?;
         let (b, t, _) = x.dims3()?;
-        let logits = x.reshape((b * t, d_model))?.matmul(self.weight("unembed.W_U")?)?;
+        let logits = x
+            .reshape((b * t, d_model))?
+            .matmul(self.weight("unembed.W_U")?)?;
         let logits = logits.broadcast_add(self.weight("unembed.b_U")?)?;
         Ok(logits.reshape((b, t, self.cfg.d_vocab_out))?)
     }
 
-    fn block(&self, layer: usize, resid_pre: Tensor, only_last: bool, hooks: &mut dyn Hooks) -> Result<Tensor> {
+    fn block(
+        &self,
+        layer: usize,
+        resid_pre: Tensor,
+        only_last: bool,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
         let b = format!("blocks.{layer}");
         let resid_pre = hooks.hook(&format!("{b}.hook_resid_pre"), resid_pre)?;
         let x = self.norm(&format!("{b}.ln1"), resid_pre.clone(), hooks)?;
@@ -105,7 +150,10 @@ impl HookedTransformer {
         let attn_out = hooks.hook(&format!("{b}.hook_attn_out"), attn_out)?;
         let (resid, attn_out) = if only_last {
             let t = resid_pre.dim(1)?;
-            (resid_pre.narrow(1, t - 1, 1)?, attn_out.narrow(1, t - 1, 1)?)
+            (
+                resid_pre.narrow(1, t - 1, 1)?,
+                attn_out.narrow(1, t - 1, 1)?,
+            )
         } else {
             (resid_pre, attn_out)
         };
@@ -121,13 +169,17 @@ impl HookedTransformer {
 
     /// LayerNorm / LNPre as TransformerLens computes it; identity without normalization.
     fn norm(&self, prefix: &str, x: Tensor, hooks: &mut dyn Hooks) -> Result<Tensor> {
-        let Some(kind) = self.cfg.normalization_type else { return Ok(x) };
+        let Some(kind) = self.cfg.normalization_type else {
+            return Ok(x);
+        };
         let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.eps)?.sqrt()?;
         let scale = hooks.hook(&format!("{prefix}.hook_scale"), scale)?;
         let mut x = x.broadcast_div(&scale)?;
         if kind == Normalization::LN {
-            x = x.broadcast_mul(self.weight(&format!("{prefix}.w"))?)?.broadcast_add(self.weight(&format!("{prefix}.b"))?)?;
+            x = x
+                .broadcast_mul(self.weight(&format!("{prefix}.w"))?)?
+                .broadcast_add(self.weight(&format!("{prefix}.b"))?)?;
         }
         hooks.hook(&format!("{prefix}.hook_normalized"), x)
     }
@@ -136,7 +188,10 @@ impl HookedTransformer {
     fn head_projection(&self, x: &Tensor, w: &str, b: &str) -> Result<Tensor> {
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head);
-        let w = self.weight(w)?.permute((1, 0, 2))?.reshape((d_model, nh * dh))?;
+        let w = self
+            .weight(w)?
+            .permute((1, 0, 2))?
+            .reshape((d_model, nh * dh))?;
         let y = x.reshape((batch * pos, d_model))?.matmul(&w)?;
         let y = y.broadcast_add(&self.weight(b)?.reshape(nh * dh)?)?;
         Ok(y.reshape((batch, pos, nh, dh))?)
@@ -146,14 +201,26 @@ impl HookedTransformer {
         let a = format!("blocks.{layer}.attn");
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head);
-        let q = hooks.hook(&format!("{a}.hook_q"), self.head_projection(x, &format!("{a}.W_Q"), &format!("{a}.b_Q"))?)?;
-        let k = hooks.hook(&format!("{a}.hook_k"), self.head_projection(x, &format!("{a}.W_K"), &format!("{a}.b_K"))?)?;
-        let v = hooks.hook(&format!("{a}.hook_v"), self.head_projection(x, &format!("{a}.W_V"), &format!("{a}.b_V"))?)?;
+        let q = hooks.hook(
+            &format!("{a}.hook_q"),
+            self.head_projection(x, &format!("{a}.W_Q"), &format!("{a}.b_Q"))?,
+        )?;
+        let k = hooks.hook(
+            &format!("{a}.hook_k"),
+            self.head_projection(x, &format!("{a}.W_K"), &format!("{a}.b_K"))?,
+        )?;
+        let v = hooks.hook(
+            &format!("{a}.hook_v"),
+            self.head_projection(x, &format!("{a}.W_V"), &format!("{a}.b_V"))?,
+        )?;
         let q = q.permute((0, 2, 1, 3))?.contiguous()?;
         let k = k.permute((0, 2, 3, 1))?.contiguous()?;
         let v = v.permute((0, 2, 1, 3))?.contiguous()?;
         let scores = (q.matmul(&k)? / (dh as f64).sqrt())?;
-        let scores = hooks.hook(&format!("{a}.hook_attn_scores"), apply_causal_mask(&scores)?)?;
+        let scores = hooks.hook(
+            &format!("{a}.hook_attn_scores"),
+            apply_causal_mask(&scores)?,
+        )?;
         let max = scores.max_keepdim(D::Minus1)?;
         let e = scores.broadcast_sub(&max)?.exp()?;
         let pattern = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
@@ -166,11 +233,17 @@ impl HookedTransformer {
         if hooks.wants(&result_name) {
             // result[b, p, h] = z[b, p, h] @ W_O[h]: per-head contributions to the residual stream.
             let zh = z.permute((2, 0, 1, 3))?.reshape((nh, batch * pos, dh))?;
-            let result = zh.matmul(w_o)?.reshape((nh, batch, pos, d_model))?.permute((1, 2, 0, 3))?.contiguous()?;
+            let result = zh
+                .matmul(w_o)?
+                .reshape((nh, batch, pos, d_model))?
+                .permute((1, 2, 0, 3))?
+                .contiguous()?;
             let result = hooks.hook(&result_name, result)?;
             return Ok(result.sum(2)?.broadcast_add(b_o)?);
         }
-        let out = z.reshape((batch * pos, nh * dh))?.matmul(&w_o.reshape((nh * dh, d_model))?)?;
+        let out = z
+            .reshape((batch * pos, nh * dh))?
+            .matmul(&w_o.reshape((nh * dh, d_model))?)?;
         Ok(out.broadcast_add(b_o)?.reshape((batch, pos, d_model))?)
     }
 
@@ -178,8 +251,12 @@ impl HookedTransformer {
         let m = format!("blocks.{layer}.mlp");
         let (batch, pos, d_model) = x.dims3()?;
         let d_mlp = self.cfg.d_mlp;
-        let pre = x.reshape((batch * pos, d_model))?.matmul(self.weight(&format!("{m}.W_in"))?)?;
-        let pre = pre.broadcast_add(self.weight(&format!("{m}.b_in"))?)?.reshape((batch, pos, d_mlp))?;
+        let pre = x
+            .reshape((batch * pos, d_model))?
+            .matmul(self.weight(&format!("{m}.W_in"))?)?;
+        let pre = pre
+            .broadcast_add(self.weight(&format!("{m}.b_in"))?)?
+            .reshape((batch, pos, d_mlp))?;
         let pre = hooks.hook(&format!("{m}.hook_pre"), pre)?;
         let post = match self.cfg.act_fn {
             ActFn::Relu => pre.relu()?,
@@ -187,8 +264,12 @@ impl HookedTransformer {
             ActFn::GeluNew => pre.gelu()?,
         };
         let post = hooks.hook(&format!("{m}.hook_post"), post)?;
-        let out = post.reshape((batch * pos, d_mlp))?.matmul(self.weight(&format!("{m}.W_out"))?)?;
-        Ok(out.broadcast_add(self.weight(&format!("{m}.b_out"))?)?.reshape((batch, pos, d_model))?)
+        let out = post
+            .reshape((batch * pos, d_mlp))?
+            .matmul(self.weight(&format!("{m}.W_out"))?)?;
+        Ok(out
+            .broadcast_add(self.weight(&format!("{m}.b_out"))?)?
+            .reshape((batch, pos, d_model))?)
     }
 }
 
@@ -196,8 +277,11 @@ impl HookedTransformer {
 fn apply_causal_mask(scores: &Tensor) -> Result<Tensor> {
     let t = scores.dim(D::Minus1)?;
     let q = scores.dim(D::Minus2)?;
-    let allowed: Vec<u8> = (0..q).flat_map(|i| (0..t).map(move |j| u8::from(j <= i + (t - q)))).collect();
-    let mask = Tensor::from_slice(&allowed, (q, t), scores.device())?.broadcast_as(scores.shape())?;
+    let allowed: Vec<u8> = (0..q)
+        .flat_map(|i| (0..t).map(move |j| u8::from(j <= i + (t - q))))
+        .collect();
+    let mask =
+        Tensor::from_slice(&allowed, (q, t), scores.device())?.broadcast_as(scores.shape())?;
     let neg_inf = Tensor::full(f32::NEG_INFINITY, scores.shape(), scores.device())?;
     Ok(mask.where_cond(scores, &neg_inf)?)
 }

@@ -37,7 +37,10 @@ pub struct Recorder<F: Fn(&str) -> bool> {
 impl<F: Fn(&str) -> bool> Recorder<F> {
     /// A recorder keeping the hook points `keep` accepts.
     pub fn new(keep: F) -> Self {
-        Recorder { keep, values: Vec::new() }
+        Recorder {
+            keep,
+            values: Vec::new(),
+        }
     }
 }
 

@@ -36,7 +36,8 @@ impl Params {
     /// TransformerLens's default init: `W_*` ~ N(0, std²), biases 0, LN weights 1, seeded by `cfg.seed`.
     pub fn init(cfg: &ModelConfig) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let normal = Normal::new(0.0f32, cfg.init_std() as f32).expect("init std is finite and >= 0");
+        let normal =
+            Normal::new(0.0f32, cfg.init_std() as f32).expect("init std is finite and >= 0");
         let entries = cfg
             .param_specs()
             .into_iter()
@@ -47,7 +48,11 @@ impl Params {
                     ParamKind::Bias | ParamKind::Zero => vec![0.0; n],
                     ParamKind::LnWeight => vec![1.0; n],
                 };
-                Param { name: s.name, shape: s.shape, data }
+                Param {
+                    name: s.name,
+                    shape: s.shape,
+                    data,
+                }
             })
             .collect();
         Self::from_entries(entries)
@@ -58,13 +63,21 @@ impl Params {
         let entries = self
             .entries
             .iter()
-            .map(|p| Param { name: p.name.clone(), shape: p.shape.clone(), data: vec![0.0; p.data.len()] })
+            .map(|p| Param {
+                name: p.name.clone(),
+                shape: p.shape.clone(),
+                data: vec![0.0; p.data.len()],
+            })
             .collect();
         Self::from_entries(entries)
     }
 
     fn from_entries(entries: Vec<Param>) -> Self {
-        let index = entries.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        let index = entries
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
         Params { entries, index }
     }
 
@@ -111,14 +124,23 @@ impl Params {
 
     /// Sum of squares of every parameter (the "total weight norm" grokking plots track), in f64.
     pub fn sum_of_squares(&self) -> f64 {
-        self.entries.iter().flat_map(|p| p.data.iter()).map(|&x| (x as f64) * (x as f64)).sum()
+        self.entries
+            .iter()
+            .flat_map(|p| p.data.iter())
+            .map(|&x| (x as f64) * (x as f64))
+            .sum()
     }
 
     /// Tensors for a safetensors file, optionally with a name prefix.
     pub fn to_host_tensors(&self, prefix: &str) -> Vec<(String, HostTensor)> {
         self.entries
             .iter()
-            .map(|p| (format!("{prefix}{}", p.name), HostTensor::f32(p.shape.clone(), p.data.clone())))
+            .map(|p| {
+                (
+                    format!("{prefix}{}", p.name),
+                    HostTensor::f32(p.shape.clone(), p.data.clone()),
+                )
+            })
             .collect()
     }
 
@@ -145,23 +167,36 @@ impl Params {
             let t = match lookup(&spec.name) {
                 Some(t) => t,
                 None if spec.kind == ParamKind::Zero => {
-                    entries.push(Param { name: spec.name, data: vec![0.0; spec.shape.iter().product()], shape: spec.shape });
+                    entries.push(Param {
+                        name: spec.name,
+                        data: vec![0.0; spec.shape.iter().product()],
+                        shape: spec.shape,
+                    });
                     continue;
                 }
                 None => {
                     return Err(GrokError::tensor(
                         &spec.name,
-                        format!("missing from {source}; is this checkpoint for a different model config?"),
+                        format!(
+                        "missing from {source}; is this checkpoint for a different model config?"
+                    ),
                     ))
                 }
             };
             if t.shape != spec.shape {
                 return Err(GrokError::tensor(
                     &spec.name,
-                    format!("{source} has shape {:?}, the model config needs {:?}", t.shape, spec.shape),
+                    format!(
+                        "{source} has shape {:?}, the model config needs {:?}",
+                        t.shape, spec.shape
+                    ),
                 ));
             }
-            entries.push(Param { name: spec.name.clone(), shape: spec.shape, data: t.to_f32(&spec.name)? });
+            entries.push(Param {
+                name: spec.name.clone(),
+                shape: spec.shape,
+                data: t.to_f32(&spec.name)?,
+            });
         }
         Ok(Self::from_entries(entries))
     }

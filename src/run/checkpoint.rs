@@ -42,7 +42,10 @@ pub fn list_epochs(dir: &Path) -> Vec<usize> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("epoch_")?.strip_suffix(".safetensors")?.parse().ok()
+            name.strip_prefix("epoch_")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
         })
         .collect();
     epochs.sort_unstable();
@@ -60,7 +63,10 @@ impl Checkpoint {
         let mut tensors = self.optimizer.exp_avg.to_host_tensors("exp_avg.");
         tensors.extend(self.optimizer.exp_avg_sq.to_host_tensors("exp_avg_sq."));
         tensor_io::write_atomic(&optim_path(dir, self.epoch), &tensors, meta)?;
-        let meta = BTreeMap::from([("epoch".to_string(), self.epoch.to_string()), ("format".to_string(), "pt".to_string())]);
+        let meta = BTreeMap::from([
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("format".to_string(), "pt".to_string()),
+        ]);
         self.params.save(&model_path(dir, self.epoch), meta)
     }
 
@@ -69,17 +75,43 @@ impl Checkpoint {
         let params = Params::load(&model_path(dir, epoch), cfg)?;
         let opath = optim_path(dir, epoch);
         let f = tensor_io::read(&opath)?;
-        let moments = |prefix: &str| Params::from_tensor_map(cfg, |n| f.get(&format!("{prefix}{n}")), &opath.display().to_string());
-        let meta = |k: &str| -> Result<&String> {
-            f.metadata.get(k).ok_or_else(|| GrokError::file(&opath, format!("metadata lacks `{k}`; not a groklens optimizer file")))
+        let moments = |prefix: &str| {
+            Params::from_tensor_map(
+                cfg,
+                |n| f.get(&format!("{prefix}{n}")),
+                &opath.display().to_string(),
+            )
         };
-        let step = meta("step")?.parse().map_err(|_| GrokError::file(&opath, "metadata `step` is not an integer"))?;
+        let meta = |k: &str| -> Result<&String> {
+            f.metadata.get(k).ok_or_else(|| {
+                GrokError::file(
+                    &opath,
+                    format!("metadata lacks `{k}`; not a groklens optimizer file"),
+                )
+            })
+        };
+        let step = meta("step")?
+            .parse()
+            .map_err(|_| GrokError::file(&opath, "metadata `step` is not an integer"))?;
         let elapsed_s = meta("elapsed_s")?.parse().unwrap_or(0.0);
         if meta("epoch")?.parse::<usize>().ok() != Some(epoch) {
-            return Err(GrokError::file(&opath, format!("metadata epoch does not match the file name (epoch {epoch})")));
+            return Err(GrokError::file(
+                &opath,
+                format!("metadata epoch does not match the file name (epoch {epoch})"),
+            ));
         }
-        let optimizer = AdamW { cfg: adam, step, exp_avg: moments("exp_avg.")?, exp_avg_sq: moments("exp_avg_sq.")? };
-        Ok(Checkpoint { epoch, params, optimizer, elapsed_s })
+        let optimizer = AdamW {
+            cfg: adam,
+            step,
+            exp_avg: moments("exp_avg.")?,
+            exp_avg_sq: moments("exp_avg_sq.")?,
+        };
+        Ok(Checkpoint {
+            epoch,
+            params,
+            optimizer,
+            elapsed_s,
+        })
     }
 
     /// The newest complete checkpoint in `dir`, with the reasons newer ones were skipped.

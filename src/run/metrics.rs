@@ -7,7 +7,8 @@ use crate::error::{GrokError, Result};
 use crate::tensor_io::write_bytes_atomic;
 
 /// Header of `metrics.csv`.
-pub const HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s";
+pub const HEADER: &str =
+    "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s";
 
 /// One evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,7 +36,14 @@ impl MetricsRow {
     pub fn to_csv(&self) -> String {
         format!(
             "{},{},{},{},{},{},{},{:.3}",
-            self.epoch, self.train_loss, self.train_acc, self.test_loss, self.test_acc, self.lr, self.weight_norm_sq, self.elapsed_s
+            self.epoch,
+            self.train_loss,
+            self.train_acc,
+            self.test_loss,
+            self.test_acc,
+            self.lr,
+            self.weight_norm_sq,
+            self.elapsed_s
         )
     }
 
@@ -61,9 +69,14 @@ impl MetricsRow {
 
 /// Reads every complete row of a metrics file (a partial last line from a crash is dropped).
 pub fn read(path: &Path) -> Result<Vec<MetricsRow>> {
-    let text = std::fs::read_to_string(path).map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
     let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-    Ok(complete.lines().skip(1).filter_map(MetricsRow::from_csv).collect())
+    Ok(complete
+        .lines()
+        .skip(1)
+        .filter_map(MetricsRow::from_csv)
+        .collect())
 }
 
 /// Replaces the file with `rows`, atomically.
@@ -80,6 +93,9 @@ pub fn write_all(path: &Path, rows: &[MetricsRow]) -> Result<()> {
 /// Appends one row and flushes it.
 pub fn append(path: &Path, row: &MetricsRow) -> Result<()> {
     let io = |e: std::io::Error| GrokError::file(path, format!("cannot append: {e}"));
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io)?;
     writeln!(f, "{}", row.to_csv()).map_err(io)
 }

@@ -72,12 +72,18 @@ impl RunDir {
                 "already holds a run (config.toml exists); use `groklens train --resume` to continue it or pick another --out",
             ));
         }
-        std::fs::create_dir_all(self.checkpoint_dir()).map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
+        std::fs::create_dir_all(self.checkpoint_dir())
+            .map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
         tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
-        let json = serde_json::to_string_pretty(&cfg.model.to_transformer_lens_json()).expect("json");
+        let json =
+            serde_json::to_string_pretty(&cfg.model.to_transformer_lens_json()).expect("json");
         tensor_io::write_bytes_atomic(&self.root.join("model_config.json"), json.as_bytes())?;
-        let idx = |v: &[usize]| HostTensor::i64(vec![v.len()], v.iter().map(|&i| i as i64).collect());
-        let tensors = vec![("train".to_string(), idx(&split.train)), ("test".to_string(), idx(&split.test))];
+        let idx =
+            |v: &[usize]| HostTensor::i64(vec![v.len()], v.iter().map(|&i| i as i64).collect());
+        let tensors = vec![
+            ("train".to_string(), idx(&split.train)),
+            ("test".to_string(), idx(&split.test)),
+        ];
         let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed.to_string())]);
         tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
         metrics::write_all(&self.metrics_path(), &[])
@@ -87,7 +93,10 @@ impl RunDir {
     pub fn load_config(&self) -> Result<RunConfig> {
         let path = self.config_path();
         if !path.exists() {
-            return Err(GrokError::file(&path, "not found: is this a groklens run directory?"));
+            return Err(GrokError::file(
+                &path,
+                "not found: is this a groklens run directory?",
+            ));
         }
         RunConfig::load(&path)?.resolve()
     }
@@ -97,9 +106,16 @@ impl RunDir {
         let path = self.split_path();
         let f = tensor_io::read(&path)?;
         let get = |name: &str| -> Result<Vec<usize>> {
-            Ok(f.require(name, &path)?.to_i64(name)?.into_iter().map(|i| i as usize).collect())
+            Ok(f.require(name, &path)?
+                .to_i64(name)?
+                .into_iter()
+                .map(|i| i as usize)
+                .collect())
         };
-        Ok(Split { train: get("train")?, test: get("test")? })
+        Ok(Split {
+            train: get("train")?,
+            test: get("test")?,
+        })
     }
 }
 

@@ -90,7 +90,10 @@ fn pow_mod(mut base: u64, mut exp: u64, p: u64) -> u64 {
 
 /// True when `n` is prime.
 pub fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// How an example is written as tokens.
@@ -152,7 +155,13 @@ pub struct TaskConfig {
 impl TaskConfig {
     /// The TransformerLens demo task: a + b mod 113, 30 % train, data seed 598.
     pub fn grokking_demo() -> Self {
-        TaskConfig { op: Operation::Add, p: 113, layout: Layout::ABEq, train_frac: 0.3, data_seed: 598 }
+        TaskConfig {
+            op: Operation::Add,
+            p: 113,
+            layout: Layout::ABEq,
+            train_frac: 0.3,
+            data_seed: 598,
+        }
     }
 
     /// Checks p, the train fraction, and that division has a prime modulus.
@@ -161,10 +170,18 @@ impl TaskConfig {
             return Err(GrokError::config("task.p", self.p, "must be in [2, 4096]"));
         }
         if self.op == Operation::Div && !is_prime(self.p as u64) {
-            return Err(GrokError::config("task.p", self.p, "must be prime for op = \"div\" (b⁻¹ must exist)"));
+            return Err(GrokError::config(
+                "task.p",
+                self.p,
+                "must be prime for op = \"div\" (b⁻¹ must exist)",
+            ));
         }
         if !(self.train_frac > 0.0 && self.train_frac < 1.0) {
-            return Err(GrokError::config("task.train_frac", self.train_frac, "must be in the open interval (0, 1)"));
+            return Err(GrokError::config(
+                "task.train_frac",
+                self.train_frac,
+                "must be in the open interval (0, 1)",
+            ));
         }
         let n = self.dataset().len();
         let n_train = (self.train_frac * n as f64).floor() as usize;
@@ -191,7 +208,11 @@ impl TaskConfig {
                 }
             }
         }
-        Dataset { seq_len: self.layout.len(), tokens, labels }
+        Dataset {
+            seq_len: self.layout.len(),
+            tokens,
+            labels,
+        }
     }
 
     /// Shuffles all row indices with the data seed; the first ⌊frac·N⌋ are train.
@@ -200,7 +221,10 @@ impl TaskConfig {
         let mut idx: Vec<usize> = (0..n).collect();
         idx.shuffle(&mut ChaCha8Rng::seed_from_u64(self.data_seed));
         let cut = (self.train_frac * n as f64).floor() as usize;
-        Split { train: idx[..cut].to_vec(), test: idx[cut..].to_vec() }
+        Split {
+            train: idx[..cut].to_vec(),
+            test: idx[cut..].to_vec(),
+        }
     }
 }
 
@@ -232,7 +256,11 @@ impl Dataset {
         for &i in indices {
             tokens.extend_from_slice(&self.tokens[i * self.seq_len..(i + 1) * self.seq_len]);
         }
-        Dataset { seq_len: self.seq_len, tokens, labels: indices.iter().map(|&i| self.labels[i]).collect() }
+        Dataset {
+            seq_len: self.seq_len,
+            tokens,
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+        }
     }
 }
 
@@ -250,7 +278,11 @@ mod tests {
     use super::*;
 
     fn task(op: Operation, p: usize) -> TaskConfig {
-        TaskConfig { op, p, ..TaskConfig::grokking_demo() }
+        TaskConfig {
+            op,
+            p,
+            ..TaskConfig::grokking_demo()
+        }
     }
 
     #[test]
@@ -284,7 +316,10 @@ mod tests {
         assert_eq!(d.len(), 25);
         assert_eq!(&d.tokens[3 * 7..3 * 8], &[1, 2, 5]); // row 7 = (a=1, b=2)
         assert_eq!(d.labels[7], 3);
-        let t = TaskConfig { layout: Layout::AOpBEq, ..task(Operation::Div, 5) };
+        let t = TaskConfig {
+            layout: Layout::AOpBEq,
+            ..task(Operation::Div, 5)
+        };
         let d = t.dataset();
         assert_eq!(d.len(), 20);
         assert_eq!(&d.tokens[..4], &[0, 5, 1, 6]);
@@ -309,7 +344,13 @@ mod tests {
         assert!(e.contains("task.p") && e.contains("[2, 4096]"), "{e}");
         let e = task(Operation::Div, 12).validate().unwrap_err().to_string();
         assert!(e.contains("task.p") && e.contains("prime"), "{e}");
-        let e = TaskConfig { train_frac: 1.0, ..task(Operation::Add, 7) }.validate().unwrap_err().to_string();
+        let e = TaskConfig {
+            train_frac: 1.0,
+            ..task(Operation::Add, 7)
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("task.train_frac") && e.contains("(0, 1)"), "{e}");
     }
 }

@@ -30,7 +30,12 @@ pub struct AdamW {
 impl AdamW {
     /// Fresh state for `params`.
     pub fn new(cfg: AdamWConfig, params: &Params) -> Self {
-        AdamW { cfg, step: 0, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like() }
+        AdamW {
+            cfg,
+            step: 0,
+            exp_avg: params.zeros_like(),
+            exp_avg_sq: params.zeros_like(),
+        }
     }
 
     /// One update of every parameter whose `trainable[i]` is true, at learning rate `lr`.
@@ -44,11 +49,22 @@ impl AdamW {
         let (w1, w2) = ((1.0 - b1) as f32, (1.0 - b2) as f32);
         let (b2f, eps, bias2_sqrt) = (b2 as f32, self.cfg.eps as f32, bias2_sqrt as f32);
         let moments = self.exp_avg.iter_mut().zip(self.exp_avg_sq.iter_mut());
-        for (((p, g), (m, v)), &train) in params.iter_mut().zip(grads.iter()).zip(moments).zip(trainable) {
+        for (((p, g), (m, v)), &train) in params
+            .iter_mut()
+            .zip(grads.iter())
+            .zip(moments)
+            .zip(trainable)
+        {
             if !train {
                 continue;
             }
-            for (((x, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(m.data.iter_mut()).zip(v.data.iter_mut()) {
+            for (((x, &g), m), v) in p
+                .data
+                .iter_mut()
+                .zip(&g.data)
+                .zip(m.data.iter_mut())
+                .zip(v.data.iter_mut())
+            {
                 *x *= decay;
                 *m += w1 * (g - *m);
                 *v = *v * b2f + w2 * g * g;

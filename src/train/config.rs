@@ -108,13 +108,20 @@ impl TrainConfig {
         pos("train.lr", self.lr)?;
         pos("train.adam_eps", self.adam_eps)?;
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return Err(GrokError::config("train.weight_decay", self.weight_decay, "must be >= 0"));
+            return Err(GrokError::config(
+                "train.weight_decay",
+                self.weight_decay,
+                "must be >= 0",
+            ));
         }
         if self.lr * self.weight_decay >= 1.0 {
             return Err(GrokError::config(
                 "train.weight_decay",
                 self.weight_decay,
-                format!("lr·weight_decay must be < 1 (it is {}), or every step flips the weights' sign", self.lr * self.weight_decay),
+                format!(
+                    "lr·weight_decay must be < 1 (it is {}), or every step flips the weights' sign",
+                    self.lr * self.weight_decay
+                ),
             ));
         }
         for (f, b) in [("train.beta1", self.beta1), ("train.beta2", self.beta2)] {
@@ -122,22 +129,42 @@ impl TrainConfig {
                 return Err(GrokError::config(f, b, "must be in [0, 1)"));
             }
         }
-        for (f, v) in [("train.epochs", self.epochs), ("train.eval_every", self.eval_every), ("train.checkpoint_every", self.checkpoint_every)] {
+        for (f, v) in [
+            ("train.epochs", self.epochs),
+            ("train.eval_every", self.eval_every),
+            ("train.checkpoint_every", self.checkpoint_every),
+        ] {
             if v == 0 {
                 return Err(GrokError::config(f, v, "must be at least 1"));
             }
         }
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
-            return Err(GrokError::config("train.grad_clip", self.grad_clip, "must be >= 0 (0 disables clipping)"));
+            return Err(GrokError::config(
+                "train.grad_clip",
+                self.grad_clip,
+                "must be >= 0 (0 disables clipping)",
+            ));
         }
         if !(0.0..=1.0).contains(&self.stop_at_test_acc) {
-            return Err(GrokError::config("train.stop_at_test_acc", self.stop_at_test_acc, "must be in [0, 1] (0 disables)"));
+            return Err(GrokError::config(
+                "train.stop_at_test_acc",
+                self.stop_at_test_acc,
+                "must be in [0, 1] (0 disables)",
+            ));
         }
         if !(self.stop_at_test_loss >= 0.0 && self.stop_at_test_loss.is_finite()) {
-            return Err(GrokError::config("train.stop_at_test_loss", self.stop_at_test_loss, "must be >= 0 (0 disables)"));
+            return Err(GrokError::config(
+                "train.stop_at_test_loss",
+                self.stop_at_test_loss,
+                "must be >= 0 (0 disables)",
+            ));
         }
         if self.threads > 256 {
-            return Err(GrokError::config("train.threads", self.threads, "must be in [0, 256] (0 = one per core)"));
+            return Err(GrokError::config(
+                "train.threads",
+                self.threads,
+                "must be in [0, 256] (0 = one per core)",
+            ));
         }
         Ok(())
     }
@@ -194,7 +221,10 @@ mod tests {
 
     #[test]
     fn warmup_is_linear_then_flat() {
-        let t = TrainConfig { warmup_steps: 10, ..TrainConfig::grokking_demo() };
+        let t = TrainConfig {
+            warmup_steps: 10,
+            ..TrainConfig::grokking_demo()
+        };
         assert_eq!(t.lr_at(0), 0.0);
         assert!((t.lr_at(5) - 5e-4).abs() < 1e-12);
         assert_eq!(t.lr_at(10), 1e-3);
@@ -203,9 +233,21 @@ mod tests {
 
     #[test]
     fn out_of_range_values_name_the_field() {
-        let e = TrainConfig { beta2: 1.0, ..TrainConfig::grokking_demo() }.validate().unwrap_err().to_string();
+        let e = TrainConfig {
+            beta2: 1.0,
+            ..TrainConfig::grokking_demo()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("train.beta2"), "{e}");
-        let e = TrainConfig { lr: -1.0, ..TrainConfig::grokking_demo() }.validate().unwrap_err().to_string();
+        let e = TrainConfig {
+            lr: -1.0,
+            ..TrainConfig::grokking_demo()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("train.lr"), "{e}");
     }
 }

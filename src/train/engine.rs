@@ -50,7 +50,13 @@ pub trait Engine: Send {
 
     /// Loss and accuracy of `batch`, and d(mean loss)/d(param) written into `grads` for every
     /// parameter whose `trainable` flag is set (others are left untouched).
-    fn loss_and_grads(&mut self, params: &Params, trainable: &[bool], batch: Batch, grads: &mut Params) -> Result<BatchStats>;
+    fn loss_and_grads(
+        &mut self,
+        params: &Params,
+        trainable: &[bool],
+        batch: Batch,
+        grads: &mut Params,
+    ) -> Result<BatchStats>;
 
     /// Loss and accuracy of `batch` without gradients.
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats>;
@@ -69,10 +75,16 @@ impl CandleEngine {
 
     fn loss_tensor(&self, model: &HookedTransformer, batch: Batch) -> Result<(Tensor, usize)> {
         let tokens = model.tokens_tensor(batch.tokens, batch.rows())?;
-        let logits = model.forward(&tokens, LogitPositions::Last, &mut NoHooks)?.squeeze(1)?;
+        let logits = model
+            .forward(&tokens, LogitPositions::Last, &mut NoHooks)?
+            .squeeze(1)?;
         let labels = Tensor::from_slice(batch.labels, batch.rows(), &Device::Cpu)?;
         let predicted = logits.argmax(D::Minus1)?;
-        let correct = predicted.eq(&labels)?.to_dtype(candle_core::DType::U32)?.sum_all()?.to_scalar::<u32>()?;
+        let correct = predicted
+            .eq(&labels)?
+            .to_dtype(candle_core::DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()?;
         Ok((cross_entropy_f64(&logits, &labels)?, correct as usize))
     }
 }
@@ -82,9 +94,21 @@ impl Engine for CandleEngine {
         "candle"
     }
 
-    fn loss_and_grads(&mut self, params: &Params, trainable: &[bool], batch: Batch, grads: &mut Params) -> Result<BatchStats> {
-        let names: Vec<&str> = params.iter().zip(trainable).filter(|(_, &t)| t).map(|(p, _)| p.name.as_str()).collect();
-        let (model, vars) = HookedTransformer::with_vars(&self.cfg, params, |n| names.contains(&n))?;
+    fn loss_and_grads(
+        &mut self,
+        params: &Params,
+        trainable: &[bool],
+        batch: Batch,
+        grads: &mut Params,
+    ) -> Result<BatchStats> {
+        let names: Vec<&str> = params
+            .iter()
+            .zip(trainable)
+            .filter(|(_, &t)| t)
+            .map(|(p, _)| p.name.as_str())
+            .collect();
+        let (model, vars) =
+            HookedTransformer::with_vars(&self.cfg, params, |n| names.contains(&n))?;
         let (loss, correct) = self.loss_tensor(&model, batch)?;
         let store = loss.backward()?;
         for (name, var) in vars {
@@ -94,12 +118,20 @@ impl Engine for CandleEngine {
             };
             grads.data_mut(&name).copy_from_slice(&g);
         }
-        Ok(BatchStats { loss: loss.to_scalar::<f64>()?, correct, rows: batch.rows() })
+        Ok(BatchStats {
+            loss: loss.to_scalar::<f64>()?,
+            correct,
+            rows: batch.rows(),
+        })
     }
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
         let model = HookedTransformer::new(&self.cfg, params)?;
         let (loss, correct) = self.loss_tensor(&model, batch)?;
-        Ok(BatchStats { loss: loss.to_scalar::<f64>()?, correct, rows: batch.rows() })
+        Ok(BatchStats {
+            loss: loss.to_scalar::<f64>()?,
+            correct,
+            rows: batch.rows(),
+        })
     }
 }

@@ -26,10 +26,15 @@ pub fn cross_entropy_f64(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 pub fn loss(kind: LossKind, logits: &Tensor, tokens: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
     match kind {
-        LossKind::LastPosition => cross_entropy_f64(&logits.narrow(1, t - 1, 1)?.reshape((b, v))?, labels),
+        LossKind::LastPosition => {
+            cross_entropy_f64(&logits.narrow(1, t - 1, 1)?.reshape((b, v))?, labels)
+        }
         LossKind::PreviousToken => {
             let l = logits.narrow(1, 1, t - 1)?.reshape((b * (t - 1), v))?;
-            let y = tokens.narrow(1, 0, t - 1)?.contiguous()?.reshape(b * (t - 1))?;
+            let y = tokens
+                .narrow(1, 0, t - 1)?
+                .contiguous()?
+                .reshape(b * (t - 1))?;
             cross_entropy_f64(&l, &y)
         }
     }

@@ -47,7 +47,11 @@ pub struct Trainer {
 }
 
 fn adam_config(cfg: &RunConfig) -> AdamWConfig {
-    AdamWConfig { weight_decay: cfg.train.weight_decay, betas: (cfg.train.beta1, cfg.train.beta2), eps: cfg.train.adam_eps }
+    AdamWConfig {
+        weight_decay: cfg.train.weight_decay,
+        betas: (cfg.train.beta1, cfg.train.beta2),
+        eps: cfg.train.adam_eps,
+    }
 }
 
 impl Trainer {
@@ -73,7 +77,8 @@ impl Trainer {
     pub fn resume(dir: &RunDir) -> Result<(Self, Vec<String>)> {
         let cfg = dir.load_config()?;
         let split = dir.load_split()?;
-        let (latest, skipped) = Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
+        let (latest, skipped) =
+            Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
         let (params, optimizer, epoch, elapsed) = match latest {
             Some(c) => (c.params, c.optimizer, c.epoch, c.elapsed_s),
             None => {
@@ -83,12 +88,24 @@ impl Trainer {
             }
         };
         let history: Vec<MetricsRow> = if dir.metrics_path().exists() {
-            metrics::read(&dir.metrics_path())?.into_iter().filter(|r| r.epoch <= epoch).collect()
+            metrics::read(&dir.metrics_path())?
+                .into_iter()
+                .filter(|r| r.epoch <= epoch)
+                .collect()
         } else {
             Vec::new()
         };
         metrics::write_all(&dir.metrics_path(), &history)?;
-        let t = Self::assemble(cfg, split, params, optimizer, epoch, elapsed, history, Some(dir.clone()))?;
+        let t = Self::assemble(
+            cfg,
+            split,
+            params,
+            optimizer,
+            epoch,
+            elapsed,
+            history,
+            Some(dir.clone()),
+        )?;
         Ok((t, skipped))
     }
 
@@ -104,13 +121,26 @@ impl Trainer {
         run_dir: Option<RunDir>,
     ) -> Result<Self> {
         let data = cfg.task.dataset();
-        if let Some(&bad) = split.train.iter().chain(&split.test).find(|&&i| i >= data.len()) {
-            return Err(GrokError::tensor("split", format!("row index {bad} is outside the dataset of {} rows", data.len())));
+        if let Some(&bad) = split
+            .train
+            .iter()
+            .chain(&split.test)
+            .find(|&&i| i >= data.len())
+        {
+            return Err(GrokError::tensor(
+                "split",
+                format!(
+                    "row index {bad} is outside the dataset of {} rows",
+                    data.len()
+                ),
+            ));
         }
         let trainable: Vec<bool> = params
             .iter()
             .zip(cfg.model.param_specs())
-            .map(|(p, s)| s.kind != crate::model::config::ParamKind::Zero && !cfg.train.is_frozen(&p.name))
+            .map(|(p, s)| {
+                s.kind != crate::model::config::ParamKind::Zero && !cfg.train.is_frozen(&p.name)
+            })
             .collect();
         let engine = crate::fast::select_engine(&cfg)?;
         Ok(Trainer {
@@ -147,7 +177,11 @@ impl Trainer {
     /// One epoch of optimizer steps; returns the pre-update train loss/accuracy and the last lr.
     pub fn train_epoch(&mut self) -> Result<(BatchStats, f64)> {
         let n = self.train.len();
-        let bs = if self.cfg.train.batch_size == 0 { n } else { self.cfg.train.batch_size.min(n) };
+        let bs = if self.cfg.train.batch_size == 0 {
+            n
+        } else {
+            self.cfg.train.batch_size.min(n)
+        };
         let seq = self.train.seq_len;
         let mut order: Option<Dataset> = None;
         if bs < n {
@@ -161,8 +195,17 @@ impl Trainer {
         let (mut loss_sum, mut correct, mut lr) = (0.0, 0, 0.0);
         for start in (0..n).step_by(bs) {
             let end = (start + bs).min(n);
-            let batch = Batch { tokens: &data.tokens[start * seq..end * seq], labels: &data.labels[start..end], seq_len: seq };
-            let stats = self.engine.loss_and_grads(&self.params, &self.trainable, batch, &mut self.grads)?;
+            let batch = Batch {
+                tokens: &data.tokens[start * seq..end * seq],
+                labels: &data.labels[start..end],
+                seq_len: seq,
+            };
+            let stats = self.engine.loss_and_grads(
+                &self.params,
+                &self.trainable,
+                batch,
+                &mut self.grads,
+            )?;
             if !stats.loss.is_finite() {
                 return Err(GrokError::config(
                     "train.lr",
@@ -176,21 +219,37 @@ impl Trainer {
                 clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
             }
             lr = self.cfg.train.lr_at(self.optimizer.step);
-            self.optimizer.step(&mut self.params, &self.grads, &self.trainable, lr);
+            self.optimizer
+                .step(&mut self.params, &self.grads, &self.trainable, lr);
         }
         self.epoch += 1;
-        Ok((BatchStats { loss: loss_sum / n as f64, correct, rows: n }, lr))
+        Ok((
+            BatchStats {
+                loss: loss_sum / n as f64,
+                correct,
+                rows: n,
+            },
+            lr,
+        ))
     }
 
     /// Loss and accuracy on the test set with the current parameters.
     pub fn evaluate_test(&mut self) -> Result<BatchStats> {
-        let batch = Batch { tokens: &self.test.tokens, labels: &self.test.labels, seq_len: self.test.seq_len };
+        let batch = Batch {
+            tokens: &self.test.tokens,
+            labels: &self.test.labels,
+            seq_len: self.test.seq_len,
+        };
         self.engine.evaluate(&self.params, batch)
     }
 
     /// Loss and accuracy on the train set with the current parameters.
     pub fn evaluate_train(&mut self) -> Result<BatchStats> {
-        let batch = Batch { tokens: &self.train.tokens, labels: &self.train.labels, seq_len: self.train.seq_len };
+        let batch = Batch {
+            tokens: &self.train.tokens,
+            labels: &self.train.labels,
+            seq_len: self.train.seq_len,
+        };
         self.engine.evaluate(&self.params, batch)
     }
 
@@ -202,22 +261,50 @@ impl Trainer {
 
     fn checkpoint(&self, elapsed_s: f64) -> Result<()> {
         if let Some(dir) = &self.run_dir {
-            let c = Checkpoint { epoch: self.epoch, params: self.params.clone(), optimizer: self.optimizer.clone(), elapsed_s };
+            let c = Checkpoint {
+                epoch: self.epoch,
+                params: self.params.clone(),
+                optimizer: self.optimizer.clone(),
+                elapsed_s,
+            };
             c.save(&dir.checkpoint_dir())?;
         }
         Ok(())
     }
 
-    /// Trains until `train.epochs` or an early-stop target, calling `on_eval` after each evaluation.
+    /// Trains until `train.epochs` or an early-stop target, calling `on_eval` after each evaluation,
+    /// then writes `final.safetensors`.
     pub fn run(&mut self, on_eval: &mut dyn FnMut(&MetricsRow)) -> Result<Outcome> {
+        let outcome = self.run_until(self.cfg.train.epochs, on_eval)?;
+        if let Some(dir) = &self.run_dir {
+            let meta = [
+                ("epoch".to_string(), self.epoch.to_string()),
+                ("format".to_string(), "pt".to_string()),
+            ];
+            self.params
+                .save(&dir.final_path(), meta.into_iter().collect())?;
+        }
+        Ok(outcome)
+    }
+
+    /// Trains up to epoch `until` (at most `train.epochs`), evaluating and checkpointing on the
+    /// config's schedule; the run can be continued later with [`Trainer::run`] or `resume`.
+    pub fn run_until(
+        &mut self,
+        until: usize,
+        on_eval: &mut dyn FnMut(&MetricsRow),
+    ) -> Result<Outcome> {
         let start = Instant::now();
         let total = self.cfg.train.epochs;
-        let mut stopped_early = self.history.last().is_some_and(|r| r.epoch == self.epoch && self.stop_reached(r));
-        while self.epoch < total && !stopped_early {
+        let mut stopped_early = self
+            .history
+            .last()
+            .is_some_and(|r| r.epoch == self.epoch && self.stop_reached(r));
+        while self.epoch < total.min(until) && !stopped_early {
             let (train, lr) = self.train_epoch()?;
             let e = self.epoch;
             let elapsed_s = self.elapsed_before + start.elapsed().as_secs_f64();
-            if e % self.cfg.train.eval_every == 0 || e == total || e == 1 {
+            if e.is_multiple_of(self.cfg.train.eval_every) || e == total || e == 1 {
                 let test = self.evaluate_test()?;
                 let row = MetricsRow {
                     epoch: e,
@@ -236,15 +323,16 @@ impl Trainer {
                 on_eval(&row);
                 stopped_early = self.stop_reached(&row);
             }
-            if e % self.cfg.train.checkpoint_every == 0 || e == total || stopped_early {
+            if e.is_multiple_of(self.cfg.train.checkpoint_every) || e == total || stopped_early {
                 self.checkpoint(elapsed_s)?;
             }
         }
-        if let Some(dir) = &self.run_dir {
-            let meta = [("epoch".to_string(), self.epoch.to_string()), ("format".to_string(), "pt".to_string())];
-            self.params.save(&dir.final_path(), meta.into_iter().collect())?;
-        }
-        Ok(Outcome { epochs: self.epoch, stopped_early, last: self.history.last().copied() })
+        self.elapsed_before += start.elapsed().as_secs_f64();
+        Ok(Outcome {
+            epochs: self.epoch,
+            stopped_early,
+            last: self.history.last().copied(),
+        })
     }
 }
 
@@ -269,5 +357,8 @@ pub fn clip_grad_norm(grads: &mut Params, trainable: &[bool], max_norm: f64) -> 
 
 /// The first evaluated epoch at which test accuracy reached `threshold`, if any.
 pub fn grokking_epoch(history: &[MetricsRow], threshold: f64) -> Option<usize> {
-    history.iter().find(|r| r.test_acc >= threshold).map(|r| r.epoch)
+    history
+        .iter()
+        .find(|r| r.test_acc >= threshold)
+        .map(|r| r.epoch)
 }

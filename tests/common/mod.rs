@@ -8,7 +8,9 @@ use groklens::tensor_io::{self, TensorFile};
 
 /// A fixture file from `tests/fixtures/`.
 pub fn fixture(name: &str) -> TensorFile {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     tensor_io::read(&path).expect("fixture readable")
 }
 
@@ -31,11 +33,21 @@ pub fn fixture_params(f: &TensorFile, prefix: &str) -> Params {
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Tokens of a fixture as u32, with batch size.
 pub fn fixture_tokens(f: &TensorFile) -> (Vec<u32>, usize) {
     let t = f.get("tokens").unwrap();
-    (t.to_i64("tokens").unwrap().iter().map(|&x| x as u32).collect(), t.shape[0])
+    (
+        t.to_i64("tokens")
+            .unwrap()
+            .iter()
+            .map(|&x| x as u32)
+            .collect(),
+        t.shape[0],
+    )
 }

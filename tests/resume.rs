@@ -1,0 +1,135 @@
+//! Resume: a run interrupted (cleanly, by a simulated crash mid-write, or by SIGKILL) and resumed
+//! produces the same metrics and weights as one that never stopped.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use groklens::presets::preset;
+use groklens::run::{checkpoint, metrics, MetricsRow, RunDir};
+use groklens::tensor_io;
+use groklens::train::Trainer;
+use groklens::RunConfig;
+
+fn config() -> RunConfig {
+    let mut c = preset("quick").unwrap();
+    c.train.epochs = 300;
+    c.train.eval_every = 10;
+    c.train.checkpoint_every = 100;
+    c.train.stop_at_test_acc = 0.0;
+    c.train.threads = 2;
+    c.model.d_model = 32;
+    c.model.d_head = 8;
+    c.model.d_mlp = 64;
+    c
+}
+
+/// Every metric except wall time.
+fn comparable(rows: &[MetricsRow]) -> Vec<[f64; 7]> {
+    rows.iter()
+        .map(|r| {
+            [
+                r.epoch as f64,
+                r.train_loss,
+                r.train_acc,
+                r.test_loss,
+                r.test_acc,
+                r.lr,
+                r.weight_norm_sq,
+            ]
+        })
+        .collect()
+}
+
+fn uninterrupted(root: &Path) -> RunDir {
+    let dir = RunDir::new(root.join("straight"));
+    Trainer::create(config(), &dir)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    dir
+}
+
+fn assert_same_run(a: &RunDir, b: &RunDir) {
+    let (ma, mb) = (
+        metrics::read(&a.metrics_path()).unwrap(),
+        metrics::read(&b.metrics_path()).unwrap(),
+    );
+    assert_eq!(ma.len(), 31, "one row per 10 epochs plus epoch 1");
+    assert_eq!(comparable(&ma), comparable(&mb));
+    let (fa, fb) = (
+        tensor_io::read(&a.final_path()).unwrap(),
+        tensor_io::read(&b.final_path()).unwrap(),
+    );
+    assert_eq!(fa.tensors.len(), fb.tensors.len());
+    for (name, t) in &fa.tensors {
+        assert!(fb.get(name) == Some(t), "final weights differ in {name}");
+    }
+}
+
+#[test]
+fn resume_after_a_crash_mid_write_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = uninterrupted(tmp.path());
+
+    let dir = RunDir::new(tmp.path().join("crashed"));
+    let mut t = Trainer::create(config(), &dir).unwrap();
+    t.run_until(250, &mut |_| {}).unwrap();
+    drop(t);
+    // What a crash while writing the epoch-300 checkpoint and a metrics row could leave behind.
+    let ck = dir.checkpoint_dir();
+    let good = std::fs::read(checkpoint::model_path(&ck, 200)).unwrap();
+    std::fs::write(checkpoint::model_path(&ck, 300), &good[..good.len() / 2]).unwrap();
+    std::fs::write(ck.join("epoch_000300.optim.safetensors.tmp"), &good[..100]).unwrap();
+    let mut m = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.metrics_path())
+        .unwrap();
+    std::io::Write::write_all(&mut m, b"260,0.12,0.9").unwrap();
+
+    let (mut resumed, skipped) = Trainer::resume(&dir).unwrap();
+    assert_eq!(resumed.epoch, 200);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].contains("epoch_000300"), "{skipped:?}");
+    resumed.run(&mut |_| {}).unwrap();
+    assert_same_run(&straight, &dir);
+}
+
+#[test]
+fn resume_after_sigkill_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = uninterrupted(tmp.path());
+    let cfg_path = tmp.path().join("cfg.toml");
+    std::fs::write(&cfg_path, config().to_toml()).unwrap();
+    let out = tmp.path().join("killed");
+    let bin = env!("CARGO_BIN_EXE_groklens");
+    let mut child = Command::new(bin)
+        .args([
+            "train",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
+        .spawn()
+        .unwrap();
+    let first = checkpoint::model_path(&out.join("checkpoints"), 100);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(first.exists(), "the run never wrote its first checkpoint");
+    assert!(
+        !out.join("final.safetensors").exists(),
+        "the run finished before it was killed; make it longer"
+    );
+    let status = Command::new(bin)
+        .args(["train", "--resume", out.to_str().unwrap(), "--quiet"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_same_run(&straight, &RunDir::new(out));
+}
