@@ -14,7 +14,7 @@ use crate::model::{ActFn, ModelConfig, Params};
 use crate::train::config::EngineKind;
 use crate::train::engine::{Batch, BatchStats, CandleEngine, Engine};
 
-use model::{ChunkResult, Prepared, Weights};
+use model::{ChunkStats, Prepared, Weights, Workspace};
 
 /// Why the fast engine cannot run `cfg`, or `None` when it can.
 pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
@@ -63,18 +63,32 @@ pub fn thread_count(requested: usize) -> usize {
 pub struct FastEngine {
     cfg: ModelConfig,
     threads: usize,
+    /// One workspace per thread for training passes and one for evaluation, so buffer sizes stay put.
+    train_ws: Vec<Workspace>,
+    eval_ws: Vec<Workspace>,
 }
 
 impl FastEngine {
     /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
     pub fn new(cfg: &ModelConfig, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let ws = || (0..threads).map(|_| Workspace::default()).collect();
         FastEngine {
             cfg: cfg.clone(),
-            threads: threads.max(1),
+            threads,
+            train_ws: ws(),
+            eval_ws: ws(),
         }
     }
 
-    fn run_chunks(&self, params: &Params, batch: Batch, grads: bool) -> Result<Vec<ChunkResult>> {
+    /// Runs every chunk of `batch` on its own thread; returns per-chunk stats in chunk order (with
+    /// gradients left in the training workspaces when `grads` is set).
+    fn run_chunks(
+        &mut self,
+        params: &Params,
+        batch: Batch,
+        grads: bool,
+    ) -> Result<Vec<ChunkStats>> {
         if batch.seq_len == 0
             || batch.seq_len > self.cfg.n_ctx
             || batch.tokens.len() != batch.rows() * batch.seq_len
@@ -108,42 +122,40 @@ impl FastEngine {
         let chunk = n.div_ceil(self.threads).max(1);
         let seq = batch.seq_len;
         let n_total = grads.then_some(n);
-        let results = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .step_by(chunk)
-                .skip(1)
-                .map(|start| {
-                    let end = (start + chunk).min(n);
-                    let prepared = &prepared;
-                    s.spawn(move || {
-                        prepared.run(
-                            &batch.tokens[start * seq..end * seq],
-                            &batch.labels[start..end],
-                            seq,
-                            n_total,
-                        )
-                    })
-                })
+        let workspaces = if grads {
+            &mut self.train_ws
+        } else {
+            &mut self.eval_ws
+        };
+        let mut jobs = workspaces
+            .iter_mut()
+            .zip((0..n).step_by(chunk))
+            .map(|(ws, start)| {
+                let end = (start + chunk).min(n);
+                (
+                    ws,
+                    &batch.tokens[start * seq..end * seq],
+                    &batch.labels[start..end],
+                )
+            });
+        let (ws0, t0, l0) = jobs.next().expect("a batch has at least one row");
+        let prepared = &prepared;
+        Ok(std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .map(|(ws, t, l)| s.spawn(move || prepared.run(ws, t, l, seq, n_total)))
                 .collect();
-            let end = chunk.min(n);
-            let mut out = vec![prepared.run(
-                &batch.tokens[..end * seq],
-                &batch.labels[..end],
-                seq,
-                n_total,
-            )];
+            let mut out = vec![prepared.run(ws0, t0, l0, seq, n_total)];
             out.extend(
                 handles
                     .into_iter()
                     .map(|h| h.join().expect("fast engine worker panicked")),
             );
             out
-        });
-        Ok(results)
+        }))
     }
 }
 
-fn totals(results: &[ChunkResult], rows: usize) -> BatchStats {
+fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
     let loss_sum: f64 = results.iter().map(|r| r.loss_sum).sum();
     BatchStats {
         loss: loss_sum / rows as f64,
@@ -164,12 +176,15 @@ impl Engine for FastEngine {
         batch: Batch,
         grads: &mut Params,
     ) -> Result<BatchStats> {
-        let mut results = self.run_chunks(params, batch, true)?;
+        let results = self.run_chunks(params, batch, true)?;
         let stats = totals(&results, batch.rows());
-        let mut iter = results.iter_mut().filter_map(|r| r.grads.as_mut());
-        let mut total = iter.next().expect("at least one chunk").clone();
-        for g in iter {
-            total.add_assign(g);
+        let (first, rest) = self.train_ws[..results.len()].split_at_mut(1);
+        let total = first[0]
+            .grads
+            .as_mut()
+            .expect("the first chunk ran a backward pass");
+        for ws in rest {
+            total.add_assign(ws.grads.as_mut().expect("every chunk ran a backward pass"));
         }
         total.write_params(&self.cfg, grads, trainable);
         Ok(stats)
