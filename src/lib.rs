@@ -7,6 +7,7 @@ pub mod bench;
 pub mod config;
 pub mod error;
 pub mod fast;
+pub mod interp;
 pub mod model;
 pub mod presets;
 pub mod run;

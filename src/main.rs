@@ -157,7 +157,12 @@ fn run(cli: Cli) -> Result<()> {
                 r.epoch_ms(),
                 1e3 / r.epoch_ms()
             );
-            println!("  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch, last-position model)", r.effective_gflops(), r.epoch_flops / 1e9);
+            println!(
+                "  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch performed)",
+                r.effective_gflops(),
+                r.epoch_flops_performed / 1e9
+            );
+            println!("  TransformerLens-equiv.   {:8.1} GFLOP/s  ({:.2} GFLOP/epoch with every position computed)", r.equivalent_gflops(), r.epoch_flops_full / 1e9);
             println!(
                 "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
                 r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads

@@ -387,32 +387,43 @@ impl ModelConfig {
         Ok(cfg)
     }
 
-    /// Multiply-add count of one forward pass over `batch` sequences, as 2·m·n·k per matmul.
-    /// `logit_positions` is how many positions run the last MLP and the unembedding.
-    pub fn forward_flops(&self, batch: usize, logit_positions: usize) -> f64 {
-        let (b, t, dm, nh, dh) = (
-            batch as f64,
-            self.n_ctx as f64,
-            self.d_model as f64,
-            self.n_heads as f64,
-            self.d_head as f64,
-        );
+    /// FLOPs (2 per multiply-add) of one forward pass over `batch` sequences of `n_ctx` tokens, as
+    /// TransformerLens computes it: every matmul at every position.
+    pub fn forward_flops_full(&self, batch: usize) -> f64 {
+        let rows = (batch * self.n_ctx) as f64;
+        let (dm, hd) = (self.d_model as f64, (self.n_heads * self.d_head) as f64);
+        let t = self.n_ctx as f64;
+        let per_block = 2.0 * rows * dm * hd * 4.0 // Q, K, V, O
+            + 2.0 * batch as f64 * self.n_heads as f64 * t * t * self.d_head as f64 * 2.0 // scores, z
+            + if self.attn_only { 0.0 } else { 2.0 * rows * dm * self.d_mlp as f64 * 2.0 };
+        self.n_layers as f64 * per_block + 2.0 * rows * dm * self.d_vocab_out as f64
+    }
+
+    /// FLOPs the fast engine performs for one forward pass with a last-position loss: block 0's Q/K/V
+    /// come from per-token tables, and the last block's output projection, MLP and unembedding run at
+    /// the last position only.
+    pub fn forward_flops_fast(&self, batch: usize) -> f64 {
+        let b = batch as f64;
+        let t = self.n_ctx as f64;
+        let (dm, hd) = (self.d_model as f64, (self.n_heads * self.d_head) as f64);
+        let mlp = if self.attn_only {
+            0.0
+        } else {
+            2.0 * dm * self.d_mlp as f64 * 2.0
+        };
         let mut f = 0.0;
         for l in 0..self.n_layers {
-            let last = l + 1 == self.n_layers;
-            let rows_after = if last {
-                b * logit_positions as f64
+            let q_rows = if l + 1 == self.n_layers { b } else { b * t };
+            let qkv = if l == 0 {
+                0.0
             } else {
-                b * t
+                2.0 * b * t * dm * hd * 3.0
             };
-            f += 2.0 * b * t * dm * nh * dh * 3.0; // QKV
-            f += 2.0 * b * nh * t * t * dh * 2.0; // scores and z
-            f += 2.0 * b * t * nh * dh * dm; // W_O
-            if !self.attn_only {
-                f += 2.0 * rows_after * dm * self.d_mlp as f64 * 2.0;
-            }
+            f += qkv
+                + 2.0 * q_rows * t * self.d_head as f64 * self.n_heads as f64 * 2.0
+                + q_rows * (2.0 * hd * dm + mlp);
         }
-        f + 2.0 * b * logit_positions as f64 * dm * self.d_vocab_out as f64
+        f + 2.0 * b * dm * self.d_vocab_out as f64
     }
 }
 

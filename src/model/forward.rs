@@ -104,6 +104,41 @@ impl HookedTransformer {
         at: LogitPositions,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
+        let resid = self.residual(tokens, self.cfg.n_layers, at, hooks)?;
+        let x = self.norm("ln_final", resid, hooks)?;
+        let (b, t, d_model) = x.dims3()?;
+        let logits = x
+            .reshape((b * t, d_model))?
+            .matmul(self.weight("unembed.W_U")?)?;
+        let logits = logits.broadcast_add(self.weight("unembed.b_U")?)?;
+        Ok(logits.reshape((b, t, self.cfg.d_vocab_out))?)
+    }
+
+    /// The residual stream after the first `n_blocks` blocks, `[batch, pos, d_model]`
+    /// (TransformerLens's `stop_at_layer`); 0 gives the embeddings.
+    pub fn forward_to_layer(
+        &self,
+        tokens: &Tensor,
+        n_blocks: usize,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        if n_blocks > self.cfg.n_layers {
+            return Err(GrokError::config(
+                "stop_at_layer",
+                n_blocks,
+                format!("must be at most n_layers = {}", self.cfg.n_layers),
+            ));
+        }
+        self.residual(tokens, n_blocks, LogitPositions::All, hooks)
+    }
+
+    fn residual(
+        &self,
+        tokens: &Tensor,
+        n_blocks: usize,
+        at: LogitPositions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
         let (batch, pos) = tokens.dims2()?;
         let d_model = self.cfg.d_model;
         let embed = self
@@ -115,25 +150,17 @@ impl HookedTransformer {
             PositionalEmbedding::Standard => self.weight("pos_embed.W_pos")?.narrow(0, 0, pos)?,
             PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, &self.device)?,
         };
-        let pos_embed = hooks.hook(
-            "hook_pos_embed",
-            pos_embed
-                .unsqueeze(0)?
-                .broadcast_as((batch, pos, d_model))?
-                .contiguous()?,
-        )?;
+        let pos_embed = pos_embed
+            .unsqueeze(0)?
+            .broadcast_as((batch, pos, d_model))?
+            .contiguous()?;
+        let pos_embed = hooks.hook("hook_pos_embed", pos_embed)?;
         let mut resid = (embed + pos_embed)?;
-        for layer in 0..self.cfg.n_layers {
+        for layer in 0..n_blocks {
             let last = layer + 1 == self.cfg.n_layers && at == LogitPositions::Last;
             resid = self.block(layer, resid, last, hooks)?;
         }
-        let x = self.norm("ln_final", resid, hooks)?;
-        let (b, t, _) = x.dims3()?;
-        let logits = x
-            .reshape((b * t, d_model))?
-            .matmul(self.weight("unembed.W_U")?)?;
-        let logits = logits.broadcast_add(self.weight("unembed.b_U")?)?;
-        Ok(logits.reshape((b, t, self.cfg.d_vocab_out))?)
+        Ok(resid)
     }
 
     fn block(

@@ -156,6 +156,31 @@ impl Params {
         Self::from_tensor_map(cfg, |name| file.get(name), &path.display().to_string())
     }
 
+    /// Builds the store from owned parameters, checking that they are exactly the ones `specs` lists.
+    pub fn from_tensor_map_owned(
+        cfg: &ModelConfig,
+        mut entries: Vec<Param>,
+        specs: &[crate::model::config::ParamSpec],
+    ) -> Result<Self> {
+        let _ = cfg;
+        let mut ordered = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let i = entries
+                .iter()
+                .position(|p| p.name == spec.name)
+                .ok_or_else(|| GrokError::tensor(&spec.name, "missing after processing"))?;
+            let p = entries.swap_remove(i);
+            if p.shape != spec.shape {
+                return Err(GrokError::tensor(
+                    &p.name,
+                    format!("has shape {:?}, expected {:?}", p.shape, spec.shape),
+                ));
+            }
+            ordered.push(p);
+        }
+        Ok(Self::from_entries(ordered))
+    }
+
     /// Builds the store from tensors looked up by name (`lookup` gets the bare TransformerLens name).
     pub fn from_tensor_map<'a>(
         cfg: &ModelConfig,
