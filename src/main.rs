@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+mod cli;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
@@ -64,6 +66,35 @@ enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run a TransformerLens-named checkpoint on tokens and write logits plus `cache.<hook>` tensors.
+    Cache {
+        /// Safetensors checkpoint with TransformerLens state_dict names (groklens or TransformerLens).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// `model_config.json` with `HookedTransformerConfig` keys.
+        #[arg(long)]
+        model_config: PathBuf,
+        /// Safetensors file holding an int64 `tokens` tensor `[batch, pos]`.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Hook names or shorthands to keep (default: every hook point).
+        #[arg(long, num_args = 1..)]
+        names: Vec<String>,
+    },
+    /// Mean-ablate each hook point of a trained run and record the test loss (seed 003's sweep).
+    Ablate {
+        /// The run directory.
+        run: PathBuf,
+        /// Checkpoint to analyse (default: RUN/final.safetensors).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// CSV output (default: RUN/ablation.csv).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Time train steps and test forwards of a preset on this machine.
     Bench {
@@ -139,6 +170,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             train(Trainer::create(cfg, &dir)?, &dir, quiet)
         }
+        Command::Cache {
+            checkpoint,
+            model_config,
+            tokens,
+            out,
+            names,
+        } => cli::inspect::cache(&checkpoint, &model_config, &tokens, &out, &names),
+        Command::Ablate {
+            run,
+            checkpoint,
+            out,
+        } => cli::inspect::ablate(&run, checkpoint.as_deref(), out.as_deref()),
         Command::Bench {
             preset: p,
             iters,

@@ -17,6 +17,9 @@ pub enum HostData {
     F64(Vec<f64>),
     /// 64-bit integers (tokens, labels, split indices).
     I64(Vec<i64>),
+    /// A dtype groklens does not read (e.g. TransformerLens's bool `attn.mask` buffer); an error only
+    /// if the tensor is actually used.
+    Unsupported(String),
 }
 
 /// A tensor in host memory: shape plus row-major data.
@@ -62,6 +65,10 @@ impl HostTensor {
                 name,
                 "is int64; a float tensor was expected",
             )),
+            HostData::Unsupported(d) => Err(GrokError::tensor(
+                name,
+                format!("has dtype {d}; a float tensor was expected"),
+            )),
         }
     }
 
@@ -84,6 +91,10 @@ impl HostTensor {
             HostData::I64(_) => Err(GrokError::tensor(
                 name,
                 "is int64; a float tensor was expected",
+            )),
+            HostData::Unsupported(d) => Err(GrokError::tensor(
+                name,
+                format!("has dtype {d}; a float tensor was expected"),
             )),
         }
     }
@@ -153,14 +164,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
                     .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
                     .collect(),
             ),
-            other => {
-                return Err(GrokError::file(
-                    path,
-                    format!(
-                        "tensor `{name}` has dtype {other:?}; groklens reads F32, F64, I64 and I32"
-                    ),
-                ))
-            }
+            other => HostData::Unsupported(format!("{other:?}")),
         };
         tensors.insert(name, HostTensor { shape, data });
     }
@@ -185,10 +189,13 @@ pub fn to_bytes(
                 HostData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 HostData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 HostData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                HostData::Unsupported(d) => {
+                    return Err(GrokError::tensor(name, format!("cannot write dtype {d}")))
+                }
             };
-            (name.clone(), dtype, t.shape.clone(), bytes)
+            Ok((name.clone(), dtype, t.shape.clone(), bytes))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let views: Vec<(String, TensorView)> = bufs
         .iter()
         .map(|(n, d, s, b)| {

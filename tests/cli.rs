@@ -158,3 +158,158 @@ fn a_small_run_writes_the_run_directory() {
         &["already holds a run", "--resume"],
     );
 }
+
+#[test]
+fn cache_command_reproduces_transformer_lens_activations() {
+    use safetensors::tensor::{Dtype, TensorView};
+    let tmp = tempfile::tempdir().unwrap();
+    let fixture = groklens::tensor_io::read(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tl_ln_2l.safetensors"),
+    )
+    .unwrap();
+    // A checkpoint as TransformerLens saves it: state_dict names plus bool mask and IGNORE buffers.
+    let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in fixture
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("param."))
+    {
+        let data = t
+            .to_f32(name)
+            .unwrap()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        bufs.push((
+            name["param.".len()..].to_string(),
+            Dtype::F32,
+            t.shape.clone(),
+            data,
+        ));
+    }
+    for l in 0..2 {
+        let mask: Vec<u8> = (0..64).map(|i| u8::from(i % 8 <= i / 8)).collect();
+        bufs.push((
+            format!("blocks.{l}.attn.mask"),
+            Dtype::BOOL,
+            vec![8, 8],
+            mask,
+        ));
+        bufs.push((
+            format!("blocks.{l}.attn.IGNORE"),
+            Dtype::F32,
+            vec![],
+            (-1e5f32).to_le_bytes().to_vec(),
+        ));
+    }
+    let views: Vec<(String, TensorView)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let ckpt = tmp.path().join("tl.safetensors");
+    std::fs::write(&ckpt, safetensors::serialize(views, None).unwrap()).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&fixture.metadata["config"]).unwrap();
+    cfg["model_name"] = "custom".into();
+    cfg["use_attn_result"] = false.into();
+    let cfg_path = tmp.path().join("model_config.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let tokens = fixture.get("tokens").unwrap().clone();
+    let tok_path = tmp.path().join("tokens.safetensors");
+    groklens::tensor_io::write_atomic(
+        &tok_path,
+        &[("tokens".to_string(), tokens)],
+        Default::default(),
+    )
+    .unwrap();
+    let out = tmp.path().join("out.safetensors");
+    let p = |x: &std::path::Path| x.to_str().unwrap().to_string();
+    let res = groklens(&[
+        "cache",
+        "--checkpoint",
+        &p(&ckpt),
+        "--model-config",
+        &p(&cfg_path),
+        "--tokens",
+        &p(&tok_path),
+        "--out",
+        &p(&out),
+    ]);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let got = groklens::tensor_io::read(&out).unwrap();
+    let mut compared = 0;
+    for (name, want) in fixture
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("cache.") || *n == "logits")
+    {
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("output lacks {name}"))
+            .to_f32(name)
+            .unwrap();
+        let w = want.to_f32(name).unwrap();
+        let d = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| if a == b { 0.0 } else { (a - b).abs() })
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "{name} differs by {d}");
+        compared += 1;
+    }
+    assert_eq!(compared, got.tensors.len());
+    // A wrong-shaped checkpoint is a clear error naming the tensor.
+    std::fs::write(&cfg_path, serde_json::json!({"n_layers": 2, "d_model": 32, "n_heads": 2, "d_head": 16, "d_mlp": 128, "act_fn": "gelu", "normalization_type": "LN", "d_vocab": 20, "n_ctx": 8}).to_string()).unwrap();
+    fails_with(
+        &[
+            "cache",
+            "--checkpoint",
+            &p(&ckpt),
+            "--model-config",
+            &p(&cfg_path),
+            "--tokens",
+            &p(&tok_path),
+            "--out",
+            &p(&out),
+        ],
+        &["blocks.0.mlp.W_in", "[32, 64]", "[32, 128]"],
+    );
+}
+
+#[test]
+fn ablate_command_writes_one_row_per_hook_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let d = dir.to_str().unwrap();
+    let out = groklens(&[
+        "train",
+        "--preset",
+        "quick",
+        "--set",
+        "train.epochs=20",
+        "--out",
+        d,
+        "--quiet",
+    ]);
+    assert!(out.status.success());
+    let out = groklens(&["ablate", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.join("ablation.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "hook,loss,loss_increase");
+    assert!(lines[1].starts_with("baseline,"));
+    // 1 layer, no LayerNorm: 14 hook points besides hook_pos_embed and hook_result.
+    assert_eq!(lines.len(), 2 + 14, "{csv}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("blocks.0.mlp.hook_post,")));
+    fails_with(&["ablate", tmp.path().to_str().unwrap()], &["config.toml"]);
+}

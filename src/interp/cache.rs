@@ -8,6 +8,9 @@ use crate::interp::names::{close_matches, hook_names, ActKey};
 use crate::model::{HookedTransformer, Hooks, LogitPositions, Recorder};
 use crate::tensor_io::HostTensor;
 
+/// A predicate over full hook names.
+type NameFilter<'a> = Box<dyn Fn(&str) -> bool + 'a>;
+
 /// Which hook points to record.
 pub enum Names {
     /// Every hook point except `attn.hook_result` (as TransformerLens without `use_attn_result`).
@@ -25,7 +28,7 @@ impl Names {
     }
 
     /// A predicate over full names, with unknown shorthands in a list reported as errors.
-    fn resolve(&self, model: &HookedTransformer) -> Result<Box<dyn Fn(&str) -> bool + '_>> {
+    fn resolve(&self, model: &HookedTransformer) -> Result<NameFilter<'_>> {
         match self {
             Names::All => Ok(Box::new(|n: &str| !n.ends_with("hook_result"))),
             Names::Filter(f) => Ok(Box::new(move |n: &str| f(n))),
@@ -48,7 +51,7 @@ impl Names {
 /// Resolves `key` to a full hook name of this model, or an error listing close matches.
 pub fn resolve_known(key: &ActKey, n_layers: usize, known: &[String]) -> Result<String> {
     let full = key.resolve(n_layers);
-    if known.iter().any(|k| *k == full) {
+    if known.contains(&full) {
         return Ok(full);
     }
     let close = close_matches(&full, known.iter().map(String::as_str));

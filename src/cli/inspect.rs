@@ -1,0 +1,121 @@
+//! `groklens cache` and `groklens ablate`: looking inside trained models from the command line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use groklens::interp::ablation::{mean_ablation_sweep, to_csv};
+use groklens::interp::Names;
+use groklens::model::{HookedTransformer, ModelConfig, Params};
+use groklens::run::RunDir;
+use groklens::tensor_io::{self, HostTensor};
+use groklens::train::loss::cross_entropy_f64;
+
+/// Reads a TransformerLens-named checkpoint with its `model_config.json`.
+fn load_model(checkpoint: &Path, model_config: &Path) -> Result<HookedTransformer> {
+    let text = std::fs::read_to_string(model_config)
+        .with_context(|| format!("cannot read {}", model_config.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", model_config.display()))?;
+    let cfg = ModelConfig::from_transformer_lens_json(&json)
+        .with_context(|| format!("in {}", model_config.display()))?;
+    let params = Params::load(checkpoint, &cfg)?;
+    Ok(HookedTransformer::new(&cfg, &params)?)
+}
+
+/// Writes `logits` and `cache.<hook>` for the int64 `tokens` tensor of `tokens_file`.
+pub fn cache(
+    checkpoint: &Path,
+    model_config: &Path,
+    tokens_file: &Path,
+    out: &Path,
+    names: &[String],
+) -> Result<()> {
+    let model = load_model(checkpoint, model_config)?;
+    let f = tensor_io::read(tokens_file)?;
+    let t = f.require("tokens", tokens_file)?;
+    if t.shape.len() != 2 {
+        bail!(
+            "{}: `tokens` must be 2-D [batch, pos], has shape {:?}",
+            tokens_file.display(),
+            t.shape
+        );
+    }
+    let ids = t.to_i64("tokens")?;
+    if let Some(bad) = ids
+        .iter()
+        .find(|&&x| x < 0 || x as usize >= model.cfg.d_vocab)
+    {
+        bail!(
+            "{}: token id {bad} is outside the vocabulary [0, {})",
+            tokens_file.display(),
+            model.cfg.d_vocab
+        );
+    }
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let tokens = model.tokens_tensor(&ids, t.shape[0])?;
+    let names = if names.is_empty() {
+        Names::All
+    } else {
+        Names::List(names.to_vec())
+    };
+    let (logits, cache) = model.run_with_cache(&tokens, &names)?;
+    let mut tensors = vec![(
+        "logits".to_string(),
+        HostTensor::f32(
+            logits.dims().to_vec(),
+            logits.flatten_all()?.to_vec1::<f32>()?,
+        ),
+    )];
+    tensors.extend(cache.to_host_tensors("cache.")?);
+    tensor_io::write_atomic(
+        out,
+        &tensors,
+        BTreeMap::from([(
+            "groklens".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        )]),
+    )?;
+    println!(
+        "wrote logits and {} activations to {}",
+        cache.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Seed 003's mean-ablation sweep on a run: means over the train rows, loss on the test rows.
+pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Result<()> {
+    let dir = RunDir::new(run);
+    let cfg = dir.load_config()?;
+    let split = dir.load_split()?;
+    let ckpt = checkpoint
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.final_path());
+    let params = Params::load(&ckpt, &cfg.model)?;
+    let model = HookedTransformer::new(&cfg.model, &params)?;
+    let data = cfg.task.dataset();
+    let (train, test) = (data.select(&split.train), data.select(&split.test));
+    let train_tokens = model.tokens_tensor(&train.tokens, train.len())?;
+    let test_tokens = model.tokens_tensor(&test.tokens, test.len())?;
+    let labels = Tensor::from_slice(&test.labels, test.len(), &Device::Cpu)?;
+    let loss = |logits: &Tensor| -> groklens::Result<f64> {
+        let (b, t, v) = logits.dims3()?;
+        Ok(
+            cross_entropy_f64(&logits.narrow(1, t - 1, 1)?.reshape((b, v))?, &labels)?
+                .to_scalar::<f64>()?,
+        )
+    };
+    let rows = mean_ablation_sweep(&model, &train_tokens, &test_tokens, &loss)?;
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.root.join("ablation.csv"));
+    tensor_io::write_bytes_atomic(&out, to_csv(&rows).as_bytes())?;
+    for r in &rows {
+        println!("{:<36} {:>12.4e}", r.hook, r.loss);
+    }
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! Command implementations that are more than a few lines.
+
+pub mod inspect;
