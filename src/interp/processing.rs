@@ -48,21 +48,21 @@ pub fn process_weights(
             );
             for m in ["Q", "K", "V"] {
                 let wname = format!("blocks.{l}.attn.W_{m}");
-                let bias = get(&sd, &wname)?.data.clone();
+                let w_orig = get(&sd, &wname)?.data.clone();
                 let bq = get_mut(&mut sd, &format!("blocks.{l}.attn.b_{m}"))?;
                 for h in 0..nh {
                     for e in 0..dh {
                         bq.data[h * dh + e] += (0..dm)
-                            .map(|r| bias[(h * dm + r) * dh + e] * b[r])
+                            .map(|r| w_orig[(h * dm + r) * dh + e] * b[r])
                             .sum::<f32>();
                     }
                 }
                 let wq = get_mut(&mut sd, &wname)?;
                 for h in 0..nh {
-                    for r in 0..dm {
+                    for (r, &scale) in w.iter().enumerate() {
                         wq.data[(h * dm + r) * dh..(h * dm + r + 1) * dh]
                             .iter_mut()
-                            .for_each(|x| *x *= w[r]);
+                            .for_each(|x| *x *= scale);
                     }
                 }
                 center_rows(&mut wq.data, nh, dm, dh);
