@@ -82,6 +82,23 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
     })
 }
 
+/// Median seconds of `run_with_cache` over every input of `cfg`'s task with every hook point recorded.
+pub fn run_with_cache_seconds(cfg: &RunConfig, iters: usize) -> Result<(f64, usize, usize)> {
+    let model =
+        crate::model::HookedTransformer::new(&cfg.model, &crate::model::Params::init(&cfg.model))?;
+    let data = cfg.task.dataset();
+    let tokens = model.tokens_tensor(&data.tokens, data.len())?;
+    let mut times = Vec::new();
+    let mut recorded = 0;
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        let (_, cache) = model.run_with_cache(&tokens, &crate::interp::Names::All)?;
+        times.push(s.elapsed().as_secs_f64());
+        recorded = cache.len();
+    }
+    Ok((median(times), data.len(), recorded))
+}
+
 /// Best-of-5 GFLOP/s of a 512×512×512 f32 matmul with `threads` threads (the `gemm` crate).
 pub fn matmul_peak(threads: usize) -> f64 {
     let n = 512;

@@ -2,6 +2,7 @@
 
 pub mod ablation;
 pub mod cache;
+pub mod factored;
 pub mod hooks;
 pub mod names;
 pub mod processing;
