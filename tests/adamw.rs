@@ -20,14 +20,7 @@ fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Par
     let (model, vars) = HookedTransformer::with_vars(&cfg, params, |n| names.contains(&n)).unwrap();
     let (tokens, batch) = fixture_tokens(&f);
     let tokens = model.tokens_tensor(&tokens, batch).unwrap();
-    let labels: Vec<u32> = f
-        .get("labels")
-        .unwrap()
-        .to_i64("labels")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let labels = fixture_labels(&f);
     let labels = Tensor::from_slice(&labels, labels.len(), &Device::Cpu).unwrap();
     let logits = model
         .forward(&tokens, LogitPositions::All, &mut NoHooks)

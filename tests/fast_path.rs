@@ -13,14 +13,7 @@ fn fast_gradients_match_torch_on_the_grokking_fixture() {
     let cfg = fixture_config(&f);
     let params = fixture_params(&f, "param.");
     let (tokens, _) = fixture_tokens(&f);
-    let labels: Vec<u32> = f
-        .get("labels")
-        .unwrap()
-        .to_i64("labels")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let labels = fixture_labels(&f);
     let trainable: Vec<bool> = params
         .iter()
         .map(|p| f.get(&format!("grad.{}", p.name)).is_some())

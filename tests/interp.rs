@@ -2,7 +2,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use common::*;
 use groklens::interp::hooks::{patch, patch_position, zero_ablate, zero_ablate_head};
 use groklens::interp::{hook_names, mean_ablation_sweep, HookSet, Names};
@@ -135,14 +135,7 @@ fn hook_result_sums_to_attn_out() {
 #[test]
 fn activation_gradients_add_up_to_parameter_gradients() {
     let (f, model, tokens) = load("tl_grok_1l.safetensors");
-    let labels: Vec<u32> = f
-        .get("labels")
-        .unwrap()
-        .to_i64("labels")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let labels = fixture_labels(&f);
     let labels = Tensor::from_slice(&labels, labels.len(), &Device::Cpu).unwrap();
     let names = Names::List(vec![
         "hook_embed".into(),
@@ -279,12 +272,10 @@ fn patching_and_per_head_ablation() {
         ) > 1e-4
     );
     // Zero-ablating head 1's pattern zeroes exactly that head.
-    let names = Names::exact("blocks.0.attn.hook_z");
     let mut hooks = HookSet::new(&model)
         .add(("pattern", 0), zero_ablate_head(1))
         .unwrap();
     let mut rec = groklens::model::Recorder::new(|n: &str| n == "blocks.0.attn.hook_z");
-    let _ = names;
     model
         .forward(
             &tokens,
@@ -335,7 +326,7 @@ impl groklens::model::Hooks for Chain<'_, '_> {
 
 #[test]
 fn mean_ablation_sweep_covers_every_hook_point() {
-    let (f, model, tokens) = load("tl_ln_2l.safetensors");
+    let (_, model, tokens) = load("tl_ln_2l.safetensors");
     let (a, b) = (
         tokens.narrow(0, 0, 8).unwrap(),
         tokens.narrow(0, 8, 8).unwrap(),
@@ -358,7 +349,6 @@ fn mean_ablation_sweep_covers_every_hook_point() {
         embed.loss > rows[0].loss,
         "removing token identity must hurt"
     );
-    let _ = (f, D::Minus1);
 }
 
 #[test]

@@ -70,14 +70,7 @@ fn check_grads(file: &str, kind: LossKind) {
             .unwrap();
     let (tokens, batch) = fixture_tokens(&f);
     let tokens = model.tokens_tensor(&tokens, batch).unwrap();
-    let labels: Vec<u32> = f
-        .get("labels")
-        .unwrap()
-        .to_i64("labels")
-        .unwrap()
-        .iter()
-        .map(|&x| x as u32)
-        .collect();
+    let labels = fixture_labels(&f);
     let labels = Tensor::from_slice(&labels, labels.len(), &candle_core::Device::Cpu).unwrap();
     let logits = model
         .forward(&tokens, LogitPositions::All, &mut groklens::model::NoHooks)

@@ -89,31 +89,10 @@ impl FastEngine {
         batch: Batch,
         grads: bool,
     ) -> Result<Vec<ChunkStats>> {
-        if batch.seq_len == 0
-            || batch.seq_len > self.cfg.n_ctx
-            || batch.tokens.len() != batch.rows() * batch.seq_len
-        {
+        if self.cfg.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
             return Err(GrokError::tensor(
                 "tokens",
-                format!(
-                    "batch of {} rows does not fit seq_len {} <= n_ctx {}",
-                    batch.rows(),
-                    batch.seq_len,
-                    self.cfg.n_ctx
-                ),
-            ));
-        }
-        if let Some(&bad) = batch
-            .tokens
-            .iter()
-            .find(|&&t| t as usize >= self.cfg.d_vocab)
-        {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!(
-                    "id {bad} is outside the vocabulary [0, {})",
-                    self.cfg.d_vocab
-                ),
+                format!("rows are not {} tokens long", batch.seq_len),
             ));
         }
         let w = Weights::from_params(&self.cfg, params);

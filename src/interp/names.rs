@@ -1,6 +1,6 @@
 //! TransformerLens hook names: the full list for a model, and `utils.get_act_name` shorthands.
 
-use crate::model::{ModelConfig, Normalization};
+use crate::model::ModelConfig;
 
 /// Every hook point the forward pass passes through, in order (`attn.hook_result` included; it is
 /// computed only when asked for).
@@ -38,7 +38,6 @@ pub fn hook_names(cfg: &ModelConfig) -> Vec<String> {
         names.push(format!("{b}.hook_resid_post"));
     }
     ln(&mut names, "ln_final");
-    let _ = Normalization::LN;
     names
 }
 

@@ -217,6 +217,29 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Checks that `tokens` form `[batch, pos]` with `1 <= pos <= n_ctx` and ids below `d_vocab`;
+    /// returns `pos`.
+    pub fn check_tokens(&self, tokens: &[u32], batch: usize) -> Result<usize> {
+        let pos = tokens.len().checked_div(batch).unwrap_or(0);
+        if batch * pos != tokens.len() || pos == 0 || pos > self.n_ctx {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!(
+                    "{} ids do not form [batch={batch}, pos<= n_ctx={}]",
+                    tokens.len(),
+                    self.n_ctx
+                ),
+            ));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.d_vocab) {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!("id {bad} is outside the vocabulary [0, {})", self.d_vocab),
+            ));
+        }
+        Ok(pos)
+    }
+
     /// Every parameter in TransformerLens's state_dict order, with shapes.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let (dm, nh, dh, dmlp) = (self.d_model, self.n_heads, self.d_head, self.d_mlp);

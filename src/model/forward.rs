@@ -74,26 +74,7 @@ impl HookedTransformer {
 
     /// Token ids `[batch, pos]` as a candle tensor, checked against the vocabulary and context length.
     pub fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        let pos = tokens.len().checked_div(batch).unwrap_or(0);
-        if batch * pos != tokens.len() || pos == 0 || pos > self.cfg.n_ctx {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!(
-                    "{} ids do not form [batch={batch}, pos<= n_ctx={}]",
-                    tokens.len(),
-                    self.cfg.n_ctx
-                ),
-            ));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!(
-                    "id {bad} is outside the vocabulary [0, {})",
-                    self.cfg.d_vocab
-                ),
-            ));
-        }
+        let pos = self.cfg.check_tokens(tokens, batch)?;
         Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
     }
 

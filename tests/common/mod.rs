@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use groklens::model::{ActFn, ModelConfig, Normalization, Params, PositionalEmbedding};
+use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding};
 use groklens::tensor_io::{self, TensorFile};
 
 /// A fixture file from `tests/fixtures/`.
@@ -20,7 +20,6 @@ pub fn fixture_config(f: &TensorFile) -> ModelConfig {
     let mut cfg = ModelConfig::from_transformer_lens_json(&v).unwrap();
     cfg.positional_embedding_type = PositionalEmbedding::Standard;
     assert!(matches!(cfg.act_fn, ActFn::Relu | ActFn::Gelu));
-    let _ = Normalization::LN;
     cfg
 }
 
@@ -50,4 +49,15 @@ pub fn fixture_tokens(f: &TensorFile) -> (Vec<u32>, usize) {
             .collect(),
         t.shape[0],
     )
+}
+
+/// Labels of a fixture as u32.
+pub fn fixture_labels(f: &TensorFile) -> Vec<u32> {
+    f.get("labels")
+        .unwrap()
+        .to_i64("labels")
+        .unwrap()
+        .iter()
+        .map(|&x| x as u32)
+        .collect()
 }
