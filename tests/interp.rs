@@ -9,30 +9,9 @@ use groklens::interp::{hook_names, mean_ablation_sweep, HookSet, Names};
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks};
 use groklens::train::loss::{loss, LossKind};
 
-fn load(file: &str) -> (groklens::tensor_io::TensorFile, HookedTransformer, Tensor) {
-    let f = fixture(file);
-    let model = HookedTransformer::new(&fixture_config(&f), &fixture_params(&f, "param.")).unwrap();
-    let (tokens, batch) = fixture_tokens(&f);
-    let tokens = model.tokens_tensor(&tokens, batch).unwrap();
-    (f, model, tokens)
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    values(a)
-        .iter()
-        .zip(values(b))
-        .map(|(x, y)| if *x == y { 0.0 } else { (x - y).abs() })
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn cache_matches_fixture_and_resolves_shorthands() {
-    let (f, model, tokens) = load("tl_ln_2l.safetensors");
+    let (f, model, tokens) = load_model("tl_ln_2l.safetensors");
     let (logits, cache) = model.run_with_cache(&tokens, &Names::All).unwrap();
     assert!(
         max_abs_diff(
@@ -91,7 +70,7 @@ fn cache_matches_fixture_and_resolves_shorthands() {
 
 #[test]
 fn names_filter_keeps_only_what_was_asked() {
-    let (_, model, tokens) = load("tl_grok_1l.safetensors");
+    let (_, model, tokens) = load_model("tl_grok_1l.safetensors");
     let (_, cache) = model
         .run_with_cache(
             &tokens,
@@ -116,7 +95,7 @@ fn names_filter_keeps_only_what_was_asked() {
 
 #[test]
 fn hook_result_sums_to_attn_out() {
-    let (_, model, tokens) = load("tl_ln_2l.safetensors");
+    let (_, model, tokens) = load_model("tl_ln_2l.safetensors");
     let names = Names::List(vec![
         "blocks.1.attn.hook_result".into(),
         "blocks.1.hook_attn_out".into(),
@@ -129,12 +108,12 @@ fn hook_result_sums_to_attn_out() {
         .unwrap()
         .broadcast_add(model.weight("blocks.1.attn.b_O").unwrap())
         .unwrap();
-    assert!(diff(&summed, cache.get(("attn_out", 1)).unwrap()) < 1e-5);
+    assert!(tensor_diff(&summed, cache.get(("attn_out", 1)).unwrap()) < 1e-5);
 }
 
 #[test]
 fn activation_gradients_add_up_to_parameter_gradients() {
-    let (f, model, tokens) = load("tl_grok_1l.safetensors");
+    let (f, model, tokens) = load_model("tl_grok_1l.safetensors");
     let labels = fixture_labels(&f);
     let labels = Tensor::from_slice(&labels, labels.len(), &Device::Cpu).unwrap();
     let names = Names::List(vec![
@@ -153,7 +132,7 @@ fn activation_gradients_add_up_to_parameter_gradients() {
     assert!(max_abs_diff(&values(&d_pos), &want) < 1e-5);
     // resid_pre = embed + pos_embed, so their gradients are equal (the graph is not cut at either).
     assert!(
-        diff(
+        tensor_diff(
             grads.get("hook_embed").unwrap(),
             grads.get("resid_pre0").unwrap()
         ) < 1e-7
@@ -162,19 +141,19 @@ fn activation_gradients_add_up_to_parameter_gradients() {
 
 #[test]
 fn stop_at_layer_returns_the_residual_stream() {
-    let (_, model, tokens) = load("tl_ln_2l.safetensors");
+    let (_, model, tokens) = load_model("tl_ln_2l.safetensors");
     let (_, cache) = model.run_with_cache(&tokens, &Names::All).unwrap();
     let (resid, partial) = model
         .run_with_cache_to_layer(&tokens, &Names::All, 1)
         .unwrap();
-    assert!(diff(&resid, cache.get("blocks.0.hook_resid_post").unwrap()) < 1e-6);
+    assert!(tensor_diff(&resid, cache.get("blocks.0.hook_resid_post").unwrap()) < 1e-6);
     assert!(partial.get("resid_pre1").is_err());
     assert!(model.forward_to_layer(&tokens, 3, &mut NoHooks).is_err());
 }
 
 #[test]
 fn hooks_replace_check_shapes_and_do_not_persist() {
-    let (_, model, tokens) = load("tl_grok_1l.safetensors");
+    let (_, model, tokens) = load_model("tl_grok_1l.safetensors");
     let (clean, cache) = model.run_with_cache(&tokens, &Names::All).unwrap();
     // Zero-ablating the MLP output leaves logits = resid_mid · W_U.
     let mut hooks = HookSet::new(&model)
@@ -191,7 +170,7 @@ fn hooks_replace_check_shapes_and_do_not_persist() {
         .unwrap()
         .reshape((64, 3, 113))
         .unwrap();
-    assert!(diff(&ablated, &want) < 1e-5);
+    assert!(tensor_diff(&ablated, &want) < 1e-5);
     // A wrong-shaped replacement is an error naming the hook point.
     let bad: groklens::interp::HookFn = Box::new(|_, _| {
         Ok(Some(Tensor::zeros(
@@ -224,7 +203,7 @@ fn hooks_replace_check_shapes_and_do_not_persist() {
 
 #[test]
 fn patching_and_per_head_ablation() {
-    let (_, model, tokens) = load("tl_ln_2l.safetensors");
+    let (_, model, tokens) = load_model("tl_ln_2l.safetensors");
     let other = tokens.flip(&[0]).unwrap_or_else(|_| tokens.clone());
     let other = Tensor::cat(
         &[
@@ -243,7 +222,7 @@ fn patching_and_per_head_ablation() {
         )
         .unwrap();
     assert!(
-        diff(
+        tensor_diff(
             &model.run_with_hooks(&other, &mut hooks).unwrap(),
             &logits_a
         ) < 1e-5
@@ -260,13 +239,13 @@ fn patching_and_per_head_ablation() {
         .unwrap();
     let patched = model.run_with_hooks(&other, &mut hooks).unwrap();
     assert!(
-        diff(
+        tensor_diff(
             &patched.narrow(1, 0, 5).unwrap(),
             &logits_b.narrow(1, 0, 5).unwrap()
         ) < 1e-6
     );
     assert!(
-        diff(
+        tensor_diff(
             &patched.narrow(1, 5, 1).unwrap(),
             &logits_b.narrow(1, 5, 1).unwrap()
         ) > 1e-4
@@ -326,7 +305,7 @@ impl groklens::model::Hooks for Chain<'_, '_> {
 
 #[test]
 fn mean_ablation_sweep_covers_every_hook_point() {
-    let (_, model, tokens) = load("tl_ln_2l.safetensors");
+    let (_, model, tokens) = load_model("tl_ln_2l.safetensors");
     let (a, b) = (
         tokens.narrow(0, 0, 8).unwrap(),
         tokens.narrow(0, 8, 8).unwrap(),

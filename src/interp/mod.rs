@@ -1,13 +1,17 @@
-//! Looking inside a model: activation caches, hooks, ablations (TransformerLens's vocabulary).
+//! Looking inside a model: activation caches, hooks, ablations, circuits and
+//! residual-stream attribution (TransformerLens's vocabulary).
 
 pub mod ablation;
 pub mod cache;
+pub mod circuits;
 pub mod factored;
 pub mod hooks;
 pub mod names;
 pub mod processing;
+pub mod residual;
 
 pub use ablation::{mean_ablation_sweep, AblationRow};
 pub use cache::{ActivationCache, Names};
 pub use hooks::{HookFn, HookSet};
 pub use names::{hook_names, ActKey};
+pub use residual::ResidualStack;

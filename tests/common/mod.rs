@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding};
+use candle_core::Tensor;
+use groklens::model::{ActFn, HookedTransformer, ModelConfig, Params, PositionalEmbedding};
 use groklens::tensor_io::{self, TensorFile};
 
 /// A fixture file from `tests/fixtures/`.
@@ -60,4 +61,28 @@ pub fn fixture_labels(f: &TensorFile) -> Vec<u32> {
         .iter()
         .map(|&x| x as u32)
         .collect()
+}
+
+/// A fixture, its model as a `HookedTransformer`, and its tokens as a tensor.
+pub fn load_model(file: &str) -> (TensorFile, HookedTransformer, Tensor) {
+    let f = fixture(file);
+    let model = HookedTransformer::new(&fixture_config(&f), &fixture_params(&f, "param.")).unwrap();
+    let (tokens, batch) = fixture_tokens(&f);
+    let tokens = model.tokens_tensor(&tokens, batch).unwrap();
+    (f, model, tokens)
+}
+
+/// A tensor's values, flattened.
+pub fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Largest absolute difference between two equally shaped tensors (equal infinities count as 0).
+pub fn tensor_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    values(a)
+        .iter()
+        .zip(values(b))
+        .map(|(x, y)| if *x == y { 0.0 } else { (x - y).abs() })
+        .fold(0.0, f32::max)
 }
