@@ -3,6 +3,7 @@
 //! Dependencies point one way: `cli` → `train` → `model` → `tensor_io`; `tasks` and `config` describe
 //! what to train, `run` is the on-disk layout of a run.
 
+pub mod analysis;
 pub mod bench;
 pub mod config;
 pub mod error;

@@ -81,6 +81,27 @@ impl FastEngine {
         }
     }
 
+    /// Last-position logits `[rows, d_vocab_out]` of `tokens` (rows of `seq` tokens), parallel over
+    /// row chunks: the analysis's fast forward pass.
+    pub fn last_logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
+        if seq == 0 || tokens.len() % seq != 0 {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!("{} ids do not form rows of {seq} tokens", tokens.len()),
+            ));
+        }
+        let labels = vec![0; tokens.len() / seq];
+        let batch = Batch {
+            tokens,
+            labels: &labels,
+            seq_len: seq,
+        };
+        let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
+            p.logits(ws, t, seq).to_vec()
+        })?;
+        Ok(chunks.concat())
+    }
+
     /// Runs every chunk of `batch` on its own thread; returns per-chunk stats in chunk order (with
     /// gradients left in the training workspaces when `grads` is set).
     fn run_chunks(
@@ -89,6 +110,22 @@ impl FastEngine {
         batch: Batch,
         grads: bool,
     ) -> Result<Vec<ChunkStats>> {
+        let n_total = grads.then_some(batch.rows());
+        let seq = batch.seq_len;
+        self.map_chunks(params, batch, grads, |p, ws, t, l| {
+            p.run(ws, t, l, seq, n_total)
+        })
+    }
+
+    /// Splits `batch` into one chunk per thread and runs `job` on each with its own workspace (the
+    /// training ones when `train`); results in chunk order.
+    fn map_chunks<R: Send>(
+        &mut self,
+        params: &Params,
+        batch: Batch,
+        train: bool,
+        job: impl Fn(&Prepared, &mut Workspace, &[u32], &[u32]) -> R + Sync,
+    ) -> Result<Vec<R>> {
         if self.cfg.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
             return Err(GrokError::tensor(
                 "tokens",
@@ -100,8 +137,7 @@ impl FastEngine {
         let n = batch.rows();
         let chunk = n.div_ceil(self.threads).max(1);
         let seq = batch.seq_len;
-        let n_total = grads.then_some(n);
-        let workspaces = if grads {
+        let workspaces = if train {
             &mut self.train_ws
         } else {
             &mut self.eval_ws
@@ -118,12 +154,12 @@ impl FastEngine {
                 )
             });
         let (ws0, t0, l0) = jobs.next().expect("a batch has at least one row");
-        let prepared = &prepared;
+        let (prepared, job) = (&prepared, &job);
         Ok(std::thread::scope(|s| {
             let handles: Vec<_> = jobs
-                .map(|(ws, t, l)| s.spawn(move || prepared.run(ws, t, l, seq, n_total)))
+                .map(|(ws, t, l)| s.spawn(move || job(prepared, ws, t, l)))
                 .collect();
-            let mut out = vec![prepared.run(ws0, t0, l0, seq, n_total)];
+            let mut out = vec![job(prepared, ws0, t0, l0)];
             out.extend(
                 handles
                     .into_iter()

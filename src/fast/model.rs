@@ -363,30 +363,9 @@ impl<'a> Prepared<'a> {
         let rows = labels.len();
         let d = &self.d;
         let n_layers = self.w.blocks.len();
-        ws.blocks.resize_with(n_layers, BlockCache::default);
-        for l in 0..n_layers {
-            let tq = if l + 1 == n_layers { 1 } else { seq };
-            let (current, after) = ws.blocks[l..].split_at_mut(1);
-            let out = match after.first_mut() {
-                Some(next) => &mut next.x,
-                None => &mut ws.last,
-            };
-            self.block_forward(l, &mut current[0], out, tokens, rows, seq, tq);
-        }
+        self.forward(ws, tokens, rows, seq);
         let vo = d.d_vocab_out;
-        let logits = sized(&mut ws.logits, rows * vo);
-        matmul(
-            logits,
-            &ws.last,
-            &self.w.w_u,
-            rows,
-            vo,
-            d.d_model,
-            false,
-            false,
-            false,
-        );
-        add_bias(logits, &self.w.b_u);
+        let logits = &mut ws.logits[..rows * vo];
         let (loss_sum, correct) = loss_and_dlogits(logits, labels, n_total);
         if n_total.is_none() {
             return ChunkStats { loss_sum, correct };
@@ -418,6 +397,43 @@ impl<'a> Prepared<'a> {
         }
         ws.grads = Some(g);
         ChunkStats { loss_sum, correct }
+    }
+
+    /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
+    pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
+        let rows = tokens.len() / seq;
+        self.forward(ws, tokens, rows, seq);
+        &ws.logits[..rows * self.d.d_vocab_out]
+    }
+
+    /// The forward pass: every block, then the unembedding at the last position into `ws.logits`.
+    fn forward(&self, ws: &mut Workspace, tokens: &[u32], rows: usize, seq: usize) {
+        let d = &self.d;
+        let n_layers = self.w.blocks.len();
+        ws.blocks.resize_with(n_layers, BlockCache::default);
+        for l in 0..n_layers {
+            let tq = if l + 1 == n_layers { 1 } else { seq };
+            let (current, after) = ws.blocks[l..].split_at_mut(1);
+            let out = match after.first_mut() {
+                Some(next) => &mut next.x,
+                None => &mut ws.last,
+            };
+            self.block_forward(l, &mut current[0], out, tokens, rows, seq, tq);
+        }
+        let vo = d.d_vocab_out;
+        let logits = sized(&mut ws.logits, rows * vo);
+        matmul(
+            logits,
+            &ws.last,
+            &self.w.w_u,
+            rows,
+            vo,
+            d.d_model,
+            false,
+            false,
+            false,
+        );
+        add_bias(logits, &self.w.b_u);
     }
 
     /// Runs block `l` on its input `c.x` (written by the previous block; block 0 looks its input up)

@@ -93,6 +93,36 @@ impl Matrix {
         }
     }
 
+    /// Thin SVD of this matrix (f64 internally).
+    pub fn svd(&self) -> Result<Svd> {
+        let svd = self
+            .to_faer()
+            .thin_svd()
+            .map_err(|e| GrokError::tensor("matrix", format!("SVD did not converge: {e:?}")))?;
+        Ok(Svd {
+            u: Matrix::from_faer(svd.U()),
+            s: (0..svd.S().dim()).map(|i| svd.S()[i] as f32).collect(),
+            v: Matrix::from_faer(svd.V()),
+        })
+    }
+
+    /// The rows listed in `rows`, in that order.
+    pub fn select_rows(&self, rows: &[usize]) -> Matrix {
+        let data = rows
+            .iter()
+            .flat_map(|&r| {
+                self.data[r * self.cols..(r + 1) * self.cols]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        Matrix {
+            rows: rows.len(),
+            cols: self.cols,
+            data,
+        }
+    }
+
     fn to_faer(&self) -> Mat<f64> {
         Mat::from_fn(self.rows, self.cols, |i, j| self.at(i, j) as f64)
     }

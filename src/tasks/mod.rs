@@ -128,6 +128,14 @@ impl Layout {
         }
     }
 
+    /// Positions of the operands a and b in a row.
+    pub fn operand_positions(self) -> (usize, usize) {
+        match self {
+            Layout::ABEq => (0, 1),
+            Layout::AOpBEq => (0, 2),
+        }
+    }
+
     fn write(self, a: u32, b: u32, p: u32, out: &mut Vec<u32>) {
         match self {
             Layout::ABEq => out.extend_from_slice(&[a, b, p]),
@@ -213,6 +221,28 @@ impl TaskConfig {
             tokens,
             labels,
         }
+    }
+
+    /// Rows for every pair (a, b) ∈ Z_p², row index a·p + b, whether or not the operation is defined
+    /// there (the analysis looks at functions on the whole grid).
+    pub fn grid_tokens(&self) -> Vec<u32> {
+        let p = self.p as u32;
+        let mut tokens = Vec::with_capacity(self.p * self.p * self.layout.len());
+        for a in 0..p {
+            for b in 0..p {
+                self.layout.write(a, b, p, &mut tokens);
+            }
+        }
+        tokens
+    }
+
+    /// For each dataset row (in [`TaskConfig::dataset`] order), its grid index a·p + b.
+    pub fn dataset_grid_indices(&self) -> Vec<usize> {
+        let p = self.p as u64;
+        (0..p * p)
+            .filter(|i| self.op.apply(i / p, i % p, p).is_some())
+            .map(|i| i as usize)
+            .collect()
     }
 
     /// Shuffles all row indices with the data seed; the first ⌊frac·N⌋ are train.

@@ -1,0 +1,147 @@
+//! Running a model on every input (a, b) ∈ Z_p² (row a·p + b) and reading off what the analysis
+//! needs: last-position logits, the last block's neurons, and attention from the last position.
+
+use candle_core::Tensor;
+
+use crate::error::{GrokError, Result};
+use crate::fast::{unsupported_reason, FastEngine};
+use crate::interp::factored::Matrix;
+use crate::interp::Names;
+use crate::model::{HookedTransformer, LogitPositions, ModelConfig, NoHooks, Params};
+use crate::tasks::TaskConfig;
+
+/// Activations of a model over the whole input grid, all at the last position.
+pub struct GridActivations {
+    /// Last-position logits, `p² × d_vocab_out`.
+    pub logits: Matrix,
+    /// The last block's MLP activations (`hook_post`), `p² × d_mlp`; `None` for attention-only models.
+    pub neurons: Option<Matrix>,
+    /// Per layer, attention from the last position: `[p², n_heads, n_ctx]` row-major.
+    pub patterns: Vec<Vec<f32>>,
+}
+
+/// Runs `params` on every grid input of `task` with the candle model, keeping only what
+/// [`GridActivations`] holds.
+pub fn grid_activations(
+    task: &TaskConfig,
+    cfg: &ModelConfig,
+    params: &Params,
+) -> Result<GridActivations> {
+    let model = HookedTransformer::new(cfg, params)?;
+    let seq = task.layout.len();
+    let tokens = task.grid_tokens();
+    let rows = tokens.len() / seq;
+    let t = model.tokens_tensor(&tokens, rows)?;
+    let last_layer = cfg.n_layers - 1;
+    let mut names: Vec<String> = (0..cfg.n_layers)
+        .map(|l| format!("blocks.{l}.attn.hook_pattern"))
+        .collect();
+    if !cfg.attn_only {
+        names.push(format!("blocks.{last_layer}.mlp.hook_post"));
+    }
+    let (logits, cache) = model.run_with_cache(&t, &Names::List(names))?;
+    let last = |x: &Tensor| -> Result<Tensor> {
+        let pos = x.dim(1)?;
+        Ok(x.narrow(1, pos - 1, 1)?.squeeze(1)?)
+    };
+    let logits = to_matrix(&last(&logits)?)?;
+    let neurons = if cfg.attn_only {
+        None
+    } else {
+        Some(to_matrix(&last(cache.get((
+            "post",
+            last_layer as i64,
+            "mlp",
+        ))?)?)?)
+    };
+    let patterns = (0..cfg.n_layers)
+        .map(|l| {
+            let pat = cache.get(("pattern", l as i64))?; // [rows, heads, q, k]
+            let q = pat.dim(2)?;
+            Ok(pat
+                .narrow(2, q - 1, 1)?
+                .squeeze(2)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        })
+        .collect::<Result<_>>()?;
+    Ok(GridActivations {
+        logits,
+        neurons,
+        patterns,
+    })
+}
+
+/// Last-position logits over the grid, `p² × d_vocab_out`: the fast engine where the model supports it
+/// (what makes scoring hundreds of checkpoints quick), the candle model otherwise.
+pub fn grid_logits(
+    task: &TaskConfig,
+    cfg: &ModelConfig,
+    params: &Params,
+    engine: Option<&mut FastEngine>,
+) -> Result<Matrix> {
+    let seq = task.layout.len();
+    let tokens = task.grid_tokens();
+    let rows = tokens.len() / seq;
+    let data = match (engine, unsupported_reason(cfg)) {
+        (Some(engine), None) => engine.last_logits(params, &tokens, seq)?,
+        _ => {
+            let model = HookedTransformer::new(cfg, params)?;
+            let t = model.tokens_tensor(&tokens, rows)?;
+            let logits = model.forward(&t, LogitPositions::Last, &mut NoHooks)?;
+            logits.flatten_all()?.to_vec1::<f32>()?
+        }
+    };
+    Matrix::new(rows, cfg.d_vocab_out, data)
+}
+
+/// Attention from the last position, summarised per head.
+#[derive(Debug, Clone)]
+pub struct AttentionSummary {
+    /// Mean over all inputs of the attention from the last position, `n_heads × n_ctx`.
+    pub mean_from_last: Matrix,
+    /// Per head, attention from the last position to operand a as a `p × p` map (rows a, columns b).
+    pub to_a: Vec<Matrix>,
+    /// The same for operand b.
+    pub to_b: Vec<Matrix>,
+}
+
+/// Summarises one layer's `pattern` (`[p², n_heads, n_ctx]`, from [`GridActivations::patterns`]).
+pub fn attention_summary(
+    task: &TaskConfig,
+    n_heads: usize,
+    pattern: &[f32],
+) -> Result<AttentionSummary> {
+    let p = task.p;
+    let n_ctx = task.layout.len();
+    if pattern.len() != p * p * n_heads * n_ctx {
+        return Err(GrokError::tensor(
+            "hook_pattern",
+            format!(
+                "{} values do not form [p²={}, n_heads={n_heads}, n_ctx={n_ctx}]",
+                pattern.len(),
+                p * p
+            ),
+        ));
+    }
+    let at = |row: usize, h: usize, k: usize| pattern[(row * n_heads + h) * n_ctx + k];
+    let mean = (0..n_heads)
+        .flat_map(|h| (0..n_ctx).map(move |k| (h, k)))
+        .map(|(h, k)| (0..p * p).map(|r| at(r, h, k) as f64).sum::<f64>() / (p * p) as f64)
+        .map(|v| v as f32)
+        .collect();
+    let (pa, pb) = task.layout.operand_positions();
+    let map = |h: usize, k: usize| {
+        Matrix::new(p, p, (0..p * p).map(|r| at(r, h, k)).collect()).expect("p × p")
+    };
+    Ok(AttentionSummary {
+        mean_from_last: Matrix::new(n_heads, n_ctx, mean)?,
+        to_a: (0..n_heads).map(|h| map(h, pa)).collect(),
+        to_b: (0..n_heads).map(|h| map(h, pb)).collect(),
+    })
+}
+
+fn to_matrix(t: &Tensor) -> Result<Matrix> {
+    let (rows, cols) = t.dims2()?;
+    Matrix::new(rows, cols, t.flatten_all()?.to_vec1::<f32>()?)
+}

@@ -1,0 +1,202 @@
+//! What a grokked network learned and when: Fourier features of the embedding, neurons and logits,
+//! attention, the embedding's SVD and PCA, and progress measures over every checkpoint (seed notebooks
+//! 000, 002 and 004; Nanda et al. 2023). [`analyze_run`] gathers all of it for a run directory; the
+//! functions it calls are usable on their own.
+
+pub mod embedding;
+pub mod fourier;
+pub mod grid;
+pub mod neurons;
+pub mod progress;
+pub mod stats;
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::RunConfig;
+use crate::error::{GrokError, Result};
+use crate::fast::{thread_count, unsupported_reason, FastEngine};
+use crate::interp::factored::Matrix;
+use crate::model::Params;
+use crate::run::{checkpoint, metrics, MetricsRow, RunDir};
+use crate::train::grokking_epoch;
+
+pub use embedding::{EmbeddingFourier, EmbeddingSvd};
+pub use fourier::FourierBasis;
+pub use grid::AttentionSummary;
+pub use neurons::{NeuronCluster, NeuronFourier, CLUSTER_THRESHOLD};
+pub use progress::{Phases, ProgressPoint};
+pub use stats::Pca;
+
+/// Seed 002 plots the outputs for inputs (x, 8); the analysis uses the same second operand.
+pub const PCA_SECOND_OPERAND: usize = 8;
+
+/// The MLP side of the analysis.
+pub struct NeuronAnalysis {
+    /// Last-position activations of the last block's neurons over the grid, `p² × d_mlp`.
+    pub acts: Matrix,
+    /// Frequency fractions and clusters.
+    pub fourier: NeuronFourier,
+    /// Norms of W_logit's Fourier components over all neurons.
+    pub logit_norms: Vec<f32>,
+    /// The same per cluster, `(frequency, norms)`.
+    pub cluster_logit_norms: Vec<(usize, Vec<f32>)>,
+}
+
+/// Everything the report shows about one run.
+pub struct RunAnalysis {
+    /// The run's resolved config.
+    pub cfg: RunConfig,
+    /// Every metrics row.
+    pub metrics: Vec<MetricsRow>,
+    /// Epoch of the model analysed (the final one).
+    pub final_epoch: usize,
+    /// Fourier basis over Z_p.
+    pub basis: FourierBasis,
+    /// W_E in the Fourier basis and the key frequencies.
+    pub embed: EmbeddingFourier,
+    /// `(names, Gram matrix)` of the key components of the embedding.
+    pub key_dots: (Vec<String>, Matrix),
+    /// Mean of the key-frequency cosines over x.
+    pub interference: Vec<f32>,
+    /// SVD of W_E against a Gaussian control.
+    pub svd: EmbeddingSvd,
+    /// PCA of the number embeddings (the circle of seed 002).
+    pub embed_pca: Pca,
+    /// PCA of the last-position logits for inputs (x, [`PCA_SECOND_OPERAND`] mod p).
+    pub output_pca: Pca,
+    /// Neurons, clusters and W_logit (absent for attention-only models).
+    pub neurons: Option<NeuronAnalysis>,
+    /// Attention from the last position, per layer.
+    pub attention: Vec<AttentionSummary>,
+    /// Progress measures at every checkpoint.
+    pub progress: Vec<ProgressPoint>,
+    /// Phase boundaries.
+    pub phases: Phases,
+    /// First evaluated epoch with test accuracy ≥ 99 %.
+    pub grokking_epoch: Option<usize>,
+    /// Seconds spent on the progress measures.
+    pub progress_seconds: f64,
+}
+
+/// Analyses the run in `dir`: its final model (or latest checkpoint) and every checkpoint.
+pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
+    let run = RunDir::new(dir);
+    let cfg = run.load_config()?;
+    let task = &cfg.task;
+    let mcfg = &cfg.model;
+    let p = task.p;
+    if mcfg.d_vocab_out != p {
+        return Err(GrokError::config(
+            "model.d_vocab_out",
+            mcfg.d_vocab_out,
+            format!("the analysis needs one output per residue (p = {p})"),
+        ));
+    }
+    let metrics = metrics::read(&run.metrics_path())?;
+    let split = run.load_split()?;
+    let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
+    let (final_epoch, params) = if run.final_path().exists() {
+        let epoch = metrics.last().map_or(0, |r| r.epoch);
+        (epoch, Params::load(&run.final_path(), mcfg)?)
+    } else if let Some(&epoch) = epochs.last() {
+        (
+            epoch,
+            Params::load(&checkpoint::model_path(&run.checkpoint_dir(), epoch), mcfg)?,
+        )
+    } else {
+        return Err(GrokError::file(
+            dir,
+            "holds neither final.safetensors nor a checkpoint: train (or resume) the run first",
+        ));
+    };
+
+    let basis = FourierBasis::new(p);
+    let w_e = Matrix::new(
+        mcfg.d_vocab,
+        mcfg.d_model,
+        params.data("embed.W_E").to_vec(),
+    )?;
+    let embed = embedding::embedding_fourier(&basis, &w_e);
+    let key_dots = embedding::key_component_dots(&basis, &embed);
+    let interference = embedding::constructive_interference(&basis, &embed.key_freqs);
+    let svd = embedding::embedding_svd(p, &w_e, mcfg.seed)?;
+    let embed_pca = stats::pca(&w_e.select_rows(&(0..p).collect::<Vec<_>>()), 2)?;
+
+    let grid = grid::grid_activations(task, mcfg, &params)?;
+    let b0 = PCA_SECOND_OPERAND % p;
+    let output_rows: Vec<usize> = (0..p).map(|x| x * p + b0).collect();
+    let output_pca = stats::pca(&grid.logits.select_rows(&output_rows), 2)?;
+    let neurons = match (&grid.neurons, progress::w_logit(mcfg, &params)) {
+        (Some(acts), Some(w_l)) => {
+            let fourier = neurons::neuron_fourier(&basis, acts);
+            let logit_norms = neurons::logit_fourier_norms(&basis, &w_l, &[]);
+            let cluster_logit_norms = fourier
+                .clusters
+                .iter()
+                .map(|c| {
+                    (
+                        c.freq,
+                        neurons::logit_fourier_norms(&basis, &w_l, &c.neurons),
+                    )
+                })
+                .collect();
+            Some(NeuronAnalysis {
+                acts: acts.clone(),
+                fourier,
+                logit_norms,
+                cluster_logit_norms,
+            })
+        }
+        _ => None,
+    };
+    let attention = grid
+        .patterns
+        .iter()
+        .map(|pat| grid::attention_summary(task, mcfg.n_heads, pat))
+        .collect::<Result<_>>()?;
+
+    let started = Instant::now();
+    let keys = progress::KeyDirections::new(task, &embed.key_freqs, &split.train);
+    let mut engine = unsupported_reason(mcfg)
+        .is_none()
+        .then(|| FastEngine::new(mcfg, thread_count(cfg.train.threads)));
+    let mut progress = Vec::with_capacity(epochs.len());
+    for epoch in epochs {
+        let path = checkpoint::model_path(&run.checkpoint_dir(), epoch);
+        let ckpt = Params::load(&path, mcfg)?;
+        let (gini_embed, gini_logit) = progress::weight_ginis(&basis, mcfg, &ckpt);
+        let losses = match &keys {
+            Some(k) => Some(k.losses(&grid::grid_logits(task, mcfg, &ckpt, engine.as_mut())?)),
+            None => None,
+        };
+        progress.push(ProgressPoint {
+            epoch,
+            restricted_loss: losses.map(|l| l.0),
+            excluded_loss: losses.map(|l| l.1),
+            gini_embed,
+            gini_logit,
+            weight_norm_sq: ckpt.sum_of_squares(),
+        });
+    }
+    let progress_seconds = started.elapsed().as_secs_f64();
+
+    Ok(RunAnalysis {
+        phases: progress::phases(&metrics),
+        grokking_epoch: grokking_epoch(&metrics, 0.99),
+        cfg,
+        metrics,
+        final_epoch,
+        basis,
+        embed,
+        key_dots,
+        interference,
+        svd,
+        embed_pca,
+        output_pca,
+        neurons,
+        attention,
+        progress,
+        progress_seconds,
+    })
+}
