@@ -11,6 +11,7 @@ pub mod fast;
 pub mod interp;
 pub mod model;
 pub mod presets;
+pub mod report;
 pub mod run;
 pub mod tasks;
 pub mod tensor_io;

@@ -52,7 +52,7 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         show: Option<String>,
     },
-    /// The main job: train the default preset and print where it grokked.
+    /// The main job: train the default preset, write its HTML report and print a summary.
     Grok {
         /// Run directory (default: runs/grok-<preset>).
         #[arg(long)]
@@ -95,6 +95,12 @@ enum Command {
         /// CSV output (default: RUN/ablation.csv).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Analyse a run (Fourier features, neuron clusters, progress measures over every checkpoint) and
+    /// write RUN/report.html, a self-contained page that works offline.
+    Report {
+        /// The run directory.
+        run: PathBuf,
     },
     /// Time train steps and test forwards of a preset on this machine.
     Bench {
@@ -168,8 +174,10 @@ fn run(cli: Cli) -> Result<()> {
             if groklens::run::is_run_dir(&dir.root) {
                 bail!("{} already holds a run; pass --out DIR for a new one or `groklens train --resume {}`", dir.root.display(), dir.root.display());
             }
-            train(Trainer::create(cfg, &dir)?, &dir, quiet)
+            train(Trainer::create(cfg, &dir)?, &dir, quiet)?;
+            report(&dir.root)
         }
+        Command::Report { run } => report(&run),
         Command::Cache {
             checkpoint,
             model_config,
@@ -215,6 +223,15 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn report(dir: &std::path::Path) -> Result<()> {
+    if !groklens::run::is_run_dir(dir) {
+        bail!("{} is not a run directory (no config.toml); train one with `groklens train` or `groklens grok`", dir.display());
+    }
+    let summary = groklens::report::write_report(dir)?;
+    println!("{}", summary.text());
+    Ok(())
 }
 
 fn build_config(

@@ -78,6 +78,40 @@ pub fn constructive_interference(basis: &FourierBasis, key_freqs: &[usize]) -> V
         .collect()
 }
 
+/// Coordinates of each number's embedding (`numbers`: W_E[:p], `p × d_model`) along the embedding's
+/// `Cos k` and `Sin k` directions (unit vectors of those rows of `B · W_E`), `p × 2`. For a key
+/// frequency the points lie on a circle, number x at angle 2πkx/p.
+pub fn key_plane(
+    basis: &FourierBasis,
+    embed: &EmbeddingFourier,
+    numbers: &Matrix,
+    k: usize,
+) -> Matrix {
+    let comps = basis.components(k);
+    let dirs: Vec<Vec<f32>> = [basis.cos_index(k), comps[0]]
+        .iter()
+        .map(|&i| {
+            let row = &embed.fourier.data[i * embed.fourier.cols..(i + 1) * embed.fourier.cols];
+            let norm = row
+                .iter()
+                .map(|v| v * v)
+                .sum::<f32>()
+                .sqrt()
+                .max(f32::MIN_POSITIVE);
+            row.iter().map(|v| v / norm).collect()
+        })
+        .collect();
+    let data = (0..numbers.rows)
+        .flat_map(|x| {
+            let e = &numbers.data[x * numbers.cols..(x + 1) * numbers.cols];
+            dirs.iter()
+                .map(|d| d.iter().zip(e).map(|(a, b)| a * b).sum::<f32>())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Matrix::new(numbers.rows, 2, data).expect("p × 2")
+}
+
 /// Singular values and leading left singular vectors of W_E's number rows, next to those of a Gaussian
 /// matrix of the same shape and scale (seed 000's "Singular Value Decomposition" and its control).
 #[derive(Debug, Clone)]
@@ -155,6 +189,32 @@ mod tests {
         let ci = constructive_interference(&basis, &e.key_freqs);
         let max_at = (0..p).max_by(|&a, &b| ci[a].total_cmp(&ci[b])).unwrap();
         assert_eq!(max_at, 0, "key cosines add up at x = 0");
+    }
+
+    #[test]
+    fn key_plane_puts_numbers_on_a_circle() {
+        let p = 31;
+        let basis = FourierBasis::new(p);
+        let w_e = planted(p, &[4, 9, 13]);
+        let e = embedding_fourier(&basis, &w_e);
+        let numbers = w_e.select_rows(&(0..p).collect::<Vec<_>>());
+        let pts = key_plane(&basis, &e, &numbers, 9);
+        let radius = |x: usize| (pts.at(x, 0).powi(2) + pts.at(x, 1).powi(2)).sqrt();
+        for x in 0..p {
+            assert!(
+                (radius(x) - radius(0)).abs() < 0.02,
+                "x={x}: {} vs {}",
+                radius(x),
+                radius(0)
+            );
+            let angle = pts.at(x, 1).atan2(pts.at(x, 0));
+            let want = 2.0 * std::f32::consts::PI * ((9 * x) % p) as f32 / p as f32;
+            let d = (angle - want).rem_euclid(2.0 * std::f32::consts::PI);
+            assert!(
+                d.min(2.0 * std::f32::consts::PI - d) < 0.02,
+                "x={x}: angle {angle} vs {want}"
+            );
+        }
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct RunAnalysis {
     pub final_epoch: usize,
     /// Fourier basis over Z_p.
     pub basis: FourierBasis,
+    /// W_E's rows for the numbers 0..p, `p × d_model`.
+    pub numbers_embedding: Matrix,
     /// W_E in the Fourier basis and the key frequencies.
     pub embed: EmbeddingFourier,
     /// `(names, Gram matrix)` of the key components of the embedding.
@@ -121,7 +123,8 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let key_dots = embedding::key_component_dots(&basis, &embed);
     let interference = embedding::constructive_interference(&basis, &embed.key_freqs);
     let svd = embedding::embedding_svd(p, &w_e, mcfg.seed)?;
-    let embed_pca = stats::pca(&w_e.select_rows(&(0..p).collect::<Vec<_>>()), 2)?;
+    let numbers_embedding = w_e.select_rows(&(0..p).collect::<Vec<_>>());
+    let embed_pca = stats::pca(&numbers_embedding, 2)?;
 
     let grid = grid::grid_activations(task, mcfg, &params)?;
     let b0 = PCA_SECOND_OPERAND % p;
@@ -188,6 +191,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         metrics,
         final_epoch,
         basis,
+        numbers_embedding,
         embed,
         key_dots,
         interference,
