@@ -157,6 +157,46 @@ fn a_small_run_writes_the_run_directory() {
         &["train", "--preset", "quick", "--out", d],
         &["already holds a run", "--resume"],
     );
+
+    // The report of a (not yet grokked) run, then the ways a report can be refused.
+    let out = groklens(&["report", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("report.html") && text.contains("key frequencies"),
+        "{text}"
+    );
+    assert!(
+        text.contains("grokking epoch (test acc >= 99%): not reached"),
+        "{text}"
+    );
+    assert!(dir.join("report.html").is_file());
+    fails_with(
+        &["report", tmp.path().to_str().unwrap()],
+        &["not a run directory", "config.toml"],
+    );
+    let bare = tmp.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    for f in [
+        "config.toml",
+        "model_config.json",
+        "split.safetensors",
+        "metrics.csv",
+    ] {
+        std::fs::copy(dir.join(f), bare.join(f)).unwrap();
+    }
+    fails_with(
+        &["report", bare.to_str().unwrap()],
+        &["neither final.safetensors nor a checkpoint"],
+    );
+    let ckpt = dir.join("checkpoints/epoch_000100.safetensors");
+    let bytes = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(&["report", d], &["epoch_000100.safetensors"]);
 }
 
 #[test]

@@ -1,11 +1,20 @@
-//! The `quick` preset groks: memorises first, then reaches high test accuracy.
+//! The whole pipeline on the `quick` preset: it groks (memorises first, then generalises), the
+//! analysis finds the same key frequencies in the embedding and in the neuron clusters, and the HTML
+//! report renders in headless Chromium, offline, with no console error and every figure drawn.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use groklens::presets::preset;
+use groklens::report::write_report;
+use groklens::run::RunDir;
 use groklens::train::{grokking_epoch, Trainer};
 
 #[test]
-fn quick_preset_groks() {
-    let mut t = Trainer::new(preset("quick").unwrap()).unwrap();
+fn quick_preset_groks_and_its_report_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("quick"));
+    let mut t = Trainer::create(preset("quick").unwrap(), &dir).unwrap();
     let outcome = t.run(&mut |_| {}).unwrap();
     let last = outcome.last.unwrap();
     assert!(
@@ -25,4 +34,142 @@ fn quick_preset_groks() {
         memorised < generalised,
         "train accuracy should saturate before test accuracy ({memorised} vs {generalised})"
     );
+
+    let summary = write_report(&dir.root).unwrap();
+    let a = &summary.analysis;
+    let neurons = a.neurons.as_ref().unwrap();
+    assert!(!a.embed.key_freqs.is_empty());
+    assert_eq!(
+        a.embed.key_freqs,
+        neurons.fourier.cluster_freqs(),
+        "key frequencies of the embedding and of the neuron clusters agree"
+    );
+    assert!(neurons.fourier.clustered_fraction() > 0.3);
+    assert_eq!(a.phases.memorisation_end, Some(memorised));
+    assert!(a.progress.len() >= 2, "every checkpoint is scored");
+    // Once grokked, the key-frequency part alone predicts well and removing it hurts the train loss.
+    let end = a.progress.last().unwrap();
+    let (restricted, excluded) = (end.restricted_loss.unwrap(), end.excluded_loss.unwrap());
+    assert!(restricted < 0.5, "restricted loss {restricted}");
+    assert!(excluded > 1.0, "excluded loss {excluded}");
+    assert!(summary.text().contains("key frequencies"));
+
+    let html = std::fs::read_to_string(&summary.path).unwrap();
+    assert!(summary.bytes < 15_000_000, "{} bytes", summary.bytes);
+    for id in [
+        "training",
+        "progress",
+        "embedding",
+        "neurons",
+        "logits",
+        "attention",
+    ] {
+        assert!(html.contains(&format!("<section id=\"{id}\">")), "{id}");
+    }
+    assert!(
+        !html.contains("<script src="),
+        "no external scripts: the page works offline"
+    );
+
+    check_in_browser(&summary.path);
+}
+
+/// Debian's Chromium, or `$CHROMIUM`.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+fn headless(profile: &Path) -> Command {
+    let mut cmd = Command::new(chromium().unwrap());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        // Network off: every request goes to a closed local port.
+        "--proxy-server=http://127.0.0.1:9",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=30000",
+        "--window-size=1400,2400",
+    ]);
+    cmd.arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+fn check_in_browser(report: &Path) {
+    if chromium().is_none() {
+        if std::env::var_os("GROKLENS_SKIP_BROWSER").is_some() {
+            eprintln!("GROKLENS_SKIP_BROWSER set: not opening the report in Chromium");
+            return;
+        }
+        panic!(
+            "Chromium not found: install Debian's `chromium` package (.ci/run does), set CHROMIUM=/path, \
+             or set GROKLENS_SKIP_BROWSER=1 to skip this check"
+        );
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", report.display());
+    let out = headless(profile.path())
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let body = dom
+        .split("<body")
+        .nth(1)
+        .and_then(|b| b.split('>').next())
+        .unwrap_or_else(|| panic!("no <body> in the rendered DOM; stderr:\n{stderr}"));
+    let attr = |name: &str| -> String {
+        body.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .unwrap_or_else(|| panic!("the page never finished drawing ({name} missing): {body}"))
+            .to_string()
+    };
+    let figures: usize = attr("data-figures").parse().unwrap();
+    let rendered: usize = attr("data-rendered").parse().unwrap();
+    assert_eq!(
+        attr("data-errors"),
+        "0",
+        "script errors: {}",
+        attr("data-error-text")
+    );
+    assert!(figures >= 20, "{figures} figures");
+    assert_eq!(rendered, figures, "every figure drew an SVG");
+    let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(
+        console.is_empty(),
+        "the page wrote to the console:\n{}",
+        console.join("\n")
+    );
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    let status = headless(profile.path())
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "screenshot failed");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("screenshot: {}", shot.display());
 }

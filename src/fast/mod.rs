@@ -84,7 +84,7 @@ impl FastEngine {
     /// Last-position logits `[rows, d_vocab_out]` of `tokens` (rows of `seq` tokens), parallel over
     /// row chunks: the analysis's fast forward pass.
     pub fn last_logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
-        if seq == 0 || tokens.len() % seq != 0 {
+        if seq == 0 || !tokens.len().is_multiple_of(seq) {
             return Err(GrokError::tensor(
                 "tokens",
                 format!("{} ids do not form rows of {seq} tokens", tokens.len()),

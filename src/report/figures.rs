@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(round4(0.123456), 0.1235);
         assert_eq!(round4(-98765.4), -98770.0);
         assert_eq!(round4(0.0), 0.0);
-        assert_eq!(round4(1.0e-7 * 3.14159), 3.142e-7);
+        assert_eq!(round4(2.71828e-7), 2.718e-7);
     }
 
     #[test]

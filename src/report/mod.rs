@@ -437,7 +437,7 @@ fn embedding(a: &RunAnalysis) -> Section {
     let numbers: Vec<String> = (0..p).map(|x| x.to_string()).collect();
     for &k in a.embed.key_freqs.iter().take(4) {
         figures.push(labelled_points(
-            &format!("Number embeddings in the plane of key frequency {k}: a circle, x at angle 2π·{k}x/{p}"),
+            &format!("Key frequency {k}: number embeddings lie on a circle"),
             &format!("along the embedding's Cos {k} direction"),
             &format!("along the embedding's Sin {k} direction"),
             &embedding::key_plane(b, &a.embed, &a.numbers_embedding, k),

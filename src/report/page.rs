@@ -79,7 +79,10 @@ section p {{ max-width: 1100px; line-height: 1.45; }}
 </style>
 <script>
 window.groklensErrors = [];
-window.addEventListener("error", function (e) {{ window.groklensErrors.push(String(e.message)); }});
+window.addEventListener("error", function (e) {{
+  var t = e.target;
+  window.groklensErrors.push(t && t !== window ? "failed to load " + (t.src || t.href) : String(e.message));
+}}, true);
 (function () {{
   var original = console.error;
   console.error = function () {{
