@@ -1,7 +1,8 @@
 //! groklens: train small transformers on algorithmic tasks until they grok, then take them apart.
 //!
-//! Dependencies point one way: `cli` → `train` → `model` → `tensor_io`; `tasks` and `config` describe
-//! what to train, `run` is the on-disk layout of a run.
+//! Dependencies point one way: `cli` → `report` → `analysis` → `interp` / `train` → `model` →
+//! `tensor_io`; `tasks` and `config` describe what to train, `run` is the on-disk layout of a run, and
+//! `fast` is the hand-written training engine.
 
 pub mod analysis;
 pub mod bench;

@@ -279,6 +279,31 @@ fn progress(a: &RunAnalysis) -> Section {
     );
     with_vlines(&mut losses, &vlines);
     figures.push(losses);
+    let mut acc = lines(
+        "Accuracy at each checkpoint",
+        "epoch",
+        "accuracy",
+        &x,
+        &[
+            (
+                "train",
+                a.progress
+                    .iter()
+                    .map(|p| at(p.epoch, |r| r.train_acc))
+                    .collect(),
+            ),
+            (
+                "test",
+                a.progress
+                    .iter()
+                    .map(|p| at(p.epoch, |r| r.test_acc))
+                    .collect(),
+            ),
+        ],
+        false,
+    );
+    with_vlines(&mut acc, &vlines);
+    figures.push(acc);
     let mut gini_series = vec![(
         "Gini of W_E Fourier norms",
         a.progress.iter().map(|p| p.gini_embed as f32).collect(),
