@@ -1,8 +1,10 @@
 //! Figure builders on the `plotly` crate: every figure gets a title, axis titles and hover values;
 //! heatmaps use a diverging red–white–blue scale centred at zero, as the seeds' `imshow` does.
 
-use plotly::common::{ColorScale, ColorScaleElement, Line, Marker, Mode, Position, Title};
-use plotly::layout::{Annotation, Axis, AxisType, Margin, Shape, ShapeLine, ShapeType};
+use plotly::common::{
+    Anchor, ColorScale, ColorScaleElement, Line, Marker, Mode, Orientation, Position, Title,
+};
+use plotly::layout::{Annotation, Axis, AxisType, Legend, Margin, Shape, ShapeLine, ShapeType};
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
 
 use crate::interp::factored::Matrix;
@@ -34,6 +36,19 @@ fn layout(title: &str, x: &str, y: &str) -> Layout {
         .y_axis(axis(y))
         .height(HEIGHT)
         .margin(Margin::new().left(70).right(30).top(60).bottom(60))
+}
+
+/// A layout whose legend sits in a row under the plot, so long series names leave the data its width.
+fn layout_with_legend(title: &str, x: &str, y: &str) -> Layout {
+    layout(title, x, y)
+        .height(HEIGHT + 60)
+        .legend(
+            Legend::new()
+                .orientation(Orientation::Horizontal)
+                .y(-0.25)
+                .y_anchor(Anchor::Top),
+        )
+        .margin(Margin::new().left(70).right(30).top(60).bottom(110))
 }
 
 /// Vertical dashed lines at the given x values, labelled at the top (phase boundaries).
@@ -68,8 +83,8 @@ pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
                 .y_ref("paper")
                 .show_arrow(false)
                 .text_angle(-90.0)
-                .x_anchor(plotly::common::Anchor::Right)
-                .y_anchor(plotly::common::Anchor::Top)
+                .x_anchor(Anchor::Right)
+                .y_anchor(Anchor::Top)
         })
         .collect();
     let l = plot.layout().clone().shapes(shapes).annotations(notes);
@@ -97,7 +112,11 @@ pub fn lines(
                 )),
         );
     }
-    let mut l = layout(title, x_title, y_title);
+    let mut l = if series.len() > 1 {
+        layout_with_legend(title, x_title, y_title)
+    } else {
+        layout(title, x_title, y_title)
+    };
     if log_y {
         l = l.y_axis(axis(y_title).type_(AxisType::Log));
     }
@@ -123,7 +142,11 @@ pub fn category_lines(
                 .hover_template(format!("{name}<br>%{{x}}: %{{y}}<extra></extra>")),
         );
     }
-    plot.set_layout(layout(title, x_title, y_title));
+    plot.set_layout(if series.len() > 1 {
+        layout_with_legend(title, x_title, y_title)
+    } else {
+        layout(title, x_title, y_title)
+    });
     plot
 }
 
