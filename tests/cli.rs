@@ -113,8 +113,9 @@ fn a_small_run_writes_the_run_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let d = dir.to_str().unwrap();
+    // `grok` trains, writes the report and prints its summary.
     let out = groklens(&[
-        "train",
+        "grok",
         "--preset",
         "quick",
         "--set",
@@ -130,12 +131,18 @@ fn a_small_run_writes_the_run_directory() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("200 epochs") && text.contains("report.html") && text.contains("phases:"),
+        "{text}"
+    );
     for f in [
         "config.toml",
         "model_config.json",
         "split.safetensors",
         "metrics.csv",
         "final.safetensors",
+        "report.html",
         "checkpoints/epoch_000100.safetensors",
         "checkpoints/epoch_000200.optim.safetensors",
     ] {
@@ -158,7 +165,7 @@ fn a_small_run_writes_the_run_directory() {
         &["already holds a run", "--resume"],
     );
 
-    // The report of a (not yet grokked) run, then the ways a report can be refused.
+    // The report again, on its own, then the ways a report can be refused.
     let out = groklens(&["report", d]);
     assert!(
         out.status.success(),
