@@ -24,7 +24,7 @@ use crate::train::grokking_epoch;
 pub use embedding::{EmbeddingFourier, EmbeddingSvd};
 pub use fourier::FourierBasis;
 pub use grid::AttentionSummary;
-pub use neurons::{NeuronCluster, NeuronFourier, CLUSTER_THRESHOLD};
+pub use neurons::{FrequencyUse, NeuronCluster, NeuronFourier, CLUSTER_THRESHOLD};
 pub use progress::{Phases, ProgressPoint};
 pub use stats::Pca;
 

@@ -40,6 +40,67 @@ impl NeuronFourier {
     pub fn cluster_freqs(&self) -> Vec<usize> {
         self.clusters.iter().map(|c| c.freq).collect()
     }
+
+    /// How the neurons use frequency `freq`: cluster size, how many neurons have it as their best
+    /// frequency, and the mean fraction it explains for those.
+    pub fn usage(&self, freq: usize) -> FrequencyUse {
+        let best: Vec<f32> = self
+            .dominant
+            .iter()
+            .filter(|d| d.0 == freq)
+            .map(|d| d.1)
+            .collect();
+        FrequencyUse {
+            freq,
+            clustered: self
+                .clusters
+                .iter()
+                .find(|c| c.freq == freq)
+                .map_or(0, |c| c.neurons.len()),
+            best_for: best.len(),
+            mean_fraction: best.iter().sum::<f32>() / best.len().max(1) as f32,
+        }
+    }
+
+    /// Where the embedding's key frequencies and the clusters' frequencies differ, one sentence per
+    /// frequency; empty when they agree.
+    pub fn disagreements(&self, key_freqs: &[usize]) -> Vec<String> {
+        let clustered = self.cluster_freqs();
+        let mut out = Vec::new();
+        for &k in key_freqs.iter().filter(|k| !clustered.contains(k)) {
+            let u = self.usage(k);
+            out.push(format!(
+                "key frequency {k} has no cluster: it is the best frequency of {} neurons, which it explains {:.0}% of on average (cluster cut {CLUSTER_THRESHOLD}) — a circuit still forming or mixed",
+                u.best_for,
+                100.0 * u.mean_fraction
+            ));
+        }
+        for c in self
+            .clusters
+            .iter()
+            .filter(|c| !key_freqs.contains(&c.freq))
+        {
+            out.push(format!(
+                "frequency {} has a cluster of {} neurons but does not stand out in the embedding",
+                c.freq,
+                c.neurons.len()
+            ));
+        }
+        out
+    }
+}
+
+/// How the neurons use one frequency ([`NeuronFourier::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrequencyUse {
+    /// The frequency.
+    pub freq: usize,
+    /// Neurons in its cluster.
+    pub clustered: usize,
+    /// Neurons whose best frequency it is (clustered or not).
+    pub best_for: usize,
+    /// Mean fraction of variance it explains for those neurons.
+    pub mean_fraction: f32,
 }
 
 /// One neuron's activations as a `p × p` map (rows a, columns b) from `acts` (`p² × d_mlp`, row a·p+b).
@@ -179,6 +240,16 @@ mod tests {
         assert!((nf.frac_explained.at(4, 4) - 0.5).abs() < 1e-3);
         assert!((nf.clustered_fraction() - 4.0 / 6.0).abs() < 1e-12);
         assert_eq!(nf.cluster_freqs(), [3, 7]);
+        assert!(nf.disagreements(&[3, 7]).is_empty());
+        let u = nf.usage(7);
+        assert_eq!((u.clustered, u.best_for), (2, 2));
+        assert!((u.mean_fraction - 1.0).abs() < 1e-4);
+        assert_eq!(nf.usage(9).best_for, 0);
+        let d = nf.disagreements(&[2, 3]);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert!(
+            d[0].starts_with("key frequency 2 has no cluster") && d[1].starts_with("frequency 7")
+        );
     }
 
     #[test]

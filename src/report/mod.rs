@@ -49,6 +49,9 @@ impl ReportSummary {
                 n.fourier.cluster_freqs(),
                 100.0 * n.fourier.clustered_fraction()
             );
+            for d in n.fourier.disagreements(&a.embed.key_freqs) {
+                out += &format!("note: {d}\n");
+            }
         }
         out += &format!(
             "phases: memorisation ends {}, circuit formation ends {}, cleanup ends {}",
@@ -138,6 +141,15 @@ fn summary_table(a: &RunAnalysis) -> String {
                 100.0 * n.fourier.clustered_fraction(),
                 n.fourier.dominant.len()
             ),
+        ));
+        let notes = n.fourier.disagreements(&a.embed.key_freqs);
+        rows.push((
+            "Embedding vs clusters",
+            if notes.is_empty() {
+                "the same frequencies".to_string()
+            } else {
+                notes.join("; ")
+            },
         ));
     }
     rows.push((
