@@ -20,7 +20,10 @@ pub struct GridActivations {
     pub patterns: Vec<Vec<f32>>,
 }
 
-/// Runs `params` on every grid input of `task` with the candle model, keeping only what
+/// Inputs per forward pass, so the activations of every position are never held for the whole grid.
+const CHUNK_ROWS: usize = 8192;
+
+/// Runs `params` on every grid input of `task` with the candle model, in chunks, keeping only what
 /// [`GridActivations`] holds.
 pub fn grid_activations(
     task: &TaskConfig,
@@ -31,7 +34,6 @@ pub fn grid_activations(
     let seq = task.layout.len();
     let tokens = task.grid_tokens();
     let rows = tokens.len() / seq;
-    let t = model.tokens_tensor(&tokens, rows)?;
     let last_layer = cfg.n_layers - 1;
     let mut names: Vec<String> = (0..cfg.n_layers)
         .map(|l| format!("blocks.{l}.attn.hook_pattern"))
@@ -39,35 +41,35 @@ pub fn grid_activations(
     if !cfg.attn_only {
         names.push(format!("blocks.{last_layer}.mlp.hook_post"));
     }
-    let (logits, cache) = model.run_with_cache(&t, &Names::List(names))?;
-    let last = |x: &Tensor| -> Result<Tensor> {
+    let names = Names::List(names);
+    let last = |x: &Tensor| -> Result<Vec<f32>> {
         let pos = x.dim(1)?;
-        Ok(x.narrow(1, pos - 1, 1)?.squeeze(1)?)
+        Ok(x.narrow(1, pos - 1, 1)?.flatten_all()?.to_vec1::<f32>()?)
     };
-    let logits = to_matrix(&last(&logits)?)?;
-    let neurons = if cfg.attn_only {
-        None
-    } else {
-        Some(to_matrix(&last(cache.get((
-            "post",
-            last_layer as i64,
-            "mlp",
-        ))?)?)?)
-    };
-    let patterns = (0..cfg.n_layers)
-        .map(|l| {
-            let pat = cache.get(("pattern", l as i64))?; // [rows, heads, q, k]
+    let mut logits = Vec::with_capacity(rows * cfg.d_vocab_out);
+    let mut neurons = Vec::with_capacity(if cfg.attn_only { 0 } else { rows * cfg.d_mlp });
+    let mut patterns = vec![Vec::new(); cfg.n_layers];
+    for chunk in tokens.chunks(CHUNK_ROWS * seq) {
+        let t = model.tokens_tensor(chunk, chunk.len() / seq)?;
+        let (chunk_logits, cache) = model.run_with_cache(&t, &names)?;
+        logits.extend(last(&chunk_logits)?);
+        if !cfg.attn_only {
+            neurons.extend(last(cache.get(("post", last_layer as i64, "mlp"))?)?);
+        }
+        for (l, out) in patterns.iter_mut().enumerate() {
+            // [rows, heads, q, k] → the last query: [rows, heads, k].
+            let pat = cache.get(("pattern", l as i64))?;
             let q = pat.dim(2)?;
-            Ok(pat
-                .narrow(2, q - 1, 1)?
-                .squeeze(2)?
-                .flatten_all()?
-                .to_vec1::<f32>()?)
-        })
-        .collect::<Result<_>>()?;
+            out.extend(pat.narrow(2, q - 1, 1)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
     Ok(GridActivations {
-        logits,
-        neurons,
+        logits: Matrix::new(rows, cfg.d_vocab_out, logits)?,
+        neurons: if cfg.attn_only {
+            None
+        } else {
+            Some(Matrix::new(rows, cfg.d_mlp, neurons)?)
+        },
         patterns,
     })
 }
@@ -139,9 +141,4 @@ pub fn attention_summary(
         to_a: (0..n_heads).map(|h| map(h, pa)).collect(),
         to_b: (0..n_heads).map(|h| map(h, pb)).collect(),
     })
-}
-
-fn to_matrix(t: &Tensor) -> Result<Matrix> {
-    let (rows, cols) = t.dims2()?;
-    Matrix::new(rows, cols, t.flatten_all()?.to_vec1::<f32>()?)
 }

@@ -28,6 +28,10 @@ pub use neurons::{FrequencyUse, NeuronCluster, NeuronFourier, CLUSTER_THRESHOLD}
 pub use progress::{Phases, ProgressPoint};
 pub use stats::Pca;
 
+/// Largest modulus the analysis takes: p² inputs are run and p × p maps drawn, and the report must
+/// stay under ~15 MB.
+pub const MAX_P: usize = 251;
+
 /// Seed 002 plots the outputs for inputs (x, 8); the analysis uses the same second operand.
 pub const PCA_SECOND_OPERAND: usize = 8;
 
@@ -88,6 +92,15 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let task = &cfg.task;
     let mcfg = &cfg.model;
     let p = task.p;
+    if p > MAX_P {
+        return Err(GrokError::config(
+            "task.p",
+            p,
+            format!(
+                "the analysis runs the model on all p² inputs and draws p × p maps; it supports p <= {MAX_P}"
+            ),
+        ));
+    }
     if mcfg.d_vocab_out != p {
         return Err(GrokError::config(
             "model.d_vocab_out",
