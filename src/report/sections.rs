@@ -14,12 +14,12 @@ use super::page::Section;
 /// The report's sections in page order.
 pub fn sections(a: &RunAnalysis) -> Vec<Section> {
     vec![
-        training(a),
-        progress(a),
-        embedding(a),
-        neurons(a),
-        logits(a),
-        attention(a),
+        training_section(a),
+        progress_section(a),
+        embedding_section(a),
+        neurons_section(a),
+        logits_section(a),
+        attention_section(a),
     ]
 }
 
@@ -38,7 +38,7 @@ fn column(rows: &[MetricsRow], f: impl Fn(&MetricsRow) -> f64) -> Vec<f32> {
     rows.iter().map(|r| f(r) as f32).collect()
 }
 
-fn training(a: &RunAnalysis) -> Section {
+fn training_section(a: &RunAnalysis) -> Section {
     let m = &a.metrics;
     let x: Vec<f64> = m.iter().map(|r| r.epoch as f64).collect();
     let loss = lines(
@@ -81,7 +81,7 @@ fn training(a: &RunAnalysis) -> Section {
     }
 }
 
-fn progress(a: &RunAnalysis) -> Section {
+fn progress_section(a: &RunAnalysis) -> Section {
     let x: Vec<f64> = a.progress.iter().map(|p| p.epoch as f64).collect();
     let vlines = phase_lines(a);
     let mut figures = Vec::new();
@@ -216,7 +216,7 @@ fn freq_labels(n: usize) -> Vec<String> {
     (1..=n).map(|k| format!("freq {k}")).collect()
 }
 
-fn embedding(a: &RunAnalysis) -> Section {
+fn embedding_section(a: &RunAnalysis) -> Section {
     let b = &a.basis;
     let p = b.p();
     let names = b.names();
@@ -364,7 +364,7 @@ fn embedding(a: &RunAnalysis) -> Section {
     }
 }
 
-fn neurons(a: &RunAnalysis) -> Section {
+fn neurons_section(a: &RunAnalysis) -> Section {
     let Some(n) = &a.neurons else {
         return Section {
             id: "neurons",
@@ -469,7 +469,7 @@ fn neurons(a: &RunAnalysis) -> Section {
     }
 }
 
-fn logits(a: &RunAnalysis) -> Section {
+fn logits_section(a: &RunAnalysis) -> Section {
     let Some(n) = &a.neurons else {
         return Section {
             id: "logits",
@@ -515,7 +515,7 @@ fn logits(a: &RunAnalysis) -> Section {
     }
 }
 
-fn attention(a: &RunAnalysis) -> Section {
+fn attention_section(a: &RunAnalysis) -> Section {
     let p = a.basis.p();
     let nums: Vec<String> = (0..p).map(|x| x.to_string()).collect();
     let positions: Vec<String> = match a.cfg.task.layout {
