@@ -78,7 +78,7 @@ pub fn constructive_interference(basis: &FourierBasis, key_freqs: &[usize]) -> V
         .collect()
 }
 
-/// Coordinates of each number's embedding (`numbers`: W_E[:p], `p × d_model`) along the embedding's
+/// Coordinates of each number's embedding (`numbers` = `W_E[:p]`, `p × d_model`) along the embedding's
 /// `Cos k` and `Sin k` directions (unit vectors of those rows of `B · W_E`), `p × 2`. For a key
 /// frequency the points lie on a circle, number x at angle 2πkx/p.
 pub fn key_plane(
@@ -116,11 +116,11 @@ pub fn key_plane(
 /// matrix of the same shape and scale (seed 000's "Singular Value Decomposition" and its control).
 #[derive(Debug, Clone)]
 pub struct EmbeddingSvd {
-    /// Singular values of W_E[:p], descending.
+    /// Singular values of `W_E[:p]`, descending.
     pub singular_values: Vec<f32>,
     /// Singular values of the Gaussian control, descending.
     pub control_singular_values: Vec<f32>,
-    /// The first (up to 8) left singular vectors of W_E[:p] as rows, `k × p` (functions of the input).
+    /// The first (up to 8) left singular vectors of `W_E[:p]` as rows, `k × p` (functions of the input).
     pub top_components: Matrix,
     /// The same for the control.
     pub control_top_components: Matrix,
