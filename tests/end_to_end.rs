@@ -47,6 +47,12 @@ fn quick_preset_groks_and_its_report_renders() {
     assert!(neurons.fourier.clustered_fraction() > 0.3);
     assert_eq!(a.phases.memorisation_end, Some(memorised));
     assert!(a.progress.len() >= 2, "every checkpoint is scored");
+    // The first point is the initial model, rebuilt from the seed: near-uniform predictions.
+    let start = &a.progress[0];
+    assert_eq!(start.epoch, 0);
+    let uniform = (a.cfg.task.p as f64).ln();
+    assert!((start.restricted_loss.unwrap() - uniform).abs() < 0.5);
+    assert!((start.excluded_loss.unwrap() - uniform).abs() < 0.5);
     // Once grokked, the key-frequency part alone predicts well and removing it hurts the train loss.
     let end = a.progress.last().unwrap();
     let (restricted, excluded) = (end.restricted_loss.unwrap(), end.excluded_loss.unwrap());

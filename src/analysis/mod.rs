@@ -75,7 +75,7 @@ pub struct RunAnalysis {
     pub neurons: Option<NeuronAnalysis>,
     /// Attention from the last position, per layer.
     pub attention: Vec<AttentionSummary>,
-    /// Progress measures at every checkpoint.
+    /// Progress measures at the initial weights (epoch 0, rebuilt from `model.seed`) and every checkpoint.
     pub progress: Vec<ProgressPoint>,
     /// Phase boundaries.
     pub phases: Phases,
@@ -177,10 +177,14 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let mut engine = unsupported_reason(mcfg)
         .is_none()
         .then(|| FastEngine::new(mcfg, thread_count(cfg.train.threads)));
-    let mut progress = Vec::with_capacity(epochs.len());
-    for epoch in epochs {
-        let path = checkpoint::model_path(&run.checkpoint_dir(), epoch);
-        let ckpt = Params::load(&path, mcfg)?;
+    let mut progress = Vec::with_capacity(epochs.len() + 1);
+    // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
+    for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
+        let ckpt = if epoch == 0 {
+            Params::init(mcfg)
+        } else {
+            Params::load(&checkpoint::model_path(&run.checkpoint_dir(), epoch), mcfg)?
+        };
         let (gini_embed, gini_logit) = progress::weight_ginis(&basis, mcfg, &ckpt);
         let losses = match &keys {
             Some(k) => Some(k.losses(&grid::grid_logits(task, mcfg, &ckpt, engine.as_mut())?)),

@@ -161,7 +161,13 @@ fn summary_table(a: &RunAnalysis) -> String {
             epoch(a.phases.cleanup_end)
         ),
     ));
-    rows.push(("Checkpoints analysed", a.progress.len().to_string()));
+    rows.push((
+        "Checkpoints analysed",
+        format!(
+            "{} (+ the initial weights)",
+            a.progress.len().saturating_sub(1)
+        ),
+    ));
     let cells: String = rows
         .iter()
         .map(|(k, v)| format!("<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v)))

@@ -199,12 +199,12 @@ fn progress_section(a: &RunAnalysis) -> Section {
         id: "progress",
         title: "Progress measures",
         intro: format!(
-            "Nanda et al. (2023)'s measures at each of {} checkpoints, using the final model's key \
+            "Nanda et al. (2023)'s measures at the initial weights and each of {} checkpoints, using the final model's key \
              frequencies {:?}. Restricted loss keeps only the key-frequency directions of the logits \
              (over all inputs); excluded loss removes them (on the train set). Dashed lines: end of \
              memorisation (train accuracy ≥ 99%), end of circuit formation and end of cleanup (test loss \
              10% and 90% of the way down, on a log scale, from its peak to its minimum). Computed in {:.1} s.",
-            a.progress.len(),
+            a.progress.len().saturating_sub(1),
             a.embed.key_freqs,
             a.progress_seconds
         ),
