@@ -200,6 +200,30 @@ fn a_small_run_writes_the_run_directory() {
         &["report", bare.to_str().unwrap()],
         &["neither final.safetensors nor a checkpoint"],
     );
+    std::fs::copy(
+        dir.join("final.safetensors"),
+        bare.join("final.safetensors"),
+    )
+    .unwrap();
+    groklens::tensor_io::write_atomic(
+        &bare.join("split.safetensors"),
+        &[
+            (
+                "train".into(),
+                groklens::tensor_io::HostTensor::i64(vec![2], vec![0, 99_999]),
+            ),
+            (
+                "test".into(),
+                groklens::tensor_io::HostTensor::i64(vec![1], vec![1]),
+            ),
+        ],
+        Default::default(),
+    )
+    .unwrap();
+    fails_with(
+        &["report", bare.to_str().unwrap()],
+        &["split.safetensors", "99999", "does not belong"],
+    );
     let ckpt = dir.join("checkpoints/epoch_000100.safetensors");
     let bytes = std::fs::read(&ckpt).unwrap();
     std::fs::write(&ckpt, &bytes[..bytes.len() / 2]).unwrap();

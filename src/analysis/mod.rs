@@ -110,6 +110,20 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     }
     let metrics = metrics::read(&run.metrics_path())?;
     let split = run.load_split()?;
+    let n_examples = task.dataset().len();
+    if let Some(bad) = split
+        .train
+        .iter()
+        .chain(&split.test)
+        .find(|&&i| i >= n_examples)
+    {
+        return Err(GrokError::file(
+            run.split_path(),
+            format!(
+                "row index {bad} is outside the task's {n_examples} examples: the split does not belong to this config"
+            ),
+        ));
+    }
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
     let (final_epoch, params) = if run.final_path().exists() {
         let epoch = metrics.last().map_or(0, |r| r.epoch);
