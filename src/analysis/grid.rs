@@ -74,22 +74,22 @@ pub fn grid_activations(
     })
 }
 
-/// Last-position logits over the grid, `p² × d_vocab_out`: the fast engine where the model supports it
-/// (what makes scoring hundreds of checkpoints quick), the candle model otherwise.
+/// Last-position logits of `tokens` (rows of `seq`; the grid from [`TaskConfig::grid_tokens`]),
+/// `rows × d_vocab_out`: the fast engine where the model supports it (what makes scoring hundreds of
+/// checkpoints quick), the candle model otherwise.
 pub fn grid_logits(
-    task: &TaskConfig,
+    tokens: &[u32],
+    seq: usize,
     cfg: &ModelConfig,
     params: &Params,
     engine: Option<&mut FastEngine>,
 ) -> Result<Matrix> {
-    let seq = task.layout.len();
-    let tokens = task.grid_tokens();
-    let rows = tokens.len() / seq;
+    let rows = tokens.len() / seq.max(1);
     let data = match (engine, unsupported_reason(cfg)) {
-        (Some(engine), None) => engine.last_logits(params, &tokens, seq)?,
+        (Some(engine), None) => engine.last_logits(params, tokens, seq)?,
         _ => {
             let model = HookedTransformer::new(cfg, params)?;
-            let t = model.tokens_tensor(&tokens, rows)?;
+            let t = model.tokens_tensor(tokens, rows)?;
             let logits = model.forward(&t, LogitPositions::Last, &mut NoHooks)?;
             logits.flatten_all()?.to_vec1::<f32>()?
         }

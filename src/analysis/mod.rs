@@ -191,6 +191,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let mut engine = unsupported_reason(mcfg)
         .is_none()
         .then(|| FastEngine::new(mcfg, thread_count(cfg.train.threads)));
+    let (grid_tokens, seq) = (task.grid_tokens(), task.layout.len());
     let mut progress = Vec::with_capacity(epochs.len() + 1);
     // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
     for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
@@ -201,7 +202,13 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         };
         let (gini_embed, gini_logit) = progress::weight_ginis(&basis, mcfg, &ckpt);
         let losses = match &keys {
-            Some(k) => Some(k.losses(&grid::grid_logits(task, mcfg, &ckpt, engine.as_mut())?)),
+            Some(k) => Some(k.losses(&grid::grid_logits(
+                &grid_tokens,
+                seq,
+                mcfg,
+                &ckpt,
+                engine.as_mut(),
+            )?)),
             None => None,
         };
         progress.push(ProgressPoint {

@@ -84,13 +84,7 @@ impl KeyDirections {
                 }
             }
         }
-        let data = task.dataset();
-        let grid = task.dataset_grid_indices();
-        let all: Vec<(usize, u32)> = grid
-            .iter()
-            .copied()
-            .zip(data.labels.iter().copied())
-            .collect();
+        let all = task.grid_examples();
         let train = train_rows.iter().map(|&r| all[r]).collect();
         Some(KeyDirections {
             directions,

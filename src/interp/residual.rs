@@ -8,6 +8,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{GrokError, Result};
 use crate::interp::cache::ActivationCache;
+use crate::model::forward::head_results;
 use crate::model::{HookedTransformer, Normalization, PositionalEmbedding};
 
 /// Residual-stream components stacked on a new leading axis, with their labels.
@@ -166,14 +167,7 @@ impl ActivationCache {
             return Ok(r.clone());
         }
         let z = self.get(format!("blocks.{layer}.attn.hook_z").as_str())?;
-        let (batch, pos, nh, dh) = z.dims4()?;
-        let w_o = model.weight(&format!("blocks.{layer}.attn.W_O"))?;
-        let zh = z.permute((2, 0, 1, 3))?.reshape((nh, batch * pos, dh))?;
-        Ok(zh
-            .matmul(w_o)?
-            .reshape((nh, batch, pos, model.cfg.d_model))?
-            .permute((1, 2, 0, 3))?
-            .contiguous()?)
+        head_results(z, model.weight(&format!("blocks.{layer}.attn.W_O"))?)
     }
 
     /// Applies the LayerNorm that reads the residual stream at `layer` (`None`: `ln_final`; with

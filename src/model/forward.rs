@@ -239,14 +239,7 @@ impl HookedTransformer {
         let b_o = self.weight(&format!("{a}.b_O"))?;
         let result_name = format!("{a}.hook_result");
         if hooks.wants(&result_name) {
-            // result[b, p, h] = z[b, p, h] @ W_O[h]: per-head contributions to the residual stream.
-            let zh = z.permute((2, 0, 1, 3))?.reshape((nh, batch * pos, dh))?;
-            let result = zh
-                .matmul(w_o)?
-                .reshape((nh, batch, pos, d_model))?
-                .permute((1, 2, 0, 3))?
-                .contiguous()?;
-            let result = hooks.hook(&result_name, result)?;
+            let result = hooks.hook(&result_name, head_results(&z, w_o)?)?;
             return Ok(result.sum(2)?.broadcast_add(b_o)?);
         }
         let out = z
@@ -279,6 +272,20 @@ impl HookedTransformer {
             .broadcast_add(self.weight(&format!("{m}.b_out"))?)?
             .reshape((batch, pos, d_model))?)
     }
+}
+
+/// Each head's write into the residual stream, `result[b, p, h] = z[b, p, h] · W_O[h]` (without `b_O`):
+/// `z [batch, pos, n_heads, d_head]` and `W_O [n_heads, d_head, d_model]` give
+/// `[batch, pos, n_heads, d_model]` (TransformerLens's `hook_result`).
+pub fn head_results(z: &Tensor, w_o: &Tensor) -> Result<Tensor> {
+    let (batch, pos, nh, dh) = z.dims4()?;
+    let d_model = w_o.dim(2)?;
+    let zh = z.permute((2, 0, 1, 3))?.reshape((nh, batch * pos, dh))?;
+    Ok(zh
+        .matmul(w_o)?
+        .reshape((nh, batch, pos, d_model))?
+        .permute((1, 2, 0, 3))?
+        .contiguous()?)
 }
 
 /// Sets scores above the diagonal (future keys) to −inf, as TransformerLens's causal mask does.

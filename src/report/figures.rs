@@ -51,6 +51,15 @@ fn layout_with_legend(title: &str, x: &str, y: &str) -> Layout {
         .margin(Margin::new().left(70).right(30).top(60).bottom(110))
 }
 
+/// The layout for `n` series: a legend under the plot when there is more than one.
+fn series_layout(title: &str, x: &str, y: &str, n: usize) -> Layout {
+    if n > 1 {
+        layout_with_legend(title, x, y)
+    } else {
+        layout(title, x, y)
+    }
+}
+
 /// Vertical dashed lines at the given x values, labelled at the top (phase boundaries).
 pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
     let shapes = lines
@@ -112,11 +121,7 @@ pub fn lines(
                 )),
         );
     }
-    let mut l = if series.len() > 1 {
-        layout_with_legend(title, x_title, y_title)
-    } else {
-        layout(title, x_title, y_title)
-    };
+    let mut l = series_layout(title, x_title, y_title, series.len());
     if log_y {
         l = l.y_axis(axis(y_title).type_(AxisType::Log));
     }
@@ -142,11 +147,7 @@ pub fn category_lines(
                 .hover_template(format!("{name}<br>%{{x}}: %{{y}}<extra></extra>")),
         );
     }
-    plot.set_layout(if series.len() > 1 {
-        layout_with_legend(title, x_title, y_title)
-    } else {
-        layout(title, x_title, y_title)
-    });
+    plot.set_layout(series_layout(title, x_title, y_title, series.len()));
     plot
 }
 

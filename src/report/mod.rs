@@ -31,7 +31,6 @@ impl ReportSummary {
     /// A few lines for the terminal: grokking epoch, key frequencies, clusters, phase boundaries.
     pub fn text(&self) -> String {
         let a = &self.analysis;
-        let epoch = |e: Option<usize>| e.map_or("not reached".to_string(), |e| e.to_string());
         let mut out = format!(
             "report: {} ({:.1} MB, {:.1} s)\n",
             self.path.display(),
@@ -63,6 +62,11 @@ impl ReportSummary {
     }
 }
 
+/// An epoch, or "not reached" for a milestone the run did not get to.
+fn epoch(e: Option<usize>) -> String {
+    e.map_or("not reached".to_string(), |e| e.to_string())
+}
+
 /// Analyses the run in `dir` and writes `dir/report.html`.
 pub fn write_report(dir: &Path) -> Result<ReportSummary> {
     let started = Instant::now();
@@ -91,7 +95,6 @@ fn summary_table(a: &RunAnalysis) -> String {
     let t = &a.cfg.task;
     let m = &a.cfg.model;
     let last = a.metrics.last();
-    let epoch = |e: Option<usize>| e.map_or("not reached".to_string(), |e| e.to_string());
     let mut rows = vec![
         (
             "Task",

@@ -2,7 +2,8 @@
 //! Neurons, Logits, Attention. Each turns part of a [`RunAnalysis`] into a paragraph and figures.
 
 use crate::analysis::{
-    embedding, neurons::neuron_map, RunAnalysis, CLUSTER_THRESHOLD, PCA_SECOND_OPERAND,
+    embedding, neurons::neuron_map, ProgressPoint, RunAnalysis, CLUSTER_THRESHOLD,
+    PCA_SECOND_OPERAND,
 };
 use crate::interp::factored::Matrix;
 use crate::run::MetricsRow;
@@ -84,117 +85,71 @@ fn training_section(a: &RunAnalysis) -> Section {
 fn progress_section(a: &RunAnalysis) -> Section {
     let x: Vec<f64> = a.progress.iter().map(|p| p.epoch as f64).collect();
     let vlines = phase_lines(a);
-    let mut figures = Vec::new();
-    let mut loss_series = vec![];
-    // Train/test loss at the checkpoint epochs, from the metrics row of that epoch.
-    let at = |epoch: usize, f: fn(&MetricsRow) -> f64| {
-        a.metrics
+    // One value per checkpoint; `None` (a measure this model does not have) is drawn as a gap.
+    let per_checkpoint = |f: &dyn Fn(&ProgressPoint) -> Option<f64>| -> Vec<f32> {
+        a.progress
             .iter()
-            .rev()
-            .find(|r| r.epoch <= epoch)
-            .map_or(f32::NAN, |r| f(r) as f32)
+            .map(|p| f(p).map_or(f32::NAN, |v| v as f32))
+            .collect()
     };
-    loss_series.push((
-        "train",
-        a.progress
-            .iter()
-            .map(|p| at(p.epoch, |r| r.train_loss))
-            .collect(),
-    ));
-    loss_series.push((
-        "test",
-        a.progress
-            .iter()
-            .map(|p| at(p.epoch, |r| r.test_loss))
-            .collect(),
-    ));
+    // A metrics column at the checkpoint epochs, from the last evaluation at or before each.
+    let metric = |f: fn(&MetricsRow) -> f64| {
+        per_checkpoint(&|p| a.metrics.iter().rev().find(|r| r.epoch <= p.epoch).map(f))
+    };
+    let phased = |title: &str, y_title: &str, series: &[(&str, Vec<f32>)], log_y: bool| {
+        let mut plot = lines(title, "epoch", y_title, &x, series, log_y);
+        with_vlines(&mut plot, &vlines);
+        plot
+    };
+
+    let mut loss_series = vec![
+        ("train", metric(|r| r.train_loss)),
+        ("test", metric(|r| r.test_loss)),
+    ];
     if a.progress.iter().any(|p| p.restricted_loss.is_some()) {
         loss_series.push((
             "restricted (key frequencies only)",
-            a.progress
-                .iter()
-                .map(|p| p.restricted_loss.unwrap_or(f64::NAN) as f32)
-                .collect(),
+            per_checkpoint(&|p| p.restricted_loss),
         ));
         loss_series.push((
             "excluded (key frequencies removed, train)",
-            a.progress
-                .iter()
-                .map(|p| p.excluded_loss.unwrap_or(f64::NAN) as f32)
-                .collect(),
+            per_checkpoint(&|p| p.excluded_loss),
         ));
     }
-    let mut losses = lines(
-        "Progress measures: losses",
-        "epoch",
-        "loss",
-        &x,
-        &loss_series,
-        true,
-    );
-    with_vlines(&mut losses, &vlines);
-    figures.push(losses);
-    let mut acc = lines(
-        "Accuracy at each checkpoint",
-        "epoch",
-        "accuracy",
-        &x,
-        &[
-            (
-                "train",
-                a.progress
-                    .iter()
-                    .map(|p| at(p.epoch, |r| r.train_acc))
-                    .collect(),
-            ),
-            (
-                "test",
-                a.progress
-                    .iter()
-                    .map(|p| at(p.epoch, |r| r.test_acc))
-                    .collect(),
-            ),
-        ],
-        false,
-    );
-    with_vlines(&mut acc, &vlines);
-    figures.push(acc);
     let mut gini_series = vec![(
         "Gini of W_E Fourier norms",
-        a.progress.iter().map(|p| p.gini_embed as f32).collect(),
+        per_checkpoint(&|p| Some(p.gini_embed)),
     )];
     if a.progress.iter().any(|p| p.gini_logit.is_some()) {
         gini_series.push((
             "Gini of W_L = W_out·W_U Fourier norms",
-            a.progress
-                .iter()
-                .map(|p| p.gini_logit.unwrap_or(f64::NAN) as f32)
-                .collect(),
+            per_checkpoint(&|p| p.gini_logit),
         ));
     }
-    let mut gini = lines(
-        "Sparsity in frequency (Gini coefficient)",
-        "epoch",
-        "Gini",
-        &x,
-        &gini_series,
-        false,
-    );
-    with_vlines(&mut gini, &vlines);
-    figures.push(gini);
-    let mut norm = lines(
-        "Total sum of squared weights at each checkpoint",
-        "epoch",
-        "Σ w²",
-        &x,
-        &[(
-            "weights",
-            a.progress.iter().map(|p| p.weight_norm_sq as f32).collect(),
-        )],
-        false,
-    );
-    with_vlines(&mut norm, &vlines);
-    figures.push(norm);
+    let figures = vec![
+        phased("Progress measures: losses", "loss", &loss_series, true),
+        phased(
+            "Accuracy at each checkpoint",
+            "accuracy",
+            &[
+                ("train", metric(|r| r.train_acc)),
+                ("test", metric(|r| r.test_acc)),
+            ],
+            false,
+        ),
+        phased(
+            "Sparsity in frequency (Gini coefficient)",
+            "Gini",
+            &gini_series,
+            false,
+        ),
+        phased(
+            "Total sum of squared weights at each checkpoint",
+            "Σ w²",
+            &[("weights", per_checkpoint(&|p| Some(p.weight_norm_sq)))],
+            false,
+        ),
+    ];
     Section {
         id: "progress",
         title: "Progress measures",

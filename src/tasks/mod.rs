@@ -205,22 +205,30 @@ impl TaskConfig {
 
     /// Every example in (a, b) order: rows of `layout.len()` tokens plus labels in [0, p).
     pub fn dataset(&self) -> Dataset {
-        let p = self.p as u64;
+        let p = self.p as u32;
         let mut tokens = Vec::new();
         let mut labels = Vec::new();
-        for a in 0..p {
-            for b in 0..p {
-                if let Some(y) = self.op.apply(a, b, p) {
-                    self.layout.write(a as u32, b as u32, p as u32, &mut tokens);
-                    labels.push(y as u32);
-                }
-            }
+        for (a, b, y) in self.examples() {
+            self.layout.write(a, b, p, &mut tokens);
+            labels.push(y);
         }
         Dataset {
             seq_len: self.layout.len(),
             tokens,
             labels,
         }
+    }
+
+    /// `(a, b, label)` of every pair where the operation is defined, in (a, b) order: the rows of
+    /// [`TaskConfig::dataset`].
+    fn examples(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let p = self.p as u64;
+        (0..p * p).filter_map(move |i| {
+            let (a, b) = (i / p, i % p);
+            self.op
+                .apply(a, b, p)
+                .map(|y| (a as u32, b as u32, y as u32))
+        })
     }
 
     /// Rows for every pair (a, b) ∈ Z_p², row index a·p + b, whether or not the operation is defined
@@ -236,12 +244,10 @@ impl TaskConfig {
         tokens
     }
 
-    /// For each dataset row (in [`TaskConfig::dataset`] order), its grid index a·p + b.
-    pub fn dataset_grid_indices(&self) -> Vec<usize> {
-        let p = self.p as u64;
-        (0..p * p)
-            .filter(|i| self.op.apply(i / p, i % p, p).is_some())
-            .map(|i| i as usize)
+    /// For each dataset row (in [`TaskConfig::dataset`] order), its grid index a·p + b and its label.
+    pub fn grid_examples(&self) -> Vec<(usize, u32)> {
+        self.examples()
+            .map(|(a, b, y)| (a as usize * self.p + b as usize, y))
             .collect()
     }
 
