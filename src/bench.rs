@@ -73,12 +73,12 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
     };
     Ok(BenchReport {
         engine: t.engine_name(),
-        threads: crate::fast::thread_count(cfg.train.threads),
+        threads: crate::engine::thread_count(cfg.train.threads),
         train_step_ms: median(train_ms),
         test_forward_ms: median(test_ms),
         epoch_flops_full: 3.0 * m.forward_flops_full(n_train) + m.forward_flops_full(n_test),
         epoch_flops_performed: 3.0 * performed(n_train) + performed(n_test),
-        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::fast::thread_count(0))),
+        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
     })
 }
 

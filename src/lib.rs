@@ -1,16 +1,33 @@
-//! groklens: train small transformers on algorithmic tasks until they grok, then take them apart.
+//! groklens: train small networks on algorithmic tasks until they grok, then take them apart.
 //!
-//! Dependencies point one way: `cli` → `report` → `analysis` → `interp` / `train` → `model` →
-//! `tensor_io`; `tasks` and `config` describe what to train, `run` is the on-disk layout of a run, and
-//! `fast` is the hand-written training engine.
+//! Layers, from the bottom; each module imports only modules listed below it:
+//!
+//! ```text
+//! cli (main.rs), bench   commands
+//! report                 HTML pages from analysis results
+//! analysis               Fourier features, key frequencies, clusters, progress measures, phases
+//! interp                 activation cache, hooks, ablation, patching, weight processing, circuits
+//! train                  the training loop: epochs, evaluation, stop rules, checkpoints, resume
+//! run                    the run directory: config, split, metrics, checkpoints
+//! presets                named configurations
+//! config                 the run configuration (task + model + train), TOML, overrides
+//! optim                  AdamW (= torch), gradient clipping
+//! engine                 the Engine trait and selection; candle (general) and fast (hand-written)
+//! model                  families: config, typed parameter tree, forward pass with hook points
+//! tasks                  algorithmic tasks, token layouts, splits
+//! linalg, tensor_io      small dense matrices and kernels; safetensors I/O
+//! error                  typed errors naming the field or file
+//! ```
 
 pub mod analysis;
 pub mod bench;
 pub mod config;
+pub mod engine;
 pub mod error;
-pub mod fast;
 pub mod interp;
+pub mod linalg;
 pub mod model;
+pub mod optim;
 pub mod presets;
 pub mod report;
 pub mod run;

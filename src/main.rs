@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use groklens::presets::{preset, PRESETS};
-use groklens::run::{MetricsRow, RunDir};
-use groklens::train::{grokking_epoch, Trainer};
+use groklens::run::{grokking_epoch, MetricsRow, RunDir, GROKKED_ACCURACY};
+use groklens::train::Trainer;
 use groklens::RunConfig;
 
 /// Train small transformers on algorithmic tasks until they grok, then take them apart.
@@ -288,7 +288,7 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         last.test_loss,
         100.0 * last.test_acc
     );
-    match grokking_epoch(&trainer.history, 0.99) {
+    match grokking_epoch(&trainer.history, GROKKED_ACCURACY) {
         Some(e) => println!("grokked (test accuracy >= 99%) at epoch {e}"),
         None => println!("did not reach 99% test accuracy"),
     }

@@ -1,10 +1,10 @@
 //! Named, ready-to-run configurations.
 
 use crate::config::RunConfig;
+use crate::config::TrainConfig;
 use crate::error::{GrokError, Result};
 use crate::model::ModelConfig;
 use crate::tasks::{Layout, Operation, TaskConfig};
-use crate::train::config::TrainConfig;
 
 /// Preset names with one-line descriptions; the first is the default.
 pub const PRESETS: [(&str, &str); 4] = [

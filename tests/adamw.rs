@@ -4,9 +4,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
+use groklens::engine::loss::{loss, LossKind};
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks, Params};
-use groklens::train::adamw::{AdamW, AdamWConfig};
-use groklens::train::loss::{loss, LossKind};
+use groklens::optim::{AdamW, AdamWConfig};
 
 fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Params {
     let f = fixture(file);

@@ -4,8 +4,8 @@ mod common;
 
 use candle_core::{Tensor, D};
 use common::*;
-use groklens::interp::factored::Matrix;
 use groklens::interp::Names;
+use groklens::linalg::Matrix;
 use groklens::model::HookedTransformer;
 
 fn values_u32(t: &Tensor) -> Vec<u32> {

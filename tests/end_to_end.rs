@@ -7,8 +7,9 @@ use std::process::Command;
 
 use groklens::presets::preset;
 use groklens::report::write_report;
+use groklens::run::grokking_epoch;
 use groklens::run::RunDir;
-use groklens::train::{grokking_epoch, Trainer};
+use groklens::train::Trainer;
 
 #[test]
 fn quick_preset_groks_and_its_report_renders() {

@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use groklens::fast::FastEngine;
+use groklens::engine::FastEngine;
+use groklens::engine::{Batch, CandleEngine, Engine};
 use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding};
-use groklens::train::{Batch, CandleEngine, Engine};
 
 #[test]
 fn fast_gradients_match_torch_on_the_grokking_fixture() {

@@ -4,10 +4,10 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
+use groklens::engine::loss::{loss, LossKind};
 use groklens::interp::hooks::{patch, patch_position, zero_ablate, zero_ablate_head};
 use groklens::interp::{hook_names, mean_ablation_sweep, HookSet, Names};
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks};
-use groklens::train::loss::{loss, LossKind};
 
 #[test]
 fn cache_matches_fixture_and_resolves_shorthands() {

@@ -4,8 +4,8 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
+use groklens::engine::loss::{loss, LossKind};
 use groklens::model::{HookedTransformer, LogitPositions, Recorder};
-use groklens::train::loss::{loss, LossKind};
 
 fn check_forward(file: &str) {
     let f = fixture(file);

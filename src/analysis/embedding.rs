@@ -5,7 +5,7 @@
 use crate::analysis::fourier::{freq_norms, row_norms, FourierBasis};
 use crate::analysis::stats::{gaussian_like, standout_indices};
 use crate::error::Result;
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 
 /// W_E's number-token rows seen in the Fourier basis.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 //! normalised to unit length, so the basis is orthonormal. For an odd p that is exactly p components;
 //! for an even p, `Sin p/2` is identically zero and is left out, so the last component is `Cos p/2`.
 
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 
 /// An orthonormal Fourier basis of functions on Z_p, one component per row.
 #[derive(Debug, Clone)]

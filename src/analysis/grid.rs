@@ -3,10 +3,10 @@
 
 use candle_core::Tensor;
 
+use crate::engine::fast::{unsupported_reason, FastEngine};
 use crate::error::{GrokError, Result};
-use crate::fast::{unsupported_reason, FastEngine};
-use crate::interp::factored::Matrix;
 use crate::interp::Names;
+use crate::linalg::Matrix;
 use crate::model::{HookedTransformer, LogitPositions, ModelConfig, NoHooks, Params};
 use crate::tasks::TaskConfig;
 

@@ -14,12 +14,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::RunConfig;
+use crate::engine::fast::{unsupported_reason, FastEngine};
+use crate::engine::thread_count;
 use crate::error::{GrokError, Result};
-use crate::fast::{thread_count, unsupported_reason, FastEngine};
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 use crate::model::Params;
-use crate::run::{checkpoint, metrics, MetricsRow, RunDir};
-use crate::train::grokking_epoch;
+use crate::run::{checkpoint, grokking_epoch, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
 
 pub use embedding::{EmbeddingFourier, EmbeddingSvd};
 pub use fourier::FourierBasis;
@@ -224,7 +224,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
 
     Ok(RunAnalysis {
         phases: progress::phases(&metrics),
-        grokking_epoch: grokking_epoch(&metrics, 0.99),
+        grokking_epoch: grokking_epoch(&metrics, GROKKED_ACCURACY),
         cfg,
         metrics,
         final_epoch,

@@ -2,7 +2,7 @@
 //! neuron-to-logit map W_logit = W_out·W_U in the Fourier basis ("Read Off the Neuron-Logit Weights").
 
 use crate::analysis::fourier::{col_norms, FourierBasis};
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 
 /// Seed 000's cut: a neuron belongs to frequency k's cluster when k explains more than this fraction
 /// of its (non-constant) variance.

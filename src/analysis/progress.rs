@@ -28,9 +28,9 @@
 
 use crate::analysis::fourier::{col_norms, row_norms, FourierBasis};
 use crate::analysis::stats::gini;
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 use crate::model::{ModelConfig, Params};
-use crate::run::MetricsRow;
+use crate::run::{MetricsRow, GROKKED_ACCURACY};
 use crate::tasks::{Operation, TaskConfig};
 
 /// Progress measures of one checkpoint.
@@ -190,7 +190,7 @@ pub struct Phases {
 
 /// Phase boundaries from the metrics rows, by the rules in this module's documentation.
 pub fn phases(rows: &[MetricsRow]) -> Phases {
-    let Some(mem) = rows.iter().position(|r| r.train_acc >= 0.99) else {
+    let Some(mem) = rows.iter().position(|r| r.train_acc >= GROKKED_ACCURACY) else {
         return Phases::default();
     };
     let mut out = Phases {

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::Result;
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 
 /// Gini coefficient of non-negative values: 0 when all are equal, → 1 when one holds everything.
 /// `G = Σᵢ (2i − n − 1)·x₍ᵢ₎ / (n·Σx)` over the values sorted ascending (i = 1..n); 0 for an empty or

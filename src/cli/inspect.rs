@@ -6,12 +6,12 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
+use groklens::engine::loss::cross_entropy_f64;
 use groklens::interp::ablation::{mean_ablation_sweep, to_csv};
 use groklens::interp::Names;
 use groklens::model::{HookedTransformer, ModelConfig, Params};
 use groklens::run::RunDir;
 use groklens::tensor_io::{self, HostTensor};
-use groklens::train::loss::cross_entropy_f64;
 
 /// Reads a TransformerLens-named checkpoint with its `model_config.json`.
 fn load_model(checkpoint: &Path, model_config: &Path) -> Result<HookedTransformer> {

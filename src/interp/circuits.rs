@@ -9,7 +9,8 @@
 use candle_core::Tensor;
 
 use crate::error::{GrokError, Result};
-use crate::interp::factored::{FactoredMatrix, Matrix};
+use crate::interp::factored::FactoredMatrix;
+use crate::linalg::Matrix;
 use crate::model::HookedTransformer;
 
 impl HookedTransformer {

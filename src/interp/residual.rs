@@ -8,7 +8,7 @@ use candle_core::{Tensor, D};
 
 use crate::error::{GrokError, Result};
 use crate::interp::cache::ActivationCache;
-use crate::model::forward::head_results;
+use crate::model::transformer::forward::head_results;
 use crate::model::{HookedTransformer, Normalization, PositionalEmbedding};
 
 /// Residual-stream components stacked on a new leading axis, with their labels.

@@ -1,11 +1,11 @@
-//! The transformer: config, parameters, hook points and the forward pass.
+//! Model families: each a config, a typed parameter tree built from it, and a forward pass with hook
+//! points. Today: the transformer (TransformerLens's `HookedTransformer`).
 
-pub mod config;
-pub mod forward;
 pub mod hooks;
 pub mod params;
+pub mod transformer;
 
-pub use config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
-pub use forward::{HookedTransformer, LogitPositions};
 pub use hooks::{Hooks, NoHooks, Recorder};
 pub use params::{Param, Params};
+pub use transformer::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
+pub use transformer::forward::{HookedTransformer, LogitPositions};

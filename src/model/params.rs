@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{GrokError, Result};
-use crate::model::config::{ModelConfig, ParamKind};
+use crate::model::transformer::config::{ModelConfig, ParamKind};
 use crate::tensor_io::{self, HostTensor};
 
 /// One named parameter.
@@ -160,7 +160,7 @@ impl Params {
     pub fn from_tensor_map_owned(
         cfg: &ModelConfig,
         mut entries: Vec<Param>,
-        specs: &[crate::model::config::ParamSpec],
+        specs: &[crate::model::transformer::config::ParamSpec],
     ) -> Result<Self> {
         let _ = cfg;
         let mut ordered = Vec::with_capacity(specs.len());

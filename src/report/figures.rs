@@ -7,7 +7,7 @@ use plotly::common::{
 use plotly::layout::{Annotation, Axis, AxisType, Legend, Margin, Shape, ShapeLine, ShapeType};
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
 
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 
 /// Height of a figure in pixels.
 const HEIGHT: usize = 420;

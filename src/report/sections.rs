@@ -5,7 +5,7 @@ use crate::analysis::{
     embedding, neurons::neuron_map, ProgressPoint, RunAnalysis, CLUSTER_THRESHOLD,
     PCA_SECOND_OPERAND,
 };
-use crate::interp::factored::Matrix;
+use crate::linalg::Matrix;
 use crate::run::MetricsRow;
 use crate::tasks::Layout;
 

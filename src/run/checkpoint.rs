@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{GrokError, Result};
 use crate::model::{ModelConfig, Params};
+use crate::optim::{AdamW, AdamWConfig};
 use crate::tensor_io;
-use crate::train::adamw::{AdamW, AdamWConfig};
 
 /// A model and optimizer snapshot after `epoch` completed epochs.
 #[derive(Debug, Clone)]

@@ -99,3 +99,14 @@ pub fn append(path: &Path, row: &MetricsRow) -> Result<()> {
         .map_err(io)?;
     writeln!(f, "{}", row.to_csv()).map_err(io)
 }
+
+/// Accuracy at which a run counts as grokked (train: memorised; test: generalised), as the seeds plot it.
+pub const GROKKED_ACCURACY: f64 = 0.99;
+
+/// The first evaluated epoch at which test accuracy reached `threshold`, if any.
+pub fn grokking_epoch(history: &[MetricsRow], threshold: f64) -> Option<usize> {
+    history
+        .iter()
+        .find(|r| r.test_acc >= threshold)
+        .map(|r| r.epoch)
+}

@@ -23,7 +23,7 @@ use crate::tasks::Split;
 use crate::tensor_io::{self, HostTensor};
 
 pub use checkpoint::Checkpoint;
-pub use metrics::MetricsRow;
+pub use metrics::{grokking_epoch, MetricsRow, GROKKED_ACCURACY};
 
 /// Paths inside one run directory.
 #[derive(Debug, Clone)]

@@ -1,11 +1,5 @@
-//! Training: loss, AdamW, schedules, engines and the training loop.
+//! Training: the loop of epochs, evaluation, stop rules, checkpoints and resume.
 
-pub mod adamw;
-pub mod config;
-pub mod engine;
-pub mod loss;
 pub mod trainer;
 
-pub use config::{EngineKind, TrainConfig};
-pub use engine::{Batch, BatchStats, CandleEngine, Engine};
-pub use trainer::{grokking_epoch, Outcome, Trainer};
+pub use trainer::{Outcome, Trainer};

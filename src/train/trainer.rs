@@ -7,12 +7,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::RunConfig;
+use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::model::Params;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::run::{metrics, Checkpoint, MetricsRow, RunDir};
 use crate::tasks::{Dataset, Split};
-use crate::train::adamw::{AdamW, AdamWConfig};
-use crate::train::engine::{Batch, BatchStats, Engine};
 
 /// Why [`Trainer::run`] returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,10 +139,11 @@ impl Trainer {
             .iter()
             .zip(cfg.model.param_specs())
             .map(|(p, s)| {
-                s.kind != crate::model::config::ParamKind::Zero && !cfg.train.is_frozen(&p.name)
+                s.kind != crate::model::transformer::config::ParamKind::Zero
+                    && !cfg.train.is_frozen(&p.name)
             })
             .collect();
-        let engine = crate::fast::select_engine(&cfg)?;
+        let engine = engine::select(&cfg.model, cfg.train.engine, cfg.train.threads)?;
         Ok(Trainer {
             grads: params.zeros_like(),
             train: data.select(&split.train),
@@ -334,31 +335,4 @@ impl Trainer {
             last: self.history.last().copied(),
         })
     }
-}
-
-/// Scales trainable gradients so their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`).
-pub fn clip_grad_norm(grads: &mut Params, trainable: &[bool], max_norm: f64) -> f64 {
-    let norm = grads
-        .iter()
-        .zip(trainable)
-        .filter(|(_, &t)| t)
-        .flat_map(|(g, _)| g.data.iter())
-        .map(|&x| (x as f64) * (x as f64))
-        .sum::<f64>()
-        .sqrt();
-    let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for (g, _) in grads.iter_mut().zip(trainable).filter(|(_, &t)| t) {
-            g.data.iter_mut().for_each(|x| *x *= coef as f32);
-        }
-    }
-    norm
-}
-
-/// The first evaluated epoch at which test accuracy reached `threshold`, if any.
-pub fn grokking_epoch(history: &[MetricsRow], threshold: f64) -> Option<usize> {
-    history
-        .iter()
-        .find(|r| r.test_acc >= threshold)
-        .map(|r| r.epoch)
 }

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{GrokError, Result};
-use crate::model::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
 use crate::model::hooks::Hooks;
 use crate::model::params::Params;
+use crate::model::transformer::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
 
 /// Which positions the last block's MLP and the unembedding run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,5 +1,5 @@
-//! AdamW exactly as `torch.optim.AdamW` computes it: decoupled weight decay, bias correction, eps outside
-//! the square root. Frozen parameters are skipped entirely, as torch skips parameters without a gradient.
+//! The optimizer: AdamW exactly as `torch.optim.AdamW` computes it: decoupled weight decay, bias correction, eps outside
+//! the square root, and global-norm gradient clipping. Frozen parameters are skipped entirely, as torch skips parameters without a gradient.
 
 use crate::model::Params;
 
@@ -73,4 +73,23 @@ impl AdamW {
             }
         }
     }
+}
+
+/// Scales trainable gradients so their global L2 norm is at most `max_norm` (torch's `clip_grad_norm_`).
+pub fn clip_grad_norm(grads: &mut Params, trainable: &[bool], max_norm: f64) -> f64 {
+    let norm = grads
+        .iter()
+        .zip(trainable)
+        .filter(|(_, &t)| t)
+        .flat_map(|(g, _)| g.data.iter())
+        .map(|&x| (x as f64) * (x as f64))
+        .sum::<f64>()
+        .sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (g, _) in grads.iter_mut().zip(trainable).filter(|(_, &t)| t) {
+            g.data.iter_mut().for_each(|x| *x *= coef as f32);
+        }
+    }
+    norm
 }

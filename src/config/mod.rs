@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GrokError, Result};
 use crate::model::ModelConfig;
 use crate::tasks::TaskConfig;
-use crate::train::config::TrainConfig;
+pub mod train;
+
+pub use train::TrainConfig;
 
 /// Everything that defines a run; `config.toml` in a run directory holds the resolved form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

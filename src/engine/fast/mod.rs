@@ -5,16 +5,13 @@
 //! chunk per thread and the chunks' gradients are summed in a fixed order, so results are deterministic
 //! for a given thread count. Other models use the candle engine.
 
-pub mod kernels;
-pub mod model;
+pub mod transformer;
 
-use crate::config::RunConfig;
+use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::model::{ActFn, ModelConfig, Params};
-use crate::train::config::EngineKind;
-use crate::train::engine::{Batch, BatchStats, CandleEngine, Engine};
 
-use model::{ChunkStats, Prepared, Weights, Workspace};
+use transformer::{ChunkStats, Prepared, Weights, Workspace};
 
 /// Why the fast engine cannot run `cfg`, or `None` when it can.
 pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
@@ -27,36 +24,6 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
         );
     }
     None
-}
-
-/// The engine `cfg.train.engine` asks for.
-pub fn select_engine(cfg: &RunConfig) -> Result<Box<dyn Engine>> {
-    let reason = unsupported_reason(&cfg.model);
-    match (cfg.train.engine, reason) {
-        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
-            Ok(Box::new(CandleEngine::new(&cfg.model)))
-        }
-        (EngineKind::Fast, Some(why)) => Err(GrokError::config(
-            "train.engine",
-            "fast",
-            format!(
-                "this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""
-            ),
-        )),
-        (_, None) => Ok(Box::new(FastEngine::new(
-            &cfg.model,
-            thread_count(cfg.train.threads),
-        ))),
-    }
-}
-
-/// Threads the fast engine uses: `requested`, or one per core when 0.
-pub fn thread_count(requested: usize) -> usize {
-    if requested > 0 {
-        requested
-    } else {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    }
 }
 
 /// Hand-written forward/backward on `gemm`, parallel over batch chunks.

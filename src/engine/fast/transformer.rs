@@ -6,7 +6,7 @@
 //! - block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up from
 //!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
 
-use crate::fast::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
+use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::{ActFn, ModelConfig, Params};
 
 /// Weights of one block in the layouts the kernels want.

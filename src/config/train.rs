@@ -2,20 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineKind;
 use crate::error::{GrokError, Result};
-
-/// Which implementation computes forward and backward passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineKind {
-    /// The fast hand-written path when the model and loss allow it, candle otherwise.
-    #[default]
-    Auto,
-    /// The hand-written CPU path (errors if the model is outside what it supports).
-    Fast,
-    /// candle autodiff: general, slower.
-    Candle,
-}
 
 /// Every training knob, with the grokking defaults of the TransformerLens demo.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,66 +1,11 @@
-//! Forward/backward engines. The trainer asks an [`Engine`] for loss, accuracy and gradients; the
-//! candle engine is the general reference, the fast engine (`crate::fast`) the hand-written hot path.
+//! The reference engine: the hooked candle forward and candle's autodiff.
 
 use candle_core::{Device, Tensor, D};
 
+use crate::engine::loss::cross_entropy_f64;
+use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::Result;
 use crate::model::{HookedTransformer, LogitPositions, ModelConfig, NoHooks, Params};
-use crate::train::loss::cross_entropy_f64;
-
-/// Rows of a task: tokens `[rows, seq_len]` and one label per row (read at the last position).
-#[derive(Debug, Clone, Copy)]
-pub struct Batch<'a> {
-    /// Row-major token ids.
-    pub tokens: &'a [u32],
-    /// Labels.
-    pub labels: &'a [u32],
-    /// Tokens per row.
-    pub seq_len: usize,
-}
-
-impl Batch<'_> {
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.labels.len()
-    }
-}
-
-/// Loss and accuracy of one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct BatchStats {
-    /// Mean −log p(label) at the last position, in f64.
-    pub loss: f64,
-    /// Rows whose arg-max logit is the label.
-    pub correct: usize,
-    /// Rows in the batch.
-    pub rows: usize,
-}
-
-impl BatchStats {
-    /// Fraction of rows predicted correctly.
-    pub fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.rows.max(1) as f64
-    }
-}
-
-/// Computes the last-position loss, accuracy and gradients of a model.
-pub trait Engine: Send {
-    /// Short name for logs and benchmarks.
-    fn name(&self) -> &'static str;
-
-    /// Loss and accuracy of `batch`, and d(mean loss)/d(param) written into `grads` for every
-    /// parameter whose `trainable` flag is set (others are left untouched).
-    fn loss_and_grads(
-        &mut self,
-        params: &Params,
-        trainable: &[bool],
-        batch: Batch,
-        grads: &mut Params,
-    ) -> Result<BatchStats>;
-
-    /// Loss and accuracy of `batch` without gradients.
-    fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats>;
-}
 
 /// The reference engine: the hooked candle forward and candle's autodiff.
 pub struct CandleEngine {

@@ -1,0 +1,111 @@
+//! Forward/backward engines. The trainer asks an [`Engine`] for loss, accuracy and gradients of a
+//! model; [`select`] picks one. The candle engine is the general reference (any family, any config);
+//! the fast engine is the hand-written hot path for the configurations it covers.
+
+pub mod candle;
+pub mod fast;
+pub mod loss;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{GrokError, Result};
+use crate::model::ModelConfig;
+use crate::model::Params;
+
+pub use candle::CandleEngine;
+pub use fast::FastEngine;
+
+/// Which implementation computes forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// The fast hand-written path when the model and loss allow it, candle otherwise.
+    #[default]
+    Auto,
+    /// The hand-written CPU path (errors if the model is outside what it supports).
+    Fast,
+    /// candle autodiff: general, slower.
+    Candle,
+}
+
+/// Rows of a task: tokens `[rows, seq_len]` and one label per row (read at the last position).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// Row-major token ids.
+    pub tokens: &'a [u32],
+    /// Labels.
+    pub labels: &'a [u32],
+    /// Tokens per row.
+    pub seq_len: usize,
+}
+
+impl Batch<'_> {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+/// Loss and accuracy of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BatchStats {
+    /// Mean −log p(label) at the last position, in f64.
+    pub loss: f64,
+    /// Rows whose arg-max logit is the label.
+    pub correct: usize,
+    /// Rows in the batch.
+    pub rows: usize,
+}
+
+impl BatchStats {
+    /// Fraction of rows predicted correctly.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.rows.max(1) as f64
+    }
+}
+
+/// Computes the last-position loss, accuracy and gradients of a model.
+pub trait Engine: Send {
+    /// Short name for logs and benchmarks.
+    fn name(&self) -> &'static str;
+
+    /// Loss and accuracy of `batch`, and d(mean loss)/d(param) written into `grads` for every
+    /// parameter whose `trainable` flag is set (others are left untouched).
+    fn loss_and_grads(
+        &mut self,
+        params: &Params,
+        trainable: &[bool],
+        batch: Batch,
+        grads: &mut Params,
+    ) -> Result<BatchStats>;
+
+    /// Loss and accuracy of `batch` without gradients.
+    fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats>;
+}
+
+/// The engine `kind` asks for, for models of `cfg`, with `threads` worker threads (0 = one per core).
+pub fn select(cfg: &ModelConfig, kind: EngineKind, threads: usize) -> Result<Box<dyn Engine>> {
+    let reason = fast::unsupported_reason(cfg);
+    match (kind, reason) {
+        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
+            Ok(Box::new(CandleEngine::new(cfg)))
+        }
+        (EngineKind::Fast, Some(why)) => Err(GrokError::config(
+            "train.engine",
+            "fast",
+            format!(
+                "this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""
+            ),
+        )),
+        (_, None) => Ok(Box::new(FastEngine::new(cfg, thread_count(threads)))),
+    }
+}
+
+/// Threads to use: `requested`, or one per core when 0.
+pub fn thread_count(requested: usize) -> usize {
+    if requested > 0 {
+        requested
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}

@@ -1,0 +1,152 @@
+//! The bottom layer: a small dense row-major matrix type and the f32 kernels the engines and the
+//! analysis share (a `gemm`-backed matmul, bias and activation passes).
+
+pub mod kernels;
+
+use faer::Mat;
+
+use crate::error::{GrokError, Result};
+
+/// A dense row-major f32 matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matrix {
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+impl Matrix {
+    /// A `rows × cols` matrix from row-major `data`.
+    pub fn new(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(GrokError::tensor(
+                "matrix",
+                format!("{} values do not form {rows}×{cols}", data.len()),
+            ));
+        }
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// Element `(i, j)`.
+    pub fn at(&self, i: usize, j: usize) -> f32 {
+        self.data[i * self.cols + j]
+    }
+
+    /// The transpose.
+    pub fn t(&self) -> Matrix {
+        let mut data = vec![0.0; self.data.len()];
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                data[j * self.rows + i] = self.at(i, j);
+            }
+        }
+        Matrix {
+            rows: self.cols,
+            cols: self.rows,
+            data,
+        }
+    }
+
+    /// `self · other`, or an error naming both shapes.
+    pub fn matmul(&self, other: &Matrix) -> Result<Matrix> {
+        if self.cols != other.rows {
+            return Err(GrokError::tensor(
+                "matmul",
+                format!(
+                    "cannot multiply {}×{} by {}×{}",
+                    self.rows, self.cols, other.rows, other.cols
+                ),
+            ));
+        }
+        let mut data = vec![0.0; self.rows * other.cols];
+        kernels::matmul(
+            &mut data,
+            &self.data,
+            &other.data,
+            self.rows,
+            other.cols,
+            self.cols,
+            false,
+            false,
+            false,
+        );
+        Ok(Matrix {
+            rows: self.rows,
+            cols: other.cols,
+            data,
+        })
+    }
+
+    /// The first `r` rows and `c` columns.
+    pub fn corner(&self, r: usize, c: usize) -> Matrix {
+        let (r, c) = (r.min(self.rows), c.min(self.cols));
+        let data = (0..r)
+            .flat_map(|i| (0..c).map(move |j| (i, j)))
+            .map(|(i, j)| self.at(i, j))
+            .collect();
+        Matrix {
+            rows: r,
+            cols: c,
+            data,
+        }
+    }
+
+    /// Thin SVD of this matrix (f64 internally).
+    pub fn svd(&self) -> Result<Svd> {
+        let svd = self
+            .to_faer()
+            .thin_svd()
+            .map_err(|e| GrokError::tensor("matrix", format!("SVD did not converge: {e:?}")))?;
+        Ok(Svd {
+            u: Matrix::from_faer(svd.U()),
+            s: (0..svd.S().dim()).map(|i| svd.S()[i] as f32).collect(),
+            v: Matrix::from_faer(svd.V()),
+        })
+    }
+
+    /// The rows listed in `rows`, in that order.
+    pub fn select_rows(&self, rows: &[usize]) -> Matrix {
+        let data = rows
+            .iter()
+            .flat_map(|&r| {
+                self.data[r * self.cols..(r + 1) * self.cols]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        Matrix {
+            rows: rows.len(),
+            cols: self.cols,
+            data,
+        }
+    }
+
+    pub(crate) fn to_faer(&self) -> Mat<f64> {
+        Mat::from_fn(self.rows, self.cols, |i, j| self.at(i, j) as f64)
+    }
+
+    pub(crate) fn from_faer(m: faer::MatRef<'_, f64>) -> Matrix {
+        let data = (0..m.nrows())
+            .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
+            .collect();
+        Matrix {
+            rows: m.nrows(),
+            cols: m.ncols(),
+            data,
+        }
+    }
+}
+
+/// Singular value decomposition `A·B = U · diag(S) · Vᵀ` (thin).
+#[derive(Debug, Clone)]
+pub struct Svd {
+    /// Left singular vectors as columns, `m × r`.
+    pub u: Matrix,
+    /// Singular values, descending.
+    pub s: Vec<f32>,
+    /// Right singular vectors as columns, `n × r`.
+    pub v: Matrix,
+}

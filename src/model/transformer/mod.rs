@@ -1,0 +1,4 @@
+//! The transformer family: TransformerLens's `HookedTransformer`, its config and forward pass.
+
+pub mod config;
+pub mod forward;
