@@ -11,13 +11,8 @@ use groklens::optim::{AdamW, AdamWConfig};
 fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Params {
     let f = fixture(file);
     let cfg = fixture_config(&f);
-    let names: Vec<&str> = params
-        .iter()
-        .zip(trainable)
-        .filter(|(_, &t)| t)
-        .map(|(p, _)| p.name.as_str())
-        .collect();
-    let (model, vars) = HookedTransformer::with_vars(&cfg, params, |n| names.contains(&n)).unwrap();
+    let (model, vars) =
+        HookedTransformer::with_vars(&cfg, params, |s| trainable[s.index()]).unwrap();
     let (tokens, batch) = fixture_tokens(&f);
     let tokens = model.tokens_tensor(&tokens, batch).unwrap();
     let labels = fixture_labels(&f);
@@ -30,8 +25,8 @@ fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Par
         .backward()
         .unwrap();
     let mut g = params.zeros_like();
-    for (name, var) in vars {
-        g.data_mut(&name).copy_from_slice(
+    for (slot, var) in vars {
+        g[slot].copy_from_slice(
             &store
                 .get(var.as_tensor())
                 .unwrap()

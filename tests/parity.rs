@@ -65,9 +65,11 @@ fn check_grads(file: &str, kind: LossKind) {
     let f = fixture(file);
     let cfg = fixture_config(&f);
     let params = fixture_params(&f, "param.");
-    let (model, vars) =
-        HookedTransformer::with_vars(&cfg, &params, |n| f.get(&format!("grad.{n}")).is_some())
-            .unwrap();
+    let specs = cfg.param_specs();
+    let (model, vars) = HookedTransformer::with_vars(&cfg, &params, |s| {
+        f.get(&format!("grad.{}", specs[s.index()].name)).is_some()
+    })
+    .unwrap();
     let (tokens, batch) = fixture_tokens(&f);
     let tokens = model.tokens_tensor(&tokens, batch).unwrap();
     let labels = fixture_labels(&f);
@@ -83,7 +85,8 @@ fn check_grads(file: &str, kind: LossKind) {
         "{file}: loss {got_loss} vs {want_loss}"
     );
     let grads = l.backward().unwrap();
-    for (name, var) in &vars {
+    for (slot, var) in &vars {
+        let name = &specs[slot.index()].name;
         let g = grads
             .get(var.as_tensor())
             .unwrap()

@@ -144,7 +144,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let w_e = Matrix::new(
         mcfg.d_vocab,
         mcfg.d_model,
-        params.data("embed.W_E").to_vec(),
+        params[mcfg.tree().embed].to_vec(),
     )?;
     let embed = embedding::embedding_fourier(&basis, &w_e);
     let key_dots = embedding::key_component_dots(&basis, &embed);

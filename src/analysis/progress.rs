@@ -148,7 +148,7 @@ pub fn weight_ginis(
     let w_e = Matrix::new(
         p,
         cfg.d_model,
-        params.data("embed.W_E")[..p * cfg.d_model].to_vec(),
+        params[cfg.tree().embed][..p * cfg.d_model].to_vec(),
     )
     .expect("p rows of W_E");
     let g_e = gini(&row_norms(&basis.transform(&w_e)));
@@ -158,20 +158,14 @@ pub fn weight_ginis(
 
 /// W_L = W_out·W_U of the last block, `d_mlp × d_vocab_out`; `None` for attention-only models.
 pub fn w_logit(cfg: &ModelConfig, params: &Params) -> Option<Matrix> {
-    if cfg.attn_only {
-        return None;
-    }
-    let last = cfg.n_layers - 1;
-    let w_out = Matrix::new(
-        cfg.d_mlp,
-        cfg.d_model,
-        params.data(&format!("blocks.{last}.mlp.W_out")).to_vec(),
-    )
-    .expect("W_out is d_mlp × d_model");
+    let tree = cfg.tree();
+    let mlp = tree.last_block().mlp?;
+    let w_out = Matrix::new(cfg.d_mlp, cfg.d_model, params[mlp.w_out].to_vec())
+        .expect("W_out is d_mlp × d_model");
     let w_u = Matrix::new(
         cfg.d_model,
         cfg.d_vocab_out,
-        params.data("unembed.W_U").to_vec(),
+        params[tree.unembed_w].to_vec(),
     )
     .expect("W_U is d_model × d_vocab_out");
     Some(w_out.matmul(&w_u).expect("inner dims agree"))

@@ -46,22 +46,16 @@ impl Engine for CandleEngine {
         batch: Batch,
         grads: &mut Params,
     ) -> Result<BatchStats> {
-        let names: Vec<&str> = params
-            .iter()
-            .zip(trainable)
-            .filter(|(_, &t)| t)
-            .map(|(p, _)| p.name.as_str())
-            .collect();
         let (model, vars) =
-            HookedTransformer::with_vars(&self.cfg, params, |n| names.contains(&n))?;
+            HookedTransformer::with_vars(&self.cfg, params, |s| trainable[s.index()])?;
         let (loss, correct) = self.loss_tensor(&model, batch)?;
         let store = loss.backward()?;
-        for (name, var) in vars {
+        for (slot, var) in vars {
             let g = match store.get(var.as_tensor()) {
                 Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
                 None => vec![0.0; var.elem_count()],
             };
-            grads.data_mut(&name).copy_from_slice(&g);
+            grads[slot].copy_from_slice(&g);
         }
         Ok(BatchStats {
             loss: loss.to_scalar::<f64>()?,

@@ -11,28 +11,29 @@ use candle_core::Tensor;
 use crate::error::{GrokError, Result};
 use crate::interp::factored::FactoredMatrix;
 use crate::linalg::Matrix;
-use crate::model::HookedTransformer;
+use crate::model::transformer::AttnSlots;
+use crate::model::{HookedTransformer, Slot};
 
 impl HookedTransformer {
     /// `W_Q[h] · W_K[h]ᵀ` of block `layer`, head `head`: attention score (before scaling) between a
     /// query residual vector (rows) and a key residual vector (columns).
     pub fn qk_circuit(&self, layer: usize, head: usize) -> Result<FactoredMatrix> {
-        let q = self.head_matrix(layer, head, "W_Q")?;
-        let k = self.head_matrix(layer, head, "W_K")?;
+        let q = self.head_matrix(layer, head, |a| a.w_q)?;
+        let k = self.head_matrix(layer, head, |a| a.w_k)?;
         FactoredMatrix::new(q, k.t())
     }
 
     /// `W_V[h] · W_O[h]` of block `layer`, head `head`: what the head writes (columns) for each
     /// attended-to residual vector (rows).
     pub fn ov_circuit(&self, layer: usize, head: usize) -> Result<FactoredMatrix> {
-        let v = self.head_matrix(layer, head, "W_V")?;
-        let o = self.head_matrix(layer, head, "W_O")?;
+        let v = self.head_matrix(layer, head, |a| a.w_v)?;
+        let o = self.head_matrix(layer, head, |a| a.w_o)?;
         FactoredMatrix::new(v, o)
     }
 
     /// `W_E · QK · W_Eᵀ`, `d_vocab × d_vocab`: query token (rows) against key token (columns).
     pub fn full_qk_circuit(&self, layer: usize, head: usize) -> Result<FactoredMatrix> {
-        let w_e = self.matrix("embed.W_E")?;
+        let w_e = self.matrix(self.tree.embed)?;
         self.qk_circuit(layer, head)?
             .rmatmul(&w_e)?
             .matmul(&w_e.t())
@@ -41,8 +42,8 @@ impl HookedTransformer {
     /// `W_E · OV · W_U`, `d_vocab × d_vocab_out`: the direct effect of attending to a token (rows) on
     /// each output logit (columns).
     pub fn full_ov_circuit(&self, layer: usize, head: usize) -> Result<FactoredMatrix> {
-        let w_e = self.matrix("embed.W_E")?;
-        let w_u = self.matrix("unembed.W_U")?;
+        let w_e = self.matrix(self.tree.embed)?;
+        let w_u = self.matrix(self.tree.unembed_w)?;
         self.ov_circuit(layer, head)?.rmatmul(&w_e)?.matmul(&w_u)
     }
 
@@ -62,18 +63,26 @@ impl HookedTransformer {
             ));
         }
         self.check_layer(mlp_layer)?;
-        let w_e = self.matrix("embed.W_E")?;
-        let w_in = self.matrix(&format!("blocks.{mlp_layer}.mlp.W_in"))?;
+        let w_e = self.matrix(self.tree.embed)?;
+        let mlp = self.tree.blocks[mlp_layer]
+            .mlp
+            .expect("checked above: the model has MLP layers");
+        let w_in = self.matrix(mlp.w_in)?;
         self.ov_circuit(layer, head)?.rmatmul(&w_e)?.matmul(&w_in)
     }
 
     /// A 2-D weight as a host matrix.
-    fn matrix(&self, name: &str) -> Result<Matrix> {
-        to_matrix(self.weight(name)?, name)
+    fn matrix(&self, slot: Slot) -> Result<Matrix> {
+        to_matrix(self.w(slot), &self.tree.specs[slot.index()].name)
     }
 
     /// Head `head` of a `[n_heads, rows, cols]` attention weight of block `layer`.
-    fn head_matrix(&self, layer: usize, head: usize, weight: &str) -> Result<Matrix> {
+    fn head_matrix(
+        &self,
+        layer: usize,
+        head: usize,
+        weight: fn(&AttnSlots) -> Slot,
+    ) -> Result<Matrix> {
         self.check_layer(layer)?;
         if head >= self.cfg.n_heads {
             return Err(GrokError::config(
@@ -82,8 +91,11 @@ impl HookedTransformer {
                 format!("must be below n_heads = {}", self.cfg.n_heads),
             ));
         }
-        let name = format!("blocks.{layer}.attn.{weight}");
-        to_matrix(&self.weight(&name)?.get(head)?, &name)
+        let slot = weight(&self.tree.blocks[layer].attn);
+        to_matrix(
+            &self.w(slot).get(head)?,
+            &self.tree.specs[slot.index()].name,
+        )
     }
 
     fn check_layer(&self, layer: usize) -> Result<()> {

@@ -4,7 +4,8 @@
 //! (up to softmax-invariant shifts).
 
 use crate::error::{GrokError, Result};
-use crate::model::{ModelConfig, Normalization, Param, Params};
+use crate::model::transformer::NormSlots;
+use crate::model::{ModelConfig, Normalization, Params, Slot};
 
 /// Which processing steps to apply (TransformerLens's defaults: all true).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,137 +38,103 @@ pub fn process_weights(
     params: &Params,
     opts: ProcessOptions,
 ) -> Result<(ModelConfig, Params)> {
-    let mut sd: Vec<Param> = params.iter().cloned().collect();
+    let tree = cfg.tree();
+    if !params.matches(&tree.specs) {
+        return Err(GrokError::tensor(
+            "params",
+            "do not match the model config; cannot process weights",
+        ));
+    }
+    let mut sd = params.clone();
     let mut cfg = cfg.clone();
     let (dm, nh, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
     if opts.fold_ln && cfg.normalization_type == Some(Normalization::LN) {
-        for l in 0..cfg.n_layers {
-            let (w, b) = (
-                take(&mut sd, &format!("blocks.{l}.ln1.w"))?,
-                take(&mut sd, &format!("blocks.{l}.ln1.b"))?,
-            );
-            for m in ["Q", "K", "V"] {
-                let wname = format!("blocks.{l}.attn.W_{m}");
-                let w_orig = get(&sd, &wname)?.data.clone();
-                let bq = get_mut(&mut sd, &format!("blocks.{l}.attn.b_{m}"))?;
-                for h in 0..nh {
-                    for e in 0..dh {
-                        bq.data[h * dh + e] += (0..dm)
-                            .map(|r| w_orig[(h * dm + r) * dh + e] * b[r])
-                            .sum::<f32>();
+        for block in &tree.blocks {
+            if let Some(ln1) = block.ln1 {
+                let (w, b) = (sd[ln1.w].to_vec(), sd[ln1.b].to_vec());
+                for (w_slot, b_slot) in block.attn.qkv() {
+                    let w_orig = sd[w_slot].to_vec();
+                    let bq = &mut sd[b_slot];
+                    for h in 0..nh {
+                        for e in 0..dh {
+                            bq[h * dh + e] += (0..dm)
+                                .map(|r| w_orig[(h * dm + r) * dh + e] * b[r])
+                                .sum::<f32>();
+                        }
                     }
-                }
-                let wq = get_mut(&mut sd, &wname)?;
-                for h in 0..nh {
-                    for (r, &scale) in w.iter().enumerate() {
-                        wq.data[(h * dm + r) * dh..(h * dm + r + 1) * dh]
-                            .iter_mut()
-                            .for_each(|x| *x *= scale);
+                    let wq = &mut sd[w_slot];
+                    for h in 0..nh {
+                        for (r, &scale) in w.iter().enumerate() {
+                            wq[(h * dm + r) * dh..(h * dm + r + 1) * dh]
+                                .iter_mut()
+                                .for_each(|x| *x *= scale);
+                        }
                     }
+                    center_rows(wq, nh, dm, dh);
                 }
-                center_rows(&mut wq.data, nh, dm, dh);
             }
-            if !cfg.attn_only {
-                let (w, b) = (
-                    take(&mut sd, &format!("blocks.{l}.ln2.w"))?,
-                    take(&mut sd, &format!("blocks.{l}.ln2.b"))?,
-                );
-                fold_into_matrix(
-                    &mut sd,
-                    &format!("blocks.{l}.mlp.W_in"),
-                    &format!("blocks.{l}.mlp.b_in"),
-                    &w,
-                    &b,
-                )?;
+            if let (Some(ln2), Some(mlp)) = (block.ln2, block.mlp) {
+                fold_into_matrix(&mut sd, ln2, mlp.w_in, mlp.b_in);
             }
         }
-        let (w, b) = (take(&mut sd, "ln_final.w")?, take(&mut sd, "ln_final.b")?);
-        fold_into_matrix(&mut sd, "unembed.W_U", "unembed.b_U", &w, &b)?;
+        if let Some(ln) = tree.ln_final {
+            fold_into_matrix(&mut sd, ln, tree.unembed_w, tree.unembed_b);
+        }
         cfg.normalization_type = Some(Normalization::LNPre);
     }
     if opts.center_writing_weights && cfg.normalization_type.is_some() {
-        let mut names = vec!["embed.W_E".to_string(), "pos_embed.W_pos".to_string()];
-        for l in 0..cfg.n_layers {
-            names.push(format!("blocks.{l}.attn.W_O"));
-            names.push(format!("blocks.{l}.attn.b_O"));
-            if !cfg.attn_only {
-                names.push(format!("blocks.{l}.mlp.W_out"));
-                names.push(format!("blocks.{l}.mlp.b_out"));
+        let mut writers = vec![tree.embed, tree.pos];
+        for block in &tree.blocks {
+            writers.extend([block.attn.w_o, block.attn.b_o]);
+            if let Some(mlp) = block.mlp {
+                writers.extend([mlp.w_out, mlp.b_out]);
             }
         }
-        for n in names {
-            center_last_axis(&mut get_mut(&mut sd, &n)?.data, dm);
+        for slot in writers {
+            center_last_axis(&mut sd[slot], dm);
         }
     }
     if opts.center_unembed {
         let vo = cfg.d_vocab_out;
-        center_last_axis(&mut get_mut(&mut sd, "unembed.W_U")?.data, vo);
-        center_last_axis(&mut get_mut(&mut sd, "unembed.b_U")?.data, vo);
+        center_last_axis(&mut sd[tree.unembed_w], vo);
+        center_last_axis(&mut sd[tree.unembed_b], vo);
     }
     if opts.fold_value_biases {
-        for l in 0..cfg.n_layers {
-            let bv = std::mem::take(&mut get_mut(&mut sd, &format!("blocks.{l}.attn.b_V"))?.data);
-            let wo = get(&sd, &format!("blocks.{l}.attn.W_O"))?.data.clone();
-            let bo = get_mut(&mut sd, &format!("blocks.{l}.attn.b_O"))?;
+        for block in &tree.blocks {
+            let a = &block.attn;
+            let bv = sd[a.b_v].to_vec();
+            sd[a.b_v].fill(0.0);
+            let wo = sd[a.w_o].to_vec();
+            let bo = &mut sd[a.b_o];
             for (i, &v) in bv.iter().enumerate() {
-                bo.data
-                    .iter_mut()
+                bo.iter_mut()
                     .zip(&wo[i * dm..(i + 1) * dm])
                     .for_each(|(o, w)| *o += v * w);
             }
-            get_mut(&mut sd, &format!("blocks.{l}.attn.b_V"))?.data = vec![0.0; bv.len()];
         }
     }
-    let specs = cfg.param_specs();
-    let out = Params::from_tensor_map_owned(&cfg, sd, &specs)?;
+    // The processed config may have fewer parameters (LN weights folded away): keep those it names.
+    let out = Params::from_tensor_map_owned(sd.iter().cloned().collect(), &cfg.param_specs())?;
     Ok((cfg, out))
 }
 
-fn get<'a>(sd: &'a [Param], name: &str) -> Result<&'a Param> {
-    sd.iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| GrokError::tensor(name, "missing; cannot process weights"))
-}
-
-fn get_mut<'a>(sd: &'a mut [Param], name: &str) -> Result<&'a mut Param> {
-    sd.iter_mut()
-        .find(|p| p.name == name)
-        .ok_or_else(|| GrokError::tensor(name, "missing; cannot process weights"))
-}
-
-fn take(sd: &mut Vec<Param>, name: &str) -> Result<Vec<f32>> {
-    let i = sd
-        .iter()
-        .position(|p| p.name == name)
-        .ok_or_else(|| GrokError::tensor(name, "missing; cannot fold LayerNorm"))?;
-    Ok(sd.remove(i).data)
-}
-
-/// `b += Σ_r W[r, :]·ln_b[r]`, `W[r, :] *= ln_w[r]`, then centre W over its input rows.
-fn fold_into_matrix(
-    sd: &mut [Param],
-    w_name: &str,
-    b_name: &str,
-    ln_w: &[f32],
-    ln_b: &[f32],
-) -> Result<()> {
-    let w = get(sd, w_name)?.data.clone();
+/// Folds LayerNorm `ln` into the matrix it feeds: `b += Σ_r W[r, :]·ln_b[r]`, `W[r, :] *= ln_w[r]`,
+/// then centres W over its input rows.
+fn fold_into_matrix(sd: &mut Params, ln: NormSlots, w_slot: Slot, b_slot: Slot) {
+    let (ln_w, ln_b) = (sd[ln.w].to_vec(), sd[ln.b].to_vec());
+    let w = sd[w_slot].to_vec();
     let n = w.len() / ln_w.len();
-    let bias = get_mut(sd, b_name)?;
+    let bias = &mut sd[b_slot];
     for (r, &lb) in ln_b.iter().enumerate() {
-        bias.data
-            .iter_mut()
+        bias.iter_mut()
             .zip(&w[r * n..(r + 1) * n])
             .for_each(|(o, x)| *o += x * lb);
     }
-    let wm = get_mut(sd, w_name)?;
+    let wm = &mut sd[w_slot];
     for (r, &lw) in ln_w.iter().enumerate() {
-        wm.data[r * n..(r + 1) * n]
-            .iter_mut()
-            .for_each(|x| *x *= lw);
+        wm[r * n..(r + 1) * n].iter_mut().for_each(|x| *x *= lw);
     }
-    center_rows(&mut wm.data, 1, ln_w.len(), n);
-    Ok(())
+    center_rows(wm, 1, ln_w.len(), n);
 }
 
 /// For `[groups, rows, cols]`, subtracts each column's mean over `rows` (TransformerLens centres the

@@ -167,7 +167,7 @@ impl ActivationCache {
             return Ok(r.clone());
         }
         let z = self.get(format!("blocks.{layer}.attn.hook_z").as_str())?;
-        head_results(z, model.weight(&format!("blocks.{layer}.attn.W_O"))?)
+        head_results(z, model.w(model.tree.blocks[layer].attn.w_o))
     }
 
     /// Applies the LayerNorm that reads the residual stream at `layer` (`None`: `ln_final`; with
@@ -282,10 +282,10 @@ impl ActivationCache {
 
     /// `diag(ln_final.w) · W_U` for LN models, `W_U` otherwise.
     fn folded_unembed(&self, model: &HookedTransformer) -> Result<Tensor> {
-        let w_u = model.weight("unembed.W_U")?;
-        match model.cfg.normalization_type {
-            Some(Normalization::LN) => {
-                Ok(w_u.broadcast_mul(&model.weight("ln_final.w")?.unsqueeze(1)?)?)
+        let w_u = model.w(model.tree.unembed_w);
+        match (model.cfg.normalization_type, model.tree.ln_final) {
+            (Some(Normalization::LN), Some(ln)) => {
+                Ok(w_u.broadcast_mul(&model.w(ln.w).unsqueeze(1)?)?)
             }
             _ => Ok(w_u.clone()),
         }

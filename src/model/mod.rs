@@ -6,6 +6,6 @@ pub mod params;
 pub mod transformer;
 
 pub use hooks::{Hooks, NoHooks, Recorder};
-pub use params::{Param, Params};
+pub use params::{Init, Param, ParamList, ParamSpec, Params, Scope, Slot};
 pub use transformer::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
 pub use transformer::forward::{HookedTransformer, LogitPositions};

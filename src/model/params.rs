@@ -1,7 +1,10 @@
-//! Model parameters as named f32 buffers in TransformerLens's state_dict layout.
+//! Model parameters as named f32 buffers, and the typed tree that names them.
 //!
-//! The store is plain memory so that the optimizer and the hand-written fast path work on slices
-//! directly; the candle forward borrows them as tensors when it runs.
+//! A family builds its parameter list once from its config with a [`Scope`] (names nest like module
+//! paths, as candle's `VarBuilder::pp`): each leaf returns a [`Slot`], and the family keeps its slots
+//! in a typed tree (`blocks[l].attn.w_q`). Every external name is produced there; engines, checkpoints
+//! and weight processing index a [`Params`] store by slot. The store is plain memory so the optimizer
+//! and the hand-written engines work on slices directly.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -11,8 +14,120 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{GrokError, Result};
-use crate::model::transformer::config::{ModelConfig, ParamKind};
+use crate::model::ModelConfig;
 use crate::tensor_io::{self, HostTensor};
+
+/// Where one tensor sits in its family's parameter list, and so in every [`Params`] built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot(usize);
+
+impl Slot {
+    /// Position in the parameter list (state_dict order).
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// How a parameter is initialised.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Independent N(0, std²) draws.
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
+    /// Zeros.
+    Zeros,
+    /// Ones (LayerNorm weights).
+    Ones,
+}
+
+/// Name, shape and init of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    /// External (state_dict) name, e.g. `blocks.0.attn.W_Q` or `net.2.weight`.
+    pub name: String,
+    /// Shape as the reference implementation stores it.
+    pub shape: Vec<usize>,
+    /// Init rule.
+    pub init: Init,
+    /// Kept at its init and never trained (`W_pos` without positional embeddings); may be absent
+    /// from a checkpoint, which then loads it at its init.
+    pub fixed: bool,
+}
+
+/// Collects a family's parameter list; see [`Scope`].
+#[derive(Debug, Default)]
+pub struct ParamList {
+    specs: Vec<ParamSpec>,
+}
+
+impl ParamList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The root scope (no name prefix).
+    pub fn root(&mut self) -> Scope<'_> {
+        Scope {
+            list: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// The specs in the order they were declared.
+    pub fn into_specs(self) -> Vec<ParamSpec> {
+        self.specs
+    }
+}
+
+/// A named position in the tree being built: `scope.pp("blocks").pp(0).pp("attn").leaf("W_Q", ..)`
+/// declares `blocks.0.attn.W_Q`.
+pub struct Scope<'a> {
+    list: &'a mut ParamList,
+    prefix: String,
+}
+
+impl Scope<'_> {
+    /// A child scope named `name`.
+    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_> {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Scope {
+            list: self.list,
+            prefix,
+        }
+    }
+
+    /// Declares a trainable parameter `name` in this scope.
+    pub fn leaf(&mut self, name: &str, shape: Vec<usize>, init: Init) -> Slot {
+        self.push(name, shape, init, false)
+    }
+
+    /// Declares a parameter that keeps its init and is never trained.
+    pub fn fixed(&mut self, name: &str, shape: Vec<usize>, init: Init) -> Slot {
+        self.push(name, shape, init, true)
+    }
+
+    fn push(&mut self, name: &str, shape: Vec<usize>, init: Init, fixed: bool) -> Slot {
+        let name = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        self.list.specs.push(ParamSpec {
+            name,
+            shape,
+            init,
+            fixed,
+        });
+        Slot(self.list.specs.len() - 1)
+    }
+}
 
 /// One named parameter.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,24 +148,30 @@ pub struct Params {
 }
 
 impl Params {
-    /// TransformerLens's default init: `W_*` ~ N(0, std²), biases 0, LN weights 1, seeded by `cfg.seed`.
+    /// The initial parameters of `cfg`, seeded by its `seed`.
     pub fn init(cfg: &ModelConfig) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let normal =
-            Normal::new(0.0f32, cfg.init_std() as f32).expect("init std is finite and >= 0");
-        let entries = cfg
-            .param_specs()
-            .into_iter()
+        Self::init_specs(&cfg.param_specs(), cfg.seed)
+    }
+
+    /// Draws every [`Init::Normal`] parameter in list order from one ChaCha stream of `seed`.
+    pub fn init_specs(specs: &[ParamSpec], seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let entries = specs
+            .iter()
             .map(|s| {
                 let n: usize = s.shape.iter().product();
-                let data = match s.kind {
-                    ParamKind::Weight => (0..n).map(|_| normal.sample(&mut rng)).collect(),
-                    ParamKind::Bias | ParamKind::Zero => vec![0.0; n],
-                    ParamKind::LnWeight => vec![1.0; n],
+                let data = match s.init {
+                    Init::Normal { std } => {
+                        let normal = Normal::new(0.0f32, std as f32)
+                            .expect("init std is finite and >= 0 (checked by the config)");
+                        (0..n).map(|_| normal.sample(&mut rng)).collect()
+                    }
+                    Init::Zeros => vec![0.0; n],
+                    Init::Ones => vec![1.0; n],
                 };
                 Param {
-                    name: s.name,
-                    shape: s.shape,
+                    name: s.name.clone(),
+                    shape: s.shape.clone(),
                     data,
                 }
             })
@@ -106,6 +227,17 @@ impl Params {
         self.index.get(name).map(|&i| &self.entries[i])
     }
 
+    /// Whether the store holds exactly the tensors of `specs` (names and shapes, in order): then
+    /// the slots of the tree that produced `specs` index it.
+    pub fn matches(&self, specs: &[ParamSpec]) -> bool {
+        self.entries.len() == specs.len()
+            && self
+                .entries
+                .iter()
+                .zip(specs)
+                .all(|(p, s)| p.name == s.name && p.shape == s.shape)
+    }
+
     /// The values of `name`; panics only on a name the model config itself did not produce.
     pub fn data(&self, name: &str) -> &[f32] {
         &self.entries[self.index[name]].data
@@ -157,12 +289,7 @@ impl Params {
     }
 
     /// Builds the store from owned parameters, checking that they are exactly the ones `specs` lists.
-    pub fn from_tensor_map_owned(
-        cfg: &ModelConfig,
-        mut entries: Vec<Param>,
-        specs: &[crate::model::transformer::config::ParamSpec],
-    ) -> Result<Self> {
-        let _ = cfg;
+    pub fn from_tensor_map_owned(mut entries: Vec<Param>, specs: &[ParamSpec]) -> Result<Self> {
         let mut ordered = Vec::with_capacity(specs.len());
         for spec in specs {
             let i = entries
@@ -191,12 +318,9 @@ impl Params {
         for spec in cfg.param_specs() {
             let t = match lookup(&spec.name) {
                 Some(t) => t,
-                None if spec.kind == ParamKind::Zero => {
-                    entries.push(Param {
-                        name: spec.name,
-                        data: vec![0.0; spec.shape.iter().product()],
-                        shape: spec.shape,
-                    });
+                None if spec.fixed => {
+                    let init = Self::init_specs(std::slice::from_ref(&spec), 0);
+                    entries.extend(init.entries);
                     continue;
                 }
                 None => {
@@ -224,5 +348,58 @@ impl Params {
             });
         }
         Ok(Self::from_entries(entries))
+    }
+}
+
+impl std::ops::Index<Slot> for Params {
+    type Output = [f32];
+
+    fn index(&self, slot: Slot) -> &[f32] {
+        &self.entries[slot.0].data
+    }
+}
+
+impl std::ops::IndexMut<Slot> for Params {
+    fn index_mut(&mut self, slot: Slot) -> &mut [f32] {
+        &mut self.entries[slot.0].data
+    }
+}
+
+/// A store's tensors on a candle device, some of them trainable [`candle_core::Var`]s.
+pub struct CandleWeights {
+    /// One tensor per slot.
+    pub tensors: Vec<candle_core::Tensor>,
+    /// The trainable slots and their variables (read gradients off these).
+    pub vars: Vec<(Slot, candle_core::Var)>,
+}
+
+impl CandleWeights {
+    /// The tensors of `params` (which must hold exactly `specs`) on `device`, with those in the slots
+    /// `trainable` accepts made into variables; the candle forward passes of every family share it.
+    pub fn new(
+        specs: &[ParamSpec],
+        params: &Params,
+        device: &candle_core::Device,
+        trainable: impl Fn(Slot) -> bool,
+    ) -> Result<Self> {
+        if !params.matches(specs) {
+            return Err(GrokError::tensor(
+                "params",
+                "do not hold this model's parameters (names or shapes differ from its config)",
+            ));
+        }
+        let mut tensors = Vec::with_capacity(specs.len());
+        let mut vars = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            let t = candle_core::Tensor::from_slice(&p.data, p.shape.as_slice(), device)?;
+            if trainable(Slot(i)) {
+                let v = candle_core::Var::from_tensor(&t)?;
+                tensors.push(v.as_tensor().clone());
+                vars.push((Slot(i), v));
+            } else {
+                tensors.push(t);
+            }
+        }
+        Ok(CandleWeights { tensors, vars })
     }
 }

@@ -138,10 +138,7 @@ impl Trainer {
         let trainable: Vec<bool> = params
             .iter()
             .zip(cfg.model.param_specs())
-            .map(|(p, s)| {
-                s.kind != crate::model::transformer::config::ParamKind::Zero
-                    && !cfg.train.is_frozen(&p.name)
-            })
+            .map(|(p, s)| !s.fixed && !cfg.train.is_frozen(&p.name))
             .collect();
         let engine = engine::select(&cfg.model, cfg.train.engine, cfg.train.threads)?;
         Ok(Trainer {

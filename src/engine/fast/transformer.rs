@@ -7,7 +7,8 @@
 //!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
 
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
-use crate::model::{ActFn, ModelConfig, Params};
+use crate::model::transformer::MlpSlots;
+use crate::model::{ActFn, ModelConfig, Params, Slot};
 
 /// Weights of one block in the layouts the kernels want.
 #[derive(Clone)]
@@ -90,14 +91,16 @@ impl Weights {
     /// Gathers `params` (TransformerLens layout) into kernel layout.
     pub fn from_params(cfg: &ModelConfig, params: &Params) -> Self {
         let d = Dims::new(cfg);
+        let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
-        let blocks = (0..cfg.n_layers)
-            .map(|l| {
-                let p = |n: &str| params.data(&format!("blocks.{l}.{n}")).to_vec();
+        let blocks = tree
+            .blocks
+            .iter()
+            .map(|slots| {
                 let mut w_qkv = vec![0.0; dm * 3 * hd];
                 let mut b_qkv = vec![0.0; 3 * hd];
-                for (which, m) in ["Q", "K", "V"].iter().enumerate() {
-                    let w = params.data(&format!("blocks.{l}.attn.W_{m}"));
+                for (which, (w, b)) in slots.attn.qkv().into_iter().enumerate() {
+                    let w = &params[w];
                     for h in 0..d.n_heads {
                         for r in 0..dm {
                             let src = &w[(h * dm + r) * dh..(h * dm + r + 1) * dh];
@@ -105,28 +108,29 @@ impl Weights {
                             w_qkv[at..at + dh].copy_from_slice(src);
                         }
                     }
-                    b_qkv[which * hd..(which + 1) * hd]
-                        .copy_from_slice(params.data(&format!("blocks.{l}.attn.b_{m}")));
+                    b_qkv[which * hd..(which + 1) * hd].copy_from_slice(&params[b]);
                 }
-                let mlp = |n: &str| if d.attn_only { Vec::new() } else { p(n) };
+                let mlp = |pick: fn(&MlpSlots) -> Slot| {
+                    slots.mlp.map_or(Vec::new(), |m| params[pick(&m)].to_vec())
+                };
                 BlockWeights {
                     w_qkv,
                     b_qkv,
-                    w_o: p("attn.W_O"),
-                    b_o: p("attn.b_O"),
-                    w_in: mlp("mlp.W_in"),
-                    b_in: mlp("mlp.b_in"),
-                    w_out: mlp("mlp.W_out"),
-                    b_out: mlp("mlp.b_out"),
+                    w_o: params[slots.attn.w_o].to_vec(),
+                    b_o: params[slots.attn.b_o].to_vec(),
+                    w_in: mlp(|m| m.w_in),
+                    b_in: mlp(|m| m.b_in),
+                    w_out: mlp(|m| m.w_out),
+                    b_out: mlp(|m| m.b_out),
                 }
             })
             .collect();
         Weights {
-            w_e: params.data("embed.W_E").to_vec(),
-            w_pos: params.data("pos_embed.W_pos").to_vec(),
+            w_e: params[tree.embed].to_vec(),
+            w_pos: params[tree.pos].to_vec(),
             blocks,
-            w_u: params.data("unembed.W_U").to_vec(),
-            b_u: params.data("unembed.b_U").to_vec(),
+            w_u: params[tree.unembed_w].to_vec(),
+            b_u: params[tree.unembed_b].to_vec(),
         }
     }
 
@@ -187,53 +191,40 @@ impl Weights {
     /// Writes these values (gradients) into `out` in TransformerLens layout, for trainable entries.
     pub fn write_params(&self, cfg: &ModelConfig, out: &mut Params, trainable: &[bool]) {
         let d = Dims::new(cfg);
+        let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
-        let names: Vec<String> = out.iter().map(|p| p.name.clone()).collect();
-        for (name, &train) in names.iter().zip(trainable) {
-            if !train {
-                continue;
+        let put = |out: &mut Params, slot: Slot, src: &[f32]| {
+            if trainable[slot.index()] {
+                out[slot].copy_from_slice(src);
             }
-            let dst = out.data_mut(name);
-            let parts: Vec<&str> = name.split('.').collect();
-            match parts.as_slice() {
-                ["embed", "W_E"] => dst.copy_from_slice(&self.w_e),
-                ["pos_embed", "W_pos"] => dst.copy_from_slice(&self.w_pos),
-                ["unembed", "W_U"] => dst.copy_from_slice(&self.w_u),
-                ["unembed", "b_U"] => dst.copy_from_slice(&self.b_u),
-                ["blocks", l, kind, w] => {
-                    let b = &self.blocks[l.parse::<usize>().expect("block index")];
-                    let qkv = |m: &str| {
-                        ["W_Q", "W_K", "W_V", "b_Q", "b_K", "b_V"]
-                            .iter()
-                            .position(|x| *x == m)
-                    };
-                    match (*kind, *w) {
-                        ("attn", "W_O") => dst.copy_from_slice(&b.w_o),
-                        ("attn", "b_O") => dst.copy_from_slice(&b.b_o),
-                        ("attn", m) if qkv(m).is_some_and(|i| i < 3) => {
-                            let which = qkv(m).unwrap();
-                            for h in 0..d.n_heads {
-                                for r in 0..dm {
-                                    let at = r * 3 * hd + which * hd + h * dh;
-                                    dst[(h * dm + r) * dh..(h * dm + r + 1) * dh]
-                                        .copy_from_slice(&b.w_qkv[at..at + dh]);
-                                }
-                            }
-                        }
-                        ("attn", m) if qkv(m).is_some() => {
-                            let which = qkv(m).unwrap() - 3;
-                            dst.copy_from_slice(&b.b_qkv[which * hd..(which + 1) * hd]);
-                        }
-                        ("mlp", "W_in") => dst.copy_from_slice(&b.w_in),
-                        ("mlp", "b_in") => dst.copy_from_slice(&b.b_in),
-                        ("mlp", "W_out") => dst.copy_from_slice(&b.w_out),
-                        ("mlp", "b_out") => dst.copy_from_slice(&b.b_out),
-                        _ => {
-                            unreachable!("parameter {name} is not produced by the norm-free model")
-                        }
+        };
+        put(out, tree.embed, &self.w_e);
+        put(out, tree.pos, &self.w_pos);
+        put(out, tree.unembed_w, &self.w_u);
+        put(out, tree.unembed_b, &self.b_u);
+        for (slots, b) in tree.blocks.iter().zip(&self.blocks) {
+            let a = &slots.attn;
+            put(out, a.w_o, &b.w_o);
+            put(out, a.b_o, &b.b_o);
+            if let Some(m) = &slots.mlp {
+                put(out, m.w_in, &b.w_in);
+                put(out, m.b_in, &b.b_in);
+                put(out, m.w_out, &b.w_out);
+                put(out, m.b_out, &b.b_out);
+            }
+            for (which, (w, bias)) in a.qkv().into_iter().enumerate() {
+                put(out, bias, &b.b_qkv[which * hd..(which + 1) * hd]);
+                if !trainable[w.index()] {
+                    continue;
+                }
+                let dst = &mut out[w];
+                for h in 0..d.n_heads {
+                    for r in 0..dm {
+                        let at = r * 3 * hd + which * hd + h * dh;
+                        dst[(h * dm + r) * dh..(h * dm + r + 1) * dh]
+                            .copy_from_slice(&b.w_qkv[at..at + dh]);
                     }
                 }
-                _ => unreachable!("parameter {name} is not produced by the norm-free model"),
             }
         }
     }

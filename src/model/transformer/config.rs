@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::model::params::ParamSpec;
+use crate::model::transformer::tree::TransformerTree;
 
 /// MLP activation function, under TransformerLens's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,30 +114,6 @@ mod normalization_serde {
     }
 }
 
-/// What kind of parameter a tensor is; decides its init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
-    /// A `W_*` matrix: N(0, initializer_range²).
-    Weight,
-    /// A bias: zeros.
-    Bias,
-    /// A LayerNorm weight: ones.
-    LnWeight,
-    /// Kept at zero and never trained (`W_pos` without positional embeddings).
-    Zero,
-}
-
-/// Name, shape and kind of one parameter, in TransformerLens's state_dict layout.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamSpec {
-    /// TransformerLens state_dict name, e.g. `blocks.0.attn.W_Q`.
-    pub name: String,
-    /// Shape as TransformerLens stores it.
-    pub shape: Vec<usize>,
-    /// Init rule.
-    pub kind: ParamKind,
-}
-
 impl ModelConfig {
     /// The TransformerLens grokking-demo architecture (seed 004) for a vocabulary derived from the task.
     pub fn grokking_demo() -> Self {
@@ -240,67 +218,14 @@ impl ModelConfig {
         Ok(pos)
     }
 
-    /// Every parameter in TransformerLens's state_dict order, with shapes.
+    /// The typed parameter tree (TransformerLens state_dict names, shapes, init).
+    pub fn tree(&self) -> TransformerTree {
+        TransformerTree::new(self)
+    }
+
+    /// Every parameter in TransformerLens's state_dict order, with shapes and init.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
-        let (dm, nh, dh, dmlp) = (self.d_model, self.n_heads, self.d_head, self.d_mlp);
-        let mut specs = Vec::new();
-        let mut push = |name: String, shape: Vec<usize>, kind: ParamKind| {
-            specs.push(ParamSpec { name, shape, kind })
-        };
-        push(
-            "embed.W_E".into(),
-            vec![self.d_vocab, dm],
-            ParamKind::Weight,
-        );
-        let pos_kind = match self.positional_embedding_type {
-            PositionalEmbedding::Standard => ParamKind::Weight,
-            PositionalEmbedding::None => ParamKind::Zero,
-        };
-        push("pos_embed.W_pos".into(), vec![self.n_ctx, dm], pos_kind);
-        for l in 0..self.n_layers {
-            let b = format!("blocks.{l}");
-            if self.normalization_type == Some(Normalization::LN) {
-                push(format!("{b}.ln1.w"), vec![dm], ParamKind::LnWeight);
-                push(format!("{b}.ln1.b"), vec![dm], ParamKind::Bias);
-                if !self.attn_only {
-                    push(format!("{b}.ln2.w"), vec![dm], ParamKind::LnWeight);
-                    push(format!("{b}.ln2.b"), vec![dm], ParamKind::Bias);
-                }
-            }
-            for m in ["Q", "K", "V"] {
-                push(
-                    format!("{b}.attn.W_{m}"),
-                    vec![nh, dm, dh],
-                    ParamKind::Weight,
-                );
-            }
-            push(format!("{b}.attn.W_O"), vec![nh, dh, dm], ParamKind::Weight);
-            for m in ["Q", "K", "V"] {
-                push(format!("{b}.attn.b_{m}"), vec![nh, dh], ParamKind::Bias);
-            }
-            push(format!("{b}.attn.b_O"), vec![dm], ParamKind::Bias);
-            if !self.attn_only {
-                push(format!("{b}.mlp.W_in"), vec![dm, dmlp], ParamKind::Weight);
-                push(format!("{b}.mlp.b_in"), vec![dmlp], ParamKind::Bias);
-                push(format!("{b}.mlp.W_out"), vec![dmlp, dm], ParamKind::Weight);
-                push(format!("{b}.mlp.b_out"), vec![dm], ParamKind::Bias);
-            }
-        }
-        if self.normalization_type == Some(Normalization::LN) {
-            push("ln_final.w".into(), vec![dm], ParamKind::LnWeight);
-            push("ln_final.b".into(), vec![dm], ParamKind::Bias);
-        }
-        push(
-            "unembed.W_U".into(),
-            vec![dm, self.d_vocab_out],
-            ParamKind::Weight,
-        );
-        push(
-            "unembed.b_U".into(),
-            vec![self.d_vocab_out],
-            ParamKind::Bias,
-        );
-        specs
+        self.tree().specs
     }
 
     /// The keys a Python user passes to `HookedTransformerConfig(**cfg)` to get the same model.

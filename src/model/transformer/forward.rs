@@ -1,14 +1,13 @@
 //! The `HookedTransformer` forward pass on candle tensors, computed exactly as TransformerLens 2.18 does.
 //! Each TransformerLens hook point is a named step that passes through [`Hooks`].
 
-use std::collections::HashMap;
-
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{GrokError, Result};
 use crate::model::hooks::Hooks;
-use crate::model::params::Params;
+use crate::model::params::{CandleWeights, Params, Slot};
 use crate::model::transformer::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
+use crate::model::transformer::tree::{AttnSlots, MlpSlots, NormSlots, TransformerTree};
 
 /// Which positions the last block's MLP and the unembedding run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -25,50 +24,50 @@ pub enum LogitPositions {
 pub struct HookedTransformer {
     /// Architecture.
     pub cfg: ModelConfig,
-    weights: HashMap<String, Tensor>,
+    /// Where each parameter sits.
+    pub tree: TransformerTree,
+    weights: Vec<Tensor>,
     device: Device,
 }
 
 impl HookedTransformer {
     /// Wraps `params` as constant tensors (no gradients).
     pub fn new(cfg: &ModelConfig, params: &Params) -> Result<Self> {
-        let device = Device::Cpu;
-        let mut weights = HashMap::new();
-        for p in params.iter() {
-            weights.insert(
-                p.name.clone(),
-                Tensor::from_slice(&p.data, p.shape.as_slice(), &device)?,
-            );
-        }
-        Ok(HookedTransformer {
-            cfg: cfg.clone(),
-            weights,
-            device,
-        })
+        Ok(Self::with_vars(cfg, params, |_| false)?.0)
     }
 
-    /// Wraps `params`, making those `trainable` accepts into [`Var`]s whose gradients `backward` keeps.
+    /// Wraps `params`, making the slots `trainable` accepts into [`Var`]s whose gradients `backward`
+    /// keeps.
     pub fn with_vars(
         cfg: &ModelConfig,
         params: &Params,
-        trainable: impl Fn(&str) -> bool,
-    ) -> Result<(Self, Vec<(String, Var)>)> {
-        let mut model = Self::new(cfg, params)?;
-        let mut vars = Vec::new();
-        for p in params.iter() {
-            if trainable(&p.name) {
-                let v = Var::from_tensor(&model.weights[&p.name])?;
-                model.weights.insert(p.name.clone(), v.as_tensor().clone());
-                vars.push((p.name.clone(), v));
-            }
-        }
+        trainable: impl Fn(Slot) -> bool,
+    ) -> Result<(Self, Vec<(Slot, Var)>)> {
+        let tree = cfg.tree();
+        let device = Device::Cpu;
+        let CandleWeights { tensors, vars } =
+            CandleWeights::new(&tree.specs, params, &device, trainable)?;
+        let model = HookedTransformer {
+            cfg: cfg.clone(),
+            tree,
+            weights: tensors,
+            device,
+        };
         Ok((model, vars))
+    }
+
+    /// The tensor in `slot`.
+    pub fn w(&self, slot: Slot) -> &Tensor {
+        &self.weights[slot.index()]
     }
 
     /// The weight called `name` (a TransformerLens state_dict name).
     pub fn weight(&self, name: &str) -> Result<&Tensor> {
-        self.weights
-            .get(name)
+        self.tree
+            .specs
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| &self.weights[i])
             .ok_or_else(|| GrokError::tensor(name, "no such parameter in this model"))
     }
 
@@ -86,12 +85,12 @@ impl HookedTransformer {
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let resid = self.residual(tokens, self.cfg.n_layers, at, hooks)?;
-        let x = self.norm("ln_final", resid, hooks)?;
+        let x = self.norm(self.tree.ln_final.as_ref(), "ln_final", resid, hooks)?;
         let (b, t, d_model) = x.dims3()?;
         let logits = x
             .reshape((b * t, d_model))?
-            .matmul(self.weight("unembed.W_U")?)?;
-        let logits = logits.broadcast_add(self.weight("unembed.b_U")?)?;
+            .matmul(self.w(self.tree.unembed_w))?;
+        let logits = logits.broadcast_add(self.w(self.tree.unembed_b))?;
         Ok(logits.reshape((b, t, self.cfg.d_vocab_out))?)
     }
 
@@ -123,12 +122,12 @@ impl HookedTransformer {
         let (batch, pos) = tokens.dims2()?;
         let d_model = self.cfg.d_model;
         let embed = self
-            .weight("embed.W_E")?
+            .w(self.tree.embed)
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, pos, d_model))?;
         let embed = hooks.hook("hook_embed", embed)?;
         let pos_embed = match self.cfg.positional_embedding_type {
-            PositionalEmbedding::Standard => self.weight("pos_embed.W_pos")?.narrow(0, 0, pos)?,
+            PositionalEmbedding::Standard => self.w(self.tree.pos).narrow(0, 0, pos)?,
             PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, &self.device)?,
         };
         let pos_embed = pos_embed
@@ -152,9 +151,15 @@ impl HookedTransformer {
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let b = format!("blocks.{layer}");
+        let slots = self.tree.blocks[layer];
         let resid_pre = hooks.hook(&format!("{b}.hook_resid_pre"), resid_pre)?;
-        let x = self.norm(&format!("{b}.ln1"), resid_pre.clone(), hooks)?;
-        let attn_out = self.attention(layer, &x, hooks)?;
+        let x = self.norm(
+            slots.ln1.as_ref(),
+            &format!("{b}.ln1"),
+            resid_pre.clone(),
+            hooks,
+        )?;
+        let attn_out = self.attention(&slots.attn, &b, &x, hooks)?;
         let attn_out = hooks.hook(&format!("{b}.hook_attn_out"), attn_out)?;
         let (resid, attn_out) = if only_last {
             let t = resid_pre.dim(1)?;
@@ -165,18 +170,29 @@ impl HookedTransformer {
         } else {
             (resid_pre, attn_out)
         };
-        if self.cfg.attn_only {
+        let Some(mlp) = slots.mlp else {
             return hooks.hook(&format!("{b}.hook_resid_post"), (resid + attn_out)?);
-        }
+        };
         let resid_mid = hooks.hook(&format!("{b}.hook_resid_mid"), (resid + attn_out)?)?;
-        let x = self.norm(&format!("{b}.ln2"), resid_mid.clone(), hooks)?;
-        let mlp_out = self.mlp(layer, &x, hooks)?;
+        let x = self.norm(
+            slots.ln2.as_ref(),
+            &format!("{b}.ln2"),
+            resid_mid.clone(),
+            hooks,
+        )?;
+        let mlp_out = self.mlp(&mlp, &b, &x, hooks)?;
         let mlp_out = hooks.hook(&format!("{b}.hook_mlp_out"), mlp_out)?;
         hooks.hook(&format!("{b}.hook_resid_post"), (resid_mid + mlp_out)?)
     }
 
     /// LayerNorm / LNPre as TransformerLens computes it; identity without normalization.
-    fn norm(&self, prefix: &str, x: Tensor, hooks: &mut dyn Hooks) -> Result<Tensor> {
+    fn norm(
+        &self,
+        slots: Option<&NormSlots>,
+        prefix: &str,
+        x: Tensor,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
         let Some(kind) = self.cfg.normalization_type else {
             return Ok(x);
         };
@@ -184,43 +200,36 @@ impl HookedTransformer {
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.eps)?.sqrt()?;
         let scale = hooks.hook(&format!("{prefix}.hook_scale"), scale)?;
         let mut x = x.broadcast_div(&scale)?;
-        if kind == Normalization::LN {
-            x = x
-                .broadcast_mul(self.weight(&format!("{prefix}.w"))?)?
-                .broadcast_add(self.weight(&format!("{prefix}.b"))?)?;
+        if let (Normalization::LN, Some(ln)) = (kind, slots) {
+            x = x.broadcast_mul(self.w(ln.w))?.broadcast_add(self.w(ln.b))?;
         }
         hooks.hook(&format!("{prefix}.hook_normalized"), x)
     }
 
     /// `[batch, pos, d_model] @ W [n_heads, d_model, d_head] + b` → `[batch, pos, n_heads, d_head]`.
-    fn head_projection(&self, x: &Tensor, w: &str, b: &str) -> Result<Tensor> {
+    fn head_projection(&self, x: &Tensor, (w, b): (Slot, Slot)) -> Result<Tensor> {
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head);
-        let w = self
-            .weight(w)?
-            .permute((1, 0, 2))?
-            .reshape((d_model, nh * dh))?;
+        let w = self.w(w).permute((1, 0, 2))?.reshape((d_model, nh * dh))?;
         let y = x.reshape((batch * pos, d_model))?.matmul(&w)?;
-        let y = y.broadcast_add(&self.weight(b)?.reshape(nh * dh)?)?;
+        let y = y.broadcast_add(&self.w(b).reshape(nh * dh)?)?;
         Ok(y.reshape((batch, pos, nh, dh))?)
     }
 
-    fn attention(&self, layer: usize, x: &Tensor, hooks: &mut dyn Hooks) -> Result<Tensor> {
-        let a = format!("blocks.{layer}.attn");
+    fn attention(
+        &self,
+        slots: &AttnSlots,
+        block: &str,
+        x: &Tensor,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let a = format!("{block}.attn");
+        let [q, k, v] = slots.qkv();
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head);
-        let q = hooks.hook(
-            &format!("{a}.hook_q"),
-            self.head_projection(x, &format!("{a}.W_Q"), &format!("{a}.b_Q"))?,
-        )?;
-        let k = hooks.hook(
-            &format!("{a}.hook_k"),
-            self.head_projection(x, &format!("{a}.W_K"), &format!("{a}.b_K"))?,
-        )?;
-        let v = hooks.hook(
-            &format!("{a}.hook_v"),
-            self.head_projection(x, &format!("{a}.W_V"), &format!("{a}.b_V"))?,
-        )?;
+        let q = hooks.hook(&format!("{a}.hook_q"), self.head_projection(x, q)?)?;
+        let k = hooks.hook(&format!("{a}.hook_k"), self.head_projection(x, k)?)?;
+        let v = hooks.hook(&format!("{a}.hook_v"), self.head_projection(x, v)?)?;
         let q = q.permute((0, 2, 1, 3))?.contiguous()?;
         let k = k.permute((0, 2, 3, 1))?.contiguous()?;
         let v = v.permute((0, 2, 1, 3))?.contiguous()?;
@@ -235,8 +244,7 @@ impl HookedTransformer {
         let pattern = hooks.hook(&format!("{a}.hook_pattern"), pattern)?;
         let z = pattern.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?;
         let z = hooks.hook(&format!("{a}.hook_z"), z)?;
-        let w_o = self.weight(&format!("{a}.W_O"))?;
-        let b_o = self.weight(&format!("{a}.b_O"))?;
+        let (w_o, b_o) = (self.w(slots.w_o), self.w(slots.b_o));
         let result_name = format!("{a}.hook_result");
         if hooks.wants(&result_name) {
             let result = hooks.hook(&result_name, head_results(&z, w_o)?)?;
@@ -248,15 +256,21 @@ impl HookedTransformer {
         Ok(out.broadcast_add(b_o)?.reshape((batch, pos, d_model))?)
     }
 
-    fn mlp(&self, layer: usize, x: &Tensor, hooks: &mut dyn Hooks) -> Result<Tensor> {
-        let m = format!("blocks.{layer}.mlp");
+    fn mlp(
+        &self,
+        slots: &MlpSlots,
+        block: &str,
+        x: &Tensor,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let m = format!("{block}.mlp");
         let (batch, pos, d_model) = x.dims3()?;
         let d_mlp = self.cfg.d_mlp;
         let pre = x
             .reshape((batch * pos, d_model))?
-            .matmul(self.weight(&format!("{m}.W_in"))?)?;
+            .matmul(self.w(slots.w_in))?;
         let pre = pre
-            .broadcast_add(self.weight(&format!("{m}.b_in"))?)?
+            .broadcast_add(self.w(slots.b_in))?
             .reshape((batch, pos, d_mlp))?;
         let pre = hooks.hook(&format!("{m}.hook_pre"), pre)?;
         let post = match self.cfg.act_fn {
@@ -267,9 +281,9 @@ impl HookedTransformer {
         let post = hooks.hook(&format!("{m}.hook_post"), post)?;
         let out = post
             .reshape((batch * pos, d_mlp))?
-            .matmul(self.weight(&format!("{m}.W_out"))?)?;
+            .matmul(self.w(slots.w_out))?;
         Ok(out
-            .broadcast_add(self.weight(&format!("{m}.b_out"))?)?
+            .broadcast_add(self.w(slots.b_out))?
             .reshape((batch, pos, d_model))?)
     }
 }

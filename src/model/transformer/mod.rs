@@ -2,3 +2,6 @@
 
 pub mod config;
 pub mod forward;
+pub mod tree;
+
+pub use tree::{AttnSlots, BlockSlots, MlpSlots, NormSlots, TransformerTree};
