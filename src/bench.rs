@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use crate::config::RunConfig;
 use crate::error::Result;
+use crate::interp::Interp;
 use crate::train::Trainer;
 
 /// Measured figures for one config on this machine.
@@ -64,19 +65,13 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
     let (n_train, n_test) = (t.data().0.len(), t.data().1.len());
     let m = &cfg.model;
     let fast = t.engine_name() == "fast";
-    let performed = |n| {
-        if fast {
-            m.forward_flops_fast(n)
-        } else {
-            m.forward_flops_full(n)
-        }
-    };
+    let performed = |n| m.forward_flops(n, fast);
     Ok(BenchReport {
         engine: t.engine_name(),
         threads: crate::engine::thread_count(cfg.train.threads),
         train_step_ms: median(train_ms),
         test_forward_ms: median(test_ms),
-        epoch_flops_full: 3.0 * m.forward_flops_full(n_train) + m.forward_flops_full(n_test),
+        epoch_flops_full: 3.0 * m.forward_flops(n_train, false) + m.forward_flops(n_test, false),
         epoch_flops_performed: 3.0 * performed(n_train) + performed(n_test),
         matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
     })
@@ -84,8 +79,7 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
 
 /// Median seconds of `run_with_cache` over every input of `cfg`'s task with every hook point recorded.
 pub fn run_with_cache_seconds(cfg: &RunConfig, iters: usize) -> Result<(f64, usize, usize)> {
-    let model =
-        crate::model::HookedTransformer::new(&cfg.model, &crate::model::Params::init(&cfg.model))?;
+    let model = cfg.model.build(&crate::model::Params::init(&cfg.model))?;
     let data = cfg.task.dataset();
     let tokens = model.tokens_tensor(&data.tokens, data.len())?;
     let mut times = Vec::new();

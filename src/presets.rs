@@ -3,11 +3,11 @@
 use crate::config::RunConfig;
 use crate::config::TrainConfig;
 use crate::error::{GrokError, Result};
-use crate::model::ModelConfig;
+use crate::model::{MlpConfig, ModelConfig, TransformerConfig};
 use crate::tasks::{Layout, Operation, TaskConfig};
 
 /// Preset names with one-line descriptions; the first is the default.
-pub const PRESETS: [(&str, &str); 4] = [
+pub const PRESETS: [(&str, &str); 6] = [
     (
         "tl-grokking-demo",
         "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs",
@@ -24,15 +24,24 @@ pub const PRESETS: [(&str, &str); 4] = [
         "quick",
         "a+b mod 31, 60% train, small model, weight decay 3: groks in seconds, for demos and tests",
     ),
+    (
+        "seed-002",
+        "seed 002's MLP: a+b mod 97 as [a, +, b, =], 80% train, minibatches of 512, wd 0.01, 20k epochs",
+    ),
+    (
+        "quick-mlp",
+        "a small MLP on a+b mod 31: groks in seconds, for demos and tests",
+    ),
 ];
 
 /// The resolved config of preset `name`.
 pub fn preset(name: &str) -> Result<RunConfig> {
     let demo = RunConfig {
         task: TaskConfig::grokking_demo(),
-        model: ModelConfig::grokking_demo(),
+        model: ModelConfig::Transformer(TransformerConfig::grokking_demo()),
         train: TrainConfig::grokking_demo(),
     };
+    let demo_model = TransformerConfig::grokking_demo();
     let cfg = match name {
         "tl-grokking-demo" => demo,
         "nanda-2023" => RunConfig {
@@ -51,10 +60,10 @@ pub fn preset(name: &str) -> Result<RunConfig> {
                 train_frac: 0.3,
                 data_seed: 346,
             },
-            model: ModelConfig {
+            model: ModelConfig::Transformer(TransformerConfig {
                 seed: 0,
-                ..demo.model
-            },
+                ..demo_model
+            }),
             train: TrainConfig {
                 epochs: 30_000,
                 ..demo.train
@@ -68,19 +77,63 @@ pub fn preset(name: &str) -> Result<RunConfig> {
                 train_frac: 0.6,
                 data_seed: 0,
             },
-            model: ModelConfig {
+            model: ModelConfig::Transformer(TransformerConfig {
                 d_model: 64,
                 n_heads: 4,
                 d_head: 16,
                 d_mlp: 256,
                 seed: 0,
-                ..demo.model
-            },
+                ..demo_model
+            }),
             train: TrainConfig {
                 lr: 3e-3,
                 weight_decay: 3.0,
                 epochs: 3000,
                 checkpoint_every: 100,
+                stop_at_test_acc: 0.999,
+                ..demo.train
+            },
+        },
+        "seed-002" => RunConfig {
+            task: TaskConfig {
+                op: Operation::Add,
+                p: 97,
+                layout: Layout::AOpBEq,
+                train_frac: 0.8,
+                data_seed: 21,
+            },
+            model: ModelConfig::Mlp(MlpConfig::seed_002()),
+            train: TrainConfig {
+                weight_decay: 0.01,
+                epochs: 20_000,
+                batch_size: 512,
+                freeze: Vec::new(),
+                eval_every: 1,
+                checkpoint_every: 200,
+                ..demo.train
+            },
+        },
+        "quick-mlp" => RunConfig {
+            task: TaskConfig {
+                op: Operation::Add,
+                p: 31,
+                layout: Layout::AOpBEq,
+                train_frac: 0.8,
+                data_seed: 0,
+            },
+            model: ModelConfig::Mlp(MlpConfig {
+                d_embed: 32,
+                d_hidden: 128,
+                ..MlpConfig::seed_002()
+            }),
+            train: TrainConfig {
+                lr: 3e-3,
+                weight_decay: 1.0,
+                epochs: 3000,
+                batch_size: 256,
+                freeze: Vec::new(),
+                eval_every: 10,
+                checkpoint_every: 50,
                 stop_at_test_acc: 0.999,
                 ..demo.train
             },
@@ -105,14 +158,14 @@ mod tests {
     fn every_preset_resolves() {
         for (name, _) in PRESETS {
             let c = preset(name).unwrap();
-            assert_eq!(c.model.d_vocab, c.task.layout.vocab(c.task.p), "{name}");
+            assert_eq!(c.model.d_vocab(), c.task.layout.vocab(c.task.p), "{name}");
         }
         let demo = preset("tl-grokking-demo").unwrap();
         assert_eq!(
             (
                 demo.task.p,
                 demo.task.data_seed,
-                demo.model.seed,
+                demo.model.seed(),
                 demo.train.epochs
             ),
             (113, 598, 999, 25_000)

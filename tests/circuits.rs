@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{Tensor, D};
 use common::*;
-use groklens::interp::Names;
+use groklens::interp::{Interp, Names};
 use groklens::linalg::Matrix;
 use groklens::model::HookedTransformer;
 

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use groklens::engine::FastEngine;
 use groklens::engine::{Batch, CandleEngine, Engine};
-use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding};
+use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding, TransformerConfig};
 
 #[test]
 fn fast_gradients_match_torch_on_the_grokking_fixture() {
@@ -54,7 +54,12 @@ fn fast_gradients_match_torch_on_the_grokking_fixture() {
     }
 }
 
-fn random_batch(cfg: &ModelConfig, rows: usize, seq: usize, seed: u32) -> (Vec<u32>, Vec<u32>) {
+fn random_batch(
+    cfg: &TransformerConfig,
+    rows: usize,
+    seq: usize,
+    seed: u32,
+) -> (Vec<u32>, Vec<u32>) {
     let mut x = seed.wrapping_mul(2654435761).wrapping_add(12345);
     let mut next = |m: usize| {
         x ^= x << 13;
@@ -68,8 +73,8 @@ fn random_batch(cfg: &ModelConfig, rows: usize, seq: usize, seed: u32) -> (Vec<u
 }
 
 /// Params with every parameter (biases too) random, so every gradient path is exercised.
-fn random_params(cfg: &ModelConfig) -> Params {
-    let mut p = Params::init(cfg);
+fn random_params(cfg: &TransformerConfig) -> Params {
+    let mut p = Params::init(&ModelConfig::Transformer(cfg.clone()));
     let mut k = 0u32;
     for param in p.iter_mut() {
         if cfg.positional_embedding_type == PositionalEmbedding::None
@@ -85,7 +90,7 @@ fn random_params(cfg: &ModelConfig) -> Params {
     p
 }
 
-fn compare(cfg: ModelConfig, seq: usize) {
+fn compare(cfg: TransformerConfig, seq: usize) {
     let params = random_params(&cfg);
     // As the trainer does: W_pos without positional embeddings is fixed at zero, never trained.
     let trainable: Vec<bool> = params
@@ -106,7 +111,7 @@ fn compare(cfg: ModelConfig, seq: usize) {
     let fast = FastEngine::new(&cfg, 2)
         .loss_and_grads(&params, &trainable, batch, &mut g_fast)
         .unwrap();
-    let reference = CandleEngine::new(&cfg)
+    let reference = CandleEngine::new(&ModelConfig::Transformer(cfg.clone()))
         .loss_and_grads(&params, &trainable, batch, &mut g_ref)
         .unwrap();
     assert!(
@@ -135,12 +140,14 @@ fn compare(cfg: ModelConfig, seq: usize) {
         );
     }
     let eval_fast = FastEngine::new(&cfg, 3).evaluate(&params, batch).unwrap();
-    let eval_ref = CandleEngine::new(&cfg).evaluate(&params, batch).unwrap();
+    let eval_ref = CandleEngine::new(&ModelConfig::Transformer(cfg.clone()))
+        .evaluate(&params, batch)
+        .unwrap();
     assert!((eval_fast.loss - eval_ref.loss).abs() < 1e-5 && eval_fast.correct == eval_ref.correct);
 }
 
-fn small() -> ModelConfig {
-    ModelConfig {
+fn small() -> TransformerConfig {
+    TransformerConfig {
         n_layers: 1,
         d_model: 24,
         n_heads: 3,
@@ -150,7 +157,7 @@ fn small() -> ModelConfig {
         d_vocab_out: 13,
         n_ctx: 5,
         seed: 3,
-        ..ModelConfig::grokking_demo()
+        ..TransformerConfig::grokking_demo()
     }
 }
 
@@ -167,7 +174,7 @@ fn fast_matches_candle_with_shorter_sequences_than_n_ctx() {
 #[test]
 fn fast_matches_candle_two_layers_gelu_new() {
     compare(
-        ModelConfig {
+        TransformerConfig {
             n_layers: 2,
             act_fn: ActFn::GeluNew,
             ..small()
@@ -179,7 +186,7 @@ fn fast_matches_candle_two_layers_gelu_new() {
 #[test]
 fn fast_matches_candle_three_layers_attention_only_without_positions() {
     compare(
-        ModelConfig {
+        TransformerConfig {
             n_layers: 3,
             attn_only: true,
             positional_embedding_type: PositionalEmbedding::None,

@@ -6,7 +6,7 @@ use candle_core::{Device, Tensor};
 use common::*;
 use groklens::engine::loss::{loss, LossKind};
 use groklens::interp::hooks::{patch, patch_position, zero_ablate, zero_ablate_head};
-use groklens::interp::{hook_names, mean_ablation_sweep, HookSet, Names};
+use groklens::interp::{mean_ablation_sweep, HookSet, Interp, Names};
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks};
 
 #[test]
@@ -316,7 +316,9 @@ fn mean_ablation_sweep_covers_every_hook_point() {
         Ok(loss(LossKind::PreviousToken, logits, t, &dummy)?.to_scalar::<f64>()?)
     };
     let rows = mean_ablation_sweep(&model, &a, &b, &prev_loss).unwrap();
-    let expected = hook_names(&model.cfg)
+    let expected = model
+        .cfg
+        .hook_names()
         .iter()
         .filter(|n| *n != "hook_pos_embed" && !n.ends_with("hook_result"))
         .count();

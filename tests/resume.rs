@@ -18,9 +18,9 @@ fn config() -> RunConfig {
     c.train.checkpoint_every = 100;
     c.train.stop_at_test_acc = 0.0;
     c.train.threads = 2;
-    c.model.d_model = 32;
-    c.model.d_head = 8;
-    c.model.d_mlp = 64;
+    for s in ["model.d_model=32", "model.d_head=8", "model.d_mlp=64"] {
+        c.set(s).unwrap();
+    }
     c
 }
 

@@ -3,11 +3,11 @@
 
 use candle_core::Tensor;
 
-use crate::engine::fast::{unsupported_reason, FastEngine};
+use crate::engine::Engine;
 use crate::error::{GrokError, Result};
-use crate::interp::Names;
+use crate::interp::{Interp, Names};
 use crate::linalg::Matrix;
-use crate::model::{HookedTransformer, LogitPositions, ModelConfig, NoHooks, Params};
+use crate::model::{HookedTransformer, Params, TransformerConfig};
 use crate::tasks::TaskConfig;
 
 /// Activations of a model over the whole input grid, all at the last position.
@@ -27,7 +27,7 @@ const CHUNK_ROWS: usize = 8192;
 /// [`GridActivations`] holds.
 pub fn grid_activations(
     task: &TaskConfig,
-    cfg: &ModelConfig,
+    cfg: &TransformerConfig,
     params: &Params,
 ) -> Result<GridActivations> {
     let model = HookedTransformer::new(cfg, params)?;
@@ -75,26 +75,17 @@ pub fn grid_activations(
 }
 
 /// Last-position logits of `tokens` (rows of `seq`; the grid from [`TaskConfig::grid_tokens`]),
-/// `rows × d_vocab_out`: the fast engine where the model supports it (what makes scoring hundreds of
-/// checkpoints quick), the candle model otherwise.
+/// `rows × d_vocab_out`, computed by `engine` (the fast one where the model allows: what makes
+/// scoring hundreds of checkpoints quick).
 pub fn grid_logits(
     tokens: &[u32],
     seq: usize,
-    cfg: &ModelConfig,
+    d_vocab_out: usize,
     params: &Params,
-    engine: Option<&mut FastEngine>,
+    engine: &mut dyn Engine,
 ) -> Result<Matrix> {
     let rows = tokens.len() / seq.max(1);
-    let data = match (engine, unsupported_reason(cfg)) {
-        (Some(engine), None) => engine.last_logits(params, tokens, seq)?,
-        _ => {
-            let model = HookedTransformer::new(cfg, params)?;
-            let t = model.tokens_tensor(tokens, rows)?;
-            let logits = model.forward(&t, LogitPositions::Last, &mut NoHooks)?;
-            logits.flatten_all()?.to_vec1::<f32>()?
-        }
-    };
-    Matrix::new(rows, cfg.d_vocab_out, data)
+    Matrix::new(rows, d_vocab_out, engine.logits(params, tokens, seq)?)
 }
 
 /// Attention from the last position, summarised per head.

@@ -14,8 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::config::RunConfig;
-use crate::engine::fast::{unsupported_reason, FastEngine};
-use crate::engine::thread_count;
+use crate::engine::{self, EngineKind};
 use crate::error::{GrokError, Result};
 use crate::linalg::Matrix;
 use crate::model::Params;
@@ -90,7 +89,14 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let run = RunDir::new(dir);
     let cfg = run.load_config()?;
     let task = &cfg.task;
-    let mcfg = &cfg.model;
+    let model_cfg = &cfg.model;
+    let mcfg = model_cfg.transformer().ok_or_else(|| {
+        GrokError::config(
+            "model.family",
+            model_cfg.family(),
+            "the analysis supports transformer runs",
+        )
+    })?;
     let p = task.p;
     if p > MAX_P {
         return Err(GrokError::config(
@@ -127,11 +133,14 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
     let (final_epoch, params) = if run.final_path().exists() {
         let epoch = metrics.last().map_or(0, |r| r.epoch);
-        (epoch, Params::load(&run.final_path(), mcfg)?)
+        (epoch, Params::load(&run.final_path(), model_cfg)?)
     } else if let Some(&epoch) = epochs.last() {
         (
             epoch,
-            Params::load(&checkpoint::model_path(&run.checkpoint_dir(), epoch), mcfg)?,
+            Params::load(
+                &checkpoint::model_path(&run.checkpoint_dir(), epoch),
+                model_cfg,
+            )?,
         )
     } else {
         return Err(GrokError::file(
@@ -188,24 +197,25 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
 
     let started = Instant::now();
     let keys = progress::KeyDirections::new(task, &embed.key_freqs, &split.train);
-    let mut engine = unsupported_reason(mcfg)
-        .is_none()
-        .then(|| FastEngine::new(mcfg, thread_count(cfg.train.threads)));
+    let mut engine = engine::select(model_cfg, EngineKind::Auto, cfg.train.threads)?;
     let (grid_tokens, seq) = (task.grid_tokens(), task.layout.len());
     let mut progress = Vec::with_capacity(epochs.len() + 1);
     // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
     for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
         let ckpt = if epoch == 0 {
-            Params::init(mcfg)
+            Params::init(model_cfg)
         } else {
-            Params::load(&checkpoint::model_path(&run.checkpoint_dir(), epoch), mcfg)?
+            Params::load(
+                &checkpoint::model_path(&run.checkpoint_dir(), epoch),
+                model_cfg,
+            )?
         };
         let (gini_embed, gini_logit) = progress::weight_ginis(&basis, mcfg, &ckpt);
         let losses = match &keys {
             Some(k) => Some(k.losses(&grid::grid_logits(
                 &grid_tokens,
                 seq,
-                mcfg,
+                model_cfg.d_vocab_out(),
                 &ckpt,
                 engine.as_mut(),
             )?)),

@@ -29,7 +29,7 @@
 use crate::analysis::fourier::{col_norms, row_norms, FourierBasis};
 use crate::analysis::stats::gini;
 use crate::linalg::Matrix;
-use crate::model::{ModelConfig, Params};
+use crate::model::{Params, TransformerConfig};
 use crate::run::{MetricsRow, GROKKED_ACCURACY};
 use crate::tasks::{Operation, TaskConfig};
 
@@ -141,7 +141,7 @@ fn mean_cross_entropy(rows: &[(usize, u32)], c: usize, logit: impl Fn(usize, usi
 /// Gini coefficients of the Fourier norms of W_E (number rows) and of W_L = W_out·W_U (last block).
 pub fn weight_ginis(
     basis: &FourierBasis,
-    cfg: &ModelConfig,
+    cfg: &TransformerConfig,
     params: &Params,
 ) -> (f64, Option<f64>) {
     let p = basis.p();
@@ -157,7 +157,7 @@ pub fn weight_ginis(
 }
 
 /// W_L = W_out·W_U of the last block, `d_mlp × d_vocab_out`; `None` for attention-only models.
-pub fn w_logit(cfg: &ModelConfig, params: &Params) -> Option<Matrix> {
+pub fn w_logit(cfg: &TransformerConfig, params: &Params) -> Option<Matrix> {
     let tree = cfg.tree();
     let mlp = tree.last_block().mlp?;
     let w_out = Matrix::new(cfg.d_mlp, cfg.d_model, params[mlp.w_out].to_vec())

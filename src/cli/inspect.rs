@@ -8,21 +8,22 @@ use candle_core::{Device, Tensor};
 
 use groklens::engine::loss::cross_entropy_f64;
 use groklens::interp::ablation::{mean_ablation_sweep, to_csv};
-use groklens::interp::Names;
-use groklens::model::{HookedTransformer, ModelConfig, Params};
+use groklens::interp::{Interp, Names};
+use groklens::model::{HookedModel, ModelConfig, Params};
 use groklens::run::RunDir;
 use groklens::tensor_io::{self, HostTensor};
 
-/// Reads a TransformerLens-named checkpoint with its `model_config.json`.
-fn load_model(checkpoint: &Path, model_config: &Path) -> Result<HookedTransformer> {
+/// Reads a checkpoint with its `model_config.json` (a TransformerLens config, or a groklens one that
+/// names its family).
+fn load_model(checkpoint: &Path, model_config: &Path) -> Result<Box<dyn HookedModel>> {
     let text = std::fs::read_to_string(model_config)
         .with_context(|| format!("cannot read {}", model_config.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not valid JSON", model_config.display()))?;
-    let cfg = ModelConfig::from_transformer_lens_json(&json)
-        .with_context(|| format!("in {}", model_config.display()))?;
+    let cfg =
+        ModelConfig::from_json(&json).with_context(|| format!("in {}", model_config.display()))?;
     let params = Params::load(checkpoint, &cfg)?;
-    Ok(HookedTransformer::new(&cfg, &params)?)
+    Ok(cfg.build(&params)?)
 }
 
 /// Writes `logits` and `cache.<hook>` for the int64 `tokens` tensor of `tokens_file`.
@@ -44,18 +45,16 @@ pub fn cache(
         );
     }
     let ids = t.to_i64("tokens")?;
-    if let Some(bad) = ids
-        .iter()
-        .find(|&&x| x < 0 || x as usize >= model.cfg.d_vocab)
-    {
+    if let Some(bad) = ids.iter().find(|&&x| u32::try_from(x).is_err()) {
         bail!(
-            "{}: token id {bad} is outside the vocabulary [0, {})",
-            tokens_file.display(),
-            model.cfg.d_vocab
+            "{}: token id {bad} is outside the vocabulary",
+            tokens_file.display()
         );
     }
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-    let tokens = model.tokens_tensor(&ids, t.shape[0])?;
+    let tokens = model
+        .tokens_tensor(&ids, t.shape[0])
+        .with_context(|| tokens_file.display().to_string())?;
     let names = if names.is_empty() {
         Names::All
     } else {
@@ -95,7 +94,7 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.final_path());
     let params = Params::load(&ckpt, &cfg.model)?;
-    let model = HookedTransformer::new(&cfg.model, &params)?;
+    let model = cfg.model.build(&params)?;
     let data = cfg.task.dataset();
     let (train, test) = (data.select(&split.train), data.select(&split.test));
     let train_tokens = model.tokens_tensor(&train.tokens, train.len())?;
@@ -108,7 +107,7 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
                 .to_scalar::<f64>()?,
         )
     };
-    let rows = mean_ablation_sweep(&model, &train_tokens, &test_tokens, &loss)?;
+    let rows = mean_ablation_sweep(model.as_ref(), &train_tokens, &test_tokens, &loss)?;
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.root.join("ablation.csv"));

@@ -18,7 +18,7 @@ pub use train::TrainConfig;
 pub struct RunConfig {
     /// The algorithmic task and split.
     pub task: TaskConfig,
-    /// The transformer.
+    /// The model: `family = "transformer"` (default) or `"mlp"`, and that family's fields.
     pub model: ModelConfig,
     /// Optimizer, schedule, evaluation and checkpointing.
     pub train: TrainConfig,
@@ -84,16 +84,8 @@ impl RunConfig {
     pub fn resolve(mut self) -> Result<Self> {
         self.task.validate()?;
         let layout = self.task.layout;
-        let m = &mut self.model;
-        if m.d_vocab == 0 {
-            m.d_vocab = layout.vocab(self.task.p);
-        }
-        if m.d_vocab_out == 0 {
-            m.d_vocab_out = self.task.p;
-        }
-        if m.n_ctx == 0 {
-            m.n_ctx = layout.len();
-        }
+        self.model
+            .fill_from_task(layout.vocab(self.task.p), self.task.p, layout.len());
         self.validate()?;
         Ok(self)
     }
@@ -104,27 +96,38 @@ impl RunConfig {
         self.model.validate()?;
         self.train.validate()?;
         let need_vocab = self.task.layout.vocab(self.task.p);
-        if self.model.d_vocab < need_vocab {
+        if self.model.d_vocab() < need_vocab {
             return Err(GrokError::config(
                 "model.d_vocab",
-                self.model.d_vocab,
+                self.model.d_vocab(),
                 format!("must be at least {need_vocab}: the task uses tokens 0..{need_vocab} (set 0 to derive it)"),
             ));
         }
-        if self.model.d_vocab_out < self.task.p {
+        if self.model.d_vocab_out() < self.task.p {
             return Err(GrokError::config(
                 "model.d_vocab_out",
-                self.model.d_vocab_out,
+                self.model.d_vocab_out(),
                 format!(
                     "must be at least p = {} so every label can be predicted (set 0 to derive it)",
                     self.task.p
                 ),
             ));
         }
-        if self.model.n_ctx < self.task.layout.len() {
+        let seq = self.task.layout.len();
+        if self.model.mlp().is_some() && self.model.n_ctx() != seq {
             return Err(GrokError::config(
                 "model.n_ctx",
-                self.model.n_ctx,
+                self.model.n_ctx(),
+                format!(
+                    "must be {seq}, the length of layout {:?}: the MLP concatenates exactly n_ctx token embeddings (set 0 to derive it)",
+                    self.task.layout
+                ),
+            ));
+        }
+        if self.model.n_ctx() < seq {
+            return Err(GrokError::config(
+                "model.n_ctx",
+                self.model.n_ctx(),
                 format!(
                     "must be at least {}, the length of layout {:?} (set 0 to derive it)",
                     self.task.layout.len(),
@@ -167,11 +170,11 @@ mod tests {
     #[test]
     fn small_vocab_and_context_are_rejected() {
         let mut c = presets::preset("quick").unwrap();
-        c.model.d_vocab = 5;
+        c.set("model.d_vocab=5").unwrap();
         let e = c.clone().resolve().unwrap_err().to_string();
         assert!(e.contains("model.d_vocab") && e.contains("at least"), "{e}");
-        c.model.d_vocab = 0;
-        c.model.n_ctx = 2;
+        c.set("model.d_vocab=0").unwrap();
+        c.set("model.n_ctx=2").unwrap();
         let e = c.resolve().unwrap_err().to_string();
         assert!(e.contains("model.n_ctx"), "{e}");
     }

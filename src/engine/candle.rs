@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor, D};
 use crate::engine::loss::cross_entropy_f64;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::Result;
-use crate::model::{HookedTransformer, LogitPositions, ModelConfig, NoHooks, Params};
+use crate::model::{HookedModel, LogitPositions, ModelConfig, NoHooks, Params};
 
 /// The reference engine: the hooked candle forward and candle's autodiff.
 pub struct CandleEngine {
@@ -18,7 +18,7 @@ impl CandleEngine {
         CandleEngine { cfg: cfg.clone() }
     }
 
-    fn loss_tensor(&self, model: &HookedTransformer, batch: Batch) -> Result<(Tensor, usize)> {
+    fn loss_tensor(&self, model: &dyn HookedModel, batch: Batch) -> Result<(Tensor, usize)> {
         let tokens = model.tokens_tensor(batch.tokens, batch.rows())?;
         let logits = model
             .forward(&tokens, LogitPositions::Last, &mut NoHooks)?
@@ -46,9 +46,8 @@ impl Engine for CandleEngine {
         batch: Batch,
         grads: &mut Params,
     ) -> Result<BatchStats> {
-        let (model, vars) =
-            HookedTransformer::with_vars(&self.cfg, params, |s| trainable[s.index()])?;
-        let (loss, correct) = self.loss_tensor(&model, batch)?;
+        let (model, vars) = self.cfg.build_with_vars(params, |s| trainable[s.index()])?;
+        let (loss, correct) = self.loss_tensor(model.as_ref(), batch)?;
         let store = loss.backward()?;
         for (slot, var) in vars {
             let g = match store.get(var.as_tensor()) {
@@ -65,12 +64,19 @@ impl Engine for CandleEngine {
     }
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
-        let model = HookedTransformer::new(&self.cfg, params)?;
-        let (loss, correct) = self.loss_tensor(&model, batch)?;
+        let model = self.cfg.build(params)?;
+        let (loss, correct) = self.loss_tensor(model.as_ref(), batch)?;
         Ok(BatchStats {
             loss: loss.to_scalar::<f64>()?,
             correct,
             rows: batch.rows(),
         })
+    }
+
+    fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
+        let model = self.cfg.build(params)?;
+        let t = model.tokens_tensor(tokens, tokens.len() / seq.max(1))?;
+        let logits = model.forward(&t, LogitPositions::Last, &mut NoHooks)?;
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 }

@@ -13,7 +13,7 @@ use crate::model::ModelConfig;
 use crate::model::Params;
 
 pub use candle::CandleEngine;
-pub use fast::FastEngine;
+pub use fast::{FastEngine, FastMlpEngine};
 
 /// Which implementation computes forward and backward passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -81,12 +81,15 @@ pub trait Engine: Send {
 
     /// Loss and accuracy of `batch` without gradients.
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats>;
+
+    /// Last-position logits `[rows, d_vocab_out]` of `tokens` (rows of `seq` tokens): what the
+    /// analysis scores checkpoints with.
+    fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>>;
 }
 
 /// The engine `kind` asks for, for models of `cfg`, with `threads` worker threads (0 = one per core).
 pub fn select(cfg: &ModelConfig, kind: EngineKind, threads: usize) -> Result<Box<dyn Engine>> {
-    let reason = fast::unsupported_reason(cfg);
-    match (kind, reason) {
+    match (kind, fast::unsupported_reason(cfg)) {
         (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
             Ok(Box::new(CandleEngine::new(cfg)))
         }
@@ -97,7 +100,10 @@ pub fn select(cfg: &ModelConfig, kind: EngineKind, threads: usize) -> Result<Box
                 "this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""
             ),
         )),
-        (_, None) => Ok(Box::new(FastEngine::new(cfg, thread_count(threads)))),
+        (_, None) => Ok(match cfg {
+            ModelConfig::Transformer(c) => Box::new(FastEngine::new(c, thread_count(threads))),
+            ModelConfig::Mlp(c) => Box::new(FastMlpEngine::new(c, thread_count(threads))?),
+        }),
     }
 }
 

@@ -6,7 +6,8 @@ use candle_core::Tensor;
 use crate::error::Result;
 use crate::interp::cache::Names;
 use crate::interp::hooks::{mean_ablate, HookSet};
-use crate::model::{HookedTransformer, NoHooks};
+use crate::interp::Interp;
+use crate::model::{HookedModel, NoHooks};
 
 /// One row of the sweep.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,7 +22,7 @@ pub struct AblationRow {
 /// activation is replaced by its mean over `mean_tokens`. `loss` maps logits to a scalar loss. The first
 /// row is the baseline.
 pub fn mean_ablation_sweep(
-    model: &HookedTransformer,
+    model: &dyn HookedModel,
     mean_tokens: &Tensor,
     eval_tokens: &Tensor,
     loss: &dyn Fn(&Tensor) -> Result<f64>,

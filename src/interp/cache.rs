@@ -4,8 +4,9 @@
 use candle_core::{Tensor, Var};
 
 use crate::error::{GrokError, Result};
-use crate::interp::names::{close_matches, hook_names, ActKey};
-use crate::model::{HookedTransformer, Hooks, LogitPositions, Recorder};
+use crate::interp::hooks::HookSet;
+use crate::interp::names::{close_matches, ActKey};
+use crate::model::{HookedModel, HookedTransformer, Hooks, LogitPositions, Recorder};
 use crate::tensor_io::HostTensor;
 
 /// A predicate over full hook names.
@@ -28,17 +29,17 @@ impl Names {
     }
 
     /// A predicate over full names, with unknown shorthands in a list reported as errors.
-    fn resolve(&self, model: &HookedTransformer) -> Result<NameFilter<'_>> {
+    fn resolve<M: HookedModel + ?Sized>(&self, model: &M) -> Result<NameFilter<'_>> {
         match self {
             Names::All => Ok(Box::new(|n: &str| !n.ends_with("hook_result"))),
             Names::Filter(f) => Ok(Box::new(move |n: &str| f(n))),
             Names::List(list) => {
-                let known = hook_names(&model.cfg);
+                let known = model.hook_names();
                 let mut full = Vec::new();
                 for key in list {
                     full.push(resolve_known(
                         &ActKey::from(key.as_str()),
-                        model.cfg.n_layers,
+                        model.n_layers(),
                         &known,
                     )?);
                 }
@@ -151,24 +152,21 @@ impl<F: Fn(&str) -> bool> Hooks for GradTaps<F> {
     }
 }
 
-impl HookedTransformer {
+/// TransformerLens's `run_with_cache` and `run_with_hooks` on every model family.
+pub trait Interp: HookedModel {
     /// Logits `[batch, pos, d_vocab_out]` and the activations of the hook points `names` selects; only
     /// those are kept in memory.
-    pub fn run_with_cache(
-        &self,
-        tokens: &Tensor,
-        names: &Names,
-    ) -> Result<(Tensor, ActivationCache)> {
+    fn run_with_cache(&self, tokens: &Tensor, names: &Names) -> Result<(Tensor, ActivationCache)> {
         let keep = names.resolve(self)?;
         let mut rec = Recorder::new(keep);
         let logits = self.forward(tokens, LogitPositions::All, &mut rec)?;
-        Ok((logits, ActivationCache::new(self.cfg.n_layers, rec.values)))
+        Ok((logits, ActivationCache::new(self.n_layers(), rec.values)))
     }
 
-    /// Like [`HookedTransformer::run_with_cache`], plus a second cache holding d(scalar)/d(activation)
+    /// Like [`Interp::run_with_cache`], plus a second cache holding d(scalar)/d(activation)
     /// for the same hook points (TransformerLens's `incl_bwd`), where `scalar` maps the logits to the
     /// quantity to differentiate (a loss, a logit difference).
-    pub fn run_with_cache_and_grads(
+    fn run_with_cache_and_grads(
         &self,
         tokens: &Tensor,
         names: &Names,
@@ -200,11 +198,20 @@ impl HookedTransformer {
         }
         Ok((
             logits.detach(),
-            ActivationCache::new(self.cfg.n_layers, fwd),
-            ActivationCache::new(self.cfg.n_layers, bwd),
+            ActivationCache::new(self.n_layers(), fwd),
+            ActivationCache::new(self.n_layers(), bwd),
         ))
     }
 
+    /// Logits of `tokens` with the hooks of `hooks` applied (TransformerLens's `run_with_hooks`).
+    fn run_with_hooks(&self, tokens: &Tensor, hooks: &mut HookSet) -> Result<Tensor> {
+        self.forward(tokens, LogitPositions::All, hooks)
+    }
+}
+
+impl<M: HookedModel + ?Sized> Interp for M {}
+
+impl HookedTransformer {
     /// The residual stream after the first `n_blocks` blocks plus the activations recorded on the way.
     pub fn run_with_cache_to_layer(
         &self,

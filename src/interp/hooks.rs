@@ -5,8 +5,8 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{GrokError, Result};
 use crate::interp::cache::{resolve_known, ActivationCache};
-use crate::interp::names::{hook_names, ActKey};
-use crate::model::{HookedTransformer, Hooks, LogitPositions};
+use crate::interp::names::ActKey;
+use crate::model::{HookedModel, Hooks};
 
 /// A hook: sees the activation and its full hook name; returns a replacement or `None` to keep it.
 pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &str) -> Result<Option<Tensor>> + 'a>;
@@ -25,10 +25,10 @@ pub struct HookSet<'a> {
 
 impl<'a> HookSet<'a> {
     /// An empty set for `model`'s hook points.
-    pub fn new(model: &HookedTransformer) -> Self {
+    pub fn new<M: HookedModel + ?Sized>(model: &M) -> Self {
         HookSet {
-            known: hook_names(&model.cfg),
-            n_layers: model.cfg.n_layers,
+            known: model.hook_names(),
+            n_layers: model.n_layers(),
             hooks: Vec::new(),
         }
     }
@@ -79,13 +79,6 @@ impl Hooks for HookSet<'_> {
             Matcher::Name(n) => n == name,
             Matcher::Filter(p) => p(name),
         })
-    }
-}
-
-impl HookedTransformer {
-    /// Logits `[batch, pos, d_vocab_out]` with `hooks` applied; the hooks are dropped with the set.
-    pub fn run_with_hooks(&self, tokens: &Tensor, hooks: &mut HookSet) -> Result<Tensor> {
-        self.forward(tokens, LogitPositions::All, hooks)
     }
 }
 

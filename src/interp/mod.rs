@@ -11,7 +11,7 @@ pub mod processing;
 pub mod residual;
 
 pub use ablation::{mean_ablation_sweep, AblationRow};
-pub use cache::{ActivationCache, Names};
+pub use cache::{ActivationCache, Interp, Names};
 pub use hooks::{HookFn, HookSet};
-pub use names::{hook_names, ActKey};
+pub use names::ActKey;
 pub use residual::ResidualStack;

@@ -1,45 +1,4 @@
-//! TransformerLens hook names: the full list for a model, and `utils.get_act_name` shorthands.
-
-use crate::model::ModelConfig;
-
-/// Every hook point the forward pass passes through, in order (`attn.hook_result` included; it is
-/// computed only when asked for).
-pub fn hook_names(cfg: &ModelConfig) -> Vec<String> {
-    let mut names = vec!["hook_embed".to_string(), "hook_pos_embed".to_string()];
-    let ln = |names: &mut Vec<String>, prefix: &str| {
-        if cfg.normalization_type.is_some() {
-            names.push(format!("{prefix}.hook_scale"));
-            names.push(format!("{prefix}.hook_normalized"));
-        }
-    };
-    for l in 0..cfg.n_layers {
-        let b = format!("blocks.{l}");
-        names.push(format!("{b}.hook_resid_pre"));
-        ln(&mut names, &format!("{b}.ln1"));
-        for h in [
-            "hook_q",
-            "hook_k",
-            "hook_v",
-            "hook_attn_scores",
-            "hook_pattern",
-            "hook_z",
-            "hook_result",
-        ] {
-            names.push(format!("{b}.attn.{h}"));
-        }
-        names.push(format!("{b}.hook_attn_out"));
-        if !cfg.attn_only {
-            names.push(format!("{b}.hook_resid_mid"));
-            ln(&mut names, &format!("{b}.ln2"));
-            names.push(format!("{b}.mlp.hook_pre"));
-            names.push(format!("{b}.mlp.hook_post"));
-            names.push(format!("{b}.hook_mlp_out"));
-        }
-        names.push(format!("{b}.hook_resid_post"));
-    }
-    ln(&mut names, "ln_final");
-    names
-}
+//! TransformerLens `utils.get_act_name` shorthands for hook names, and close-match suggestions.
 
 /// A cache or hook key: a full name, a shorthand (`"pattern"`, `"resid_pre1"`, `"scale"`), or a
 /// shorthand with a layer (negative counts from the end) and a layer type (`"ln1"`, `"attn"`, `"mlp"`).

@@ -5,7 +5,7 @@
 
 use crate::error::{GrokError, Result};
 use crate::model::transformer::NormSlots;
-use crate::model::{ModelConfig, Normalization, Params, Slot};
+use crate::model::{Normalization, Params, Slot, TransformerConfig};
 
 /// Which processing steps to apply (TransformerLens's defaults: all true).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +34,10 @@ impl Default for ProcessOptions {
 /// Returns the processed config and parameters. Folding LN needs LayerNorm; centring writing weights
 /// needs LN or LNPre (otherwise the step is skipped, as TransformerLens does).
 pub fn process_weights(
-    cfg: &ModelConfig,
+    cfg: &TransformerConfig,
     params: &Params,
     opts: ProcessOptions,
-) -> Result<(ModelConfig, Params)> {
+) -> Result<(TransformerConfig, Params)> {
     let tree = cfg.tree();
     if !params.matches(&tree.specs) {
         return Err(GrokError::tensor(

@@ -150,7 +150,7 @@ pub struct Params {
 impl Params {
     /// The initial parameters of `cfg`, seeded by its `seed`.
     pub fn init(cfg: &ModelConfig) -> Self {
-        Self::init_specs(&cfg.param_specs(), cfg.seed)
+        Self::init_specs(&cfg.param_specs(), cfg.seed())
     }
 
     /// Draws every [`Init::Normal`] parameter in list order from one ChaCha stream of `seed`.
@@ -285,7 +285,11 @@ impl Params {
     /// shape. Extra tensors (TransformerLens's `attn.mask`/`attn.IGNORE` buffers) are ignored.
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
         let file = tensor_io::read(path)?;
-        Self::from_tensor_map(cfg, |name| file.get(name), &path.display().to_string())
+        Self::from_tensor_map(
+            &cfg.param_specs(),
+            |name| file.get(name),
+            &path.display().to_string(),
+        )
     }
 
     /// Builds the store from owned parameters, checking that they are exactly the ones `specs` lists.
@@ -310,16 +314,16 @@ impl Params {
 
     /// Builds the store from tensors looked up by name (`lookup` gets the bare TransformerLens name).
     pub fn from_tensor_map<'a>(
-        cfg: &ModelConfig,
+        specs: &[ParamSpec],
         lookup: impl Fn(&str) -> Option<&'a HostTensor>,
         source: &str,
     ) -> Result<Self> {
         let mut entries = Vec::new();
-        for spec in cfg.param_specs() {
+        for spec in specs {
             let t = match lookup(&spec.name) {
                 Some(t) => t,
                 None if spec.fixed => {
-                    let init = Self::init_specs(std::slice::from_ref(&spec), 0);
+                    let init = Self::init_specs(std::slice::from_ref(spec), 0);
                     entries.extend(init.entries);
                     continue;
                 }
@@ -343,7 +347,7 @@ impl Params {
             }
             entries.push(Param {
                 name: spec.name.clone(),
-                shape: spec.shape,
+                shape: spec.shape.clone(),
                 data: t.to_f32(&spec.name)?,
             });
         }

@@ -93,7 +93,6 @@ pub fn write_report(dir: &Path) -> Result<ReportSummary> {
 
 fn summary_table(a: &RunAnalysis) -> String {
     let t = &a.cfg.task;
-    let m = &a.cfg.model;
     let last = a.metrics.last();
     let mut rows = vec![
         (
@@ -103,13 +102,7 @@ fn summary_table(a: &RunAnalysis) -> String {
                 t.op, t.p, t.layout, t.train_frac
             ),
         ),
-        (
-            "Model",
-            format!(
-                "{} layer(s), d_model {}, {} heads × {}, d_mlp {}, {:?}",
-                m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.act_fn
-            ),
-        ),
+        ("Model", a.cfg.model.describe()),
         ("Epochs trained", a.final_epoch.to_string()),
     ];
     if let Some(r) = last {

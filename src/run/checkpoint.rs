@@ -75,9 +75,10 @@ impl Checkpoint {
         let params = Params::load(&model_path(dir, epoch), cfg)?;
         let opath = optim_path(dir, epoch);
         let f = tensor_io::read(&opath)?;
+        let specs = cfg.param_specs();
         let moments = |prefix: &str| {
             Params::from_tensor_map(
-                cfg,
+                &specs,
                 |n| f.get(&format!("{prefix}{n}")),
                 &opath.display().to_string(),
             )

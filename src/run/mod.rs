@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! RUN_DIR/config.toml            full resolved config
-//! RUN_DIR/model_config.json      HookedTransformerConfig(**json) keys
+//! RUN_DIR/model_config.json      the model: HookedTransformerConfig(**json) keys, or the MLP with "family"
 //! RUN_DIR/split.safetensors      int64 `train` and `test` row indices
 //! RUN_DIR/metrics.csv            one row per evaluation
 //! RUN_DIR/checkpoints/epoch_NNNNNN.safetensors        TransformerLens-named parameters
@@ -75,8 +75,7 @@ impl RunDir {
         std::fs::create_dir_all(self.checkpoint_dir())
             .map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
         tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
-        let json =
-            serde_json::to_string_pretty(&cfg.model.to_transformer_lens_json()).expect("json");
+        let json = serde_json::to_string_pretty(&cfg.model.to_json()).expect("json");
         tensor_io::write_bytes_atomic(&self.root.join("model_config.json"), json.as_bytes())?;
         let idx =
             |v: &[usize]| HostTensor::i64(vec![v.len()], v.iter().map(|&i| i as i64).collect());

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use groklens::model::{ActFn, HookedTransformer, ModelConfig, Params, PositionalEmbedding};
+use groklens::model::{ActFn, HookedTransformer, Params, PositionalEmbedding, TransformerConfig};
 use groklens::tensor_io::{self, TensorFile};
 
 /// A fixture file from `tests/fixtures/`.
@@ -16,9 +16,9 @@ pub fn fixture(name: &str) -> TensorFile {
 }
 
 /// The model config recorded in a fixture's metadata.
-pub fn fixture_config(f: &TensorFile) -> ModelConfig {
+pub fn fixture_config(f: &TensorFile) -> TransformerConfig {
     let v: serde_json::Value = serde_json::from_str(&f.metadata["config"]).unwrap();
-    let mut cfg = ModelConfig::from_transformer_lens_json(&v).unwrap();
+    let mut cfg = TransformerConfig::from_transformer_lens_json(&v).unwrap();
     cfg.positional_embedding_type = PositionalEmbedding::Standard;
     assert!(matches!(cfg.act_fn, ActFn::Relu | ActFn::Gelu));
     cfg
@@ -27,7 +27,12 @@ pub fn fixture_config(f: &TensorFile) -> ModelConfig {
 /// The `param.*` tensors of a fixture as a parameter store.
 pub fn fixture_params(f: &TensorFile, prefix: &str) -> Params {
     let cfg = fixture_config(f);
-    Params::from_tensor_map(&cfg, |n| f.get(&format!("{prefix}{n}")), "fixture").unwrap()
+    Params::from_tensor_map(
+        &cfg.param_specs(),
+        |n| f.get(&format!("{prefix}{n}")),
+        "fixture",
+    )
+    .unwrap()
 }
 
 /// Largest absolute difference between two equally long slices.

@@ -5,31 +5,35 @@
 //! chunk per thread and the chunks' gradients are summed in a fixed order, so results are deterministic
 //! for a given thread count. Other models use the candle engine.
 
+pub mod mlp;
 pub mod transformer;
+
+pub use mlp::FastMlpEngine;
 
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
-use crate::model::{ActFn, ModelConfig, Params};
+use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
 
-use transformer::{ChunkStats, Prepared, Weights, Workspace};
+use transformer::{Prepared, Weights, Workspace};
 
-/// Why the fast engine cannot run `cfg`, or `None` when it can.
+/// Why the fast engines cannot run `cfg`, or `None` when one can.
 pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
-    if cfg.normalization_type.is_some() {
-        return Some("normalization_type must be none".into());
-    }
-    if cfg.act_fn == ActFn::Gelu {
-        return Some(
-            "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into(),
-        );
-    }
-    None
+    let act = match cfg {
+        ModelConfig::Transformer(c) => {
+            if c.normalization_type.is_some() {
+                return Some("normalization_type must be none".into());
+            }
+            c.act_fn
+        }
+        ModelConfig::Mlp(c) => c.act_fn,
+    };
+    (act == ActFn::Gelu)
+        .then(|| "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into())
 }
 
 /// Hand-written forward/backward on `gemm`, parallel over batch chunks.
 pub struct FastEngine {
-    cfg: ModelConfig,
-    threads: usize,
+    cfg: TransformerConfig,
     /// One workspace per thread for training passes and one for evaluation, so buffer sizes stay put.
     train_ws: Vec<Workspace>,
     eval_ws: Vec<Workspace>,
@@ -37,36 +41,14 @@ pub struct FastEngine {
 
 impl FastEngine {
     /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
-    pub fn new(cfg: &ModelConfig, threads: usize) -> Self {
+    pub fn new(cfg: &TransformerConfig, threads: usize) -> Self {
         let threads = threads.max(1);
         let ws = || (0..threads).map(|_| Workspace::default()).collect();
         FastEngine {
             cfg: cfg.clone(),
-            threads,
             train_ws: ws(),
             eval_ws: ws(),
         }
-    }
-
-    /// Last-position logits `[rows, d_vocab_out]` of `tokens` (rows of `seq` tokens), parallel over
-    /// row chunks: the analysis's fast forward pass.
-    pub fn last_logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
-        if seq == 0 || !tokens.len().is_multiple_of(seq) {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!("{} ids do not form rows of {seq} tokens", tokens.len()),
-            ));
-        }
-        let labels = vec![0; tokens.len() / seq];
-        let batch = Batch {
-            tokens,
-            labels: &labels,
-            seq_len: seq,
-        };
-        let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
-            p.logits(ws, t, seq).to_vec()
-        })?;
-        Ok(chunks.concat())
     }
 
     /// Runs every chunk of `batch` on its own thread; returns per-chunk stats in chunk order (with
@@ -101,40 +83,55 @@ impl FastEngine {
         }
         let w = Weights::from_params(&self.cfg, params);
         let prepared = Prepared::new(&self.cfg, &w);
-        let n = batch.rows();
-        let chunk = n.div_ceil(self.threads).max(1);
-        let seq = batch.seq_len;
         let workspaces = if train {
             &mut self.train_ws
         } else {
             &mut self.eval_ws
         };
-        let mut jobs = workspaces
-            .iter_mut()
-            .zip((0..n).step_by(chunk))
-            .map(|(ws, start)| {
-                let end = (start + chunk).min(n);
-                (
-                    ws,
-                    &batch.tokens[start * seq..end * seq],
-                    &batch.labels[start..end],
-                )
-            });
-        let (ws0, t0, l0) = jobs.next().expect("a batch has at least one row");
-        let (prepared, job) = (&prepared, &job);
-        Ok(std::thread::scope(|s| {
-            let handles: Vec<_> = jobs
-                .map(|(ws, t, l)| s.spawn(move || job(prepared, ws, t, l)))
-                .collect();
-            let mut out = vec![job(prepared, ws0, t0, l0)];
-            out.extend(
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("fast engine worker panicked")),
-            );
-            out
+        let prepared = &prepared;
+        Ok(parallel_chunks(workspaces, batch, |ws, t, l| {
+            job(prepared, ws, t, l)
         }))
     }
+}
+
+/// Splits `batch` into one contiguous chunk of rows per workspace and runs `job(workspace, tokens,
+/// labels)` on each, every chunk but the first on its own thread; results in chunk order.
+pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
+    workspaces: &mut [W],
+    batch: Batch<'b>,
+    job: impl Fn(&mut W, &'b [u32], &'b [u32]) -> R + Sync,
+) -> Vec<R> {
+    let n = batch.rows();
+    let chunk = n.div_ceil(workspaces.len().max(1)).max(1);
+    let seq = batch.seq_len;
+    let mut jobs = workspaces
+        .iter_mut()
+        .zip((0..n).step_by(chunk))
+        .map(|(ws, start)| {
+            let end = (start + chunk).min(n);
+            (
+                ws,
+                &batch.tokens[start * seq..end * seq],
+                &batch.labels[start..end],
+            )
+        });
+    let Some((ws0, t0, l0)) = jobs.next() else {
+        return Vec::new();
+    };
+    let job = &job;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .map(|(ws, t, l)| s.spawn(move || job(ws, t, l)))
+            .collect();
+        let mut out = vec![job(ws0, t0, l0)];
+        out.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fast engine worker panicked")),
+        );
+        out
+    })
 }
 
 fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
@@ -176,4 +173,88 @@ impl Engine for FastEngine {
         let results = self.run_chunks(params, batch, false)?;
         Ok(totals(&results, batch.rows()))
     }
+
+    fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
+        if seq == 0 || !tokens.len().is_multiple_of(seq) {
+            return Err(GrokError::tensor(
+                "tokens",
+                format!("{} ids do not form rows of {seq} tokens", tokens.len()),
+            ));
+        }
+        let labels = vec![0; tokens.len() / seq];
+        let batch = Batch {
+            tokens,
+            labels: &labels,
+            seq_len: seq,
+        };
+        let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
+            p.logits(ws, t, seq).to_vec()
+        })?;
+        Ok(chunks.concat())
+    }
+}
+
+/// Loss sum and arg-max hits of one chunk.
+pub struct ChunkStats {
+    /// Σ −log p(label) over the chunk's rows, in f64.
+    pub loss_sum: f64,
+    /// Rows whose arg-max logit is the label.
+    pub correct: usize,
+}
+
+/// `v` resized to `n` elements; existing contents are kept and must be overwritten by the caller.
+pub(crate) fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    &mut v[..]
+}
+
+/// `v` resized to `n` zeros.
+pub(crate) fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.resize(n, 0.0);
+    v.fill(0.0);
+    &mut v[..]
+}
+
+/// Σ −log softmax(logits)[label] in f64 and the arg-max hit count; when `n_total` is given, turns
+/// `logits` into d(mean loss)/d(logits) in place.
+///
+/// Each row's loss is `(max − logit[label]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
+/// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
+/// keeps its digits instead of rounding to 0.
+pub(crate) fn loss_and_dlogits(
+    logits: &mut [f32],
+    labels: &[u32],
+    n_total: Option<usize>,
+) -> (f64, usize) {
+    let vo = logits.len() / labels.len().max(1);
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    let inv = n_total.map(|n| 1.0 / n as f32);
+    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
+        let (mut best, mut max) = (0, f32::NEG_INFINITY);
+        for (j, &v) in row.iter().enumerate() {
+            if v > max {
+                max = v;
+                best = j;
+            }
+        }
+        correct += usize::from(best == y as usize);
+        let label_gap = (max - row[y as usize]) as f64;
+        let mut rest = 0.0f32;
+        for (j, v) in row.iter_mut().enumerate() {
+            let e = (*v - max).exp();
+            *v = e;
+            if j != best {
+                rest += e;
+            }
+        }
+        row[best] = 1.0;
+        loss += label_gap + (rest as f64).ln_1p();
+        if let Some(inv) = inv {
+            let scale = inv / (1.0 + rest);
+            row.iter_mut().for_each(|v| *v *= scale);
+            row[y as usize] -= inv;
+        }
+    }
+    (loss, correct)
 }

@@ -6,9 +6,10 @@
 //! - block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up from
 //!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
 
+use crate::engine::fast::{loss_and_dlogits, sized, zeroed, ChunkStats};
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::transformer::MlpSlots;
-use crate::model::{ActFn, ModelConfig, Params, Slot};
+use crate::model::{ActFn, Params, Slot, TransformerConfig};
 
 /// Weights of one block in the layouts the kernels want.
 #[derive(Clone)]
@@ -68,7 +69,7 @@ pub struct Dims {
 
 impl Dims {
     /// Shapes of `cfg`.
-    pub fn new(cfg: &ModelConfig) -> Self {
+    pub fn new(cfg: &TransformerConfig) -> Self {
         Dims {
             d_model: cfg.d_model,
             n_heads: cfg.n_heads,
@@ -89,7 +90,7 @@ impl Dims {
 
 impl Weights {
     /// Gathers `params` (TransformerLens layout) into kernel layout.
-    pub fn from_params(cfg: &ModelConfig, params: &Params) -> Self {
+    pub fn from_params(cfg: &TransformerConfig, params: &Params) -> Self {
         let d = Dims::new(cfg);
         let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
@@ -189,7 +190,7 @@ impl Weights {
     }
 
     /// Writes these values (gradients) into `out` in TransformerLens layout, for trainable entries.
-    pub fn write_params(&self, cfg: &ModelConfig, out: &mut Params, trainable: &[bool]) {
+    pub fn write_params(&self, cfg: &TransformerConfig, out: &mut Params, trainable: &[bool]) {
         let d = Dims::new(cfg);
         let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
@@ -302,27 +303,6 @@ pub struct Workspace {
     pub grads: Option<Weights>,
 }
 
-/// `v` resized to `n` elements; existing contents are kept and must be overwritten by the caller.
-fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
-    &mut v[..]
-}
-
-/// `v` resized to `n` zeros.
-fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    v.resize(n, 0.0);
-    v.fill(0.0);
-    &mut v[..]
-}
-
-/// Loss sum and arg-max hits of one chunk.
-pub struct ChunkStats {
-    /// Σ −log p(label) over the chunk's rows, in f64.
-    pub loss_sum: f64,
-    /// Rows whose arg-max logit is the label.
-    pub correct: usize,
-}
-
 /// A model prepared for one optimizer step: weights in kernel layout plus block 0's lookup tables.
 pub struct Prepared<'a> {
     w: &'a Weights,
@@ -332,7 +312,7 @@ pub struct Prepared<'a> {
 
 impl<'a> Prepared<'a> {
     /// Prepares `w` for passes over batches.
-    pub fn new(cfg: &ModelConfig, w: &'a Weights) -> Self {
+    pub fn new(cfg: &TransformerConfig, w: &'a Weights) -> Self {
         let d = Dims::new(cfg);
         Prepared {
             lookup: w.lookup(&d),
@@ -718,44 +698,4 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += alpha · x`.
 fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
-}
-
-/// Σ −log softmax(logits)[label] in f64 and the arg-max hit count; when `n_total` is given, turns
-/// `logits` into d(mean loss)/d(logits) in place.
-///
-/// Each row's loss is `(max − logit[label]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
-/// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
-/// keeps its digits instead of rounding to 0.
-fn loss_and_dlogits(logits: &mut [f32], labels: &[u32], n_total: Option<usize>) -> (f64, usize) {
-    let vo = logits.len() / labels.len().max(1);
-    let mut loss = 0.0f64;
-    let mut correct = 0;
-    let inv = n_total.map(|n| 1.0 / n as f32);
-    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
-        let (mut best, mut max) = (0, f32::NEG_INFINITY);
-        for (j, &v) in row.iter().enumerate() {
-            if v > max {
-                max = v;
-                best = j;
-            }
-        }
-        correct += usize::from(best == y as usize);
-        let label_gap = (max - row[y as usize]) as f64;
-        let mut rest = 0.0f32;
-        for (j, v) in row.iter_mut().enumerate() {
-            let e = (*v - max).exp();
-            *v = e;
-            if j != best {
-                rest += e;
-            }
-        }
-        row[best] = 1.0;
-        loss += label_gap + (rest as f64).ln_1p();
-        if let Some(inv) = inv {
-            let scale = inv / (1.0 + rest);
-            row.iter_mut().for_each(|v| *v *= scale);
-            row[y as usize] -= inv;
-        }
-    }
-    (loss, correct)
 }

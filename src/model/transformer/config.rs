@@ -42,7 +42,7 @@ pub enum PositionalEmbedding {
 /// Architecture and init of a `HookedTransformer`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
+pub struct TransformerConfig {
     /// Number of transformer blocks.
     pub n_layers: usize,
     /// Width of the residual stream.
@@ -114,10 +114,10 @@ mod normalization_serde {
     }
 }
 
-impl ModelConfig {
+impl TransformerConfig {
     /// The TransformerLens grokking-demo architecture (seed 004) for a vocabulary derived from the task.
     pub fn grokking_demo() -> Self {
-        ModelConfig {
+        TransformerConfig {
             n_layers: 1,
             d_model: 128,
             n_heads: 4,
@@ -218,6 +218,46 @@ impl ModelConfig {
         Ok(pos)
     }
 
+    /// Every hook point the forward pass passes through, in order (`attn.hook_result` included; it is
+    /// computed only when asked for).
+    pub fn hook_names(&self) -> Vec<String> {
+        let cfg = self;
+        let mut names = vec!["hook_embed".to_string(), "hook_pos_embed".to_string()];
+        let ln = |names: &mut Vec<String>, prefix: &str| {
+            if cfg.normalization_type.is_some() {
+                names.push(format!("{prefix}.hook_scale"));
+                names.push(format!("{prefix}.hook_normalized"));
+            }
+        };
+        for l in 0..cfg.n_layers {
+            let b = format!("blocks.{l}");
+            names.push(format!("{b}.hook_resid_pre"));
+            ln(&mut names, &format!("{b}.ln1"));
+            for h in [
+                "hook_q",
+                "hook_k",
+                "hook_v",
+                "hook_attn_scores",
+                "hook_pattern",
+                "hook_z",
+                "hook_result",
+            ] {
+                names.push(format!("{b}.attn.{h}"));
+            }
+            names.push(format!("{b}.hook_attn_out"));
+            if !cfg.attn_only {
+                names.push(format!("{b}.hook_resid_mid"));
+                ln(&mut names, &format!("{b}.ln2"));
+                names.push(format!("{b}.mlp.hook_pre"));
+                names.push(format!("{b}.mlp.hook_post"));
+                names.push(format!("{b}.hook_mlp_out"));
+            }
+            names.push(format!("{b}.hook_resid_post"));
+        }
+        ln(&mut names, "ln_final");
+        names
+    }
+
     /// The typed parameter tree (TransformerLens state_dict names, shapes, init).
     pub fn tree(&self) -> TransformerTree {
         TransformerTree::new(self)
@@ -259,7 +299,7 @@ impl ModelConfig {
         })
     }
 
-    /// Reads a config written by [`ModelConfig::to_transformer_lens_json`] or by a Python user
+    /// Reads a config written by [`TransformerConfig::to_transformer_lens_json`] or by a Python user
     /// (`HookedTransformerConfig` keys; unknown keys are ignored, missing optional ones take TL defaults).
     pub fn from_transformer_lens_json(v: &serde_json::Value) -> Result<Self> {
         let obj = v
@@ -311,7 +351,7 @@ impl ModelConfig {
             .and_then(|x| x.as_bool())
             .unwrap_or(false);
         let d_vocab = need("d_vocab")?;
-        let cfg = ModelConfig {
+        let cfg = TransformerConfig {
             n_layers: need("n_layers")?,
             d_model,
             n_heads,
@@ -379,12 +419,12 @@ impl ModelConfig {
 mod tests {
     use super::*;
 
-    fn resolved() -> ModelConfig {
-        ModelConfig {
+    fn resolved() -> TransformerConfig {
+        TransformerConfig {
             d_vocab: 114,
             d_vocab_out: 113,
             n_ctx: 3,
-            ..ModelConfig::grokking_demo()
+            ..TransformerConfig::grokking_demo()
         }
     }
 
@@ -403,9 +443,10 @@ mod tests {
     #[test]
     fn json_round_trip() {
         let c = resolved();
-        let back = ModelConfig::from_transformer_lens_json(&c.to_transformer_lens_json()).unwrap();
+        let back =
+            TransformerConfig::from_transformer_lens_json(&c.to_transformer_lens_json()).unwrap();
         assert_eq!(
-            ModelConfig {
+            TransformerConfig {
                 seed: c.seed,
                 ..back
             },
@@ -415,7 +456,7 @@ mod tests {
 
     #[test]
     fn zero_width_is_rejected_by_name() {
-        let c = ModelConfig {
+        let c = TransformerConfig {
             d_head: 0,
             ..resolved()
         };

@@ -6,8 +6,11 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use crate::error::{GrokError, Result};
 use crate::model::hooks::Hooks;
 use crate::model::params::{CandleWeights, Params, Slot};
-use crate::model::transformer::config::{ActFn, ModelConfig, Normalization, PositionalEmbedding};
+use crate::model::transformer::config::{
+    ActFn, Normalization, PositionalEmbedding, TransformerConfig,
+};
 use crate::model::transformer::tree::{AttnSlots, MlpSlots, NormSlots, TransformerTree};
+use crate::model::HookedModel;
 
 /// Which positions the last block's MLP and the unembedding run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,7 +26,7 @@ pub enum LogitPositions {
 /// A transformer whose weights are candle tensors borrowed from a [`Params`] store.
 pub struct HookedTransformer {
     /// Architecture.
-    pub cfg: ModelConfig,
+    pub cfg: TransformerConfig,
     /// Where each parameter sits.
     pub tree: TransformerTree,
     weights: Vec<Tensor>,
@@ -32,14 +35,14 @@ pub struct HookedTransformer {
 
 impl HookedTransformer {
     /// Wraps `params` as constant tensors (no gradients).
-    pub fn new(cfg: &ModelConfig, params: &Params) -> Result<Self> {
+    pub fn new(cfg: &TransformerConfig, params: &Params) -> Result<Self> {
         Ok(Self::with_vars(cfg, params, |_| false)?.0)
     }
 
     /// Wraps `params`, making the slots `trainable` accepts into [`Var`]s whose gradients `backward`
     /// keeps.
     pub fn with_vars(
-        cfg: &ModelConfig,
+        cfg: &TransformerConfig,
         params: &Params,
         trainable: impl Fn(Slot) -> bool,
     ) -> Result<(Self, Vec<(Slot, Var)>)> {
@@ -285,6 +288,29 @@ impl HookedTransformer {
         Ok(out
             .broadcast_add(self.w(slots.b_out))?
             .reshape((batch, pos, d_model))?)
+    }
+}
+
+impl HookedModel for HookedTransformer {
+    fn hook_names(&self) -> Vec<String> {
+        self.cfg.hook_names()
+    }
+
+    fn n_layers(&self) -> usize {
+        self.cfg.n_layers
+    }
+
+    fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
+        HookedTransformer::tokens_tensor(self, tokens, batch)
+    }
+
+    fn forward(
+        &self,
+        tokens: &Tensor,
+        at: LogitPositions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        HookedTransformer::forward(self, tokens, at, hooks)
     }
 }
 

@@ -2,7 +2,7 @@
 //! in TransformerLens's `state_dict` order. This is the one place its parameter names are written.
 
 use crate::model::params::{Init, ParamList, ParamSpec, Scope, Slot};
-use crate::model::transformer::config::{ModelConfig, Normalization, PositionalEmbedding};
+use crate::model::transformer::config::{Normalization, PositionalEmbedding, TransformerConfig};
 
 /// LayerNorm weight and bias (`ln1`, `ln2`, `ln_final`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub struct TransformerTree {
 
 impl TransformerTree {
     /// The tree of `cfg`.
-    pub fn new(cfg: &ModelConfig) -> Self {
+    pub fn new(cfg: &TransformerConfig) -> Self {
         let (dm, nh, dh) = (cfg.d_model, cfg.n_heads, cfg.d_head);
         let weight = Init::Normal {
             std: cfg.init_std(),
@@ -197,14 +197,14 @@ mod tests {
 
     #[test]
     fn names_follow_transformer_lens_state_dict_order() {
-        let cfg = ModelConfig {
+        let cfg = TransformerConfig {
             n_layers: 1,
             d_vocab: 10,
             d_vocab_out: 7,
             n_ctx: 3,
             normalization_type: Some(Normalization::LN),
             act_fn: ActFn::Gelu,
-            ..ModelConfig::grokking_demo()
+            ..TransformerConfig::grokking_demo()
         };
         let tree = cfg.tree();
         let names: Vec<&str> = tree.specs.iter().map(|s| s.name.as_str()).collect();
@@ -241,13 +241,13 @@ mod tests {
 
     #[test]
     fn position_free_models_keep_a_fixed_zero_w_pos() {
-        let cfg = ModelConfig {
+        let cfg = TransformerConfig {
             d_vocab: 10,
             d_vocab_out: 7,
             n_ctx: 3,
             positional_embedding_type: PositionalEmbedding::None,
             attn_only: true,
-            ..ModelConfig::grokking_demo()
+            ..TransformerConfig::grokking_demo()
         };
         let tree = cfg.tree();
         let pos = &tree.specs[tree.pos.index()];

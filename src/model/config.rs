@@ -1,0 +1,277 @@
+//! One model abstraction over the families: [`ModelConfig`] says which family a run is and everything
+//! needed to build it; [`HookedModel`] is a built model's forward pass with hook points. Engines, the
+//! trainer, checkpoints, the interpretability tools and the analysis take these, never a family's
+//! strings.
+
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{GrokError, Result};
+use crate::model::hooks::Hooks;
+use crate::model::mlp::{MlpConfig, MlpModel};
+use crate::model::params::{ParamSpec, Params, Slot};
+use crate::model::transformer::{HookedTransformer, LogitPositions, TransformerConfig};
+
+/// A built model: its forward pass and its hook points.
+pub trait HookedModel {
+    /// Every hook point the forward pass passes through, in order.
+    fn hook_names(&self) -> Vec<String>;
+
+    /// Number of layers that shorthands such as `("post", -1)` count (blocks, or hidden layers).
+    fn n_layers(&self) -> usize;
+
+    /// Token ids `[batch, pos]` as a candle tensor, checked against the vocabulary and context.
+    fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor>;
+
+    /// Logits `[batch, pos, d_vocab_out]` of `tokens` (`pos` = 1 for families with one output per
+    /// row), every hook point passing through `hooks`.
+    fn forward(&self, tokens: &Tensor, at: LogitPositions, hooks: &mut dyn Hooks)
+        -> Result<Tensor>;
+}
+
+/// Which family a model is, with its architecture and init.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// TransformerLens's `HookedTransformer` (seeds 000, 001, 003, 004).
+    Transformer(TransformerConfig),
+    /// Seed 002's MLP on concatenated token embeddings.
+    Mlp(MlpConfig),
+}
+
+/// A built model with the [`Var`]s of its trainable parameters.
+pub type ModelWithVars = (Box<dyn HookedModel>, Vec<(Slot, Var)>);
+
+impl ModelConfig {
+    /// The family's name as `model.family` writes it.
+    pub fn family(&self) -> &'static str {
+        match self {
+            ModelConfig::Transformer(_) => "transformer",
+            ModelConfig::Mlp(_) => "mlp",
+        }
+    }
+
+    /// The transformer config, if this is one.
+    pub fn transformer(&self) -> Option<&TransformerConfig> {
+        match self {
+            ModelConfig::Transformer(c) => Some(c),
+            ModelConfig::Mlp(_) => None,
+        }
+    }
+
+    /// The MLP config, if this is one.
+    pub fn mlp(&self) -> Option<&MlpConfig> {
+        match self {
+            ModelConfig::Mlp(c) => Some(c),
+            ModelConfig::Transformer(_) => None,
+        }
+    }
+
+    /// Every parameter with its external name, shape and init, in state_dict order.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        match self {
+            ModelConfig::Transformer(c) => c.param_specs(),
+            ModelConfig::Mlp(c) => c.tree().specs,
+        }
+    }
+
+    /// Seed of the weight init.
+    pub fn seed(&self) -> u64 {
+        match self {
+            ModelConfig::Transformer(c) => c.seed,
+            ModelConfig::Mlp(c) => c.seed,
+        }
+    }
+
+    /// Input vocabulary size.
+    pub fn d_vocab(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.d_vocab,
+            ModelConfig::Mlp(c) => c.d_vocab,
+        }
+    }
+
+    /// Output vocabulary size.
+    pub fn d_vocab_out(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.d_vocab_out,
+            ModelConfig::Mlp(c) => c.d_vocab_out,
+        }
+    }
+
+    /// Context length (tokens per row the model reads at most; the MLP reads exactly this many).
+    pub fn n_ctx(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.n_ctx,
+            ModelConfig::Mlp(c) => c.n_ctx,
+        }
+    }
+
+    /// Fills the vocabulary, output vocabulary and context where they are 0 from a task with
+    /// `vocab` tokens, `n_answers` possible answers and rows of `seq_len` tokens.
+    pub fn fill_from_task(&mut self, vocab: usize, n_answers: usize, seq_len: usize) {
+        let fill = |v: &mut usize, with: usize| {
+            if *v == 0 {
+                *v = with;
+            }
+        };
+        match self {
+            ModelConfig::Transformer(c) => {
+                fill(&mut c.d_vocab, vocab);
+                fill(&mut c.d_vocab_out, n_answers);
+                fill(&mut c.n_ctx, seq_len);
+            }
+            ModelConfig::Mlp(c) => {
+                fill(&mut c.d_vocab, vocab);
+                fill(&mut c.d_vocab_out, c.d_vocab);
+                fill(&mut c.n_ctx, seq_len);
+            }
+        }
+    }
+
+    /// Checks every field (after [`ModelConfig::fill_from_task`]).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            ModelConfig::Transformer(c) => c.validate(),
+            ModelConfig::Mlp(c) => c.validate(),
+        }
+    }
+
+    /// Checks `tokens` as `[batch, pos]` rows for this model; returns `pos`.
+    pub fn check_tokens(&self, tokens: &[u32], batch: usize) -> Result<usize> {
+        match self {
+            ModelConfig::Transformer(c) => c.check_tokens(tokens, batch),
+            ModelConfig::Mlp(c) => c.check_tokens(tokens, batch),
+        }
+    }
+
+    /// The output layer's weight and its shape `(rows, cols)` (`W_U`, or the MLP's last Linear):
+    /// the matrix whose spectral norm the training metrics track.
+    pub fn output_weight(&self) -> (Slot, usize, usize) {
+        match self {
+            ModelConfig::Transformer(c) => (c.tree().unembed_w, c.d_model, c.d_vocab_out),
+            ModelConfig::Mlp(c) => (c.tree().out.weight, c.d_vocab_out, c.d_hidden),
+        }
+    }
+
+    /// One line describing the architecture, for summaries and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            ModelConfig::Transformer(m) => format!(
+                "transformer: {} layer(s), d_model {}, {} heads × {}, d_mlp {}, {:?}",
+                m.n_layers, m.d_model, m.n_heads, m.d_head, m.d_mlp, m.act_fn
+            ),
+            ModelConfig::Mlp(m) => format!(
+                "MLP: {} token embeddings of {} concatenated, {} hidden layer(s) of {}, {:?}, {} outputs",
+                m.n_ctx, m.d_embed, m.n_hidden, m.d_hidden, m.act_fn, m.d_vocab_out
+            ),
+        }
+    }
+
+    /// FLOPs of one forward pass over `batch` rows: as computed by the fast engine when `fast`
+    /// (for the transformer: last block at the last position only, block 0's Q/K/V looked up), as
+    /// the reference computes it (every position) otherwise.
+    pub fn forward_flops(&self, batch: usize, fast: bool) -> f64 {
+        match self {
+            ModelConfig::Transformer(m) if fast => m.forward_flops_fast(batch),
+            ModelConfig::Transformer(m) => m.forward_flops_full(batch),
+            ModelConfig::Mlp(m) => m.forward_flops(batch),
+        }
+    }
+
+    /// The model built on `params` (constant tensors).
+    pub fn build(&self, params: &Params) -> Result<Box<dyn HookedModel>> {
+        Ok(self.build_with_vars(params, |_| false)?.0)
+    }
+
+    /// The model built on `params`, with the slots `trainable` accepts as [`Var`]s.
+    pub fn build_with_vars(
+        &self,
+        params: &Params,
+        trainable: impl Fn(Slot) -> bool,
+    ) -> Result<ModelWithVars> {
+        Ok(match self {
+            ModelConfig::Transformer(c) => {
+                let (m, v) = HookedTransformer::with_vars(c, params, trainable)?;
+                (Box::new(m), v)
+            }
+            ModelConfig::Mlp(c) => {
+                let (m, v) = MlpModel::with_vars(c, params, trainable)?;
+                (Box::new(m), v)
+            }
+        })
+    }
+
+    /// `model_config.json`: `HookedTransformerConfig(**json)` keys for a transformer; the MLP's
+    /// fields plus `"family": "mlp"` otherwise.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            ModelConfig::Transformer(c) => c.to_transformer_lens_json(),
+            ModelConfig::Mlp(c) => tagged(c, "mlp"),
+        }
+    }
+
+    /// Reads `model_config.json` (see [`ModelConfig::to_json`]); a file without `family` is a
+    /// `HookedTransformerConfig`.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        match v.get("family").and_then(|f| f.as_str()) {
+            None | Some("transformer") => Ok(ModelConfig::Transformer(
+                TransformerConfig::from_transformer_lens_json(v)?,
+            )),
+            Some("mlp") => {
+                let mut body = v.clone();
+                body.as_object_mut().map(|o| o.remove("family"));
+                serde_json::from_value(body)
+                    .map(ModelConfig::Mlp)
+                    .map_err(|e| GrokError::config("model_config", "mlp", e.to_string()))
+            }
+            Some(other) => Err(GrokError::config("family", other, FAMILIES)),
+        }
+    }
+}
+
+/// What `model.family` accepts.
+const FAMILIES: &str = "one of \"transformer\" (default), \"mlp\"";
+
+/// `c` as a JSON object with `family` first.
+fn tagged<T: Serialize>(c: &T, family: &str) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert("family".into(), family.into());
+    if let serde_json::Value::Object(fields) = serde_json::to_value(c).expect("config serialises") {
+        map.extend(fields);
+    }
+    serde_json::Value::Object(map)
+}
+
+impl Serialize for ModelConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ModelConfig::Transformer(c) => tagged(c, "transformer").serialize(s),
+            ModelConfig::Mlp(c) => tagged(c, "mlp").serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelConfig {
+    /// `[model]` with `family = "transformer"` (the default, so configs written before families
+    /// existed still load) or `family = "mlp"`, and that family's fields.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let family = match v.as_object_mut().and_then(|o| o.remove("family")) {
+            None => "transformer".to_string(),
+            Some(serde_json::Value::String(f)) => f,
+            Some(other) => return Err(D::Error::custom(format!("family = {other}: {FAMILIES}"))),
+        };
+        match family.as_str() {
+            "transformer" => serde_json::from_value(v)
+                .map(ModelConfig::Transformer)
+                .map_err(D::Error::custom),
+            "mlp" => serde_json::from_value(v)
+                .map(ModelConfig::Mlp)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "unknown model family `{other}`: {FAMILIES}"
+            ))),
+        }
+    }
+}
