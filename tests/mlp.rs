@@ -1,0 +1,200 @@
+//! Seed 002's MLP against the fixture written by the seed's own PyTorch class: logits, activations,
+//! f64 loss, gradients (candle and fast engines), two AdamW steps; checkpoint names; a quick run groks.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{fixture, fixture_labels, fixture_tokens, max_abs_diff, values};
+use groklens::engine::loss::cross_entropy_f64;
+use groklens::engine::{Batch, CandleEngine, Engine, FastMlpEngine};
+use groklens::interp::{Interp, Names};
+use groklens::model::{HookedModel, MlpConfig, MlpModel, ModelConfig, NoHooks, Params};
+use groklens::optim::{AdamW, AdamWConfig};
+use groklens::presets::preset;
+use groklens::tensor_io::TensorFile;
+use groklens::train::Trainer;
+
+const FILE: &str = "seed002_mlp.safetensors";
+
+fn config() -> MlpConfig {
+    MlpConfig {
+        d_vocab: 99,
+        d_vocab_out: 99,
+        n_ctx: 4,
+        ..MlpConfig::seed_002()
+    }
+}
+
+fn params(f: &TensorFile, prefix: &str) -> Params {
+    Params::from_tensor_map(
+        &config().tree().specs,
+        |n| f.get(&format!("{prefix}{n}")),
+        FILE,
+    )
+    .unwrap()
+}
+
+fn want(f: &TensorFile, name: &str) -> Vec<f32> {
+    f.get(name).unwrap().to_f32(name).unwrap()
+}
+
+fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
+    Batch {
+        tokens,
+        labels,
+        seq_len: 4,
+    }
+}
+
+#[test]
+fn forward_and_activations_match_the_seed() {
+    let f = fixture(FILE);
+    let model = MlpModel::new(&config(), &params(&f, "param.")).unwrap();
+    let (tokens, rows) = fixture_tokens(&f);
+    let t = model.tokens_tensor(&tokens, rows).unwrap();
+    let (logits, cache) = model.run_with_cache(&t, &Names::All).unwrap();
+    assert_eq!(logits.dims(), &[64, 1, 99]);
+    let d = max_abs_diff(&values(&logits), &want(&f, "logits"));
+    assert!(d < 1e-5, "logits differ by {d}");
+    for (hook, act) in [
+        ("hook_embed", "act.embed"),
+        ("blocks.0.mlp.hook_pre", "act.pre"),
+        ("post0", "act.post"),
+    ] {
+        let d = max_abs_diff(&values(cache.get(hook).unwrap()), &want(&f, act));
+        assert!(d < 1e-5, "{hook} differs from {act} by {d}");
+    }
+    assert_eq!(
+        cache.names().collect::<Vec<_>>(),
+        ["hook_embed", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"]
+    );
+}
+
+#[test]
+fn loss_and_gradients_match_on_both_engines() {
+    let f = fixture(FILE);
+    let p = params(&f, "param.");
+    let (tokens, _) = fixture_tokens(&f);
+    let labels = fixture_labels(&f);
+    let want_loss = f.get("loss").unwrap().to_f64("loss").unwrap()[0];
+    let trainable = vec![true; p.len()];
+    let cfg = ModelConfig::Mlp(config());
+    let mut engines: Vec<Box<dyn Engine>> = vec![
+        Box::new(CandleEngine::new(&cfg)),
+        Box::new(FastMlpEngine::new(&config(), 1).unwrap()),
+        Box::new(FastMlpEngine::new(&config(), 3).unwrap()),
+    ];
+    for engine in &mut engines {
+        let mut g = p.zeros_like();
+        let stats = engine
+            .loss_and_grads(&p, &trainable, batch(&tokens, &labels), &mut g)
+            .unwrap();
+        assert!(
+            (stats.loss - want_loss).abs() < 1e-6,
+            "{}: loss {} vs {want_loss}",
+            engine.name(),
+            stats.loss
+        );
+        for t in g.iter() {
+            let d = max_abs_diff(&t.data, &want(&f, &format!("grad.{}", t.name)));
+            assert!(d < 1e-5, "{}: grad of {} differs by {d}", engine.name(), t.name);
+        }
+        let eval = engine.evaluate(&p, batch(&tokens, &labels)).unwrap();
+        assert!((eval.loss - want_loss).abs() < 1e-6);
+        assert_eq!(eval.correct, stats.correct);
+    }
+    // The f64 loss on the candle path, computed as the seed computes it.
+    let logits = Tensor::from_slice(&want(&f, "logits"), (64, 99), &Device::Cpu).unwrap();
+    let y = Tensor::from_slice(&labels, 64, &Device::Cpu).unwrap();
+    let l = cross_entropy_f64(&logits, &y).unwrap().to_scalar::<f64>().unwrap();
+    assert!((l - want_loss).abs() < 1e-6);
+}
+
+#[test]
+fn two_adamw_steps_match_torch() {
+    let f = fixture(FILE);
+    let mut p = params(&f, "param.");
+    let (tokens, _) = fixture_tokens(&f);
+    let labels = fixture_labels(&f);
+    let trainable = vec![true; p.len()];
+    let mut engine = FastMlpEngine::new(&config(), 2).unwrap();
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            weight_decay: 0.01,
+            betas: (0.9, 0.98),
+            eps: 1e-8,
+        },
+        &p,
+    );
+    let mut g = p.zeros_like();
+    for step in ["step1", "step2"] {
+        engine
+            .loss_and_grads(&p, &trainable, batch(&tokens, &labels), &mut g)
+            .unwrap();
+        opt.step(&mut p, &g, &trainable, 1e-3);
+        for t in p.iter() {
+            let d = max_abs_diff(&t.data, &want(&f, &format!("{step}.{}", t.name)));
+            assert!(d < 1e-5, "{step}: {} differs by {d}", t.name);
+        }
+    }
+}
+
+#[test]
+fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
+    let cfg = ModelConfig::Mlp(config());
+    let p = Params::init(&cfg);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    p.save(&path, Default::default()).unwrap();
+    let file = groklens::tensor_io::read(&path).unwrap();
+    let mut names: Vec<&str> = file.tensors.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["net.0.weight", "net.2.bias", "net.2.weight", "net.4.bias", "net.4.weight"]
+    );
+    assert_eq!(Params::load(&path, &cfg).unwrap(), p);
+    // A checkpoint of another shape is refused by name, not misread.
+    let wider = ModelConfig::Mlp(MlpConfig {
+        d_hidden: 64,
+        ..config()
+    });
+    let e = Params::load(&path, &wider).unwrap_err().to_string();
+    assert!(e.contains("net.2.weight") && e.contains("[128, 512]"), "{e}");
+    // Init: N(0, 1) embedding, kaiming-normal weights, zero biases.
+    let std = |name: &str| {
+        let x = &p.get(name).unwrap().data;
+        (x.iter().map(|v| (v * v) as f64).sum::<f64>() / x.len() as f64).sqrt()
+    };
+    assert!((std("net.0.weight") - 1.0).abs() < 0.03);
+    assert!((std("net.2.weight") - (2.0f64 / 512.0).sqrt()).abs() < 0.003);
+    assert!(p.get("net.4.bias").unwrap().data.iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn the_model_refuses_rows_of_the_wrong_length() {
+    let model = MlpModel::new(&config(), &Params::init(&ModelConfig::Mlp(config()))).unwrap();
+    let t = Tensor::from_slice(&[1u32, 2, 3], (1, 3), &Device::Cpu).unwrap();
+    let e = model
+        .forward(&t, Default::default(), &mut NoHooks)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n_ctx = 4"), "{e}");
+}
+
+#[test]
+fn quick_mlp_groks() {
+    let mut cfg = preset("quick-mlp").unwrap();
+    cfg.train.threads = 2;
+    let mut t = Trainer::new(cfg).unwrap();
+    assert_eq!(t.engine_name(), "fast");
+    let out = t.run(&mut |_| {}).unwrap();
+    let last = out.last.unwrap();
+    assert!(out.stopped_early && last.test_acc >= 0.999, "{last:?}");
+    let memorised = t.history.iter().find(|r| r.train_acc >= 0.99).unwrap().epoch;
+    let generalised = t.history.iter().find(|r| r.test_acc >= 0.99).unwrap().epoch;
+    assert!(
+        generalised >= memorised + 50,
+        "test accuracy should lag train accuracy (grokking): {memorised} vs {generalised}"
+    );
+}
