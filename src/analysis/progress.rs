@@ -243,6 +243,7 @@ mod tests {
             lr: 1e-3,
             weight_norm_sq: 0.0,
             elapsed_s: 0.0,
+            output_spectral_norm: f64::NAN,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::tensor_io::write_bytes_atomic;
 
 /// Header of `metrics.csv`.
 pub const HEADER: &str =
-    "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s";
+    "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s,output_spectral_norm";
 
 /// One evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,13 +29,16 @@ pub struct MetricsRow {
     pub weight_norm_sq: f64,
     /// Wall-clock seconds of training so far (across resumes).
     pub elapsed_s: f64,
+    /// Largest singular value of the output layer's weight (`W_U`, or the MLP's last Linear), as
+    /// seed 002 plots it; NaN in rows written before this column existed.
+    pub output_spectral_norm: f64,
 }
 
 impl MetricsRow {
     /// The CSV line (no newline); floats in shortest round-trip form.
     pub fn to_csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{},{},{:.3}",
+            "{},{},{},{},{},{},{},{:.3},{}",
             self.epoch,
             self.train_loss,
             self.train_acc,
@@ -43,14 +46,16 @@ impl MetricsRow {
             self.test_acc,
             self.lr,
             self.weight_norm_sq,
-            self.elapsed_s
+            self.elapsed_s,
+            self.output_spectral_norm
         )
     }
 
-    /// Parses a CSV line; `None` for a partial or malformed line.
+    /// Parses a CSV line (9 fields, or the 8 of files written before `output_spectral_norm`);
+    /// `None` for a partial or malformed line.
     pub fn from_csv(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.trim().split(',').collect();
-        if f.len() != 8 {
+        if f.len() != 8 && f.len() != 9 {
             return None;
         }
         let n = |i: usize| f[i].parse::<f64>().ok();
@@ -63,6 +68,7 @@ impl MetricsRow {
             lr: n(5)?,
             weight_norm_sq: n(6)?,
             elapsed_s: n(7)?,
+            output_spectral_norm: if f.len() == 9 { n(8)? } else { f64::NAN },
         })
     }
 }

@@ -10,6 +10,7 @@ use crate::config::RunConfig;
 use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::model::Params;
+use crate::linalg::spectral_norm;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::run::{metrics, Checkpoint, MetricsRow, RunDir};
 use crate::tasks::{Dataset, Split};
@@ -44,6 +45,8 @@ pub struct Trainer {
     engine: Box<dyn Engine>,
     elapsed_before: f64,
     run_dir: Option<RunDir>,
+    /// The output layer's last top right singular vector (warm start for the next evaluation).
+    spectral_vector: Vec<f64>,
 }
 
 fn adam_config(cfg: &RunConfig) -> AdamWConfig {
@@ -153,6 +156,7 @@ impl Trainer {
             history,
             elapsed_before,
             run_dir,
+            spectral_vector: Vec::new(),
             cfg,
         })
     }
@@ -229,6 +233,12 @@ impl Trainer {
             },
             lr,
         ))
+    }
+
+    /// Largest singular value of the output layer's weight now (warm-started power iteration).
+    pub fn output_spectral_norm(&mut self) -> f64 {
+        let (slot, rows, cols) = self.cfg.model.output_weight();
+        spectral_norm(&self.params[slot], rows, cols, &mut self.spectral_vector)
     }
 
     /// Loss and accuracy on the test set with the current parameters.
@@ -313,6 +323,7 @@ impl Trainer {
                     lr,
                     weight_norm_sq: self.params.sum_of_squares(),
                     elapsed_s,
+                    output_spectral_norm: self.output_spectral_norm(),
                 };
                 if let Some(dir) = &self.run_dir {
                     metrics::append(&dir.metrics_path(), &row)?;
