@@ -156,7 +156,7 @@ fn a_small_run_writes_the_run_directory() {
     assert_eq!(json["normalization_type"], serde_json::Value::Null);
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     assert!(csv.starts_with(
-        "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s\n"
+        "epoch,train_loss,train_acc,test_loss,test_acc,lr,weight_norm_sq,elapsed_s,output_spectral_norm\n"
     ));
     assert_eq!(csv.lines().count(), 1 + 21);
     // A second run into the same directory is refused rather than overwriting it.
