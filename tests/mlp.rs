@@ -66,7 +66,11 @@ fn forward_and_activations_match_the_seed() {
     }
     assert_eq!(
         cache.names().collect::<Vec<_>>(),
-        ["hook_embed", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post"]
+        [
+            "hook_embed",
+            "blocks.0.mlp.hook_pre",
+            "blocks.0.mlp.hook_post"
+        ]
     );
 }
 
@@ -97,7 +101,12 @@ fn loss_and_gradients_match_on_both_engines() {
         );
         for t in g.iter() {
             let d = max_abs_diff(&t.data, &want(&f, &format!("grad.{}", t.name)));
-            assert!(d < 1e-5, "{}: grad of {} differs by {d}", engine.name(), t.name);
+            assert!(
+                d < 1e-5,
+                "{}: grad of {} differs by {d}",
+                engine.name(),
+                t.name
+            );
         }
         let eval = engine.evaluate(&p, batch(&tokens, &labels)).unwrap();
         assert!((eval.loss - want_loss).abs() < 1e-6);
@@ -106,7 +115,10 @@ fn loss_and_gradients_match_on_both_engines() {
     // The f64 loss on the candle path, computed as the seed computes it.
     let logits = Tensor::from_slice(&want(&f, "logits"), (64, 99), &Device::Cpu).unwrap();
     let y = Tensor::from_slice(&labels, 64, &Device::Cpu).unwrap();
-    let l = cross_entropy_f64(&logits, &y).unwrap().to_scalar::<f64>().unwrap();
+    let l = cross_entropy_f64(&logits, &y)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!((l - want_loss).abs() < 1e-6);
 }
 
@@ -151,7 +163,13 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
     names.sort();
     assert_eq!(
         names,
-        ["net.0.weight", "net.2.bias", "net.2.weight", "net.4.bias", "net.4.weight"]
+        [
+            "net.0.weight",
+            "net.2.bias",
+            "net.2.weight",
+            "net.4.bias",
+            "net.4.weight"
+        ]
     );
     assert_eq!(Params::load(&path, &cfg).unwrap(), p);
     // A checkpoint of another shape is refused by name, not misread.
@@ -160,7 +178,10 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
         ..config()
     });
     let e = Params::load(&path, &wider).unwrap_err().to_string();
-    assert!(e.contains("net.2.weight") && e.contains("[128, 512]"), "{e}");
+    assert!(
+        e.contains("net.2.weight") && e.contains("[128, 512]"),
+        "{e}"
+    );
     // Init: N(0, 1) embedding, kaiming-normal weights, zero biases.
     let std = |name: &str| {
         let x = &p.get(name).unwrap().data;
@@ -191,10 +212,61 @@ fn quick_mlp_groks() {
     let out = t.run(&mut |_| {}).unwrap();
     let last = out.last.unwrap();
     assert!(out.stopped_early && last.test_acc >= 0.999, "{last:?}");
-    let memorised = t.history.iter().find(|r| r.train_acc >= 0.99).unwrap().epoch;
+    let memorised = t
+        .history
+        .iter()
+        .find(|r| r.train_acc >= 0.99)
+        .unwrap()
+        .epoch;
     let generalised = t.history.iter().find(|r| r.test_acc >= 0.99).unwrap().epoch;
     assert!(
         generalised >= memorised + 50,
         "test accuracy should lag train accuracy (grokking): {memorised} vs {generalised}"
     );
+}
+
+#[test]
+fn the_lookup_path_matches_candle_on_batches_larger_than_the_vocabulary() {
+    // 300 rows > 99 tokens: the fast engine builds per-position tables instead of multiplying rows.
+    let mut cfg = preset("seed-002").unwrap();
+    cfg.model = ModelConfig::Mlp(MlpConfig {
+        n_hidden: 2,
+        d_hidden: 48,
+        ..config()
+    });
+    let data = cfg.task.dataset();
+    let rows: Vec<usize> = (0..300).map(|i| i * 31 % data.len()).collect();
+    let data = data.select(&rows);
+    let p = Params::init(&cfg.model);
+    let trainable = vec![true; p.len()];
+    let b = batch(&data.tokens, &data.labels);
+    let mlp = cfg.model.mlp().unwrap();
+    let mut reference = p.zeros_like();
+    let want = CandleEngine::new(&cfg.model)
+        .loss_and_grads(&p, &trainable, b, &mut reference)
+        .unwrap();
+    for threads in [1, 2] {
+        let mut engine = FastMlpEngine::new(mlp, threads).unwrap();
+        let mut g = p.zeros_like();
+        let got = engine.loss_and_grads(&p, &trainable, b, &mut g).unwrap();
+        assert!(
+            (got.loss - want.loss).abs() < 1e-5 * want.loss,
+            "{got:?} vs {want:?}"
+        );
+        assert_eq!(got.correct, want.correct);
+        for (a, r) in g.iter().zip(reference.iter()) {
+            let scale = r.data.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(&a.data, &r.data);
+            assert!(
+                d <= 1e-5 * scale.max(1.0),
+                "{threads} threads: {} differs by {d}",
+                a.name
+            );
+        }
+        let logits = engine.logits(&p, &data.tokens, 4).unwrap();
+        let model = cfg.model.build(&p).unwrap();
+        let t = model.tokens_tensor(&data.tokens, 300).unwrap();
+        let want_logits = values(&model.forward(&t, Default::default(), &mut NoHooks).unwrap());
+        assert!(max_abs_diff(&logits, &want_logits) < 1e-4);
+    }
 }

@@ -159,7 +159,9 @@ pub fn spectral_norm(w: &[f32], rows: usize, cols: usize, v: &mut Vec<f64>) -> f
         return 0.0;
     }
     if v.len() != cols || v.iter().all(|&x| x == 0.0) {
-        *v = (0..cols).map(|j| 1.0 + (j as f64 * 0.618).fract()).collect();
+        *v = (0..cols)
+            .map(|j| 1.0 + (j as f64 * 0.618).fract())
+            .collect();
     }
     let mut u = vec![0.0f64; rows];
     let mut sigma = 0.0;
@@ -199,7 +201,9 @@ mod tests {
     #[test]
     fn spectral_norm_matches_the_svd() {
         let (r, c) = (7, 5);
-        let data: Vec<f32> = (0..r * c).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3).collect();
+        let data: Vec<f32> = (0..r * c)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         let m = Matrix::new(r, c, data.clone()).unwrap();
         let top = m.svd().unwrap().s[0] as f64;
         let mut v = Vec::new();

@@ -5,6 +5,14 @@
 //! `y = x·Wᵀ + b`); gradients come out in the same layout. Rows are split into one chunk per thread,
 //! and the chunks' gradients are summed in chunk order, so results are deterministic for a given
 //! thread count.
+//!
+//! The first hidden layer reads the concatenation of `n_ctx` embeddings, so its pre-activation is
+//! `b + Σ_pos E[token_pos]·W_posᵀ` with `W_pos` the columns of W that read position `pos`. When the
+//! vocabulary is smaller than the batch, the engine computes the tables `T_pos = E·W_posᵀ` once per
+//! step and adds rows of them instead of multiplying every row (seed 002: 4 tables of 99 × 128
+//! instead of a 512 × 512 by 512 × 128 product per minibatch); the backward pass mirrors it by summing
+//! each row's gradient into its token's row of `G_pos` and forming `dW_pos = G_posᵀ·E` and
+//! `dE = Σ_pos G_pos·W_pos` once. Exact up to float rounding.
 
 use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, ChunkStats};
 use crate::engine::{Batch, BatchStats, Engine};
@@ -24,6 +32,9 @@ pub struct MlpWorkspace {
     logits: Vec<f32>,
     dx: Vec<f32>,
     dpre: Vec<f32>,
+    /// Per position and token, the summed gradient of the first hidden layer's pre-activation,
+    /// `[n_ctx, d_vocab, d_hidden]` (lookup path only).
+    g_tables: Vec<f32>,
     /// Gradients of the last backward pass, in the store's layout.
     grads: Option<Params>,
 }
@@ -85,25 +96,27 @@ impl Engine for FastMlpEngine {
     ) -> Result<BatchStats> {
         self.check(params, &batch)?;
         let n_total = batch.rows();
-        let pass = Pass {
-            cfg: &self.cfg,
-            tree: &self.tree,
-            params,
-        };
+        let threads = self.train_ws.len();
+        let pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads);
         let stats = parallel_chunks(&mut self.train_ws, batch, |ws, t, l| {
             pass.run(ws, t, l, Some(n_total))
         });
         let chunks = stats.len();
         let (first, rest) = self.train_ws[..chunks].split_at_mut(1);
-        let total = first[0]
-            .grads
-            .as_mut()
-            .expect("the first chunk ran backward");
-        for ws in rest {
+        let first = &mut first[0];
+        let total = first.grads.as_mut().expect("the first chunk ran backward");
+        for ws in rest.iter() {
             let g = ws.grads.as_ref().expect("every chunk ran backward");
             for (a, b) in total.iter_mut().zip(g.iter()) {
                 a.data.iter_mut().zip(&b.data).for_each(|(x, y)| *x += y);
             }
+        }
+        if pass.tables.is_some() {
+            for ws in rest.iter() {
+                let g = &ws.g_tables;
+                first.g_tables.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+            }
+            pass.table_grads(&first.g_tables, total, threads);
         }
         for ((out, g), &train) in grads.iter_mut().zip(total.iter()).zip(trainable) {
             if train {
@@ -115,11 +128,13 @@ impl Engine for FastMlpEngine {
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
         self.check(params, &batch)?;
-        let pass = Pass {
-            cfg: &self.cfg,
-            tree: &self.tree,
+        let pass = Pass::new(
+            &self.cfg,
+            &self.tree,
             params,
-        };
+            batch.rows(),
+            self.eval_ws.len(),
+        );
         let stats = parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| {
             pass.run(ws, t, l, None)
         });
@@ -134,11 +149,13 @@ impl Engine for FastMlpEngine {
             seq_len: seq,
         };
         self.check(params, &batch)?;
-        let pass = Pass {
-            cfg: &self.cfg,
-            tree: &self.tree,
+        let pass = Pass::new(
+            &self.cfg,
+            &self.tree,
             params,
-        };
+            batch.rows(),
+            self.eval_ws.len(),
+        );
         let vo = self.cfg.d_vocab_out;
         let chunks = parallel_chunks(&mut self.eval_ws, batch, |ws, t, _| {
             let rows = t.len() / seq;
@@ -157,14 +174,93 @@ fn totals(chunks: &[ChunkStats], rows: usize) -> BatchStats {
     }
 }
 
-/// One forward (and backward) pass over a chunk with fixed weights.
+/// One step's forward (and backward) passes over chunks, with fixed weights.
 struct Pass<'a> {
     cfg: &'a MlpConfig,
     tree: &'a MlpTree,
     params: &'a Params,
+    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it
+    /// reads, each block contiguous (lookup path only).
+    w_blocks: Vec<f32>,
+    /// `[n_ctx, d_vocab, d_hidden]`: `T_pos = E·W_posᵀ` (lookup path only).
+    tables: Option<Vec<f32>>,
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    /// Prepares a step over `rows` rows: the lookup tables when there is a hidden layer and the
+    /// vocabulary is smaller than the batch.
+    fn new(
+        cfg: &'a MlpConfig,
+        tree: &'a MlpTree,
+        params: &'a Params,
+        rows: usize,
+        threads: usize,
+    ) -> Self {
+        let mut pass = Pass {
+            cfg,
+            tree,
+            params,
+            w_blocks: Vec::new(),
+            tables: None,
+        };
+        let Some(first) = tree.hidden.first() else {
+            return pass;
+        };
+        if cfg.d_vocab >= rows {
+            return pass;
+        }
+        let (de, dh, nv) = (cfg.d_embed, cfg.d_hidden, cfg.d_vocab);
+        let w = &params[first.weight];
+        let d_in = cfg.d_input();
+        let mut w_blocks = Vec::with_capacity(cfg.n_ctx * dh * de);
+        for pos in 0..cfg.n_ctx {
+            for h in 0..dh {
+                w_blocks.extend_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
+            }
+        }
+        let mut tables = vec![0.0; cfg.n_ctx * nv * dh];
+        let w_e = &params[tree.embed];
+        per_position(&mut tables, nv * dh, threads, |pos, table| {
+            let block = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
+            matmul(table, w_e, block, nv, dh, de, false, true, false);
+        });
+        pass.w_blocks = w_blocks;
+        pass.tables = Some(tables);
+        pass
+    }
+
+    /// `dW_pos = G_posᵀ·E` and `dE = Σ_pos G_pos·W_pos` from the summed table gradients `g_tables`,
+    /// positions spread over `threads` threads and summed in position order.
+    fn table_grads(&self, g_tables: &[f32], g: &mut Params, threads: usize) {
+        let (c, tree) = (self.cfg, self.tree);
+        let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
+        let w_e = &self.params[tree.embed];
+        // Per position: dW_pos [dh, de] then G_pos·W_pos [nv, de].
+        let (dw_len, de_len) = (dh * de, nv * de);
+        let mut parts = vec![0.0; c.n_ctx * (dw_len + de_len)];
+        per_position(&mut parts, dw_len + de_len, threads, |pos, out| {
+            let (dw, d_emb) = out.split_at_mut(dw_len);
+            let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
+            matmul(dw, g_pos, w_e, dh, de, nv, true, false, false);
+            let w_pos = &self.w_blocks[pos * dh * de..(pos + 1) * dh * de];
+            matmul(d_emb, g_pos, w_pos, nv, de, dh, false, false, false);
+        });
+        let first = tree.hidden[0];
+        g[tree.embed].fill(0.0);
+        for (pos, part) in parts.chunks_exact(dw_len + de_len).enumerate() {
+            let (dw, d_emb) = part.split_at(dw_len);
+            let gw = &mut g[first.weight];
+            for h in 0..dh {
+                gw[h * d_in + pos * de..h * d_in + (pos + 1) * de]
+                    .copy_from_slice(&dw[h * de..(h + 1) * de]);
+            }
+            g[tree.embed]
+                .iter_mut()
+                .zip(d_emb)
+                .for_each(|(o, v)| *o += v);
+        }
+    }
+
     /// Forward, loss, and (with `n_total`, the batch size the loss is averaged over) backward into
     /// `ws.grads`.
     fn run(
@@ -187,21 +283,39 @@ impl Pass<'_> {
     /// Embeddings, hidden layers and logits of `rows` rows into the workspace.
     fn forward(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
         let (c, p) = (self.cfg, self.params);
-        let de = c.d_embed;
-        let x0 = sized(&mut ws.x0, rows * c.d_input());
-        let w_e = &p[self.tree.embed];
-        for (dst, &t) in x0.chunks_exact_mut(de).zip(tokens) {
-            dst.copy_from_slice(&w_e[t as usize * de..(t as usize + 1) * de]);
-        }
+        let (de, dh) = (c.d_embed, c.d_hidden);
         ws.pre.resize_with(c.n_hidden, Vec::new);
         ws.post.resize_with(c.n_hidden, Vec::new);
+        if self.tables.is_none() {
+            let x0 = sized(&mut ws.x0, rows * c.d_input());
+            let w_e = &p[self.tree.embed];
+            for (dst, &t) in x0.chunks_exact_mut(de).zip(tokens) {
+                dst.copy_from_slice(&w_e[t as usize * de..(t as usize + 1) * de]);
+            }
+        }
         let mut d_in = c.d_input();
         for (i, layer) in self.tree.hidden.iter().enumerate() {
             let (before, this) = ws.post.split_at_mut(i);
-            let x = if i == 0 { &ws.x0 } else { &before[i - 1] };
-            let pre = sized(&mut ws.pre[i], rows * c.d_hidden);
-            self.linear(pre, x, layer, rows, d_in, c.d_hidden);
-            let post = sized(&mut this[0], rows * c.d_hidden);
+            let pre = sized(&mut ws.pre[i], rows * dh);
+            match (&self.tables, i) {
+                (Some(tables), 0) => {
+                    let nv = c.d_vocab;
+                    for (dst, row) in pre.chunks_exact_mut(dh).zip(tokens.chunks_exact(c.n_ctx)) {
+                        dst.copy_from_slice(&p[layer.bias]);
+                        for (pos, &t) in row.iter().enumerate() {
+                            let at = (pos * nv + t as usize) * dh;
+                            dst.iter_mut()
+                                .zip(&tables[at..at + dh])
+                                .for_each(|(o, v)| *o += v);
+                        }
+                    }
+                }
+                _ => {
+                    let x = if i == 0 { &ws.x0 } else { &before[i - 1] };
+                    self.linear(pre, x, layer, rows, d_in, dh);
+                }
+            }
+            let post = sized(&mut this[0], rows * dh);
             match c.act_fn {
                 ActFn::Relu => post
                     .iter_mut()
@@ -212,7 +326,7 @@ impl Pass<'_> {
                     .zip(pre.iter())
                     .for_each(|(o, &v)| *o = gelu_new(v)),
             }
-            d_in = c.d_hidden;
+            d_in = dh;
         }
         let x = ws.post.last().unwrap_or(&ws.x0);
         let logits = sized(&mut ws.logits, rows * c.d_vocab_out);
@@ -288,6 +402,24 @@ impl Pass<'_> {
                     }
                 }
             }
+            if i == 0 && self.tables.is_some() {
+                // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
+                let nv = c.d_vocab;
+                let gt = sized(&mut ws.g_tables, c.n_ctx * nv * dh);
+                gt.fill(0.0);
+                for (src, row) in dpre.chunks_exact(dh).zip(tokens.chunks_exact(c.n_ctx)) {
+                    for (pos, &t) in row.iter().enumerate() {
+                        let at = (pos * nv + t as usize) * dh;
+                        gt[at..at + dh]
+                            .iter_mut()
+                            .zip(src)
+                            .for_each(|(o, v)| *o += v);
+                    }
+                }
+                g[layer.bias].fill(0.0);
+                add_column_sums(&mut g[layer.bias], dpre);
+                return;
+            }
             let x = if i == 0 { &ws.x0 } else { &ws.post[i - 1] };
             matmul(
                 &mut g[layer.weight],
@@ -326,4 +458,26 @@ impl Pass<'_> {
                 .for_each(|(o, v)| *o += v);
         }
     }
+}
+
+/// Runs `job(index, chunk)` on each `len`-sized chunk of `out`, the chunks spread over `threads`
+/// threads in contiguous groups.
+fn per_position(
+    out: &mut [f32],
+    len: usize,
+    threads: usize,
+    job: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let n = out.len() / len;
+    let per = n.div_ceil(threads.max(1)).max(1);
+    let job = &job;
+    std::thread::scope(|s| {
+        for (g, group) in out.chunks_mut(per * len).enumerate() {
+            s.spawn(move || {
+                for (i, chunk) in group.chunks_exact_mut(len).enumerate() {
+                    job(g * per + i, chunk);
+                }
+            });
+        }
+    });
 }
