@@ -78,7 +78,46 @@ fn quick_preset_groks_and_its_report_renders() {
         "no external scripts: the page works offline"
     );
 
-    check_in_browser(&summary.path);
+    check_in_browser(&summary.path, "report-screenshot.png");
+}
+
+#[test]
+fn quick_mlp_groks_and_its_report_renders_without_attention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("quick-mlp"));
+    let mut cfg = preset("quick-mlp").unwrap();
+    cfg.train.threads = 2;
+    let mut t = Trainer::create(cfg, &dir).unwrap();
+    let last = t.run(&mut |_| {}).unwrap().last.unwrap();
+    assert!(last.test_acc >= 0.99, "{last:?}");
+    assert!(last.output_spectral_norm > 0.0);
+    let summary = write_report(&dir.root).unwrap();
+    let a = &summary.analysis;
+    let neurons = a.neurons.as_ref().unwrap();
+    assert_eq!(neurons.acts.cols, 128, "the hidden layer's neurons");
+    assert!(!a.embed.key_freqs.is_empty());
+    let clusters = neurons.fourier.cluster_freqs();
+    assert!(
+        a.embed.key_freqs.iter().all(|k| clusters.contains(k)),
+        "every key frequency of the embedding has a neuron cluster: {:?} vs {clusters:?}",
+        a.embed.key_freqs
+    );
+    assert!(neurons.fourier.clustered_fraction() > 0.3);
+    assert!(a.attention.is_empty());
+    let end = a.progress.last().unwrap();
+    assert!(end.restricted_loss.unwrap() < end.excluded_loss.unwrap());
+    assert!(end.gini_logit.unwrap() > a.progress[0].gini_logit.unwrap());
+    let html = std::fs::read_to_string(&summary.path).unwrap();
+    for id in ["training", "progress", "embedding", "neurons", "logits"] {
+        assert!(html.contains(&format!("<section id=\"{id}\">")), "{id}");
+    }
+    assert!(
+        !html.contains("<section id=\"attention\">"),
+        "an MLP has no attention section, not an empty one"
+    );
+    assert!(html.contains("Spectral norm of the output layer"));
+    assert!(html.contains("MLP: 4 token embeddings of 32"));
+    check_in_browser(&summary.path, "report-mlp-screenshot.png");
 }
 
 /// Debian's Chromium, or `$CHROMIUM`.
@@ -116,7 +155,7 @@ fn headless(profile: &Path) -> Command {
     cmd
 }
 
-fn check_in_browser(report: &Path) {
+fn check_in_browser(report: &Path, screenshot: &str) {
     if chromium().is_none() {
         if std::env::var_os("GROKLENS_SKIP_BROWSER").is_some() {
             eprintln!("GROKLENS_SKIP_BROWSER set: not opening the report in Chromium");
@@ -165,7 +204,7 @@ fn check_in_browser(report: &Path) {
         console.join("\n")
     );
 
-    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-screenshot.png");
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(screenshot);
     let _ = std::fs::remove_file(&shot);
     let status = headless(profile.path())
         .arg(format!("--screenshot={}", shot.display()))

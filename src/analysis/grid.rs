@@ -7,7 +7,7 @@ use crate::engine::Engine;
 use crate::error::{GrokError, Result};
 use crate::interp::{Interp, Names};
 use crate::linalg::Matrix;
-use crate::model::{HookedTransformer, Params, TransformerConfig};
+use crate::model::{ModelConfig, Params};
 use crate::tasks::TaskConfig;
 
 /// Activations of a model over the whole input grid, all at the last position.
@@ -24,37 +24,41 @@ pub struct GridActivations {
 const CHUNK_ROWS: usize = 8192;
 
 /// Runs `params` on every grid input of `task` with the candle model, in chunks, keeping only what
-/// [`GridActivations`] holds.
+/// [`GridActivations`] holds. Logits keep the p answer columns (the MLP of seed 002 also scores its
+/// `+` and `=` tokens).
 pub fn grid_activations(
     task: &TaskConfig,
-    cfg: &TransformerConfig,
+    cfg: &ModelConfig,
     params: &Params,
 ) -> Result<GridActivations> {
-    let model = HookedTransformer::new(cfg, params)?;
+    let model = cfg.build(params)?;
     let seq = task.layout.len();
     let tokens = task.grid_tokens();
     let rows = tokens.len() / seq;
-    let last_layer = cfg.n_layers - 1;
-    let mut names: Vec<String> = (0..cfg.n_layers)
+    let layers = cfg.attention_layers();
+    let neuron_hook = cfg.neuron_hook();
+    let mut names: Vec<String> = (0..layers)
         .map(|l| format!("blocks.{l}.attn.hook_pattern"))
         .collect();
-    if !cfg.attn_only {
-        names.push(format!("blocks.{last_layer}.mlp.hook_post"));
-    }
+    names.extend(neuron_hook.clone());
     let names = Names::List(names);
+    // The last position of `[rows, pos, d]`; `[rows, d]` (the MLP) is already per row.
     let last = |x: &Tensor| -> Result<Vec<f32>> {
-        let pos = x.dim(1)?;
-        Ok(x.narrow(1, pos - 1, 1)?.flatten_all()?.to_vec1::<f32>()?)
+        let x = match x.rank() {
+            3 => x.narrow(1, x.dim(1)? - 1, 1)?,
+            _ => x.clone(),
+        };
+        Ok(x.flatten_all()?.to_vec1::<f32>()?)
     };
-    let mut logits = Vec::with_capacity(rows * cfg.d_vocab_out);
-    let mut neurons = Vec::with_capacity(if cfg.attn_only { 0 } else { rows * cfg.d_mlp });
-    let mut patterns = vec![Vec::new(); cfg.n_layers];
+    let mut logits = Vec::with_capacity(rows * cfg.d_vocab_out());
+    let mut neurons = Vec::new();
+    let mut patterns = vec![Vec::new(); layers];
     for chunk in tokens.chunks(CHUNK_ROWS * seq) {
         let t = model.tokens_tensor(chunk, chunk.len() / seq)?;
         let (chunk_logits, cache) = model.run_with_cache(&t, &names)?;
         logits.extend(last(&chunk_logits)?);
-        if !cfg.attn_only {
-            neurons.extend(last(cache.get(("post", last_layer as i64, "mlp"))?)?);
+        if let Some(hook) = &neuron_hook {
+            neurons.extend(last(cache.get(hook.as_str())?)?);
         }
         for (l, out) in patterns.iter_mut().enumerate() {
             // [rows, heads, q, k] → the last query: [rows, heads, k].
@@ -63,29 +67,29 @@ pub fn grid_activations(
             out.extend(pat.narrow(2, q - 1, 1)?.flatten_all()?.to_vec1::<f32>()?);
         }
     }
+    let width = neurons.len() / rows;
     Ok(GridActivations {
-        logits: Matrix::new(rows, cfg.d_vocab_out, logits)?,
-        neurons: if cfg.attn_only {
-            None
-        } else {
-            Some(Matrix::new(rows, cfg.d_mlp, neurons)?)
+        logits: Matrix::new(rows, cfg.d_vocab_out(), logits)?.first_cols(task.p),
+        neurons: match neuron_hook {
+            Some(_) => Some(Matrix::new(rows, width, neurons)?),
+            None => None,
         },
         patterns,
     })
 }
 
-/// Last-position logits of `tokens` (rows of `seq`; the grid from [`TaskConfig::grid_tokens`]),
-/// `rows × d_vocab_out`, computed by `engine` (the fast one where the model allows: what makes
-/// scoring hundreds of checkpoints quick).
+/// Last-position logits of `tokens` (rows of `seq`; the grid from [`TaskConfig::grid_tokens`]) in
+/// the first `answers` columns, `rows × answers`, computed by `engine` (the fast one where the model
+/// allows: what makes scoring hundreds of checkpoints quick).
 pub fn grid_logits(
     tokens: &[u32],
     seq: usize,
-    d_vocab_out: usize,
+    (d_vocab_out, answers): (usize, usize),
     params: &Params,
     engine: &mut dyn Engine,
 ) -> Result<Matrix> {
     let rows = tokens.len() / seq.max(1);
-    Matrix::new(rows, d_vocab_out, engine.logits(params, tokens, seq)?)
+    Ok(Matrix::new(rows, d_vocab_out, engine.logits(params, tokens, seq)?)?.first_cols(answers))
 }
 
 /// Attention from the last position, summarised per head.

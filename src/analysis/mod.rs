@@ -36,8 +36,10 @@ pub const PCA_SECOND_OPERAND: usize = 8;
 
 /// The MLP side of the analysis.
 pub struct NeuronAnalysis {
-    /// Last-position activations of the last block's neurons over the grid, `p² × d_mlp`.
+    /// Last-position activations of the last layer's neurons over the grid, `p² × neurons`.
     pub acts: Matrix,
+    /// What maps the neurons to the logits (`W_out·W_U`, or the MLP's output weight transposed).
+    pub logit_map_name: &'static str,
     /// Frequency fractions and clusters.
     pub fourier: NeuronFourier,
     /// Norms of W_logit's Fourier components over all neurons.
@@ -90,13 +92,6 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let cfg = run.load_config()?;
     let task = &cfg.task;
     let model_cfg = &cfg.model;
-    let mcfg = model_cfg.transformer().ok_or_else(|| {
-        GrokError::config(
-            "model.family",
-            model_cfg.family(),
-            "the analysis supports transformer runs",
-        )
-    })?;
     let p = task.p;
     if p > MAX_P {
         return Err(GrokError::config(
@@ -105,13 +100,6 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
             format!(
                 "the analysis runs the model on all p² inputs and draws p × p maps; it supports p <= {MAX_P}"
             ),
-        ));
-    }
-    if mcfg.d_vocab_out != p {
-        return Err(GrokError::config(
-            "model.d_vocab_out",
-            mcfg.d_vocab_out,
-            format!("the analysis needs one output per residue (p = {p})"),
         ));
     }
     let metrics = metrics::read(&run.metrics_path())?;
@@ -150,23 +138,19 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     };
 
     let basis = FourierBasis::new(p);
-    let w_e = Matrix::new(
-        mcfg.d_vocab,
-        mcfg.d_model,
-        params[mcfg.tree().embed].to_vec(),
-    )?;
+    let w_e = model_cfg.embedding(&params);
     let embed = embedding::embedding_fourier(&basis, &w_e);
     let key_dots = embedding::key_component_dots(&basis, &embed);
     let interference = embedding::constructive_interference(&basis, &embed.key_freqs);
-    let svd = embedding::embedding_svd(p, &w_e, mcfg.seed)?;
+    let svd = embedding::embedding_svd(p, &w_e, model_cfg.seed())?;
     let numbers_embedding = w_e.select_rows(&(0..p).collect::<Vec<_>>());
     let embed_pca = stats::pca(&numbers_embedding, 2)?;
 
-    let grid = grid::grid_activations(task, mcfg, &params)?;
+    let grid = grid::grid_activations(task, model_cfg, &params)?;
     let b0 = PCA_SECOND_OPERAND % p;
     let output_rows: Vec<usize> = (0..p).map(|x| x * p + b0).collect();
     let output_pca = stats::pca(&grid.logits.select_rows(&output_rows), 2)?;
-    let neurons = match (&grid.neurons, progress::w_logit(mcfg, &params)) {
+    let neurons = match (&grid.neurons, progress::w_logit(model_cfg, &params, p)) {
         (Some(acts), Some(w_l)) => {
             let fourier = neurons::neuron_fourier(&basis, acts);
             let logit_norms = neurons::logit_fourier_norms(&basis, &w_l, &[]);
@@ -182,6 +166,9 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
                 .collect();
             Some(NeuronAnalysis {
                 acts: acts.clone(),
+                logit_map_name: model_cfg
+                    .neuron_logit_map(&params)
+                    .map_or("W_logit", |(_, name)| name),
                 fourier,
                 logit_norms,
                 cluster_logit_norms,
@@ -192,7 +179,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let attention = grid
         .patterns
         .iter()
-        .map(|pat| grid::attention_summary(task, mcfg.n_heads, pat))
+        .map(|pat| grid::attention_summary(task, model_cfg.n_heads(), pat))
         .collect::<Result<_>>()?;
 
     let started = Instant::now();
@@ -210,12 +197,12 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
                 model_cfg,
             )?
         };
-        let (gini_embed, gini_logit) = progress::weight_ginis(&basis, mcfg, &ckpt);
+        let (gini_embed, gini_logit) = progress::weight_ginis(&basis, model_cfg, &ckpt);
         let losses = match &keys {
             Some(k) => Some(k.losses(&grid::grid_logits(
                 &grid_tokens,
                 seq,
-                model_cfg.d_vocab_out(),
+                (model_cfg.d_vocab_out(), p),
                 &ckpt,
                 engine.as_mut(),
             )?)),

@@ -29,7 +29,7 @@
 use crate::analysis::fourier::{col_norms, row_norms, FourierBasis};
 use crate::analysis::stats::gini;
 use crate::linalg::Matrix;
-use crate::model::{Params, TransformerConfig};
+use crate::model::{ModelConfig, Params};
 use crate::run::{MetricsRow, GROKKED_ACCURACY};
 use crate::tasks::{Operation, TaskConfig};
 
@@ -138,37 +138,26 @@ fn mean_cross_entropy(rows: &[(usize, u32)], c: usize, logit: impl Fn(usize, usi
     total / rows.len().max(1) as f64
 }
 
-/// Gini coefficients of the Fourier norms of W_E (number rows) and of W_L = W_out·W_U (last block).
+/// Gini coefficients of the Fourier norms of the embedding's number rows, and of the neuron-to-logit
+/// map over the p answers (`W_out·W_U` of the last block, or the MLP's output weight).
 pub fn weight_ginis(
     basis: &FourierBasis,
-    cfg: &TransformerConfig,
+    cfg: &ModelConfig,
     params: &Params,
 ) -> (f64, Option<f64>) {
     let p = basis.p();
-    let w_e = Matrix::new(
-        p,
-        cfg.d_model,
-        params[cfg.tree().embed][..p * cfg.d_model].to_vec(),
-    )
-    .expect("p rows of W_E");
+    let w_e = cfg
+        .embedding(params)
+        .select_rows(&(0..p).collect::<Vec<_>>());
     let g_e = gini(&row_norms(&basis.transform(&w_e)));
-    let g_l = w_logit(cfg, params).map(|w_l| gini(&col_norms(&basis.transform_rows(&w_l))));
+    let g_l = w_logit(cfg, params, p).map(|w_l| gini(&col_norms(&basis.transform_rows(&w_l))));
     (g_e, g_l)
 }
 
-/// W_L = W_out·W_U of the last block, `d_mlp × d_vocab_out`; `None` for attention-only models.
-pub fn w_logit(cfg: &TransformerConfig, params: &Params) -> Option<Matrix> {
-    let tree = cfg.tree();
-    let mlp = tree.last_block().mlp?;
-    let w_out = Matrix::new(cfg.d_mlp, cfg.d_model, params[mlp.w_out].to_vec())
-        .expect("W_out is d_mlp × d_model");
-    let w_u = Matrix::new(
-        cfg.d_model,
-        cfg.d_vocab_out,
-        params[tree.unembed_w].to_vec(),
-    )
-    .expect("W_U is d_model × d_vocab_out");
-    Some(w_out.matmul(&w_u).expect("inner dims agree"))
+/// The neuron-to-logit map over the first `p` (answer) columns, `neurons × p`; `None` without
+/// neurons.
+pub fn w_logit(cfg: &ModelConfig, params: &Params, p: usize) -> Option<Matrix> {
+    cfg.neuron_logit_map(params).map(|(m, _)| m.first_cols(p))
 }
 
 /// Epochs at which the three phases end; `None` where the run did not get there.

@@ -107,6 +107,23 @@ impl Matrix {
         })
     }
 
+    /// The first `n` columns (all of them when `n >= cols`).
+    pub fn first_cols(&self, n: usize) -> Matrix {
+        if n >= self.cols {
+            return self.clone();
+        }
+        let data = self
+            .data
+            .chunks_exact(self.cols)
+            .flat_map(|row| row[..n].iter().copied())
+            .collect();
+        Matrix {
+            rows: self.rows,
+            cols: n,
+            data,
+        }
+    }
+
     /// The rows listed in `rows`, in that order.
     pub fn select_rows(&self, rows: &[usize]) -> Matrix {
         let data = rows

@@ -7,6 +7,7 @@ use candle_core::{Tensor, Var};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{GrokError, Result};
+use crate::linalg::Matrix;
 use crate::model::hooks::Hooks;
 use crate::model::mlp::{MlpConfig, MlpModel};
 use crate::model::params::{ParamSpec, Params, Slot};
@@ -175,6 +176,62 @@ impl ModelConfig {
             ModelConfig::Transformer(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Transformer(m) => m.forward_flops_full(batch),
             ModelConfig::Mlp(m) => m.forward_flops(batch),
+        }
+    }
+
+    /// The token embedding, `[d_vocab, width]` row-major: `embed.W_E`, or the MLP's `net.0.weight`.
+    pub fn embedding(&self, params: &Params) -> Matrix {
+        let (slot, width) = match self {
+            ModelConfig::Transformer(c) => (c.tree().embed, c.d_model),
+            ModelConfig::Mlp(c) => (c.tree().embed, c.d_embed),
+        };
+        Matrix::new(self.d_vocab(), width, params[slot].to_vec())
+            .expect("the embedding has d_vocab rows")
+    }
+
+    /// The hook point holding the neurons the analysis reads: the last block's `mlp.hook_post`, or
+    /// the MLP's last hidden layer; `None` for attention-only transformers.
+    pub fn neuron_hook(&self) -> Option<String> {
+        match self {
+            ModelConfig::Transformer(c) if c.attn_only => None,
+            ModelConfig::Transformer(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_layers - 1)),
+            ModelConfig::Mlp(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_hidden - 1)),
+        }
+    }
+
+    /// How those neurons write to the logits, `[neurons, d_vocab_out]`, and its name: the last
+    /// block's `W_out·W_U`, or the transpose of the MLP's output weight.
+    pub fn neuron_logit_map(&self, params: &Params) -> Option<(Matrix, &'static str)> {
+        match self {
+            ModelConfig::Transformer(c) => {
+                let tree = c.tree();
+                let mlp = tree.last_block().mlp?;
+                let w_out = Matrix::new(c.d_mlp, c.d_model, params[mlp.w_out].to_vec()).ok()?;
+                let w_u =
+                    Matrix::new(c.d_model, c.d_vocab_out, params[tree.unembed_w].to_vec()).ok()?;
+                Some((w_out.matmul(&w_u).ok()?, "W_out·W_U"))
+            }
+            ModelConfig::Mlp(c) => {
+                let w = params[c.tree().out.weight].to_vec();
+                let w = Matrix::new(c.d_vocab_out, c.d_hidden, w).ok()?;
+                Some((w.t(), "W_outᵀ (the output Linear)"))
+            }
+        }
+    }
+
+    /// Attention layers (whose patterns the analysis summarises): 0 for the MLP.
+    pub fn attention_layers(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.n_layers,
+            ModelConfig::Mlp(_) => 0,
+        }
+    }
+
+    /// Attention heads per layer (0 for the MLP).
+    pub fn n_heads(&self) -> usize {
+        match self {
+            ModelConfig::Transformer(c) => c.n_heads,
+            ModelConfig::Mlp(_) => 0,
         }
     }
 

@@ -12,16 +12,20 @@ use crate::tasks::Layout;
 use super::figures::{bars, category_lines, heatmap, labelled_points, lines, with_vlines};
 use super::page::Section;
 
-/// The report's sections in page order.
+/// The report's sections in page order; those that do not apply to the model (neurons without an
+/// MLP, attention without attention layers) are left out.
 pub fn sections(a: &RunAnalysis) -> Vec<Section> {
-    vec![
-        training_section(a),
-        progress_section(a),
-        embedding_section(a),
+    [
+        Some(training_section(a)),
+        Some(progress_section(a)),
+        Some(embedding_section(a)),
         neurons_section(a),
         logits_section(a),
         attention_section(a),
     ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn phase_lines(a: &RunAnalysis) -> Vec<(String, f64)> {
@@ -72,13 +76,35 @@ fn training_section(a: &RunAnalysis) -> Section {
         &[("weights", column(m, |r| r.weight_norm_sq))],
         false,
     );
+    let mut figures = vec![loss, acc, norm];
+    // Rows written before the column existed hold NaN; draw the curve when any row has a value.
+    let spectral: Vec<&MetricsRow> = m
+        .iter()
+        .filter(|r| r.output_spectral_norm.is_finite())
+        .collect();
+    if !spectral.is_empty() {
+        let xs: Vec<f64> = spectral.iter().map(|r| r.epoch as f64).collect();
+        let ys = spectral
+            .iter()
+            .map(|r| r.output_spectral_norm as f32)
+            .collect();
+        figures.push(lines(
+            "Spectral norm of the output layer (seed 002)",
+            "epoch",
+            "largest singular value",
+            &xs,
+            &[("output layer", ys)],
+            false,
+        ));
+    }
     Section {
         id: "training",
         title: "Training",
-        intro: "Loss (log scale) and accuracy on the train and test splits at every evaluation, and the \
-                total sum of squared weights that weight decay pushes down."
+        intro: "Loss (log scale) and accuracy on the train and test splits at every evaluation, the \
+                total sum of squared weights that weight decay pushes down, and the largest singular \
+                value of the output layer's weight."
             .into(),
-        figures: vec![loss, acc, norm],
+        figures,
     }
 }
 
@@ -319,15 +345,8 @@ fn embedding_section(a: &RunAnalysis) -> Section {
     }
 }
 
-fn neurons_section(a: &RunAnalysis) -> Section {
-    let Some(n) = &a.neurons else {
-        return Section {
-            id: "neurons",
-            title: "Neurons",
-            intro: "This model has no MLP.".into(),
-            figures: vec![],
-        };
-    };
+fn neurons_section(a: &RunAnalysis) -> Option<Section> {
+    let n = a.neurons.as_ref()?;
     let p = a.basis.p();
     let names = a.basis.names();
     let nums: Vec<String> = (0..p).map(|x| x.to_string()).collect();
@@ -408,7 +427,7 @@ fn neurons_section(a: &RunAnalysis) -> Section {
             &counts,
         ));
     }
-    Section {
+    Some(Section {
         id: "neurons",
         title: "Neurons",
         intro: format!(
@@ -421,21 +440,17 @@ fn neurons_section(a: &RunAnalysis) -> Section {
             n.fourier.cluster_freqs()
         ),
         figures,
-    }
+    })
 }
 
-fn logits_section(a: &RunAnalysis) -> Section {
-    let Some(n) = &a.neurons else {
-        return Section {
-            id: "logits",
-            title: "Logits",
-            intro: "This model has no MLP, so there is no neuron-to-logit map.".into(),
-            figures: vec![],
-        };
-    };
+fn logits_section(a: &RunAnalysis) -> Option<Section> {
+    let n = a.neurons.as_ref()?;
     let names = a.basis.names();
     let mut figures = vec![category_lines(
-        "W_logit = W_out·W_U in the Fourier basis (all neurons)",
+        &format!(
+            "W_logit = {} in the Fourier basis (all neurons)",
+            n.logit_map_name
+        ),
         "Fourier component of the output",
         "norm",
         names,
@@ -460,17 +475,20 @@ fn logits_section(a: &RunAnalysis) -> Section {
             &series,
         ));
     }
-    Section {
+    Some(Section {
         id: "logits",
         title: "Logits",
         intro: "How neurons write to the logits: each cluster's rows of W_logit should live on its own \
                 frequency, so the logits are sums of cos(w(a + b − c)) terms."
             .into(),
         figures,
-    }
+    })
 }
 
-fn attention_section(a: &RunAnalysis) -> Section {
+fn attention_section(a: &RunAnalysis) -> Option<Section> {
+    if a.attention.is_empty() {
+        return None;
+    }
     let p = a.basis.p();
     let nums: Vec<String> = (0..p).map(|x| x.to_string()).collect();
     let positions: Vec<String> = match a.cfg.task.layout {
@@ -496,14 +514,14 @@ fn attention_section(a: &RunAnalysis) -> Section {
             }
         }
     }
-    Section {
+    Some(Section {
         id: "attention",
         title: "Attention",
         intro: "Attention from the last position: averaged over all inputs, and per head as a map over (a, b) \
                 of the weight on operand a and on operand b."
             .into(),
         figures,
-    }
+    })
 }
 
 fn attention_map(
