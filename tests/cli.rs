@@ -384,3 +384,90 @@ fn ablate_command_writes_one_row_per_hook_point() {
         .any(|l| l.starts_with("blocks.0.mlp.hook_post,")));
     fails_with(&["ablate", tmp.path().to_str().unwrap()], &["config.toml"]);
 }
+
+#[test]
+fn mlp_config_errors_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let out = out.to_str().unwrap();
+    let q = ["train", "--preset", "quick-mlp", "--out", out, "--set"];
+    let with = |set: &'static str| [&q[..], &[set]].concat();
+    fails_with(&with("model.d_hidden=0"), &["model.d_hidden", "at least 1"]);
+    fails_with(
+        &with("model.n_hidden=100"),
+        &["model.n_hidden", "at most 64"],
+    );
+    fails_with(&with("model.n_ctx=3"), &["model.n_ctx", "must be 4"]);
+    fails_with(&with("model.d_model=64"), &["d_model", "unknown field"]);
+    fails_with(&with("model.family=rnn"), &["rnn", "transformer", "mlp"]);
+    assert!(!std::path::Path::new(out).join("final.safetensors").exists());
+}
+
+#[test]
+fn an_mlp_run_works_with_cache_and_ablate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let d = dir.to_str().unwrap();
+    let out = groklens(&[
+        "train",
+        "--preset",
+        "quick-mlp",
+        "--set",
+        "train.epochs=20",
+        "--out",
+        d,
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["family"], "mlp");
+    assert_eq!(json["d_embed"], 32);
+    // Tokens [a, +, b, =] for two inputs.
+    let tokens = tmp.path().join("tokens.safetensors");
+    let ids: Vec<u8> = [1i64, 31, 2, 32, 5, 31, 7, 32]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::tensor::Dtype::I64, vec![2, 4], &ids)
+            .unwrap();
+    safetensors::tensor::serialize_to_file([("tokens", view)], None, &tokens).unwrap();
+    let acts = tmp.path().join("acts.safetensors");
+    let out = groklens(&[
+        "cache",
+        "--checkpoint",
+        dir.join("final.safetensors").to_str().unwrap(),
+        "--model-config",
+        dir.join("model_config.json").to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--out",
+        acts.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let f = groklens::tensor_io::read(&acts).unwrap();
+    assert_eq!(f.get("logits").unwrap().shape, vec![2, 1, 33]);
+    assert_eq!(f.get("cache.hook_embed").unwrap().shape, vec![2, 128]);
+    assert_eq!(
+        f.get("cache.blocks.0.mlp.hook_post").unwrap().shape,
+        vec![2, 128]
+    );
+    let out = groklens(&["ablate", d]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(dir.join("ablation.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2 + 3, "{csv}");
+}
