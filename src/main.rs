@@ -201,7 +201,10 @@ fn run(cli: Cli) -> Result<()> {
                 "preset {p}: engine {}, {} thread(s), median of {iters}",
                 r.engine, r.threads
             );
-            println!("  train step (full batch)  {:8.2} ms", r.train_step_ms);
+            println!(
+                "  train steps ({} × {} rows) {:7.2} ms",
+                r.steps, r.batch, r.train_step_ms
+            );
             println!("  test-set forward         {:8.2} ms", r.test_forward_ms);
             println!(
                 "  epoch                    {:8.2} ms  ({:.1} epochs/s)",
@@ -213,7 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 r.effective_gflops(),
                 r.epoch_flops_performed / 1e9
             );
-            println!("  TransformerLens-equiv.   {:8.1} GFLOP/s  ({:.2} GFLOP/epoch with every position computed)", r.equivalent_gflops(), r.epoch_flops_full / 1e9);
+            println!("  reference-equivalent     {:8.1} GFLOP/s  ({:.2} GFLOP/epoch as the Python reference computes it)", r.equivalent_gflops(), r.epoch_flops_full / 1e9);
             let (secs, rows, hooks) = groklens::bench::run_with_cache_seconds(&cfg, 5)?;
             println!("  run_with_cache           {:8.1} ms  ({rows} inputs, {hooks} hook points, candle path)", secs * 1e3);
             println!(

@@ -175,6 +175,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Transformer(m) => m.forward_flops_full(batch),
+            ModelConfig::Mlp(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Mlp(m) => m.forward_flops(batch),
         }
     }
