@@ -65,7 +65,7 @@ fn check(file: &str, kind: LossKind) {
                 .iter()
                 .filter(|p| f.get(&format!("grad.{}", p.name)).is_some())
             {
-                g.data_mut(&p.name).copy_from_slice(
+                g.get_mut(&p.name).unwrap().data.copy_from_slice(
                     &f.get(&format!("grad.{}", p.name))
                         .unwrap()
                         .to_f32(&p.name)

@@ -29,7 +29,7 @@ fn token_only_model() -> (HookedTransformer, Tensor, Vec<u32>) {
         "blocks.0.attn.b_K",
         "blocks.0.attn.b_V",
     ] {
-        params.data_mut(name).fill(0.0);
+        params.get_mut(name).unwrap().data.fill(0.0);
     }
     let model = HookedTransformer::new(&cfg, &params).unwrap();
     let (tokens, batch) = fixture_tokens(&f);

@@ -44,7 +44,7 @@ fn fast_gradients_match_torch_on_the_grokking_fixture() {
                 .unwrap()
                 .to_f32(&p.name)
                 .unwrap();
-            let d = max_abs_diff(grads.data(&p.name), &want);
+            let d = max_abs_diff(&grads.get(&p.name).unwrap().data, &want);
             assert!(
                 d < 1e-5,
                 "threads {threads}: grad of {} differs by {d}",
@@ -127,9 +127,14 @@ fn compare(cfg: TransformerConfig, seq: usize) {
         .filter(|(_, &t)| t)
         .map(|(p, _)| p)
     {
-        let d = max_abs_diff(g_fast.data(&p.name), g_ref.data(&p.name));
+        let d = max_abs_diff(
+            &g_fast.get(&p.name).unwrap().data,
+            &g_ref.get(&p.name).unwrap().data,
+        );
         let scale = g_ref
-            .data(&p.name)
+            .get(&p.name)
+            .unwrap()
+            .data
             .iter()
             .fold(0.0f32, |m, x| m.max(x.abs()))
             .max(1e-3);

@@ -238,15 +238,10 @@ impl Params {
                 .all(|(p, s)| p.name == s.name && p.shape == s.shape)
     }
 
-    /// The values of `name`; panics only on a name the model config itself did not produce.
-    pub fn data(&self, name: &str) -> &[f32] {
-        &self.entries[self.index[name]].data
-    }
-
-    /// Mutable values of `name`.
-    pub fn data_mut(&mut self, name: &str) -> &mut [f32] {
-        let i = self.index[name];
-        &mut self.entries[i].data
+    /// Mutable parameter called `name`, if present.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Param> {
+        let i = *self.index.get(name)?;
+        Some(&mut self.entries[i])
     }
 
     /// Total number of scalars.
