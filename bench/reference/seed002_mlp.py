@@ -2,7 +2,8 @@
 `groklens bench --preset seed-002`).
 
 One epoch = the seed's loop: 15 minibatches of 512 from a shuffling DataLoader (forward, f64
-cross-entropy, backward, AdamW step) plus the validation pass over 4 minibatches. Usage:
+cross-entropy, backward, AdamW step, accuracy), the validation pass over 4 minibatches and the output
+layer's spectral norm, as the notebook computes them. Usage:
 
     bench/reference/venv/bin/python bench/reference/seed002_mlp.py [--threads 2] [--epochs 30]
 """
@@ -66,10 +67,15 @@ def main():
             loss = crit(out, labels)
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                (out.softmax(-1).argmax(-1) == labels.argmax(-1)).numpy().sum()
+                loss.item()
         with torch.no_grad():
             for inputs, labels in val_dl:
                 out = net(inputs)
                 crit(out, labels).item()
+                (out.softmax(-1).argmax(-1) == labels.argmax(-1)).numpy().sum()
+        torch.linalg.norm(net.net[-1].weight.detach(), ord=2)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times[3:])
     print(f"torch {torch.__version__}, {args.threads} thread(s): {med * 1e3:.2f} ms/epoch (median of {args.epochs})")

@@ -14,6 +14,8 @@
 //! each row's gradient into its token's row of `G_pos` and forming `dW_pos = G_posᵀ·E` and
 //! `dE = Σ_pos G_pos·W_pos` once. Exact up to float rounding.
 
+use rayon::prelude::*;
+
 use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, ChunkStats};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
@@ -470,14 +472,11 @@ fn per_position(
 ) {
     let n = out.len() / len;
     let per = n.div_ceil(threads.max(1)).max(1);
-    let job = &job;
-    std::thread::scope(|s| {
-        for (g, group) in out.chunks_mut(per * len).enumerate() {
-            s.spawn(move || {
-                for (i, chunk) in group.chunks_exact_mut(len).enumerate() {
-                    job(g * per + i, chunk);
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(per * len)
+        .enumerate()
+        .for_each(|(g, group)| {
+            for (i, chunk) in group.chunks_exact_mut(len).enumerate() {
+                job(g * per + i, chunk);
+            }
+        });
 }

@@ -10,6 +10,8 @@ pub mod transformer;
 
 pub use mlp::FastMlpEngine;
 
+use rayon::prelude::*;
+
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
@@ -105,7 +107,7 @@ pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
     let n = batch.rows();
     let chunk = n.div_ceil(workspaces.len().max(1)).max(1);
     let seq = batch.seq_len;
-    let mut jobs = workspaces
+    let jobs = workspaces
         .iter_mut()
         .zip((0..n).step_by(chunk))
         .map(|(ws, start)| {
@@ -116,22 +118,10 @@ pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
                 &batch.labels[start..end],
             )
         });
-    let Some((ws0, t0, l0)) = jobs.next() else {
-        return Vec::new();
-    };
-    let job = &job;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .map(|(ws, t, l)| s.spawn(move || job(ws, t, l)))
-            .collect();
-        let mut out = vec![job(ws0, t0, l0)];
-        out.extend(
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("fast engine worker panicked")),
-        );
-        out
-    })
+    let jobs: Vec<_> = jobs.collect();
+    // rayon's pool keeps its threads between calls (a minibatch step is ~1 ms, so spawning threads
+    // per call would cost a noticeable share); `collect` keeps chunk order.
+    jobs.into_par_iter().map(|(ws, t, l)| job(ws, t, l)).collect()
 }
 
 fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
