@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
+use crate::linalg::kernels::exp_f32;
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
 
 use transformer::{Prepared, Weights, Workspace};
@@ -121,7 +122,9 @@ pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
     let jobs: Vec<_> = jobs.collect();
     // rayon's pool keeps its threads between calls (a minibatch step is ~1 ms, so spawning threads
     // per call would cost a noticeable share); `collect` keeps chunk order.
-    jobs.into_par_iter().map(|(ws, t, l)| job(ws, t, l)).collect()
+    jobs.into_par_iter()
+        .map(|(ws, t, l)| job(ws, t, l))
+        .collect()
 }
 
 fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
@@ -230,14 +233,11 @@ pub(crate) fn loss_and_dlogits(
         }
         correct += usize::from(best == y as usize);
         let label_gap = (max - row[y as usize]) as f64;
-        let mut rest = 0.0f32;
-        for (j, v) in row.iter_mut().enumerate() {
-            let e = (*v - max).exp();
-            *v = e;
-            if j != best {
-                rest += e;
-            }
-        }
+        // exp(v − max) for every output (a vectorised loop), then the sum of all but the arg-max,
+        // whose term is exactly 1 and is kept out so ln(1 + rest) keeps a tiny `rest`'s digits.
+        row.iter_mut().for_each(|v| *v = exp_f32(*v - max));
+        row[best] = 0.0;
+        let rest: f32 = row.iter().sum();
         row[best] = 1.0;
         loss += label_gap + (rest as f64).ln_1p();
         if let Some(inv) = inv {

@@ -7,6 +7,7 @@
 //!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
 
 use crate::engine::fast::{loss_and_dlogits, sized, zeroed, ChunkStats};
+use crate::linalg::kernels::exp_f32;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::transformer::MlpSlots;
 use crate::model::{ActFn, Params, Slot, TransformerConfig};
@@ -476,7 +477,7 @@ impl<'a> Prepared<'a> {
                     }
                     let mut sum = 0.0;
                     for sj in s.iter_mut().take(i + 1) {
-                        *sj = (*sj - max).exp();
+                        *sj = exp_f32(*sj - max);
                         sum += *sj;
                     }
                     let p = &mut pattern[((r * tq + qi) * nh + h) * seq..][..seq];
