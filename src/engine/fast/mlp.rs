@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, ChunkStats};
+use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
@@ -82,6 +82,21 @@ impl FastMlpEngine {
         }
         Ok(())
     }
+
+    /// Runs `job` on every chunk of `batch` with the evaluation workspaces (no gradients).
+    fn map_eval<R: Send>(
+        &mut self,
+        params: &Params,
+        batch: Batch,
+        job: impl Fn(&Pass, &mut MlpWorkspace, &[u32], &[u32]) -> R + Sync,
+    ) -> Result<Vec<R>> {
+        self.check(params, &batch)?;
+        let threads = self.eval_ws.len();
+        let pass = Pass::new(&self.cfg, &self.tree, params, batch.rows(), threads);
+        Ok(parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| {
+            job(&pass, ws, t, l)
+        }))
+    }
 }
 
 impl Engine for FastMlpEngine {
@@ -129,17 +144,7 @@ impl Engine for FastMlpEngine {
     }
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
-        self.check(params, &batch)?;
-        let pass = Pass::new(
-            &self.cfg,
-            &self.tree,
-            params,
-            batch.rows(),
-            self.eval_ws.len(),
-        );
-        let stats = parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| {
-            pass.run(ws, t, l, None)
-        });
+        let stats = self.map_eval(params, batch, |pass, ws, t, l| pass.run(ws, t, l, None))?;
         Ok(totals(&stats, batch.rows()))
     }
 
@@ -150,29 +155,12 @@ impl Engine for FastMlpEngine {
             labels: &labels,
             seq_len: seq,
         };
-        self.check(params, &batch)?;
-        let pass = Pass::new(
-            &self.cfg,
-            &self.tree,
-            params,
-            batch.rows(),
-            self.eval_ws.len(),
-        );
         let vo = self.cfg.d_vocab_out;
-        let chunks = parallel_chunks(&mut self.eval_ws, batch, |ws, t, _| {
-            let rows = t.len() / seq;
-            pass.forward(ws, t, rows);
-            ws.logits[..rows * vo].to_vec()
-        });
+        let chunks = self.map_eval(params, batch, |pass, ws, t, l| {
+            pass.forward(ws, t, l.len());
+            ws.logits[..l.len() * vo].to_vec()
+        })?;
         Ok(chunks.concat())
-    }
-}
-
-fn totals(chunks: &[ChunkStats], rows: usize) -> BatchStats {
-    BatchStats {
-        loss: chunks.iter().map(|c| c.loss_sum).sum::<f64>() / rows as f64,
-        correct: chunks.iter().map(|c| c.correct).sum(),
-        rows,
     }
 }
 

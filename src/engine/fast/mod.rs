@@ -127,7 +127,8 @@ pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
         .collect()
 }
 
-fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
+/// Loss and accuracy of a batch from its chunks' sums.
+pub(crate) fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
     let loss_sum: f64 = results.iter().map(|r| r.loss_sum).sum();
     BatchStats {
         loss: loss_sum / rows as f64,
