@@ -10,7 +10,7 @@ mod cli;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use groklens::presets::{preset, PRESETS};
+use groklens::presets::{preset, preset_template, PRESETS};
 use groklens::run::{grokking_epoch, MetricsRow, RunDir, GROKKED_ACCURACY};
 use groklens::train::Trainer;
 use groklens::RunConfig;
@@ -243,7 +243,7 @@ fn build_config(
     sets: &[String],
 ) -> Result<RunConfig> {
     let mut cfg = match (preset_name, file) {
-        (Some(p), _) => preset(p)?,
+        (Some(p), _) => preset_template(p)?,
         (None, Some(f)) => RunConfig::load(&f)?,
         (None, None) => bail!("give --preset NAME or --config FILE (see `groklens presets`)"),
     };

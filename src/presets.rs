@@ -34,8 +34,14 @@ pub const PRESETS: [(&str, &str); 6] = [
     ),
 ];
 
-/// The resolved config of preset `name`.
+/// The resolved config of preset `name` (vocabulary and context derived from its task).
 pub fn preset(name: &str) -> Result<RunConfig> {
+    preset_template(name)?.resolve()
+}
+
+/// Preset `name` before resolution: the fields derived from the task are still 0, so overrides of
+/// the task (`--set task.layout=a_b_eq`) carry through to the model.
+pub fn preset_template(name: &str) -> Result<RunConfig> {
     let demo = RunConfig {
         task: TaskConfig::grokking_demo(),
         model: ModelConfig::Transformer(TransformerConfig::grokking_demo()),
@@ -147,7 +153,7 @@ pub fn preset(name: &str) -> Result<RunConfig> {
             ));
         }
     };
-    cfg.resolve()
+    Ok(cfg)
 }
 
 #[cfg(test)]

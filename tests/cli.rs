@@ -401,6 +401,29 @@ fn mlp_config_errors_name_the_field() {
     fails_with(&with("model.d_model=64"), &["d_model", "unknown field"]);
     fails_with(&with("model.family=rnn"), &["rnn", "transformer", "mlp"]);
     assert!(!std::path::Path::new(out).join("final.safetensors").exists());
+    // Task overrides carry through to the derived model fields (n_ctx 3 for [a, b, =]).
+    let ok = groklens(&[
+        "train",
+        "--preset",
+        "quick-mlp",
+        "--set",
+        "task.layout=a_b_eq",
+        "--set",
+        "train.epochs=5",
+        "--out",
+        out,
+        "--quiet",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let toml = std::fs::read_to_string(std::path::Path::new(out).join("config.toml")).unwrap();
+    assert!(
+        toml.contains("n_ctx = 3") && toml.contains("d_vocab = 32"),
+        "{toml}"
+    );
 }
 
 #[test]
