@@ -178,4 +178,20 @@ mod tests {
         let e = c.resolve().unwrap_err().to_string();
         assert!(e.contains("model.n_ctx"), "{e}");
     }
+
+    #[test]
+    fn configs_without_a_family_are_transformers_and_families_round_trip() {
+        let demo = presets::preset("quick").unwrap();
+        let old = demo.to_toml().replace("family = \"transformer\"\n", "");
+        assert!(!old.contains("family"));
+        assert_eq!(RunConfig::from_toml(&old, "old").unwrap(), demo);
+        let mlp = presets::preset("seed-002").unwrap();
+        let text = mlp.to_toml();
+        assert!(text.contains("[model]\nfamily = \"mlp\"\n"), "{text}");
+        assert_eq!(RunConfig::from_toml(&text, "x").unwrap(), mlp);
+        let e = RunConfig::from_toml(&text.replace("\"mlp\"", "\"rnn\""), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("rnn"), "{e}");
+    }
 }

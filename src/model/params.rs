@@ -42,6 +42,17 @@ pub enum Init {
     Ones,
 }
 
+impl Init {
+    /// The value every element starts at, for the constant inits.
+    pub fn constant(self) -> Option<f32> {
+        match self {
+            Init::Zeros => Some(0.0),
+            Init::Ones => Some(1.0),
+            Init::Normal { .. } => None,
+        }
+    }
+}
+
 /// Name, shape and init of one parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
@@ -51,8 +62,8 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     /// Init rule.
     pub init: Init,
-    /// Kept at its init and never trained (`W_pos` without positional embeddings); may be absent
-    /// from a checkpoint, which then loads it at its init.
+    /// Kept at its init and never trained (`W_pos` without positional embeddings); when its init is
+    /// a constant it may be absent from a checkpoint, which then loads it at that constant.
     pub fixed: bool,
 }
 
@@ -317,9 +328,13 @@ impl Params {
         for spec in specs {
             let t = match lookup(&spec.name) {
                 Some(t) => t,
-                None if spec.fixed => {
-                    let init = Self::init_specs(std::slice::from_ref(spec), 0);
-                    entries.extend(init.entries);
+                None if spec.fixed && spec.init.constant().is_some() => {
+                    let value = spec.init.constant().unwrap_or_default();
+                    entries.push(Param {
+                        name: spec.name.clone(),
+                        shape: spec.shape.clone(),
+                        data: vec![value; spec.shape.iter().product()],
+                    });
                     continue;
                 }
                 None => {
