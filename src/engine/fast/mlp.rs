@@ -41,12 +41,24 @@ pub struct MlpWorkspace {
     grads: Option<Params>,
 }
 
+/// Per-step buffers of the lookup path, kept between steps so a step allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it reads.
+    w_blocks: Vec<f32>,
+    /// `[n_ctx, d_vocab, d_hidden]`: `T_pos = E·W_posᵀ`.
+    tables: Vec<f32>,
+    /// Per position, `dW_pos` then `G_pos·W_pos`.
+    parts: Vec<f32>,
+}
+
 /// The hand-written MLP engine.
 pub struct FastMlpEngine {
     cfg: MlpConfig,
     tree: MlpTree,
     train_ws: Vec<MlpWorkspace>,
     eval_ws: Vec<MlpWorkspace>,
+    scratch: Scratch,
 }
 
 impl FastMlpEngine {
@@ -69,6 +81,7 @@ impl FastMlpEngine {
             cfg: cfg.clone(),
             train_ws: ws(),
             eval_ws: ws(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -92,10 +105,18 @@ impl FastMlpEngine {
     ) -> Result<Vec<R>> {
         self.check(params, &batch)?;
         let threads = self.eval_ws.len();
-        let pass = Pass::new(&self.cfg, &self.tree, params, batch.rows(), threads);
-        Ok(parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| {
-            job(&pass, ws, t, l)
-        }))
+        let scratch = std::mem::take(&mut self.scratch);
+        let pass = Pass::new(
+            &self.cfg,
+            &self.tree,
+            params,
+            batch.rows(),
+            threads,
+            scratch,
+        );
+        let out = parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| job(&pass, ws, t, l));
+        self.scratch = pass.scratch;
+        Ok(out)
     }
 }
 
@@ -114,7 +135,8 @@ impl Engine for FastMlpEngine {
         self.check(params, &batch)?;
         let n_total = batch.rows();
         let threads = self.train_ws.len();
-        let pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads);
+        let scratch = std::mem::take(&mut self.scratch);
+        let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads, scratch);
         let stats = parallel_chunks(&mut self.train_ws, batch, |ws, t, l| {
             pass.run(ws, t, l, Some(n_total))
         });
@@ -128,13 +150,14 @@ impl Engine for FastMlpEngine {
                 a.data.iter_mut().zip(&b.data).for_each(|(x, y)| *x += y);
             }
         }
-        if pass.tables.is_some() {
+        if pass.use_tables {
             for ws in rest.iter() {
                 let g = &ws.g_tables;
                 first.g_tables.iter_mut().zip(g).for_each(|(x, y)| *x += y);
             }
             pass.table_grads(&first.g_tables, total, threads);
         }
+        self.scratch = pass.scratch;
         for ((out, g), &train) in grads.iter_mut().zip(total.iter()).zip(trainable) {
             if train {
                 out.data.copy_from_slice(&g.data);
@@ -169,11 +192,9 @@ struct Pass<'a> {
     cfg: &'a MlpConfig,
     tree: &'a MlpTree,
     params: &'a Params,
-    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it
-    /// reads, each block contiguous (lookup path only).
-    w_blocks: Vec<f32>,
-    /// `[n_ctx, d_vocab, d_hidden]`: `T_pos = E·W_posᵀ` (lookup path only).
-    tables: Option<Vec<f32>>,
+    /// Whether the first hidden layer runs from the lookup tables in `scratch`.
+    use_tables: bool,
+    scratch: Scratch,
 }
 
 impl<'a> Pass<'a> {
@@ -185,13 +206,14 @@ impl<'a> Pass<'a> {
         params: &'a Params,
         rows: usize,
         threads: usize,
+        scratch: Scratch,
     ) -> Self {
         let mut pass = Pass {
             cfg,
             tree,
             params,
-            w_blocks: Vec::new(),
-            tables: None,
+            use_tables: false,
+            scratch,
         };
         let Some(first) = tree.hidden.first() else {
             return pass;
@@ -202,37 +224,42 @@ impl<'a> Pass<'a> {
         let (de, dh, nv) = (cfg.d_embed, cfg.d_hidden, cfg.d_vocab);
         let w = &params[first.weight];
         let d_in = cfg.d_input();
-        let mut w_blocks = Vec::with_capacity(cfg.n_ctx * dh * de);
+        let Scratch {
+            w_blocks, tables, ..
+        } = &mut pass.scratch;
+        w_blocks.clear();
         for pos in 0..cfg.n_ctx {
             for h in 0..dh {
                 w_blocks.extend_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
             }
         }
-        let mut tables = vec![0.0; cfg.n_ctx * nv * dh];
+        let tables = sized(tables, cfg.n_ctx * nv * dh);
         let w_e = &params[tree.embed];
-        per_position(&mut tables, nv * dh, threads, |pos, table| {
+        per_position(tables, nv * dh, threads, |pos, table| {
             let block = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
             matmul(table, w_e, block, nv, dh, de, false, true, false);
         });
-        pass.w_blocks = w_blocks;
-        pass.tables = Some(tables);
+        pass.use_tables = true;
         pass
     }
 
     /// `dW_pos = G_posᵀ·E` and `dE = Σ_pos G_pos·W_pos` from the summed table gradients `g_tables`,
     /// positions spread over `threads` threads and summed in position order.
-    fn table_grads(&self, g_tables: &[f32], g: &mut Params, threads: usize) {
+    fn table_grads(&mut self, g_tables: &[f32], g: &mut Params, threads: usize) {
         let (c, tree) = (self.cfg, self.tree);
         let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
         let w_e = &self.params[tree.embed];
         // Per position: dW_pos [dh, de] then G_pos·W_pos [nv, de].
         let (dw_len, de_len) = (dh * de, nv * de);
-        let mut parts = vec![0.0; c.n_ctx * (dw_len + de_len)];
-        per_position(&mut parts, dw_len + de_len, threads, |pos, out| {
+        let Scratch {
+            w_blocks, parts, ..
+        } = &mut self.scratch;
+        let parts = sized(parts, c.n_ctx * (dw_len + de_len));
+        per_position(parts, dw_len + de_len, threads, |pos, out| {
             let (dw, d_emb) = out.split_at_mut(dw_len);
             let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
             matmul(dw, g_pos, w_e, dh, de, nv, true, false, false);
-            let w_pos = &self.w_blocks[pos * dh * de..(pos + 1) * dh * de];
+            let w_pos = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
             matmul(d_emb, g_pos, w_pos, nv, de, dh, false, false, false);
         });
         let first = tree.hidden[0];
@@ -276,7 +303,7 @@ impl<'a> Pass<'a> {
         let (de, dh) = (c.d_embed, c.d_hidden);
         ws.pre.resize_with(c.n_hidden, Vec::new);
         ws.post.resize_with(c.n_hidden, Vec::new);
-        if self.tables.is_none() {
+        if !self.use_tables {
             let x0 = sized(&mut ws.x0, rows * c.d_input());
             let w_e = &p[self.tree.embed];
             for (dst, &t) in x0.chunks_exact_mut(de).zip(tokens) {
@@ -287,8 +314,9 @@ impl<'a> Pass<'a> {
         for (i, layer) in self.tree.hidden.iter().enumerate() {
             let (before, this) = ws.post.split_at_mut(i);
             let pre = sized(&mut ws.pre[i], rows * dh);
-            match (&self.tables, i) {
-                (Some(tables), 0) => {
+            match (self.use_tables, i) {
+                (true, 0) => {
+                    let tables = &self.scratch.tables;
                     let nv = c.d_vocab;
                     for (dst, row) in pre.chunks_exact_mut(dh).zip(tokens.chunks_exact(c.n_ctx)) {
                         dst.copy_from_slice(&p[layer.bias]);
@@ -392,7 +420,7 @@ impl<'a> Pass<'a> {
                     }
                 }
             }
-            if i == 0 && self.tables.is_some() {
+            if i == 0 && self.use_tables {
                 // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
                 let nv = c.d_vocab;
                 let gt = sized(&mut ws.g_tables, c.n_ctx * nv * dh);
