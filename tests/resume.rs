@@ -133,3 +133,33 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     assert!(status.success());
     assert_same_run(&straight, &RunDir::new(out));
 }
+
+#[test]
+fn one_process_writes_a_run_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut cfg = config();
+    cfg.train.epochs = 20;
+    let mut first = Trainer::create(cfg.clone(), &dir).unwrap();
+    first.run_until(10, &mut |_| {}).unwrap();
+    let pid = std::process::id().to_string();
+    // A second trainer, in this process or another, is refused while the first holds the run.
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(e.contains("in use") && e.contains(&pid), "{e}");
+    let e = Trainer::create(cfg, &dir).err().unwrap().to_string();
+    assert!(e.contains("in use"), "{e}");
+    let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+        .args(["train", "--resume", dir.root.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&pid), "{err}");
+    let rows = metrics::read(&dir.metrics_path()).unwrap().len();
+    // Once the first lets go (here: dropped; a killed process lets go the same way), resume works.
+    drop(first);
+    let (mut again, _) = Trainer::resume(&dir).unwrap();
+    again.run(&mut |_| {}).unwrap();
+    let after = metrics::read(&dir.metrics_path()).unwrap();
+    assert!(after.len() > rows);
+    assert!(after.windows(2).all(|w| w[0].epoch < w[1].epoch));
+}

@@ -8,10 +8,12 @@
 //! RUN_DIR/checkpoints/epoch_NNNNNN.safetensors        TransformerLens-named parameters
 //! RUN_DIR/checkpoints/epoch_NNNNNN.optim.safetensors  AdamW moments and step
 //! RUN_DIR/final.safetensors      parameters at the end of training
+//! RUN_DIR/lock                   held (flock) by the one process training the run; holds its PID
 //! ```
 //! Every file is written atomically (temp file, fsync, rename).
 
 pub mod checkpoint;
+pub mod lock;
 pub mod metrics;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use crate::tasks::Split;
 use crate::tensor_io::{self, HostTensor};
 
 pub use checkpoint::Checkpoint;
+pub use lock::RunLock;
 pub use metrics::{grokking_epoch, MetricsRow, GROKKED_ACCURACY};
 
 /// Paths inside one run directory.

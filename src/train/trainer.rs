@@ -12,7 +12,7 @@ use crate::error::{GrokError, Result};
 use crate::linalg::spectral_norm;
 use crate::model::Params;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use crate::run::{metrics, Checkpoint, MetricsRow, RunDir};
+use crate::run::{metrics, Checkpoint, MetricsRow, RunDir, RunLock};
 use crate::tasks::{Dataset, Split};
 
 /// Why [`Trainer::run`] returned.
@@ -45,6 +45,8 @@ pub struct Trainer {
     engine: Box<dyn Engine>,
     elapsed_before: f64,
     run_dir: Option<RunDir>,
+    /// The run directory's lock, held for the trainer's lifetime (one writer per run).
+    _lock: Option<RunLock>,
     /// The output layer's last top right singular vector (warm start for the next evaluation).
     spectral_vector: Vec<f64>,
 }
@@ -70,8 +72,10 @@ impl Trainer {
     /// A fresh model whose run directory `dir` is created now (config, model config, split).
     pub fn create(cfg: RunConfig, dir: &RunDir) -> Result<Self> {
         let mut t = Self::new(cfg)?;
+        let lock = RunLock::acquire(&dir.root)?;
         dir.create(&t.cfg, &t.cfg.task.split())?;
         t.run_dir = Some(dir.clone());
+        t._lock = Some(lock);
         Ok(t)
     }
 
@@ -79,6 +83,7 @@ impl Trainer {
     /// Returns the trainer and a note for each newer checkpoint that was incomplete and skipped.
     pub fn resume(dir: &RunDir) -> Result<(Self, Vec<String>)> {
         let cfg = dir.load_config()?;
+        let lock = RunLock::acquire(&dir.root)?;
         let split = dir.load_split()?;
         let (latest, skipped) =
             Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
@@ -99,7 +104,7 @@ impl Trainer {
             Vec::new()
         };
         metrics::write_all(&dir.metrics_path(), &history)?;
-        let t = Self::assemble(
+        let mut t = Self::assemble(
             cfg,
             split,
             params,
@@ -109,6 +114,7 @@ impl Trainer {
             history,
             Some(dir.clone()),
         )?;
+        t._lock = Some(lock);
         Ok((t, skipped))
     }
 
@@ -156,6 +162,7 @@ impl Trainer {
             history,
             elapsed_before,
             run_dir,
+            _lock: None,
             spectral_vector: Vec::new(),
             cfg,
         })
