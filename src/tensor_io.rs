@@ -226,19 +226,37 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let io = |e: std::io::Error| GrokError::file(path, format!("cannot write: {e}"));
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        // A failed write (a full disk) must not leave its partial temp file holding the space.
+        let _ = std::fs::remove_file(&tmp);
+        GrokError::file(path, format!("cannot write: {e}"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming onto a non-empty directory fails after the temp file is written.
+        let target = dir.path().join("busy");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("x"), b"x").unwrap();
+        let e = write_bytes_atomic(&target, b"data")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot write"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "only the directory remains: {left:?}");
+    }
 
     #[test]
     fn round_trip_and_truncation() {

@@ -493,4 +493,26 @@ fn an_mlp_run_works_with_cache_and_ablate() {
     );
     let csv = std::fs::read_to_string(dir.join("ablation.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2 + 3, "{csv}");
+    // Outputs that would overwrite an input are refused, and the input is left as it was.
+    let final_bytes = std::fs::read(dir.join("final.safetensors")).unwrap();
+    let final_path = dir.join("final.safetensors");
+    let f = final_path.to_str().unwrap();
+    fails_with(&["ablate", d, "--out", f], &["--out", "input"]);
+    let (m, t) = (dir.join("model_config.json"), tokens.to_str().unwrap());
+    fails_with(
+        &[
+            "cache",
+            "--checkpoint",
+            f,
+            "--model-config",
+            m.to_str().unwrap(),
+            "--tokens",
+            t,
+            "--out",
+            t,
+        ],
+        &["--out", "input"],
+    );
+    assert_eq!(std::fs::read(&final_path).unwrap(), final_bytes);
+    assert!(groklens::tensor_io::read(&tokens).is_ok());
 }

@@ -1,7 +1,7 @@
 //! `groklens cache` and `groklens ablate`: looking inside trained models from the command line.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -26,6 +26,21 @@ fn load_model(checkpoint: &Path, model_config: &Path) -> Result<Box<dyn HookedMo
     Ok(cfg.build(&params)?)
 }
 
+/// Refuses an output path that is one of the command's inputs (or a file of the run it reads).
+fn refuse_overwriting(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        if let Some(input) = inputs.iter().find(|i| canon(i).as_ref() == Some(&o)) {
+            bail!(
+                "--out {} is an input of this command ({}); write the result to another file",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes `logits` and `cache.<hook>` for the int64 `tokens` tensor of `tokens_file`.
 pub fn cache(
     checkpoint: &Path,
@@ -34,6 +49,7 @@ pub fn cache(
     out: &Path,
     names: &[String],
 ) -> Result<()> {
+    refuse_overwriting(out, &[checkpoint, model_config, tokens_file])?;
     let model = load_model(checkpoint, model_config)?;
     let f = tensor_io::read(tokens_file)?;
     let t = f.require("tokens", tokens_file)?;
@@ -111,6 +127,17 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.root.join("ablation.csv"));
+    let run_files = [
+        dir.config_path(),
+        dir.split_path(),
+        dir.metrics_path(),
+        dir.final_path(),
+        ckpt.clone(),
+    ];
+    refuse_overwriting(
+        &out,
+        &run_files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     tensor_io::write_bytes_atomic(&out, to_csv(&rows).as_bytes())?;
     for r in &rows {
         println!("{:<36} {:>12.4e}", r.hook, r.loss);
