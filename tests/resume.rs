@@ -163,3 +163,57 @@ fn one_process_writes_a_run_at_a_time() {
     assert!(after.len() > rows);
     assert!(after.windows(2).all(|w| w[0].epoch < w[1].epoch));
 }
+
+#[test]
+fn resume_never_restarts_over_a_history_it_cannot_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut cfg = config();
+    cfg.train.epochs = 300;
+    Trainer::create(cfg, &dir)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    let metrics_before = std::fs::read(dir.metrics_path()).unwrap();
+    let final_before = std::fs::read(dir.final_path()).unwrap();
+    let unchanged = || {
+        assert_eq!(std::fs::read(dir.metrics_path()).unwrap(), metrics_before);
+        assert_eq!(std::fs::read(dir.final_path()).unwrap(), final_before);
+    };
+    // Checkpoints deleted: with the folder gone, and with it empty.
+    let ckpts = dir.checkpoint_dir();
+    let saved = tmp.path().join("saved");
+    std::fs::rename(&ckpts, &saved).unwrap();
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("from scratch") && e.contains("final.safetensors"),
+        "{e}"
+    );
+    unchanged();
+    std::fs::create_dir(&ckpts).unwrap();
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(e.contains("overwrite the run's history"), "{e}");
+    unchanged();
+    // Only an old checkpoint left: resuming from it would shorten the history.
+    std::fs::remove_dir(&ckpts).unwrap();
+    std::fs::rename(&saved, &ckpts).unwrap();
+    for e in checkpoint::list_epochs(&ckpts)
+        .into_iter()
+        .filter(|&e| e > 100)
+    {
+        std::fs::remove_file(checkpoint::model_path(&ckpts, e)).unwrap();
+    }
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(e.contains("from epoch 100"), "{e}");
+    unchanged();
+    // The model's shape edited in config.toml: no checkpoint fits, and the error says why.
+    let toml = std::fs::read_to_string(dir.config_path()).unwrap();
+    std::fs::write(
+        dir.config_path(),
+        toml.replace("d_model = 32", "d_model = 48"),
+    )
+    .unwrap();
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(e.contains("did not load") && e.contains("shape"), "{e}");
+    unchanged();
+}

@@ -87,6 +87,13 @@ impl Trainer {
         let split = dir.load_split()?;
         let (latest, skipped) =
             Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
+        let recorded = if dir.metrics_path().exists() {
+            metrics::read(&dir.metrics_path())?
+        } else {
+            Vec::new()
+        };
+        let resume_epoch = latest.as_ref().map_or(0, |c| c.epoch);
+        check_resume_keeps_history(dir, &cfg, resume_epoch, &recorded, &skipped)?;
         let (params, optimizer, epoch, elapsed) = match latest {
             Some(c) => (c.params, c.optimizer, c.epoch, c.elapsed_s),
             None => {
@@ -95,14 +102,7 @@ impl Trainer {
                 (p, o, 0, 0.0)
             }
         };
-        let history: Vec<MetricsRow> = if dir.metrics_path().exists() {
-            metrics::read(&dir.metrics_path())?
-                .into_iter()
-                .filter(|r| r.epoch <= epoch)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let history: Vec<MetricsRow> = recorded.into_iter().filter(|r| r.epoch <= epoch).collect();
         metrics::write_all(&dir.metrics_path(), &history)?;
         let mut t = Self::assemble(
             cfg,
@@ -350,4 +350,50 @@ impl Trainer {
             last: self.history.last().copied(),
         })
     }
+}
+
+/// Refuses a resume from `resume_epoch` that would lose more than a crash can: the metrics rows and
+/// `final.safetensors` written after the newest loadable checkpoint are rebuilt identically only when
+/// they cover at most one checkpoint interval (a crash between two checkpoints); anything more means
+/// checkpoints were deleted, damaged or no longer fit the config, and resuming would overwrite history.
+fn check_resume_keeps_history(
+    dir: &RunDir,
+    cfg: &RunConfig,
+    resume_epoch: usize,
+    recorded: &[MetricsRow],
+    skipped: &[String],
+) -> Result<()> {
+    let last = recorded.last().map_or(0, |r| r.epoch);
+    let final_epoch = dir
+        .final_path()
+        .exists()
+        .then(|| crate::tensor_io::read(&dir.final_path()).ok())
+        .flatten()
+        .and_then(|f| {
+            f.metadata
+                .get("epoch")
+                .and_then(|e| e.parse::<usize>().ok())
+        });
+    let finished = dir.final_path().exists() && final_epoch != Some(resume_epoch);
+    if last <= resume_epoch + cfg.train.checkpoint_every && !finished {
+        return Ok(());
+    }
+    let from = match resume_epoch {
+        0 => "from scratch".to_string(),
+        e => format!("from epoch {e}"),
+    };
+    let why = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(" Checkpoints that did not load: {}.", skipped.join("; "))
+    };
+    Err(GrokError::file(
+        dir.checkpoint_dir(),
+        format!(
+            "resuming would restart {from} and overwrite the run's history (metrics up to epoch {last}{}).{why} \
+             Restore the missing checkpoints (or the config they were written with), or train a new run \
+             with --out elsewhere.",
+            if dir.final_path().exists() { " and final.safetensors" } else { "" }
+        ),
+    ))
 }
