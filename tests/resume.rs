@@ -88,6 +88,10 @@ fn resume_after_a_crash_mid_write_matches_an_uninterrupted_run() {
     std::io::Write::write_all(&mut m, b"260,0.12,0.9").unwrap();
 
     let (mut resumed, skipped) = Trainer::resume(&dir).unwrap();
+    assert!(
+        !ck.join("epoch_000300.optim.safetensors.tmp").exists(),
+        "a stray temp file is removed on the next start"
+    );
     assert_eq!(resumed.epoch, 200);
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert!(skipped[0].contains("epoch_000300"), "{skipped:?}");
@@ -216,4 +220,21 @@ fn resume_never_restarts_over_a_history_it_cannot_rebuild() {
     let e = Trainer::resume(&dir).err().unwrap().to_string();
     assert!(e.contains("did not load") && e.contains("shape"), "{e}");
     unchanged();
+}
+
+#[test]
+fn a_run_killed_while_being_created_can_be_created_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut cfg = config();
+    cfg.train.epochs = 20;
+    Trainer::create(cfg.clone(), &dir).unwrap();
+    // What a kill before the last write leaves: everything but config.toml, plus a temp file.
+    std::fs::remove_file(dir.config_path()).unwrap();
+    std::fs::write(dir.root.join("config.toml.tmp"), b"[task]").unwrap();
+    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    assert!(e.contains("config.toml") && e.contains("not found"), "{e}");
+    let mut t = Trainer::create(cfg, &dir).unwrap();
+    t.run(&mut |_| {}).unwrap();
+    assert!(dir.final_path().exists() && !dir.root.join("config.toml.tmp").exists());
 }

@@ -77,7 +77,9 @@ impl RunDir {
         }
         std::fs::create_dir_all(self.checkpoint_dir())
             .map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
-        tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
+        self.remove_temp_files();
+        // config.toml is what makes a directory a run, so it is written last: a process killed
+        // part-way leaves no config.toml, and the same `train --out` simply starts again.
         let json = serde_json::to_string_pretty(&cfg.model.to_json()).expect("json");
         tensor_io::write_bytes_atomic(&self.root.join("model_config.json"), json.as_bytes())?;
         let idx =
@@ -88,7 +90,20 @@ impl RunDir {
         ];
         let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed.to_string())]);
         tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
-        metrics::write_all(&self.metrics_path(), &[])
+        metrics::write_all(&self.metrics_path(), &[])?;
+        tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())
+    }
+
+    /// Removes `*.tmp` files that an interrupted atomic write left in the run or its checkpoints
+    /// (on a full disk they would hold the space the next write needs). Call with the run's lock.
+    pub fn remove_temp_files(&self) {
+        for folder in [self.root.clone(), self.checkpoint_dir()] {
+            for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 
     /// The config of an existing run.

@@ -84,6 +84,7 @@ impl Trainer {
     pub fn resume(dir: &RunDir) -> Result<(Self, Vec<String>)> {
         let cfg = dir.load_config()?;
         let lock = RunLock::acquire(&dir.root)?;
+        dir.remove_temp_files();
         let split = dir.load_split()?;
         let (latest, skipped) =
             Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
