@@ -238,3 +238,37 @@ fn a_run_killed_while_being_created_can_be_created_again() {
     t.run(&mut |_| {}).unwrap();
     assert!(dir.final_path().exists() && !dir.root.join("config.toml.tmp").exists());
 }
+
+#[test]
+fn resume_refuses_metrics_with_gaps_it_cannot_rebuild() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut cfg = config();
+    cfg.train.epochs = 200;
+    let mut t = Trainer::create(cfg, &dir).unwrap();
+    t.run_until(150, &mut |_| {}).unwrap();
+    drop(t);
+    let text = std::fs::read_to_string(dir.metrics_path()).unwrap();
+    // Deleted, cut in the middle, garbled, and repeated: each refused, naming metrics.csv.
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = [&lines[..3], &lines[8..]].concat().join("\n") + "\n";
+    let garbled = text.replace(lines[5], "50,nan?,x");
+    let repeated = format!("{text}{}\n", lines[4]);
+    for (what, content) in [
+        ("deleted", None),
+        ("cut", Some(cut)),
+        ("garbled", Some(garbled)),
+        ("repeated", Some(repeated)),
+    ] {
+        match &content {
+            None => std::fs::remove_file(dir.metrics_path()).unwrap(),
+            Some(c) => std::fs::write(dir.metrics_path(), c).unwrap(),
+        }
+        let e = Trainer::resume(&dir).err().map(|e| e.to_string());
+        let e = e.unwrap_or_else(|| panic!("{what}: resume should be refused"));
+        assert!(e.contains("metrics.csv"), "{what}: {e}");
+    }
+    std::fs::write(dir.metrics_path(), &text).unwrap();
+    let (mut resumed, _) = Trainer::resume(&dir).unwrap();
+    resumed.run(&mut |_| {}).unwrap();
+}

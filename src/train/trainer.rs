@@ -364,6 +364,30 @@ fn check_resume_keeps_history(
     recorded: &[MetricsRow],
     skipped: &[String],
 ) -> Result<()> {
+    let metrics_file = dir.metrics_path();
+    if recorded.windows(2).any(|w| w[0].epoch >= w[1].epoch) {
+        return Err(GrokError::file(
+            metrics_file,
+            "has epochs out of order or repeated; restore it from a copy, or train a new run with --out elsewhere",
+        ));
+    }
+    // Every evaluation up to the resume point must be there: the checkpoints cannot rebuild them.
+    let every = cfg.train.eval_every;
+    let due = (1..=resume_epoch.min(1)).chain((every..=resume_epoch).step_by(every));
+    let missing: Vec<usize> = due
+        .filter(|e| recorded.binary_search_by_key(e, |r| r.epoch).is_err())
+        .collect();
+    if let (Some(first), Some(end)) = (missing.first(), missing.last()) {
+        return Err(GrokError::file(
+            metrics_file,
+            format!(
+                "lacks {} evaluation(s) between epochs {first} and {end} that the checkpoints cannot \
+                 rebuild (deleted, truncated or garbled); restore it from a copy, or train a new run \
+                 with --out elsewhere",
+                missing.len()
+            ),
+        ));
+    }
     let last = recorded.last().map_or(0, |r| r.epoch);
     let final_epoch = dir
         .final_path()
