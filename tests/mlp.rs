@@ -182,6 +182,17 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
         e.contains("net.2.weight") && e.contains("[128, 512]"),
         "{e}"
     );
+    // A checkpoint of a deeper model is refused, listing what the config does not have.
+    let deep = ModelConfig::Mlp(MlpConfig {
+        n_hidden: 2,
+        ..config()
+    });
+    let deep_path = dir.path().join("deep.safetensors");
+    Params::init(&deep)
+        .save(&deep_path, Default::default())
+        .unwrap();
+    let e = Params::load(&deep_path, &cfg).unwrap_err().to_string();
+    assert!(e.contains("net.6.bias, net.6.weight"), "{e}");
     // Init: N(0, 1) embedding, kaiming-normal weights, zero biases.
     let std = |name: &str| {
         let x = &p.get(name).unwrap().data;

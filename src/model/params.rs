@@ -287,15 +287,32 @@ impl Params {
         tensor_io::write_atomic(path, &self.to_host_tensors(""), metadata)
     }
 
-    /// Loads the parameters `cfg` needs from a TransformerLens-named safetensors file, checking every
-    /// shape. Extra tensors (TransformerLens's `attn.mask`/`attn.IGNORE` buffers) are ignored.
+    /// Loads the parameters `cfg` needs from a safetensors file under the family's state_dict names,
+    /// checking every shape. TransformerLens's non-parameter buffers (`attn.mask`, `attn.IGNORE`) are
+    /// ignored; any other tensor the config does not have (a checkpoint of a deeper or different
+    /// model) is an error listing them, rather than a silently truncated model.
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
         let file = tensor_io::read(path)?;
-        Self::from_tensor_map(
-            &cfg.param_specs(),
-            |name| file.get(name),
-            &path.display().to_string(),
-        )
+        let specs = cfg.param_specs();
+        let buffer = |n: &str| n.ends_with(".attn.mask") || n.ends_with(".attn.IGNORE");
+        let mut extra: Vec<&str> = file
+            .tensors
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !buffer(n) && !specs.iter().any(|s| s.name == *n))
+            .collect();
+        if !extra.is_empty() {
+            extra.sort_unstable();
+            return Err(GrokError::file(
+                path,
+                format!(
+                    "holds tensors this model config does not have ({}): is it a checkpoint of another model? \
+                     Check model_config.json / config.toml against it",
+                    extra.join(", ")
+                ),
+            ));
+        }
+        Self::from_tensor_map(&specs, |name| file.get(name), &path.display().to_string())
     }
 
     /// Builds the store from owned parameters, checking that they are exactly the ones `specs` lists.
