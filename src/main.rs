@@ -195,6 +195,9 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             sets,
         } => {
+            if iters == 0 {
+                bail!("--iters must be at least 1 (the median of no timings is undefined)");
+            }
             let cfg = build_config(Some(&p), None, &sets)?;
             let r = groklens::bench::bench(&cfg, iters)?;
             println!(

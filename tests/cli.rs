@@ -516,3 +516,47 @@ fn an_mlp_run_works_with_cache_and_ablate() {
     assert_eq!(std::fs::read(&final_path).unwrap(), final_bytes);
     assert!(groklens::tensor_io::read(&tokens).is_ok());
 }
+
+#[test]
+fn freeze_patterns_and_bench_iterations_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    fails_with(
+        &[
+            "train",
+            "--preset",
+            "quick",
+            "--set",
+            "train.freeze=*.bias",
+            "--out",
+            o,
+        ],
+        &[
+            "train.freeze",
+            "*.bias",
+            "matches no parameter",
+            "blocks.0.attn.W_Q",
+        ],
+    );
+    assert!(!out.join("config.toml").exists());
+    // One pattern may be given without brackets.
+    let ok = groklens(&[
+        "train",
+        "--preset",
+        "quick",
+        "--set",
+        "train.freeze=*.b_*",
+        "--set",
+        "train.epochs=2",
+        "--out",
+        o,
+        "--quiet",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    fails_with(&["bench", "--iters", "0"], &["--iters", "at least 1"]);
+}

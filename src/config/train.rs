@@ -32,8 +32,9 @@ pub struct TrainConfig {
     /// Global gradient-norm clip (torch's `clip_grad_norm_`); 0 disables it.
     #[serde(default)]
     pub grad_clip: f64,
-    /// Glob patterns (`*` matches any run of characters) of parameter names that are not trained.
-    #[serde(default)]
+    /// Glob patterns (`*` matches any run of characters) of parameter names that are not trained; a
+    /// single pattern may be given as a string (`--set train.freeze=*.b_*`).
+    #[serde(default, deserialize_with = "one_or_many")]
     pub freeze: Vec<String>,
     /// Evaluate train and test metrics every this many epochs.
     pub eval_every: usize,
@@ -54,6 +55,22 @@ pub struct TrainConfig {
     /// Worker threads for the fast engine; 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+}
+
+/// A list of strings, or one string standing for a list of one.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn default_adam_eps() -> f64 {

@@ -6,6 +6,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::train::glob_match;
 use crate::config::RunConfig;
 use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
@@ -142,6 +143,22 @@ impl Trainer {
                 format!(
                     "row index {bad} is outside the dataset of {} rows",
                     data.len()
+                ),
+            ));
+        }
+        if let Some(unused) = cfg
+            .train
+            .freeze
+            .iter()
+            .find(|pat| !params.iter().any(|p| glob_match(pat, &p.name)))
+        {
+            let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).take(6).collect();
+            return Err(GrokError::config(
+                "train.freeze",
+                unused,
+                format!(
+                    "matches no parameter of this model (its names are like {}, …)",
+                    names.join(", ")
                 ),
             ));
         }
