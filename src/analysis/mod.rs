@@ -150,8 +150,9 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let b0 = PCA_SECOND_OPERAND % p;
     let output_rows: Vec<usize> = (0..p).map(|x| x * p + b0).collect();
     let output_pca = stats::pca(&grid.logits.select_rows(&output_rows), 2)?;
-    let neurons = match (&grid.neurons, progress::w_logit(model_cfg, &params, p)) {
-        (Some(acts), Some(w_l)) => {
+    let neurons = match (&grid.neurons, model_cfg.neuron_logit_map(&params)) {
+        (Some(acts), Some((logit_map, logit_map_name))) => {
+            let w_l = logit_map.first_cols(p);
             let fourier = neurons::neuron_fourier(&basis, acts);
             let logit_norms = neurons::logit_fourier_norms(&basis, &w_l, &[]);
             let cluster_logit_norms = fourier
@@ -166,9 +167,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
                 .collect();
             Some(NeuronAnalysis {
                 acts: acts.clone(),
-                logit_map_name: model_cfg
-                    .neuron_logit_map(&params)
-                    .map_or("W_logit", |(_, name)| name),
+                logit_map_name,
                 fourier,
                 logit_norms,
                 cluster_logit_norms,

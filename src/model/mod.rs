@@ -15,3 +15,14 @@ pub use mlp::{MlpConfig, MlpModel};
 pub use params::{Init, Param, ParamList, ParamSpec, Params, Scope, Slot};
 pub use transformer::config::{ActFn, Normalization, PositionalEmbedding, TransformerConfig};
 pub use transformer::forward::{HookedTransformer, LogitPositions};
+
+/// Checks that every token id is below `d_vocab` (every family's input check).
+pub fn check_vocab(tokens: &[u32], d_vocab: usize) -> crate::error::Result<()> {
+    match tokens.iter().find(|&&t| t as usize >= d_vocab) {
+        Some(&bad) => Err(crate::error::GrokError::tensor(
+            "tokens",
+            format!("id {bad} is outside the vocabulary [0, {d_vocab})"),
+        )),
+        None => Ok(()),
+    }
+}

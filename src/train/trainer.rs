@@ -11,7 +11,7 @@ use crate::config::RunConfig;
 use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::spectral_norm;
-use crate::model::Params;
+use crate::model::{Params, Slot};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::run::{metrics, Checkpoint, MetricsRow, RunDir, RunLock};
 use crate::tasks::{Dataset, Split};
@@ -48,7 +48,9 @@ pub struct Trainer {
     run_dir: Option<RunDir>,
     /// The run directory's lock, held for the trainer's lifetime (one writer per run).
     _lock: Option<RunLock>,
-    /// The output layer's last top right singular vector (warm start for the next evaluation).
+    /// The output layer's weight and shape, whose spectral norm the metrics track.
+    output_weight: (Slot, usize, usize),
+    /// Its last top right singular vector (warm start for the next evaluation).
     spectral_vector: Vec<f64>,
 }
 
@@ -181,6 +183,7 @@ impl Trainer {
             elapsed_before,
             run_dir,
             _lock: None,
+            output_weight: cfg.model.output_weight(),
             spectral_vector: Vec::new(),
             cfg,
         })
@@ -262,7 +265,7 @@ impl Trainer {
 
     /// Largest singular value of the output layer's weight now (warm-started power iteration).
     pub fn output_spectral_norm(&mut self) -> f64 {
-        let (slot, rows, cols) = self.cfg.model.output_weight();
+        let (slot, rows, cols) = self.output_weight;
         spectral_norm(&self.params[slot], rows, cols, &mut self.spectral_vector)
     }
 

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_f32;
+use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
 
 use transformer::{Prepared, Weights, Workspace};
@@ -37,6 +38,8 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
 /// Hand-written forward/backward on `gemm`, parallel over batch chunks.
 pub struct FastEngine {
     cfg: TransformerConfig,
+    /// Where each parameter sits (built once, not per step).
+    tree: TransformerTree,
     /// One workspace per thread for training passes and one for evaluation, so buffer sizes stay put.
     train_ws: Vec<Workspace>,
     eval_ws: Vec<Workspace>,
@@ -48,6 +51,7 @@ impl FastEngine {
         let threads = threads.max(1);
         let ws = || (0..threads).map(|_| Workspace::default()).collect();
         FastEngine {
+            tree: cfg.tree(),
             cfg: cfg.clone(),
             train_ws: ws(),
             eval_ws: ws(),
@@ -84,7 +88,7 @@ impl FastEngine {
                 format!("rows are not {} tokens long", batch.seq_len),
             ));
         }
-        let w = Weights::from_params(&self.cfg, params);
+        let w = Weights::from_params(&self.cfg, &self.tree, params);
         let prepared = Prepared::new(&self.cfg, &w);
         let workspaces = if train {
             &mut self.train_ws
@@ -159,7 +163,7 @@ impl Engine for FastEngine {
         for ws in rest {
             total.add_assign(ws.grads.as_mut().expect("every chunk ran a backward pass"));
         }
-        total.write_params(&self.cfg, grads, trainable);
+        total.write_params(&self.cfg, &self.tree, grads, trainable);
         Ok(stats)
     }
 

@@ -9,7 +9,7 @@
 use crate::engine::fast::{loss_and_dlogits, sized, zeroed, ChunkStats};
 use crate::linalg::kernels::exp_f32;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
-use crate::model::transformer::MlpSlots;
+use crate::model::transformer::{MlpSlots, TransformerTree};
 use crate::model::{ActFn, Params, Slot, TransformerConfig};
 
 /// Weights of one block in the layouts the kernels want.
@@ -91,9 +91,8 @@ impl Dims {
 
 impl Weights {
     /// Gathers `params` (TransformerLens layout) into kernel layout.
-    pub fn from_params(cfg: &TransformerConfig, params: &Params) -> Self {
+    pub fn from_params(cfg: &TransformerConfig, tree: &TransformerTree, params: &Params) -> Self {
         let d = Dims::new(cfg);
-        let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
         let blocks = tree
             .blocks
@@ -191,9 +190,14 @@ impl Weights {
     }
 
     /// Writes these values (gradients) into `out` in TransformerLens layout, for trainable entries.
-    pub fn write_params(&self, cfg: &TransformerConfig, out: &mut Params, trainable: &[bool]) {
+    pub fn write_params(
+        &self,
+        cfg: &TransformerConfig,
+        tree: &TransformerTree,
+        out: &mut Params,
+        trainable: &[bool],
+    ) {
         let d = Dims::new(cfg);
-        let tree = cfg.tree();
         let (dm, hd, dh) = (d.d_model, d.hd(), d.d_head);
         let put = |out: &mut Params, slot: Slot, src: &[f32]| {
             if trainable[slot.index()] {

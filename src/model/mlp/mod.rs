@@ -8,6 +8,7 @@ pub mod forward;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::model::check_vocab;
 use crate::model::params::{Init, ParamList, ParamSpec, Slot};
 use crate::model::transformer::config::ActFn;
 
@@ -178,12 +179,7 @@ impl MlpConfig {
                 ),
             ));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.d_vocab) {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!("id {bad} is outside the vocabulary [0, {})", self.d_vocab),
-            ));
-        }
+        check_vocab(tokens, self.d_vocab)?;
         Ok(self.n_ctx)
     }
 

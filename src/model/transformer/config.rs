@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::model::check_vocab;
 use crate::model::params::ParamSpec;
 use crate::model::transformer::tree::TransformerTree;
 
@@ -209,12 +210,7 @@ impl TransformerConfig {
                 ),
             ));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.d_vocab) {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!("id {bad} is outside the vocabulary [0, {})", self.d_vocab),
-            ));
-        }
+        check_vocab(tokens, self.d_vocab)?;
         Ok(pos)
     }
 
