@@ -34,7 +34,8 @@ enum Command {
         #[arg(long, conflicts_with = "resume")]
         config: Option<PathBuf>,
         /// Override one setting, e.g. `--set train.lr=3e-3`; repeatable.
-        #[arg(long = "set", value_name = "KEY=VALUE", conflicts_with = "resume")]
+        /// With --resume only train.epochs, train.stop_at_test_loss/acc and train.threads may be set.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
         /// Output run directory (must not hold a run already).
         #[arg(long, required_unless_present = "resume")]
@@ -138,9 +139,9 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             if let Some(dir) = resume {
                 let dir = RunDir::new(dir);
-                let (trainer, skipped) = Trainer::resume(&dir)?;
-                for s in skipped {
-                    eprintln!("skipped incomplete checkpoint: {s}");
+                let (trainer, notes) = Trainer::resume(&dir, &sets)?;
+                for note in notes {
+                    eprintln!("{note}");
                 }
                 eprintln!("resuming {} at epoch {}", dir.root.display(), trainer.epoch);
                 return train(trainer, &dir, quiet);

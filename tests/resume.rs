@@ -87,7 +87,7 @@ fn resume_after_a_crash_mid_write_matches_an_uninterrupted_run() {
         .unwrap();
     std::io::Write::write_all(&mut m, b"260,0.12,0.9").unwrap();
 
-    let (mut resumed, skipped) = Trainer::resume(&dir).unwrap();
+    let (mut resumed, skipped) = Trainer::resume(&dir, &[]).unwrap();
     assert!(
         !ck.join("epoch_000300.optim.safetensors.tmp").exists(),
         "a stray temp file is removed on the next start"
@@ -148,7 +148,7 @@ fn one_process_writes_a_run_at_a_time() {
     first.run_until(10, &mut |_| {}).unwrap();
     let pid = std::process::id().to_string();
     // A second trainer, in this process or another, is refused while the first holds the run.
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("in use") && e.contains(&pid), "{e}");
     let e = Trainer::create(cfg, &dir).err().unwrap().to_string();
     assert!(e.contains("in use"), "{e}");
@@ -161,7 +161,7 @@ fn one_process_writes_a_run_at_a_time() {
     let rows = metrics::read(&dir.metrics_path()).unwrap().len();
     // Once the first lets go (here: dropped; a killed process lets go the same way), resume works.
     drop(first);
-    let (mut again, _) = Trainer::resume(&dir).unwrap();
+    let (mut again, _) = Trainer::resume(&dir, &[]).unwrap();
     again.run(&mut |_| {}).unwrap();
     let after = metrics::read(&dir.metrics_path()).unwrap();
     assert!(after.len() > rows);
@@ -188,14 +188,14 @@ fn resume_never_restarts_over_a_history_it_cannot_rebuild() {
     let ckpts = dir.checkpoint_dir();
     let saved = tmp.path().join("saved");
     std::fs::rename(&ckpts, &saved).unwrap();
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(
         e.contains("from scratch") && e.contains("final.safetensors"),
         "{e}"
     );
     unchanged();
     std::fs::create_dir(&ckpts).unwrap();
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("overwrite the run's history"), "{e}");
     unchanged();
     // Only an old checkpoint left: resuming from it would shorten the history.
@@ -207,19 +207,80 @@ fn resume_never_restarts_over_a_history_it_cannot_rebuild() {
     {
         std::fs::remove_file(checkpoint::model_path(&ckpts, e)).unwrap();
     }
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("from epoch 100"), "{e}");
     unchanged();
-    // The model's shape edited in config.toml: no checkpoint fits, and the error says why.
+    // The model's shape edited in config.toml: refused as a change of identity, naming the key.
     let toml = std::fs::read_to_string(dir.config_path()).unwrap();
-    std::fs::write(
-        dir.config_path(),
-        toml.replace("d_model = 32", "d_model = 48"),
-    )
-    .unwrap();
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let wider = toml.replace("d_model = 32", "d_model = 48");
+    std::fs::write(dir.config_path(), &wider).unwrap();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
+    assert!(
+        e.contains("identity") && e.contains("model.d_model 32 → 48"),
+        "{e}"
+    );
+    unchanged();
+    // Edited in the identity record too: no checkpoint fits, and that is an error, not a restart.
+    std::fs::write(dir.identity_path(), &wider).unwrap();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("did not load") && e.contains("shape"), "{e}");
     unchanged();
+    assert!(std::fs::read_to_string(dir.root.join("model_config.json"))
+        .unwrap()
+        .contains("\"d_model\": 32"));
+}
+
+#[test]
+fn a_run_keeps_its_identity_and_may_train_longer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = RunDir::new(tmp.path().join("run"));
+    let mut cfg = config();
+    cfg.train.epochs = 200;
+    Trainer::create(cfg.clone(), &dir)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    // Identity keys cannot be set on resume, whatever the value.
+    for set in ["train.lr=0.01", "model.d_model=48", "task.frac_train=0.5"] {
+        let e = Trainer::resume(&dir, &[set.to_string()])
+            .err()
+            .unwrap()
+            .to_string();
+        let key = set.split('=').next().unwrap();
+        assert!(e.contains(key) && e.contains("identity"), "{e}");
+    }
+    // Nor edited in config.toml; the error lists every changed key.
+    let toml = std::fs::read_to_string(dir.config_path()).unwrap();
+    let edited = toml
+        .replace("data_seed = 0", "data_seed = 5")
+        .replace("epochs = 200", "epochs = 300");
+    std::fs::write(dir.config_path(), &edited).unwrap();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
+    assert!(
+        e.contains("task.data_seed 0 → 5") && !e.contains("epochs 200"),
+        "{e}"
+    );
+    std::fs::write(dir.config_path(), &toml).unwrap();
+    // Training longer is accepted explicitly, recorded in config.toml, and continues the same run.
+    let (mut longer, notes) = Trainer::resume(&dir, &["train.epochs=300".to_string()]).unwrap();
+    assert!(
+        notes.iter().any(|n| n.contains("train.epochs 200 → 300")),
+        "{notes:?}"
+    );
+    assert_eq!(longer.epoch, 200);
+    longer.run(&mut |_| {}).unwrap();
+    drop(longer);
+    assert!(std::fs::read_to_string(dir.config_path())
+        .unwrap()
+        .contains("epochs = 300"));
+    let straight = uninterrupted(tmp.path());
+    assert_same_run(&straight, &dir);
+    // Fewer epochs than the run has reached is refused.
+    let e = Trainer::resume(&dir, &["train.epochs=100".to_string()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("train.epochs") && e.contains("300"), "{e}");
 }
 
 #[test]
@@ -232,7 +293,7 @@ fn a_run_killed_while_being_created_can_be_created_again() {
     // What a kill before the last write leaves: everything but config.toml, plus a temp file.
     std::fs::remove_file(dir.config_path()).unwrap();
     std::fs::write(dir.root.join("config.toml.tmp"), b"[task]").unwrap();
-    let e = Trainer::resume(&dir).err().unwrap().to_string();
+    let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("config.toml") && e.contains("not found"), "{e}");
     let mut t = Trainer::create(cfg, &dir).unwrap();
     t.run(&mut |_| {}).unwrap();
@@ -264,11 +325,11 @@ fn resume_refuses_metrics_with_gaps_it_cannot_rebuild() {
             None => std::fs::remove_file(dir.metrics_path()).unwrap(),
             Some(c) => std::fs::write(dir.metrics_path(), c).unwrap(),
         }
-        let e = Trainer::resume(&dir).err().map(|e| e.to_string());
+        let e = Trainer::resume(&dir, &[]).err().map(|e| e.to_string());
         let e = e.unwrap_or_else(|| panic!("{what}: resume should be refused"));
         assert!(e.contains("metrics.csv"), "{what}: {e}");
     }
     std::fs::write(dir.metrics_path(), &text).unwrap();
-    let (mut resumed, _) = Trainer::resume(&dir).unwrap();
+    let (mut resumed, _) = Trainer::resume(&dir, &[]).unwrap();
     resumed.run(&mut |_| {}).unwrap();
 }

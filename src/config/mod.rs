@@ -24,6 +24,40 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
+/// Settings a run may change after it was created (`train --resume RUN --set KEY=VALUE`, or an edit
+/// of `config.toml`): how long it trains, when it stops early and on how many threads. Every other key
+/// is the run's identity: it changes the numbers, so it is fixed when the run is created.
+pub const RESUMABLE_KEYS: &[&str] = &[
+    "train.epochs",
+    "train.stop_at_test_loss",
+    "train.stop_at_test_acc",
+    "train.threads",
+];
+
+/// One setting that differs between two configs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The `section.key`.
+    pub key: String,
+    /// Its value before, as TOML.
+    pub before: String,
+    /// Its value after, as TOML.
+    pub after: String,
+}
+
+impl Change {
+    /// True when the key may change on resume ([`RESUMABLE_KEYS`]).
+    pub fn is_resumable(&self) -> bool {
+        RESUMABLE_KEYS.contains(&self.key.as_str())
+    }
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} → {}", self.key, self.before, self.after)
+    }
+}
+
 impl RunConfig {
     /// Parses TOML text; `source` names the file in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<Self> {
@@ -40,6 +74,33 @@ impl RunConfig {
     /// The config as TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises to TOML")
+    }
+
+    /// Every setting as `section.key` → value, in file order (the keys `--set` takes).
+    pub fn flat(&self) -> Vec<(String, toml::Value)> {
+        let doc = toml::Value::try_from(self).expect("config serialises");
+        let mut out = Vec::new();
+        for (section, table) in doc.as_table().into_iter().flatten() {
+            for (key, value) in table.as_table().into_iter().flatten() {
+                out.push((format!("{section}.{key}"), value.clone()));
+            }
+        }
+        out
+    }
+
+    /// The settings that differ from `before`, as `key: old → new` (keys missing on one side show `-`).
+    pub fn changes_since(&self, before: &RunConfig) -> Vec<Change> {
+        let old: std::collections::BTreeMap<_, _> = before.flat().into_iter().collect();
+        let new: std::collections::BTreeMap<_, _> = self.flat().into_iter().collect();
+        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        keys.into_iter()
+            .filter(|k| old.get(*k) != new.get(*k))
+            .map(|k| Change {
+                key: k.clone(),
+                before: old.get(k).map_or("-".into(), |v| v.to_string()),
+                after: new.get(k).map_or("-".into(), |v| v.to_string()),
+            })
+            .collect()
     }
 
     /// Applies one `section.key=value` override; the value is read as TOML (a bare word is a string).

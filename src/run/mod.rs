@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! RUN_DIR/config.toml            full resolved config
+//! RUN_DIR/identity.toml          the config as created: config.toml may differ only in RESUMABLE_KEYS
 //! RUN_DIR/model_config.json      the model: HookedTransformerConfig(**json) keys, or the MLP with "family"
 //! RUN_DIR/split.safetensors      int64 `train` and `test` row indices
 //! RUN_DIR/metrics.csv            one row per evaluation
@@ -19,7 +20,7 @@ pub mod metrics;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, RESUMABLE_KEYS};
 use crate::error::{GrokError, Result};
 use crate::tasks::Split;
 use crate::tensor_io::{self, HostTensor};
@@ -61,6 +62,11 @@ impl RunDir {
         self.root.join("final.safetensors")
     }
 
+    /// `identity.toml`: the config the run was created with.
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.toml")
+    }
+
     /// `split.safetensors`.
     pub fn split_path(&self) -> PathBuf {
         self.root.join("split.safetensors")
@@ -91,6 +97,7 @@ impl RunDir {
         let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed.to_string())]);
         tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
         metrics::write_all(&self.metrics_path(), &[])?;
+        tensor_io::write_bytes_atomic(&self.identity_path(), cfg.to_toml().as_bytes())?;
         tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())
     }
 
@@ -116,6 +123,70 @@ impl RunDir {
             ));
         }
         RunConfig::load(&path)?.resolve()
+    }
+
+    /// The config to resume the run with: `config.toml` with the `--set` overrides in `sets`, checked
+    /// against the identity recorded at creation. Overrides and edits may touch only
+    /// [`RESUMABLE_KEYS`]; anything else is refused naming the keys. Returns the config and a note for
+    /// each accepted change. Call with the run's lock held: accepted overrides are written to
+    /// `config.toml`.
+    pub fn load_config_for_resume(&self, sets: &[String]) -> Result<(RunConfig, Vec<String>)> {
+        let mut cfg = self.load_config()?;
+        for assignment in sets {
+            let key = assignment
+                .split_once('=')
+                .map_or(assignment.as_str(), |(k, _)| k.trim());
+            if !RESUMABLE_KEYS.contains(&key) {
+                return Err(GrokError::config(
+                    key,
+                    assignment,
+                    format!(
+                        "cannot change on resume: it is part of the run's identity (only {} may change); \
+                         train a new run with --out elsewhere",
+                        RESUMABLE_KEYS.join(", ")
+                    ),
+                ));
+            }
+            cfg.set(assignment)?;
+        }
+        let cfg = cfg.resolve()?;
+        let mut notes = Vec::new();
+        let path = self.identity_path();
+        if !path.exists() {
+            tensor_io::write_bytes_atomic(&path, cfg.to_toml().as_bytes())?;
+            notes.push(format!(
+                "{} recorded from config.toml (this run predates identity records)",
+                path.display()
+            ));
+        }
+        let identity = RunConfig::load(&path)?.resolve()?;
+        let changes = cfg.changes_since(&identity);
+        let fixed: Vec<String> = changes
+            .iter()
+            .filter(|c| !c.is_resumable())
+            .map(|c| c.to_string())
+            .collect();
+        if !fixed.is_empty() {
+            return Err(GrokError::file(
+                self.config_path(),
+                format!(
+                    "changes the run's identity since it was created ({}): these settings change the \
+                     numbers, so a run keeps them for life. Restore them (identity.toml has the \
+                     originals), or train a new run with --out elsewhere; only {} may change on resume",
+                    fixed.join(", "),
+                    RESUMABLE_KEYS.join(", ")
+                ),
+            ));
+        }
+        notes.extend(
+            changes
+                .iter()
+                .map(|c| format!("changed since creation: {c}")),
+        );
+        if !sets.is_empty() {
+            tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
+        }
+        Ok((cfg, notes))
     }
 
     /// The split saved with the run.

@@ -82,12 +82,14 @@ impl Trainer {
         Ok(t)
     }
 
-    /// Continues the run in `dir` from its newest complete checkpoint (from scratch if it has none).
-    /// Returns the trainer and a note for each newer checkpoint that was incomplete and skipped.
-    pub fn resume(dir: &RunDir) -> Result<(Self, Vec<String>)> {
-        let cfg = dir.load_config()?;
+    /// Continues the run in `dir` from its newest complete checkpoint (from scratch if it has none),
+    /// applying `sets` (resumable keys only, see [`RunDir::load_config_for_resume`]). Returns the
+    /// trainer and notes: accepted config changes and newer checkpoints that were incomplete and skipped.
+    pub fn resume(dir: &RunDir, sets: &[String]) -> Result<(Self, Vec<String>)> {
+        dir.load_config()?; // refuses a directory that holds no run before the lock file is made
         let lock = RunLock::acquire(&dir.root)?;
         dir.remove_temp_files();
+        let (cfg, mut notes) = dir.load_config_for_resume(sets)?;
         let split = dir.load_split()?;
         let (latest, skipped) =
             Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
@@ -106,6 +108,20 @@ impl Trainer {
                 (p, o, 0, 0.0)
             }
         };
+        if cfg.train.epochs < epoch {
+            return Err(GrokError::config(
+                "train.epochs",
+                cfg.train.epochs,
+                format!(
+                    "must be at least {epoch}, the epoch the run's newest checkpoint has reached"
+                ),
+            ));
+        }
+        notes.extend(
+            skipped
+                .iter()
+                .map(|s| format!("skipped incomplete checkpoint: {s}")),
+        );
         let history: Vec<MetricsRow> = recorded.into_iter().filter(|r| r.epoch <= epoch).collect();
         metrics::write_all(&dir.metrics_path(), &history)?;
         let mut t = Self::assemble(
@@ -119,7 +135,7 @@ impl Trainer {
             Some(dir.clone()),
         )?;
         t._lock = Some(lock);
-        Ok((t, skipped))
+        Ok((t, notes))
     }
 
     #[allow(clippy::too_many_arguments)]
