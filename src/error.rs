@@ -31,6 +31,9 @@ pub enum GrokError {
         /// What was expected.
         message: String,
     },
+    /// A job would need more memory than the machine has (the estimate, its parts and the fix).
+    #[error("not enough memory: {0}")]
+    Resources(String),
     /// An error from the candle tensor library.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

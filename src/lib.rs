@@ -16,6 +16,7 @@
 //! model                  families: config, typed parameter tree, forward pass with hook points
 //! tasks                  algorithmic tasks, token layouts, splits
 //! linalg, tensor_io      small dense matrices and kernels; safetensors I/O
+//! memory                 memory estimates checked against what the machine has
 //! error                  typed errors naming the field or file
 //! ```
 
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod error;
 pub mod interp;
 pub mod linalg;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod presets;

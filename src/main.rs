@@ -285,11 +285,18 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     let last = outcome.last.context("no evaluation was recorded")?;
+    let epochs = match first_epoch {
+        0 => format!("{} epochs in {secs:.1}s", outcome.epochs),
+        e => format!(
+            "{} epochs ({e} before this resume, {} now in {secs:.1}s; {:.1}s in all)",
+            outcome.epochs,
+            outcome.epochs - e,
+            last.elapsed_s
+        ),
+    };
     println!(
-        "{}: {} epochs in {:.1}s with the {} engine; final train loss {:.3e}, test loss {:.3e}, test acc {:.2}%",
+        "{}: {epochs} with the {} engine; final train loss {:.3e}, test loss {:.3e}, test acc {:.2}%",
         dir.root.display(),
-        outcome.epochs,
-        secs,
         trainer.engine_name(),
         last.train_loss,
         last.test_loss,

@@ -4,18 +4,20 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{GrokError, Result};
 
-/// The element types groklens reads and writes.
+/// The element types groklens reads and writes. Files may hold narrower types: half-precision floats
+/// are widened to f32 and narrower integers to i64 on reading, keeping the stored dtype's name for
+/// messages.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostData {
-    /// 32-bit floats (parameters, activations).
+    /// 32-bit floats (parameters, activations), also f16/bf16 widened.
     F32(Vec<f32>),
     /// 64-bit floats (losses).
     F64(Vec<f64>),
-    /// 64-bit integers (tokens, labels, split indices).
+    /// 64-bit integers (tokens, labels, split indices), also narrower integers widened.
     I64(Vec<i64>),
     /// A dtype groklens does not read (e.g. TransformerLens's bool `attn.mask` buffer); an error only
     /// if the tensor is actually used.
@@ -29,30 +31,41 @@ pub struct HostTensor {
     pub shape: Vec<usize>,
     /// Values.
     pub data: HostData,
+    /// The dtype a file stored when it was narrower than `data`'s (`I32`, `U8`, `F16`, ...), for messages.
+    pub stored: Option<String>,
 }
 
 impl HostTensor {
     /// An f32 tensor.
     pub fn f32(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        HostTensor {
-            shape,
-            data: HostData::F32(data),
-        }
+        Self::new(shape, HostData::F32(data))
     }
 
     /// An i64 tensor.
     pub fn i64(shape: Vec<usize>, data: Vec<i64>) -> Self {
-        HostTensor {
-            shape,
-            data: HostData::I64(data),
-        }
+        Self::new(shape, HostData::I64(data))
     }
 
     /// An f64 tensor.
     pub fn f64(shape: Vec<usize>, data: Vec<f64>) -> Self {
+        Self::new(shape, HostData::F64(data))
+    }
+
+    fn new(shape: Vec<usize>, data: HostData) -> Self {
         HostTensor {
             shape,
-            data: HostData::F64(data),
+            data,
+            stored: None,
+        }
+    }
+
+    /// The dtype's name as safetensors writes it (the stored one for tensors read from a file).
+    pub fn dtype(&self) -> &str {
+        match (&self.stored, &self.data) {
+            (Some(d), _) | (None, HostData::Unsupported(d)) => d,
+            (None, HostData::F32(_)) => "F32",
+            (None, HostData::F64(_)) => "F64",
+            (None, HostData::I64(_)) => "I64",
         }
     }
 
@@ -61,25 +74,15 @@ impl HostTensor {
         match &self.data {
             HostData::F32(v) => Ok(v.clone()),
             HostData::F64(v) => Ok(v.iter().map(|&x| x as f32).collect()),
-            HostData::I64(_) => Err(GrokError::tensor(
-                name,
-                "is int64; a float tensor was expected",
-            )),
-            HostData::Unsupported(d) => Err(GrokError::tensor(
-                name,
-                format!("has dtype {d}; a float tensor was expected"),
-            )),
+            _ => Err(self.wrong_dtype(name, "a float tensor (F32, F64, F16 or BF16)")),
         }
     }
 
-    /// The values as i64; a float tensor is an error naming `name`.
+    /// The values as i64 (any integer dtype); a float tensor is an error naming `name`.
     pub fn to_i64(&self, name: &str) -> Result<Vec<i64>> {
         match &self.data {
             HostData::I64(v) => Ok(v.clone()),
-            _ => Err(GrokError::tensor(
-                name,
-                "is a float tensor; int64 was expected",
-            )),
+            _ => Err(self.wrong_dtype(name, "an integer tensor (I64, I32, U8, ...)")),
         }
     }
 
@@ -88,15 +91,15 @@ impl HostTensor {
         match &self.data {
             HostData::F64(v) => Ok(v.clone()),
             HostData::F32(v) => Ok(v.iter().map(|&x| x as f64).collect()),
-            HostData::I64(_) => Err(GrokError::tensor(
-                name,
-                "is int64; a float tensor was expected",
-            )),
-            HostData::Unsupported(d) => Err(GrokError::tensor(
-                name,
-                format!("has dtype {d}; a float tensor was expected"),
-            )),
+            _ => Err(self.wrong_dtype(name, "a float tensor (F32, F64, F16 or BF16)")),
         }
+    }
+
+    fn wrong_dtype(&self, name: &str, expected: &str) -> GrokError {
+        GrokError::tensor(
+            name,
+            format!("has dtype {}; {expected} was expected", self.dtype()),
+        )
     }
 }
 
@@ -142,31 +145,13 @@ fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let shape = view.shape().to_vec();
-        let raw = view.data();
-        let data = match view.dtype() {
-            Dtype::F32 => HostData::F32(
-                raw.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            Dtype::F64 => HostData::F64(
-                raw.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            Dtype::I64 => HostData::I64(
-                raw.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
-            Dtype::I32 => HostData::I64(
-                raw.chunks_exact(4)
-                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                    .collect(),
-            ),
-            other => HostData::Unsupported(format!("{other:?}")),
-        };
-        tensors.insert(name, HostTensor { shape, data });
+        let data = decode(view.dtype(), view.data());
+        let mut t = HostTensor::new(shape, data);
+        let dtype = format!("{:?}", view.dtype());
+        if t.dtype() != dtype {
+            t.stored = Some(dtype);
+        }
+        tensors.insert(name, t);
     }
     let metadata = meta
         .metadata()
@@ -177,38 +162,88 @@ fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
     Ok(TensorFile { tensors, metadata })
 }
 
-/// Serialises tensors to safetensors bytes.
+/// The values of raw little-endian `bytes` of `dtype`, widened to the type groklens computes in.
+fn decode(dtype: Dtype, bytes: &[u8]) -> HostData {
+    fn each<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+        bytes
+            .chunks_exact(N)
+            .map(|c| f(c.try_into().expect("chunks of N")))
+            .collect()
+    }
+    match dtype {
+        Dtype::F32 => HostData::F32(each(bytes, f32::from_le_bytes)),
+        Dtype::F16 => HostData::F32(each(bytes, |b| half::f16::from_le_bytes(b).to_f32())),
+        Dtype::BF16 => HostData::F32(each(bytes, |b| half::bf16::from_le_bytes(b).to_f32())),
+        Dtype::F64 => HostData::F64(each(bytes, f64::from_le_bytes)),
+        Dtype::I64 => HostData::I64(each(bytes, i64::from_le_bytes)),
+        Dtype::I32 => HostData::I64(each(bytes, |b| i32::from_le_bytes(b) as i64)),
+        Dtype::I16 => HostData::I64(each(bytes, |b| i16::from_le_bytes(b) as i64)),
+        Dtype::I8 => HostData::I64(each(bytes, |b: [u8; 1]| b[0] as i8 as i64)),
+        Dtype::U8 => HostData::I64(each(bytes, |b: [u8; 1]| b[0] as i64)),
+        Dtype::U16 => HostData::I64(each(bytes, |b| u16::from_le_bytes(b) as i64)),
+        Dtype::U32 => HostData::I64(each(bytes, |b| u32::from_le_bytes(b) as i64)),
+        other => HostData::Unsupported(format!("{other:?}")),
+    }
+}
+
+/// Serialises tensors to safetensors bytes, in the order given, with the metadata sorted by key: the
+/// same tensors and metadata always give the same bytes (the `safetensors` crate writes metadata in
+/// hash order).
 pub fn to_bytes(
     tensors: &[(String, HostTensor)],
     metadata: BTreeMap<String, String>,
 ) -> Result<Vec<u8>> {
-    let bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let (dtype, bytes) = match &t.data {
-                HostData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                HostData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                HostData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                HostData::Unsupported(d) => {
-                    return Err(GrokError::tensor(name, format!("cannot write dtype {d}")))
-                }
-            };
-            Ok((name.clone(), dtype, t.shape.clone(), bytes))
-        })
-        .collect::<Result<_>>()?;
-    let views: Vec<(String, TensorView)> = bufs
-        .iter()
-        .map(|(n, d, s, b)| {
-            Ok((
-                n.clone(),
-                TensorView::new(*d, s.clone(), b)
-                    .map_err(|e| GrokError::tensor(n, e.to_string()))?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let meta: HashMap<String, String> = metadata.into_iter().collect();
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| GrokError::tensor("<file>", e.to_string()))
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), serde_json::json!(metadata));
+    }
+    let mut data = Vec::new();
+    for (name, t) in tensors {
+        let start = data.len();
+        let dtype = match &t.data {
+            HostData::F32(v) => {
+                v.iter().for_each(|x| data.extend(x.to_le_bytes()));
+                "F32"
+            }
+            HostData::F64(v) => {
+                v.iter().for_each(|x| data.extend(x.to_le_bytes()));
+                "F64"
+            }
+            HostData::I64(v) => {
+                v.iter().for_each(|x| data.extend(x.to_le_bytes()));
+                "I64"
+            }
+            HostData::Unsupported(d) => {
+                return Err(GrokError::tensor(name, format!("cannot write dtype {d}")))
+            }
+        };
+        let elements = (data.len() - start) / if dtype == "F32" { 4 } else { 8 };
+        if elements != t.shape.iter().product::<usize>() {
+            return Err(GrokError::tensor(
+                name,
+                format!(
+                    "holds {elements} values, not the {} its shape {:?} needs",
+                    t.shape.iter().product::<usize>(),
+                    t.shape
+                ),
+            ));
+        }
+        let info = serde_json::json!({"dtype": dtype, "shape": t.shape, "data_offsets": [start, data.len()]});
+        if header.insert(name.clone(), info).is_some() || name == "__metadata__" {
+            return Err(GrokError::tensor(
+                name,
+                "is named twice (or reserved); names must be unique",
+            ));
+        }
+    }
+    let mut json = serde_json::to_vec(&header).expect("header serialises");
+    // The data starts 8-byte aligned, as the format's reference writer pads it.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    out.extend(data);
+    Ok(out)
 }
 
 /// Writes a safetensors file atomically: a temp file beside it, fsync, then rename.
@@ -259,6 +294,41 @@ mod tests {
     }
 
     #[test]
+    fn narrow_dtypes_are_widened_and_misuse_names_the_stored_dtype() {
+        use safetensors::tensor::TensorView;
+        let halves: Vec<u8> = [1.5f32, -2.25]
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
+        let ints: Vec<u8> = [7i32, -3].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = safetensors::serialize(
+            [
+                ("h", TensorView::new(Dtype::F16, vec![2], &halves).unwrap()),
+                ("i", TensorView::new(Dtype::I32, vec![2], &ints).unwrap()),
+                (
+                    "u",
+                    TensorView::new(Dtype::U8, vec![2], &[4u8, 250]).unwrap(),
+                ),
+            ],
+            None,
+        )
+        .unwrap();
+        let f = parse(&bytes, Path::new("x.safetensors")).unwrap();
+        assert_eq!(f.tensors["h"].to_f32("h").unwrap(), [1.5, -2.25]);
+        assert_eq!(f.tensors["i"].to_i64("i").unwrap(), [7, -3]);
+        assert_eq!(f.tensors["u"].to_i64("u").unwrap(), [4, 250]);
+        let e = f.tensors["u"].to_f32("u").unwrap_err().to_string();
+        assert!(e.contains("dtype U8") && e.contains("float tensor"), "{e}");
+        let e = f.tensors["i"].to_f32("i").unwrap_err().to_string();
+        assert!(e.contains("dtype I32"), "{e}");
+        let e = f.tensors["h"].to_i64("h").unwrap_err().to_string();
+        assert!(
+            e.contains("dtype F16") && e.contains("integer tensor"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn round_trip_and_truncation() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.safetensors");
@@ -275,6 +345,14 @@ mod tests {
         assert_eq!(f.get("a"), Some(&t[0].1));
         assert_eq!(f.get("b"), Some(&t[1].1));
         assert_eq!(f.metadata["k"], "v");
+        // Same tensors and metadata, same bytes (however many metadata keys).
+        let meta: BTreeMap<String, String> =
+            (0..20).map(|i| (format!("k{i}"), i.to_string())).collect();
+        let once = to_bytes(&t, meta.clone()).unwrap();
+        for _ in 0..5 {
+            assert_eq!(to_bytes(&t, meta.clone()).unwrap(), once);
+        }
+        assert_eq!(parse(&once, &path).unwrap().metadata.len(), 20);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         let e = read(&path).unwrap_err().to_string();

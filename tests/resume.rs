@@ -333,3 +333,56 @@ fn resume_refuses_metrics_with_gaps_it_cannot_rebuild() {
     let (mut resumed, _) = Trainer::resume(&dir, &[]).unwrap();
     resumed.run(&mut |_| {}).unwrap();
 }
+
+#[test]
+fn the_thread_count_changes_no_number_and_a_resume_may_change_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = uninterrupted(tmp.path()); // 2 threads
+    for threads in [1, 3] {
+        let dir = RunDir::new(tmp.path().join(format!("threads{threads}")));
+        let mut cfg = config();
+        cfg.train.threads = threads;
+        Trainer::create(cfg, &dir)
+            .unwrap()
+            .run(&mut |_| {})
+            .unwrap();
+        assert_same_run(&straight, &dir);
+        assert_eq!(
+            std::fs::read(dir.final_path()).unwrap(),
+            std::fs::read(straight.final_path()).unwrap(),
+            "{threads} threads: final.safetensors is byte-identical"
+        );
+    }
+    // Trained on 1 thread to epoch 200, resumed on 3: the same run as the uninterrupted one.
+    let dir = RunDir::new(tmp.path().join("moved"));
+    let mut cfg = config();
+    cfg.train.threads = 1;
+    cfg.train.epochs = 200;
+    Trainer::create(cfg, &dir)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    let sets = [
+        "train.threads=3".to_string(),
+        "train.epochs=300".to_string(),
+    ];
+    let (mut resumed, _) = Trainer::resume(&dir, &sets).unwrap();
+    resumed.run(&mut |_| {}).unwrap();
+    assert_same_run(&straight, &dir);
+
+    // The MLP family, minibatches with a partial last batch.
+    let mut mlp = preset("quick-mlp").unwrap();
+    mlp.train.batch_size = 300;
+    let weights = |threads: usize| {
+        let mut c = mlp.clone();
+        c.train.threads = threads;
+        let mut t = Trainer::new(c).unwrap();
+        for _ in 0..5 {
+            t.train_epoch().unwrap();
+        }
+        (t.params.clone(), t.evaluate_test().unwrap())
+    };
+    let one = weights(1);
+    assert_eq!(weights(2), one);
+    assert_eq!(weights(3), one);
+}

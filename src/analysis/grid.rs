@@ -21,7 +21,7 @@ pub struct GridActivations {
 }
 
 /// Inputs per forward pass, so the activations of every position are never held for the whole grid.
-const CHUNK_ROWS: usize = 8192;
+pub const CHUNK_ROWS: usize = 8192;
 
 /// Runs `params` on every grid input of `task` with the candle model, in chunks, keeping only what
 /// [`GridActivations`] holds. Logits keep the p answer columns (the MLP of seed 002 also scores its

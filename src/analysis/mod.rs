@@ -17,6 +17,7 @@ use crate::config::RunConfig;
 use crate::engine::{self, EngineKind};
 use crate::error::{GrokError, Result};
 use crate::linalg::Matrix;
+use crate::memory::Estimate;
 use crate::model::Params;
 use crate::run::{checkpoint, grokking_epoch, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
 
@@ -54,8 +55,10 @@ pub struct RunAnalysis {
     pub cfg: RunConfig,
     /// Every metrics row.
     pub metrics: Vec<MetricsRow>,
-    /// Epoch of the model analysed (the final one).
+    /// Epoch of the model analysed: the final one, or an unfinished run's newest loadable checkpoint.
     pub final_epoch: usize,
+    /// What the reader must know about the run: unfinished, checkpoints skipped and why.
+    pub notes: Vec<String>,
     /// Fourier basis over Z_p.
     pub basis: FourierBasis,
     /// W_E's rows for the numbers 0..p, `p × d_model`.
@@ -86,6 +89,33 @@ pub struct RunAnalysis {
     pub progress_seconds: f64,
 }
 
+/// What the analysis holds at its peak: the grid's logits, neuron activations and attention maps
+/// with their Fourier transforms, one chunk's full activations, and the fast engine's pass over the
+/// grid that scores each checkpoint.
+pub fn memory_needed(cfg: &RunConfig) -> Estimate {
+    let m = &cfg.model;
+    let rows = (cfg.task.p as f64).powi(2);
+    let width = |x: usize| x as f64;
+    let neurons = m.transformer().map_or_else(
+        || m.mlp().map_or(0.0, |c| width(c.d_hidden)),
+        |c| width(c.d_mlp),
+    );
+    let per_row = m.activation_floats_per_row();
+    Estimate::new()
+        .floats(
+            "grid maps",
+            rows * (width(m.d_vocab_out())
+                + 3.0 * neurons
+                + width(m.attention_layers() * m.n_heads() * m.n_ctx())),
+        )
+        .floats(
+            "one chunk's activations",
+            rows.min(grid::CHUNK_ROWS as f64) * per_row * 2.0,
+        )
+        .floats("scoring a checkpoint", rows * per_row)
+        .floats("parameters", m.n_params() * 4.0)
+}
+
 /// Analyses the run in `dir`: its final model (or latest checkpoint) and every checkpoint.
 pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let run = RunDir::new(dir);
@@ -102,6 +132,10 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
             ),
         ));
     }
+    memory_needed(&cfg).ensure_fits(
+        "analysing this run",
+        "analyse it on a machine with more memory",
+    )?;
     let metrics = metrics::read(&run.metrics_path())?;
     let split = run.load_split()?;
     let n_examples = task.dataset().len();
@@ -119,22 +153,50 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         ));
     }
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
+    let mut notes = Vec::new();
+    let mut skipped = Vec::new();
+    let load_checkpoint = |epoch: usize| {
+        Params::load(
+            &checkpoint::model_path(&run.checkpoint_dir(), epoch),
+            model_cfg,
+        )
+    };
+    let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
     let (final_epoch, params) = if run.final_path().exists() {
-        let epoch = metrics.last().map_or(0, |r| r.epoch);
-        (epoch, Params::load(&run.final_path(), model_cfg)?)
-    } else if let Some(&epoch) = epochs.last() {
+        let file_epoch = crate::tensor_io::read(&run.final_path())?
+            .metadata
+            .get("epoch")
+            .and_then(|e| e.parse().ok());
         (
-            epoch,
-            Params::load(
-                &checkpoint::model_path(&run.checkpoint_dir(), epoch),
-                model_cfg,
-            )?,
+            file_epoch.unwrap_or(last_evaluated),
+            Params::load(&run.final_path(), model_cfg)?,
         )
     } else {
-        return Err(GrokError::file(
-            dir,
-            "holds neither final.safetensors nor a checkpoint: train (or resume) the run first",
-        ));
+        // An unfinished run: the newest checkpoint that loads, saying which were skipped and why.
+        let newest = epochs.iter().rev().find_map(|&e| match load_checkpoint(e) {
+            Ok(params) => Some((e, params)),
+            Err(err) => {
+                skipped.push(e);
+                notes.push(format!("Checkpoint of epoch {e} skipped: {err}"));
+                None
+            }
+        });
+        let Some((epoch, params)) = newest else {
+            return Err(GrokError::file(
+                dir,
+                "holds neither final.safetensors nor a loadable checkpoint: train (or resume) the run first",
+            ));
+        };
+        notes.insert(
+            0,
+            format!(
+                "Unfinished run: it has no final.safetensors; its metrics reach epoch {last_evaluated} of \
+                 {}, and the model analysed here is its newest complete checkpoint, epoch {epoch}. \
+                 `groklens train --resume` continues it.",
+                cfg.train.epochs
+            ),
+        );
+        (epoch, params)
     };
 
     let basis = FourierBasis::new(p);
@@ -188,13 +250,16 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let mut progress = Vec::with_capacity(epochs.len() + 1);
     // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
     for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
-        let ckpt = if epoch == 0 {
-            Params::init(model_cfg)
-        } else {
-            Params::load(
-                &checkpoint::model_path(&run.checkpoint_dir(), epoch),
-                model_cfg,
-            )?
+        let ckpt = match epoch {
+            0 => Params::init(model_cfg),
+            e if skipped.contains(&e) => continue,
+            e => match load_checkpoint(e) {
+                Ok(params) => params,
+                Err(err) => {
+                    notes.push(format!("Checkpoint of epoch {e} skipped: {err}"));
+                    continue;
+                }
+            },
         };
         let (gini_embed, gini_logit) = progress::weight_ginis(&basis, model_cfg, &ckpt);
         let losses = match &keys {
@@ -224,6 +289,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         cfg,
         metrics,
         final_epoch,
+        notes,
         basis,
         numbers_embedding,
         embed,

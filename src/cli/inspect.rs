@@ -9,13 +9,17 @@ use candle_core::{Device, Tensor};
 use groklens::engine::loss::cross_entropy_f64;
 use groklens::interp::ablation::{mean_ablation_sweep, to_csv};
 use groklens::interp::{Interp, Names};
+use groklens::memory::Estimate;
 use groklens::model::{HookedModel, ModelConfig, Params};
 use groklens::run::RunDir;
 use groklens::tensor_io::{self, HostTensor};
 
 /// Reads a checkpoint with its `model_config.json` (a TransformerLens config, or a groklens one that
 /// names its family).
-fn load_model(checkpoint: &Path, model_config: &Path) -> Result<Box<dyn HookedModel>> {
+fn load_model(
+    checkpoint: &Path,
+    model_config: &Path,
+) -> Result<(ModelConfig, Box<dyn HookedModel>)> {
     let text = std::fs::read_to_string(model_config)
         .with_context(|| format!("cannot read {}", model_config.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -23,7 +27,8 @@ fn load_model(checkpoint: &Path, model_config: &Path) -> Result<Box<dyn HookedMo
     let cfg =
         ModelConfig::from_json(&json).with_context(|| format!("in {}", model_config.display()))?;
     let params = Params::load(checkpoint, &cfg)?;
-    Ok(cfg.build(&params)?)
+    let model = cfg.build(&params)?;
+    Ok((cfg, model))
 }
 
 /// Refuses an output path that is one of the command's inputs (or a file of the run it reads).
@@ -50,7 +55,7 @@ pub fn cache(
     names: &[String],
 ) -> Result<()> {
     refuse_overwriting(out, &[checkpoint, model_config, tokens_file])?;
-    let model = load_model(checkpoint, model_config)?;
+    let (cfg, model) = load_model(checkpoint, model_config)?;
     let f = tensor_io::read(tokens_file)?;
     let t = f.require("tokens", tokens_file)?;
     if t.shape.len() != 2 {
@@ -68,6 +73,14 @@ pub fn cache(
         );
     }
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let per_row = cfg.activation_floats_per_row();
+    let copies = if names.is_empty() { 2.0 } else { 1.0 }; // the cache, then its host copy
+    Estimate::new()
+        .floats("activations", t.shape[0] as f64 * per_row * copies)
+        .ensure_fits(
+            "caching these tokens",
+            "cache fewer rows or fewer --names at a time",
+        )?;
     let tokens = model
         .tokens_tensor(&ids, t.shape[0])
         .with_context(|| tokens_file.display().to_string())?;
@@ -109,6 +122,13 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
     let ckpt = checkpoint
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.final_path());
+    let rows = (cfg.task.p as f64).powi(2);
+    Estimate::new()
+        .floats(
+            "activations",
+            rows * cfg.model.activation_floats_per_row() * 2.0,
+        )
+        .ensure_fits("the ablation sweep", "run it on a machine with more memory")?;
     let params = Params::load(&ckpt, &cfg.model)?;
     let model = cfg.model.build(&params)?;
     let data = cfg.task.dataset();

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::memory::Estimate;
 use crate::model::ModelConfig;
 use crate::tasks::TaskConfig;
 pub mod train;
@@ -76,6 +77,38 @@ impl RunConfig {
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
 
+    /// What training this run holds at its peak: the dataset, parameters with their gradients (one
+    /// copy per batch chunk in the fast engines) and AdamW moments, and the activations of the
+    /// largest batch (the test set is evaluated in one pass) kept for the backward pass.
+    pub fn training_memory(&self) -> Estimate {
+        let rows = (self.task.p as f64).powi(2);
+        let train = (rows * self.task.train_frac).floor();
+        let batch = match self.train.batch_size {
+            0 => train,
+            b => (b as f64).min(train),
+        };
+        let seq = self.task.layout.len() as f64;
+        Estimate::new()
+            .floats("dataset", rows * (seq + 1.0) * 2.0)
+            .floats(
+                "parameters, gradients and AdamW moments",
+                self.model.n_params() * (4 + crate::engine::fast::MAX_CHUNKS) as f64,
+            )
+            .floats(
+                "activations",
+                batch.max(rows - train) * self.model.activation_floats_per_row() * 2.0,
+            )
+    }
+
+    /// Refuses a run that would not fit in memory ([`RunConfig::training_memory`]).
+    pub fn ensure_trainable(&self) -> Result<()> {
+        self.training_memory().ensure_fits(
+            "training this run",
+            "make task.p, the model's widths (model.d_model, d_mlp, n_heads × d_head, n_layers, n_ctx) \
+             or train.batch_size smaller",
+        )
+    }
+
     /// Every setting as `section.key` → value, in file order (the keys `--set` takes).
     pub fn flat(&self) -> Vec<(String, toml::Value)> {
         let doc = toml::Value::try_from(self).expect("config serialises");
@@ -114,10 +147,20 @@ impl RunConfig {
         })?;
         let key = key.trim();
         let raw = raw.trim();
-        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        {
+            Some(v) => v,
+            None if raw.parse::<i128>().is_ok() => {
+                return Err(GrokError::config(
+                    key,
+                    raw,
+                    format!("is out of range: integers must lie within ±{}", i64::MAX),
+                ))
+            }
+            None => toml::Value::String(raw.to_string()),
+        };
         let mut doc = toml::Value::try_from(&*self).expect("config serialises");
         let unknown = || {
             GrokError::config(

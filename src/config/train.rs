@@ -73,6 +73,9 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// More epochs than any run could finish (a full-batch epoch of the smallest preset takes ~1 ms).
+const MAX_EPOCHS: usize = 1_000_000_000;
+
 fn default_adam_eps() -> f64 {
     1e-8
 }
@@ -142,6 +145,13 @@ impl TrainConfig {
             if v == 0 {
                 return Err(GrokError::config(f, v, "must be at least 1"));
             }
+        }
+        if self.epochs > MAX_EPOCHS {
+            return Err(GrokError::config(
+                "train.epochs",
+                self.epochs,
+                format!("must be at most {MAX_EPOCHS}"),
+            ));
         }
         if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
             return Err(GrokError::config(

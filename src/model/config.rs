@@ -180,6 +180,41 @@ impl ModelConfig {
         }
     }
 
+    /// Number of parameters (as f64, so absurd configs do not overflow).
+    pub fn n_params(&self) -> f64 {
+        self.param_specs()
+            .iter()
+            .map(|s| s.shape.iter().map(|&d| d as f64).product::<f64>())
+            .sum()
+    }
+
+    /// f32 values one input row produces across every hook point (what a full activation cache
+    /// holds per row, and the order of what a forward pass keeps for its backward pass).
+    pub fn activation_floats_per_row(&self) -> f64 {
+        match self {
+            ModelConfig::Transformer(m) => {
+                let f = |x: usize| x as f64;
+                let (s, dm, heads, dh) = (f(m.n_ctx), f(m.d_model), f(m.n_heads), f(m.d_head));
+                let norm = if m.normalization_type.is_some() {
+                    2.0 * s * (dm + 1.0)
+                } else {
+                    0.0
+                };
+                let attn = 4.0 * s * heads * dh + heads * s * dm + 2.0 * heads * s * s;
+                let mlp = if m.attn_only {
+                    0.0
+                } else {
+                    2.0 * s * f(m.d_mlp) + 2.0 * s * dm + norm
+                };
+                let block = 3.0 * s * dm + attn + mlp + norm;
+                2.0 * s * dm + f(m.n_layers) * block + norm + s * f(m.d_vocab_out)
+            }
+            ModelConfig::Mlp(m) => {
+                (m.n_ctx * m.d_embed + 2 * m.n_hidden * m.d_hidden + m.d_vocab_out) as f64
+            }
+        }
+    }
+
     /// The token embedding, `[d_vocab, width]` row-major: `embed.W_E`, or the MLP's `net.0.weight`.
     pub fn embedding(&self, params: &Params) -> Matrix {
         let (slot, width) = match self {

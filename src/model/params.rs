@@ -290,7 +290,8 @@ impl Params {
     /// Loads the parameters `cfg` needs from a safetensors file under the family's state_dict names,
     /// checking every shape. TransformerLens's non-parameter buffers (`attn.mask`, `attn.IGNORE`) are
     /// ignored; any other tensor the config does not have (a checkpoint of a deeper or different
-    /// model) is an error listing them, rather than a silently truncated model.
+    /// model) is an error listing them, rather than a silently truncated model; so are NaN or
+    /// infinite values.
     pub fn load(path: &Path, cfg: &ModelConfig) -> Result<Self> {
         let file = tensor_io::read(path)?;
         let specs = cfg.param_specs();
@@ -312,7 +313,22 @@ impl Params {
                 ),
             ));
         }
-        Self::from_tensor_map(&specs, |name| file.get(name), &path.display().to_string())
+        let params =
+            Self::from_tensor_map(&specs, |name| file.get(name), &path.display().to_string())?;
+        if let Some(bad) = params
+            .iter()
+            .find(|p| p.data.iter().any(|x| !x.is_finite()))
+        {
+            return Err(GrokError::file(
+                path,
+                format!(
+                    "tensor `{}` holds NaN or infinite values: the model diverged (or the file is \
+                     damaged), so nothing computed from it would mean anything; use an earlier checkpoint",
+                    bad.name
+                ),
+            ));
+        }
+        Ok(params)
     }
 
     /// Builds the store from owned parameters, checking that they are exactly the ones `specs` lists.

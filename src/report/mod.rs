@@ -37,6 +37,9 @@ impl ReportSummary {
             self.bytes as f64 / 1e6,
             self.seconds
         );
+        for note in &a.notes {
+            out += &format!("note: {note}\n");
+        }
         out += &format!(
             "grokking epoch (test acc >= 99%): {}\n",
             epoch(a.grokking_epoch)
@@ -103,13 +106,15 @@ fn summary_table(a: &RunAnalysis) -> String {
             ),
         ),
         ("Model", a.cfg.model.describe()),
-        ("Epochs trained", a.final_epoch.to_string()),
+        ("Model analysed (epoch)", a.final_epoch.to_string()),
     ];
+    rows.extend(a.notes.iter().map(|n| ("Note", n.clone())));
     if let Some(r) = last {
         rows.push((
-            "Final",
+            "Last evaluation",
             format!(
-                "train loss {:.3e}, acc {:.2}% · test loss {:.3e}, acc {:.2}%",
+                "epoch {} · train loss {:.3e}, acc {:.2}% · test loss {:.3e}, acc {:.2}%",
+                r.epoch,
                 r.train_loss,
                 100.0 * r.train_acc,
                 r.test_loss,

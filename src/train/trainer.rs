@@ -66,6 +66,7 @@ impl Trainer {
     /// A fresh model trained in memory only.
     pub fn new(cfg: RunConfig) -> Result<Self> {
         let cfg = cfg.resolve()?;
+        cfg.ensure_trainable()?;
         let split = cfg.task.split();
         let params = Params::init(&cfg.model);
         let optimizer = AdamW::new(adam_config(&cfg), &params);
@@ -90,6 +91,7 @@ impl Trainer {
         let lock = RunLock::acquire(&dir.root)?;
         dir.remove_temp_files();
         let (cfg, mut notes) = dir.load_config_for_resume(sets)?;
+        cfg.ensure_trainable()?;
         let split = dir.load_split()?;
         let (latest, skipped) =
             Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));

@@ -23,7 +23,7 @@ use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad,
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::{ActFn, Params};
 
-/// Buffers one thread reuses from step to step.
+/// Buffers one chunk reuses from step to step.
 #[derive(Default)]
 pub struct MlpWorkspace {
     /// Concatenated embeddings `[rows, n_ctx·d_embed]`.
@@ -56,6 +56,9 @@ struct Scratch {
 pub struct FastMlpEngine {
     cfg: MlpConfig,
     tree: MlpTree,
+    /// Worker threads.
+    threads: usize,
+    /// One workspace per chunk, for training and for evaluation.
     train_ws: Vec<MlpWorkspace>,
     eval_ws: Vec<MlpWorkspace>,
     scratch: Scratch,
@@ -71,16 +74,12 @@ impl FastMlpEngine {
                 "the fast MLP engine runs relu and gelu_new; exact gelu runs on the candle engine",
             ));
         }
-        let ws = || {
-            (0..threads.max(1))
-                .map(|_| MlpWorkspace::default())
-                .collect()
-        };
         Ok(FastMlpEngine {
             tree: cfg.tree(),
             cfg: cfg.clone(),
-            train_ws: ws(),
-            eval_ws: ws(),
+            threads: threads.max(1),
+            train_ws: Vec::new(),
+            eval_ws: Vec::new(),
             scratch: Scratch::default(),
         })
     }
@@ -104,7 +103,7 @@ impl FastMlpEngine {
         job: impl Fn(&Pass, &mut MlpWorkspace, &[u32], &[u32]) -> R + Sync,
     ) -> Result<Vec<R>> {
         self.check(params, &batch)?;
-        let threads = self.eval_ws.len();
+        let threads = self.threads;
         let scratch = std::mem::take(&mut self.scratch);
         let pass = Pass::new(
             &self.cfg,
@@ -114,7 +113,9 @@ impl FastMlpEngine {
             threads,
             scratch,
         );
-        let out = parallel_chunks(&mut self.eval_ws, batch, |ws, t, l| job(&pass, ws, t, l));
+        let out = parallel_chunks(&mut self.eval_ws, threads, batch, |ws, t, l| {
+            job(&pass, ws, t, l)
+        });
         self.scratch = pass.scratch;
         Ok(out)
     }
@@ -134,10 +135,10 @@ impl Engine for FastMlpEngine {
     ) -> Result<BatchStats> {
         self.check(params, &batch)?;
         let n_total = batch.rows();
-        let threads = self.train_ws.len();
+        let threads = self.threads;
         let scratch = std::mem::take(&mut self.scratch);
         let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads, scratch);
-        let stats = parallel_chunks(&mut self.train_ws, batch, |ws, t, l| {
+        let stats = parallel_chunks(&mut self.train_ws, threads, batch, |ws, t, l| {
             pass.run(ws, t, l, Some(n_total))
         });
         let chunks = stats.len();

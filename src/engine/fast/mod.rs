@@ -1,9 +1,10 @@
 //! The hand-written CPU engine for the training hot path.
 //!
 //! It computes exactly what the candle path computes for the last-position loss, for models without
-//! normalization and with ReLU or `gelu_new` MLPs (every grokking preset); the batch is split into one
-//! chunk per thread and the chunks' gradients are summed in a fixed order, so results are deterministic
-//! for a given thread count. Other models use the candle engine.
+//! normalization and with ReLU or `gelu_new` MLPs (every grokking preset); the batch is split into
+//! chunks decided by its size alone ([`chunk_ranges`]), the threads share them out, and the chunks'
+//! sums are reduced in chunk order, so results are bit-identical on any number of threads. Other
+//! models use the candle engine.
 
 pub mod mlp;
 pub mod transformer;
@@ -40,7 +41,9 @@ pub struct FastEngine {
     cfg: TransformerConfig,
     /// Where each parameter sits (built once, not per step).
     tree: TransformerTree,
-    /// One workspace per thread for training passes and one for evaluation, so buffer sizes stay put.
+    /// Worker threads.
+    threads: usize,
+    /// One workspace per chunk for training passes and one for evaluation, so buffer sizes stay put.
     train_ws: Vec<Workspace>,
     eval_ws: Vec<Workspace>,
 }
@@ -48,17 +51,16 @@ pub struct FastEngine {
 impl FastEngine {
     /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
     pub fn new(cfg: &TransformerConfig, threads: usize) -> Self {
-        let threads = threads.max(1);
-        let ws = || (0..threads).map(|_| Workspace::default()).collect();
         FastEngine {
             tree: cfg.tree(),
             cfg: cfg.clone(),
-            train_ws: ws(),
-            eval_ws: ws(),
+            threads: threads.max(1),
+            train_ws: Vec::new(),
+            eval_ws: Vec::new(),
         }
     }
 
-    /// Runs every chunk of `batch` on its own thread; returns per-chunk stats in chunk order (with
+    /// Runs every chunk of `batch` on the engine's threads; returns per-chunk stats in chunk order (with
     /// gradients left in the training workspaces when `grads` is set).
     fn run_chunks(
         &mut self,
@@ -73,8 +75,8 @@ impl FastEngine {
         })
     }
 
-    /// Splits `batch` into one chunk per thread and runs `job` on each with its own workspace (the
-    /// training ones when `train`); results in chunk order.
+    /// Runs `job` on every chunk of `batch` with its own workspace (the training ones when `train`);
+    /// results in chunk order.
     fn map_chunks<R: Send>(
         &mut self,
         params: &Params,
@@ -96,39 +98,70 @@ impl FastEngine {
             &mut self.eval_ws
         };
         let prepared = &prepared;
-        Ok(parallel_chunks(workspaces, batch, |ws, t, l| {
-            job(prepared, ws, t, l)
-        }))
+        Ok(parallel_chunks(
+            workspaces,
+            self.threads,
+            batch,
+            |ws, t, l| job(prepared, ws, t, l),
+        ))
     }
 }
 
-/// Splits `batch` into one contiguous chunk of rows per workspace and runs `job(workspace, tokens,
-/// labels)` on each, every chunk but the first on its own thread; results in chunk order.
-pub(crate) fn parallel_chunks<'b, W: Send, R: Send>(
-    workspaces: &mut [W],
+/// Chunks never shrink below this many rows (smaller ones would run the kernels inefficiently)...
+const MIN_CHUNK_ROWS: usize = 128;
+/// ...and a batch is split into at most this many, so up to this many threads share one batch.
+pub const MAX_CHUNKS: usize = 16;
+
+/// The row ranges a batch of `rows` rows is split into. They depend on the batch alone, never on
+/// the thread count: each chunk's sums run in the same order whichever thread computes it, and the
+/// chunks are reduced in chunk order, so a run gives bit-identical numbers on any number of threads.
+pub(crate) fn chunk_ranges(rows: usize) -> Vec<std::ops::Range<usize>> {
+    let chunks = (rows / MIN_CHUNK_ROWS).clamp(1, MAX_CHUNKS);
+    let len = rows.div_ceil(chunks).max(1);
+    (0..rows)
+        .step_by(len)
+        .map(|start| start..(start + len).min(rows))
+        .collect()
+}
+
+/// Runs `job(workspace, tokens, labels)` on every chunk of `batch` ([`chunk_ranges`]), each with
+/// its own workspace (grown to one per chunk), on `threads` threads taking contiguous groups of
+/// chunks; results in chunk order.
+pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
+    workspaces: &mut Vec<W>,
+    threads: usize,
     batch: Batch<'b>,
     job: impl Fn(&mut W, &'b [u32], &'b [u32]) -> R + Sync,
 ) -> Vec<R> {
-    let n = batch.rows();
-    let chunk = n.div_ceil(workspaces.len().max(1)).max(1);
+    let ranges = chunk_ranges(batch.rows());
+    if workspaces.len() < ranges.len() {
+        workspaces.resize_with(ranges.len(), W::default);
+    }
     let seq = batch.seq_len;
-    let jobs = workspaces
+    let mut jobs: Vec<_> = workspaces
         .iter_mut()
-        .zip((0..n).step_by(chunk))
-        .map(|(ws, start)| {
-            let end = (start + chunk).min(n);
+        .zip(ranges)
+        .map(|(ws, r)| {
             (
                 ws,
-                &batch.tokens[start * seq..end * seq],
-                &batch.labels[start..end],
+                &batch.tokens[r.start * seq..r.end * seq],
+                &batch.labels[r],
             )
-        });
-    let jobs: Vec<_> = jobs.collect();
+        })
+        .collect();
+    let per_thread = jobs.len().div_ceil(threads.max(1));
+    let mut groups = Vec::new();
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(per_thread.min(jobs.len()));
+        groups.push(std::mem::replace(&mut jobs, rest));
+    }
     // rayon's pool keeps its threads between calls (a minibatch step is ~1 ms, so spawning threads
     // per call would cost a noticeable share); `collect` keeps chunk order.
-    jobs.into_par_iter()
-        .map(|(ws, t, l)| job(ws, t, l))
-        .collect()
+    let results: Vec<Vec<R>> = groups
+        .into_par_iter()
+        .map(|group| group.into_iter().map(|(ws, t, l)| job(ws, t, l)).collect())
+        .collect();
+    results.into_iter().flatten().collect()
 }
 
 /// Loss and accuracy of a batch from its chunks' sums.
