@@ -16,6 +16,7 @@
 //! model                  families: config, typed parameter tree, forward pass with hook points
 //! tasks                  algorithmic tasks, token layouts, splits
 //! linalg, tensor_io      small dense matrices and kernels; safetensors I/O
+//! rng                    PyTorch's CPU generator bit for bit (splits, init, shuffles); ChaCha kept
 //! memory                 memory estimates checked against what the machine has
 //! error                  typed errors naming the field or file
 //! ```
@@ -32,6 +33,7 @@ pub mod model;
 pub mod optim;
 pub mod presets;
 pub mod report;
+pub mod rng;
 pub mod run;
 pub mod tasks;
 pub mod tensor_io;
