@@ -125,7 +125,7 @@ impl TorchGenerator {
         for block in data.chunks_exact_mut(16) {
             fill16(block, mean, std);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // The tail: 16 fresh uniforms into the last 16 slots, transformed again.
             let tail = &mut data[n - 16..];
             tail.iter_mut().for_each(|v| *v = self.uniform_f32());
