@@ -101,7 +101,9 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
 
 /// Median seconds of `run_with_cache` over every input of `cfg`'s task with every hook point recorded.
 pub fn run_with_cache_seconds(cfg: &RunConfig, iters: usize) -> Result<(f64, usize, usize)> {
-    let model = cfg.model.build(&crate::model::Params::init(&cfg.model))?;
+    let model = cfg
+        .model
+        .build(&crate::model::Params::init(&cfg.model, cfg.rng))?;
     let data = cfg.task.dataset();
     let tokens = model.tokens_tensor(&data.tokens, data.len())?;
     let mut times = Vec::new();

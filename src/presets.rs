@@ -4,7 +4,8 @@ use crate::config::RunConfig;
 use crate::config::TrainConfig;
 use crate::error::{GrokError, Result};
 use crate::model::{MlpConfig, ModelConfig, TransformerConfig};
-use crate::tasks::{Layout, Operation, TaskConfig};
+use crate::rng::{torch::DEFAULT_SEED, RngKind};
+use crate::tasks::{Layout, Operation, SplitRule, TaskConfig};
 
 /// Preset names with one-line descriptions; the first is the default.
 pub const PRESETS: [(&str, &str); 6] = [
@@ -43,6 +44,7 @@ pub fn preset(name: &str) -> Result<RunConfig> {
 /// the task (`--set task.layout=a_b_eq`) carry through to the model.
 pub fn preset_template(name: &str) -> Result<RunConfig> {
     let demo = RunConfig {
+        rng: RngKind::Torch,
         task: TaskConfig::grokking_demo(),
         model: ModelConfig::Transformer(TransformerConfig::grokking_demo()),
         train: TrainConfig::grokking_demo(),
@@ -64,7 +66,9 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 p: 97,
                 layout: Layout::ABEq,
                 train_frac: 0.3,
-                data_seed: 346,
+                // The notebook never seeds: its randperm draws from torch's default generator.
+                data_seed: DEFAULT_SEED,
+                split: SplitRule::FirstFraction,
             },
             model: ModelConfig::Transformer(TransformerConfig {
                 seed: 0,
@@ -74,6 +78,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 epochs: 30_000,
                 ..demo.train
             },
+            ..demo
         },
         "quick" => RunConfig {
             task: TaskConfig {
@@ -82,6 +87,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 layout: Layout::ABEq,
                 train_frac: 0.6,
                 data_seed: 0,
+                split: SplitRule::FirstFraction,
             },
             model: ModelConfig::Transformer(TransformerConfig {
                 d_model: 64,
@@ -99,6 +105,9 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 stop_at_test_acc: 0.999,
                 ..demo.train
             },
+            // groklens's own demos, tuned with (and tested on) the ChaCha streams.
+            rng: RngKind::Chacha,
+            ..demo
         },
         "seed-002" => RunConfig {
             task: TaskConfig {
@@ -106,9 +115,16 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 p: 97,
                 layout: Layout::AOpBEq,
                 train_frac: 0.8,
+                // `random_split(data, [0.8, 0.2], generator=Generator().manual_seed(21))`, the same
+                // generator then shuffling both DataLoaders.
                 data_seed: 21,
+                split: SplitRule::RandomSplit,
             },
-            model: ModelConfig::Mlp(MlpConfig::seed_002()),
+            // The notebook builds its MLP from torch's default (never seeded) generator.
+            model: ModelConfig::Mlp(MlpConfig {
+                seed: DEFAULT_SEED,
+                ..MlpConfig::seed_002()
+            }),
             train: TrainConfig {
                 weight_decay: 0.01,
                 epochs: 20_000,
@@ -118,6 +134,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 checkpoint_every: 200,
                 ..demo.train
             },
+            ..demo
         },
         "quick-mlp" => RunConfig {
             task: TaskConfig {
@@ -126,6 +143,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 layout: Layout::AOpBEq,
                 train_frac: 0.8,
                 data_seed: 0,
+                split: SplitRule::FirstFraction,
             },
             model: ModelConfig::Mlp(MlpConfig {
                 d_embed: 32,
@@ -143,6 +161,9 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 stop_at_test_acc: 0.999,
                 ..demo.train
             },
+            // groklens's own demos, tuned with (and tested on) the ChaCha streams.
+            rng: RngKind::Chacha,
+            ..demo
         },
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
@@ -176,6 +197,23 @@ mod tests {
             ),
             (113, 598, 999, 25_000)
         );
+    }
+
+    #[test]
+    fn notebook_presets_seed_like_torch() {
+        for (name, _) in PRESETS {
+            let want = if name.starts_with("quick") {
+                RngKind::Chacha
+            } else {
+                RngKind::Torch
+            };
+            assert_eq!(preset(name).unwrap().rng, want, "{name}");
+        }
+        // A config without `rng` is a run from before torch seeding.
+        let text = preset("tl-grokking-demo").unwrap().to_toml();
+        assert!(text.starts_with("rng = \"torch\"\n"), "{text}");
+        let old = RunConfig::from_toml(&text.replace("rng = \"torch\"\n", ""), "old").unwrap();
+        assert_eq!(old.rng, RngKind::Chacha);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use common::*;
 use groklens::engine::FastEngine;
 use groklens::engine::{Batch, CandleEngine, Engine};
 use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding, TransformerConfig};
+use groklens::rng::RngKind;
 
 #[test]
 fn fast_gradients_match_torch_on_the_grokking_fixture() {
@@ -74,7 +75,7 @@ fn random_batch(
 
 /// Params with every parameter (biases too) random, so every gradient path is exercised.
 fn random_params(cfg: &TransformerConfig) -> Params {
-    let mut p = Params::init(&ModelConfig::Transformer(cfg.clone()));
+    let mut p = Params::init(&ModelConfig::Transformer(cfg.clone()), RngKind::Chacha);
     let mut k = 0u32;
     for param in p.iter_mut() {
         if cfg.positional_embedding_type == PositionalEmbedding::None

@@ -11,6 +11,7 @@ use groklens::interp::{Interp, Names};
 use groklens::model::{HookedModel, MlpConfig, MlpModel, ModelConfig, NoHooks, Params};
 use groklens::optim::{AdamW, AdamWConfig};
 use groklens::presets::preset;
+use groklens::rng::RngKind;
 use groklens::tensor_io::TensorFile;
 use groklens::train::Trainer;
 
@@ -154,7 +155,7 @@ fn two_adamw_steps_match_torch() {
 #[test]
 fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
     let cfg = ModelConfig::Mlp(config());
-    let p = Params::init(&cfg);
+    let p = Params::init(&cfg, RngKind::Chacha);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     p.save(&path, Default::default()).unwrap();
@@ -188,7 +189,7 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
         ..config()
     });
     let deep_path = dir.path().join("deep.safetensors");
-    Params::init(&deep)
+    Params::init(&deep, RngKind::Chacha)
         .save(&deep_path, Default::default())
         .unwrap();
     let e = Params::load(&deep_path, &cfg).unwrap_err().to_string();
@@ -205,7 +206,11 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
 
 #[test]
 fn the_model_refuses_rows_of_the_wrong_length() {
-    let model = MlpModel::new(&config(), &Params::init(&ModelConfig::Mlp(config()))).unwrap();
+    let model = MlpModel::new(
+        &config(),
+        &Params::init(&ModelConfig::Mlp(config()), RngKind::Chacha),
+    )
+    .unwrap();
     let t = Tensor::from_slice(&[1u32, 2, 3], (1, 3), &Device::Cpu).unwrap();
     let e = model
         .forward(&t, Default::default(), &mut NoHooks)
@@ -248,7 +253,7 @@ fn the_lookup_path_matches_candle_on_batches_larger_than_the_vocabulary() {
     let data = cfg.task.dataset();
     let rows: Vec<usize> = (0..300).map(|i| i * 31 % data.len()).collect();
     let data = data.select(&rows);
-    let p = Params::init(&cfg.model);
+    let p = Params::init(&cfg.model, cfg.rng);
     let trainable = vec![true; p.len()];
     let b = batch(&data.tokens, &data.labels);
     let mlp = cfg.model.mlp().unwrap();

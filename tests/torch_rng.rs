@@ -138,3 +138,102 @@ fn uniform_kaiming_and_module_defaults() {
     assert_exact(&f, "modules42.small.weight", &w);
     assert_exact(&f, "modules42.small.bias", &b);
 }
+
+mod seeds {
+    use super::*;
+    use groklens::engine::{self, Batch, EngineKind};
+    use groklens::model::Params;
+    use groklens::presets::preset;
+    use groklens::rng::RngKind;
+    use groklens::train::shuffle::Shuffle;
+
+    #[test]
+    fn the_transformer_lens_demo_has_the_notebooks_split_init_and_first_loss() {
+        let f = vectors();
+        let cfg = preset("tl-grokking-demo").unwrap();
+        assert_eq!(cfg.rng, RngKind::Torch);
+        let split = cfg.task.split(cfg.rng);
+        let data = cfg.task.dataset();
+        let pair = |i: usize| [data.tokens[i * 3], data.tokens[i * 3 + 1]];
+        let first_train: Vec<[u32; 2]> = split.train[..5].iter().map(|&i| pair(i)).collect();
+        let first_test: Vec<[u32; 2]> = split.test[..5].iter().map(|&i| pair(i)).collect();
+        // Seed 004's printout.
+        assert_eq!(
+            first_train,
+            [[21, 31], [30, 98], [47, 10], [86, 21], [99, 83]]
+        );
+        assert_eq!(
+            first_test,
+            [[43, 40], [31, 42], [39, 63], [35, 61], [112, 102]]
+        );
+        assert_eq!(split.train.len(), 3830);
+
+        // TransformerLens's init after seed 999, every parameter bit for bit.
+        let params = Params::init(&cfg.model, cfg.rng);
+        for p in params.iter() {
+            let name = format!("tl_demo999.{}", p.name);
+            assert!(
+                f.get(&format!("{name}.head")).is_some(),
+                "{name} not in the fixture"
+            );
+            assert_long_f32(&f, &name, &p.data);
+        }
+
+        // The epoch-0 train loss TransformerLens computes (f64 cross-entropy of f32 logits).
+        let train = data.select(&split.train);
+        let mut e = engine::select(&cfg.model, EngineKind::Auto, 2).unwrap();
+        let batch = Batch {
+            tokens: &train.tokens,
+            labels: &train.labels,
+            seq_len: 3,
+        };
+        let loss = e.evaluate(&params, batch).unwrap().loss;
+        let theirs = f
+            .get("tl_demo999.epoch0_train_loss")
+            .unwrap()
+            .to_f64("loss")
+            .unwrap()[0];
+        assert!(
+            (loss - theirs).abs() < 1e-6,
+            "{loss} vs TransformerLens {theirs}"
+        );
+        assert!((loss - 4.7358857555).abs() < 1e-6, "{loss}");
+    }
+
+    #[test]
+    fn seed_002_split_minibatch_order_and_init_are_torchs() {
+        let f = vectors();
+        let cfg = preset("seed-002").unwrap();
+        let split = cfg.task.split(cfg.rng);
+        assert_eq!((split.train.len(), split.test.len()), (7528, 1881));
+        assert_long_ints(&f, "seed002.train", &split.train);
+        assert_long_ints(&f, "seed002.val", &split.test);
+
+        // Three epochs of DataLoader order, from the start and replayed for a resume at epoch 2.
+        let (n_train, n_test) = (split.train.len(), split.test.len());
+        let mut shuffle = Shuffle::new(&cfg, n_train, n_test, 0);
+        let rows =
+            |order: Vec<usize>| -> Vec<usize> { order.iter().map(|&i| split.train[i]).collect() };
+        for epoch in 0..3 {
+            let name = format!("seed002.epoch{epoch}.train_order");
+            assert_long_ints(&f, &name, &rows(shuffle.order(epoch, n_train)));
+        }
+        let mut resumed = Shuffle::new(&cfg, n_train, n_test, 2);
+        assert_long_ints(
+            &f,
+            "seed002.epoch2.train_order",
+            &rows(resumed.order(2, n_train)),
+        );
+
+        // The MLP's init after manual_seed(0): embedding, Linear construction draws, kaiming_normal_.
+        let mut mlp = cfg.model.clone();
+        if let groklens::model::ModelConfig::Mlp(m) = &mut mlp {
+            m.seed = 0;
+        }
+        let params = Params::init(&mlp, RngKind::Torch);
+        for p in params.iter() {
+            let name = p.name.trim_start_matches("net.");
+            assert_long_f32(&f, &format!("seed002_mlp0.{name}"), &p.data);
+        }
+    }
+}

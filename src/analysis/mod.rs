@@ -251,7 +251,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
     for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
         let ckpt = match epoch {
-            0 => Params::init(model_cfg),
+            0 => Params::init(model_cfg, cfg.rng),
             e if skipped.contains(&e) => continue,
             e => match load_checkpoint(e) {
                 Ok(params) => params,

@@ -290,7 +290,7 @@ mod tests {
             )
             .unwrap()
         };
-        let train = task.split().train;
+        let train = task.split(crate::rng::RngKind::Chacha).train;
         let keys = KeyDirections::new(&task, &[3, 5], &train).unwrap();
         let clean = grid(0.0);
         let (restricted, excluded) = keys.losses(&clean);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GrokError, Result};
 use crate::memory::Estimate;
 use crate::model::ModelConfig;
+use crate::rng::RngKind;
 use crate::tasks::TaskConfig;
 pub mod train;
 
@@ -17,6 +18,11 @@ pub use train::TrainConfig;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
+    /// Which generator draws the split, the initial weights and the minibatch order: `"torch"`
+    /// reproduces PyTorch's after `torch.manual_seed` (every notebook preset), `"chacha"` is groklens's
+    /// older streams, and what a config without the key (a run made before torch seeding) means.
+    #[serde(default)]
+    pub rng: RngKind,
     /// The algorithmic task and split.
     pub task: TaskConfig,
     /// The model: `family = "transformer"` (default) or `"mlp"`, and that family's fields.
@@ -109,13 +115,19 @@ impl RunConfig {
         )
     }
 
-    /// Every setting as `section.key` → value, in file order (the keys `--set` takes).
+    /// Every setting as `section.key` (or a top-level `key`) → value, in file order: the keys
+    /// `--set` takes.
     pub fn flat(&self) -> Vec<(String, toml::Value)> {
         let doc = toml::Value::try_from(self).expect("config serialises");
         let mut out = Vec::new();
-        for (section, table) in doc.as_table().into_iter().flatten() {
-            for (key, value) in table.as_table().into_iter().flatten() {
-                out.push((format!("{section}.{key}"), value.clone()));
+        for (name, value) in doc.as_table().into_iter().flatten() {
+            match value.as_table() {
+                Some(table) => {
+                    for (key, value) in table {
+                        out.push((format!("{name}.{key}"), value.clone()));
+                    }
+                }
+                None => out.push((name.clone(), value.clone())),
             }
         }
         out
@@ -166,18 +178,26 @@ impl RunConfig {
             GrokError::config(
                 key,
                 raw,
-                "unknown key: use task.*, model.* or train.* (see `groklens presets --show NAME`)",
+                "unknown key: use rng, task.*, model.* or train.* (see `groklens presets --show NAME`)",
             )
         };
-        let (section, field) = key.split_once('.').ok_or_else(unknown)?;
-        let table = doc
-            .get_mut(section)
-            .and_then(|t| t.as_table_mut())
-            .ok_or_else(unknown)?;
-        if field.contains('.') {
-            return Err(unknown());
+        let root = doc.as_table_mut().expect("a config is a table");
+        match key.split_once('.') {
+            None if root.get(key).is_some_and(|v| !v.is_table()) => {
+                root.insert(key.to_string(), value);
+            }
+            None => return Err(unknown()),
+            Some((section, field)) => {
+                let table = root
+                    .get_mut(section)
+                    .and_then(|t| t.as_table_mut())
+                    .ok_or_else(unknown)?;
+                if field.contains('.') {
+                    return Err(unknown());
+                }
+                table.insert(field.to_string(), value);
+            }
         }
-        table.insert(field.to_string(), value);
         *self = doc
             .try_into()
             .map_err(|e: toml::de::Error| GrokError::config(key, raw, e.message().to_string()))?;

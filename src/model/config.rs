@@ -9,9 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{GrokError, Result};
 use crate::linalg::Matrix;
 use crate::model::hooks::Hooks;
-use crate::model::mlp::{MlpConfig, MlpModel};
-use crate::model::params::{ParamSpec, Params, Slot};
+use crate::model::mlp::{LinearSlots, MlpConfig, MlpModel};
+use crate::model::params::{Init, ParamSpec, Params, Slot};
 use crate::model::transformer::{HookedTransformer, LogitPositions, TransformerConfig};
+use crate::rng::TorchGenerator;
 
 /// A built model: its forward pass and its hook points.
 pub trait HookedModel {
@@ -177,6 +178,54 @@ impl ModelConfig {
             ModelConfig::Transformer(m) => m.forward_flops_full(batch),
             ModelConfig::Mlp(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Mlp(m) => m.forward_flops(batch),
+        }
+    }
+
+    /// The initial values, in slot order, that the family's PyTorch reference draws from `gen`:
+    /// for the transformer TransformerLens's init (`normal_(0, init_std)` per `W_*` in
+    /// `named_parameters()` order, biases 0, LN weights 1; a `W_pos` held at zero is drawn and then
+    /// zeroed, as seed 003 does); for the MLP seed 002's (`nn.Embedding` N(0, 1) and every
+    /// `nn.Linear`'s construction draws in order, then `kaiming_normal_` on each Linear weight,
+    /// biases zeroed).
+    pub fn torch_init(&self, gen: &mut TorchGenerator) -> Vec<Vec<f32>> {
+        let specs = self.param_specs();
+        let zeros = |slot: Slot| vec![0.0; specs[slot.index()].shape.iter().product()];
+        match self {
+            ModelConfig::Transformer(c) => specs
+                .iter()
+                .map(|s| {
+                    let n = s.shape.iter().product();
+                    match s.init {
+                        Init::Normal { std } => gen.normal(n, 0.0, std),
+                        Init::Zeros if s.fixed => {
+                            gen.normal(n, 0.0, c.init_std());
+                            vec![0.0; n]
+                        }
+                        Init::Zeros => vec![0.0; n],
+                        Init::Ones => vec![1.0; n],
+                    }
+                })
+                .collect(),
+            ModelConfig::Mlp(c) => {
+                let tree = c.tree();
+                let mut values = vec![Vec::new(); specs.len()];
+                values[tree.embed.index()] = gen.normal(c.d_vocab * c.d_embed, 0.0, 1.0);
+                let linears: Vec<&LinearSlots> = tree.hidden.iter().chain([&tree.out]).collect();
+                let fans = |l: &LinearSlots| {
+                    let shape = &specs[l.weight.index()].shape;
+                    (shape[1], shape[0])
+                };
+                for &l in &linears {
+                    let (fan_in, fan_out) = fans(l);
+                    gen.linear(fan_in, fan_out);
+                }
+                for &l in &linears {
+                    let (fan_in, fan_out) = fans(l);
+                    values[l.weight.index()] = gen.kaiming_normal_relu(fan_out, fan_in);
+                    values[l.bias.index()] = zeros(l.bias);
+                }
+                values
+            }
         }
     }
 

@@ -11,6 +11,8 @@ use std::path::Path;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use crate::rng::{RngKind, TorchGenerator};
 use rand_distr::{Distribution, Normal};
 
 use crate::error::{GrokError, Result};
@@ -159,9 +161,27 @@ pub struct Params {
 }
 
 impl Params {
-    /// The initial parameters of `cfg`, seeded by its `seed`.
-    pub fn init(cfg: &ModelConfig) -> Self {
-        Self::init_specs(&cfg.param_specs(), cfg.seed())
+    /// The initial parameters of `cfg`, seeded by its `seed`, drawn by the generator `rng` names:
+    /// with [`RngKind::Torch`] exactly what the family's PyTorch reference draws after
+    /// `torch.manual_seed(seed)` ([`ModelConfig::torch_init`]).
+    pub fn init(cfg: &ModelConfig, rng: RngKind) -> Self {
+        let specs = cfg.param_specs();
+        match rng {
+            RngKind::Chacha => Self::init_specs(&specs, cfg.seed()),
+            RngKind::Torch => {
+                let values = cfg.torch_init(&mut TorchGenerator::new(cfg.seed()));
+                let entries = specs
+                    .iter()
+                    .zip(values)
+                    .map(|(s, data)| Param {
+                        name: s.name.clone(),
+                        shape: s.shape.clone(),
+                        data,
+                    })
+                    .collect();
+                Self::from_entries(entries)
+            }
+        }
     }
 
     /// Draws every [`Init::Normal`] parameter in list order from one ChaCha stream of `seed`.

@@ -94,6 +94,19 @@ impl TorchGenerator {
         (self.random64() % (1u64 << 63)) as i64
     }
 
+    /// Advances the generator exactly as `randperm(n)` does, without building the permutation.
+    pub fn skip_randperm(&mut self, n: usize) {
+        if n < (u32::MAX / 20) as usize {
+            (1..n).for_each(|_| {
+                self.random();
+            });
+        } else {
+            (0..n).for_each(|_| {
+                self.random64();
+            });
+        }
+    }
+
     /// `torch.randperm(n, generator=g)`.
     pub fn randperm(&mut self, n: usize) -> Vec<usize> {
         let mut a: Vec<usize> = (0..n).collect();
@@ -230,5 +243,11 @@ mod tests {
         assert_eq!(p, (0..1000).collect::<Vec<_>>());
         assert!(TorchGenerator::new(1).randperm(0).is_empty());
         assert_eq!(TorchGenerator::new(1).randperm(1), [0]);
+        for n in [0, 1, 2, 50] {
+            let (mut a, mut b) = (TorchGenerator::new(9), TorchGenerator::new(9));
+            a.randperm(n);
+            b.skip_randperm(n);
+            assert_eq!(a.random(), b.random(), "n = {n}");
+        }
     }
 }

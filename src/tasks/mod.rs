@@ -6,6 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::rng::{RngKind, TorchGenerator};
 
 /// A binary operation on Z_p. The polynomial ones are from Power et al. (2022).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +159,37 @@ pub struct TaskConfig {
     pub train_frac: f64,
     /// Seed of the split shuffle.
     pub data_seed: u64,
+    /// How many rows the train set gets: the first ⌊n·train_frac⌋ of the shuffle (seeds 000, 001,
+    /// 004) or `random_split`'s rounding (seed 002).
+    #[serde(default)]
+    pub split: SplitRule,
+}
+
+/// How the shuffled rows are cut into train and test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitRule {
+    /// `indices[:int(n * frac)]` train, the rest test.
+    #[default]
+    FirstFraction,
+    /// `torch.utils.data.random_split(data, [frac, 1 - frac])`: each part gets ⌊n·fraction⌋ rows and
+    /// the rows left over go one each to the parts in order.
+    RandomSplit,
+}
+
+impl SplitRule {
+    /// Train rows out of `n` for the train fraction `frac`.
+    pub fn train_rows(self, n: usize, frac: f64) -> usize {
+        let first = (frac * n as f64).floor() as usize;
+        match self {
+            SplitRule::FirstFraction => first,
+            SplitRule::RandomSplit => {
+                let second = ((1.0 - frac) * n as f64).floor() as usize;
+                // Leftover rows are dealt round-robin starting with the train part.
+                first + usize::from(n > first + second)
+            }
+        }
+    }
 }
 
 impl TaskConfig {
@@ -169,6 +201,7 @@ impl TaskConfig {
             layout: Layout::ABEq,
             train_frac: 0.3,
             data_seed: 598,
+            split: SplitRule::FirstFraction,
         }
     }
 
@@ -251,12 +284,19 @@ impl TaskConfig {
             .collect()
     }
 
-    /// Shuffles all row indices with the data seed; the first ⌊frac·N⌋ are train.
-    pub fn split(&self) -> Split {
+    /// Shuffles all row indices with the data seed (with `rng = "torch"`, `torch.randperm(n)` after
+    /// `torch.manual_seed(data_seed)`); the first [`SplitRule::train_rows`] are train.
+    pub fn split(&self, rng: RngKind) -> Split {
         let n = self.dataset().len();
-        let mut idx: Vec<usize> = (0..n).collect();
-        idx.shuffle(&mut ChaCha8Rng::seed_from_u64(self.data_seed));
-        let cut = (self.train_frac * n as f64).floor() as usize;
+        let idx = match rng {
+            RngKind::Torch => TorchGenerator::new(self.data_seed).randperm(n),
+            RngKind::Chacha => {
+                let mut idx: Vec<usize> = (0..n).collect();
+                idx.shuffle(&mut ChaCha8Rng::seed_from_u64(self.data_seed));
+                idx
+            }
+        };
+        let cut = self.split.train_rows(n, self.train_frac);
         Split {
             train: idx[..cut].to_vec(),
             test: idx[cut..].to_vec(),
@@ -364,14 +404,30 @@ mod tests {
     #[test]
     fn split_is_seeded_disjoint_and_complete() {
         let t = task(Operation::Add, 23);
-        let s = t.split();
-        assert_eq!(s, t.split());
-        assert_eq!(s.train.len(), (0.3f64 * 529.0).floor() as usize);
-        let mut all: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
-        all.sort();
-        assert_eq!(all, (0..529).collect::<Vec<_>>());
-        let other = TaskConfig { data_seed: 1, ..t }.split();
-        assert_ne!(s.train, other.train);
+        for rng in [RngKind::Torch, RngKind::Chacha] {
+            let s = t.split(rng);
+            assert_eq!(s, t.split(rng));
+            assert_eq!(s.train.len(), (0.3f64 * 529.0).floor() as usize);
+            let mut all: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
+            all.sort();
+            assert_eq!(all, (0..529).collect::<Vec<_>>());
+            let other = TaskConfig {
+                data_seed: 1,
+                ..t.clone()
+            }
+            .split(rng);
+            assert_ne!(s.train, other.train);
+        }
+        assert_ne!(t.split(RngKind::Torch), t.split(RngKind::Chacha));
+    }
+
+    #[test]
+    fn random_split_deals_leftover_rows_to_train_first() {
+        // random_split(9409, [0.8, 0.2]): 7527 + 1881 = 9408, the one left over goes to train.
+        assert_eq!(SplitRule::RandomSplit.train_rows(9409, 0.8), 7528);
+        assert_eq!(SplitRule::FirstFraction.train_rows(9409, 0.8), 7527);
+        // Nothing left over: both rules agree.
+        assert_eq!(SplitRule::RandomSplit.train_rows(100, 0.3), 30);
     }
 
     #[test]

@@ -2,10 +2,7 @@
 
 use std::time::Instant;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
+use super::shuffle::Shuffle;
 use crate::config::train::glob_match;
 use crate::config::RunConfig;
 use crate::engine::{self, Batch, BatchStats, Engine};
@@ -50,6 +47,8 @@ pub struct Trainer {
     _lock: Option<RunLock>,
     /// The output layer's weight and shape, whose spectral norm the metrics track.
     output_weight: (Slot, usize, usize),
+    /// Each epoch's minibatch order.
+    shuffle: Shuffle,
     /// Its last top right singular vector (warm start for the next evaluation).
     spectral_vector: Vec<f64>,
 }
@@ -67,8 +66,8 @@ impl Trainer {
     pub fn new(cfg: RunConfig) -> Result<Self> {
         let cfg = cfg.resolve()?;
         cfg.ensure_trainable()?;
-        let split = cfg.task.split();
-        let params = Params::init(&cfg.model);
+        let split = cfg.task.split(cfg.rng);
+        let params = Params::init(&cfg.model, cfg.rng);
         let optimizer = AdamW::new(adam_config(&cfg), &params);
         Self::assemble(cfg, split, params, optimizer, 0, 0.0, Vec::new(), None)
     }
@@ -77,7 +76,7 @@ impl Trainer {
     pub fn create(cfg: RunConfig, dir: &RunDir) -> Result<Self> {
         let mut t = Self::new(cfg)?;
         let lock = RunLock::acquire(&dir.root)?;
-        dir.create(&t.cfg, &t.cfg.task.split())?;
+        dir.create(&t.cfg, &t.cfg.task.split(t.cfg.rng))?;
         t.run_dir = Some(dir.clone());
         t._lock = Some(lock);
         Ok(t)
@@ -105,7 +104,7 @@ impl Trainer {
         let (params, optimizer, epoch, elapsed) = match latest {
             Some(c) => (c.params, c.optimizer, c.epoch, c.elapsed_s),
             None => {
-                let p = Params::init(&cfg.model);
+                let p = Params::init(&cfg.model, cfg.rng);
                 let o = AdamW::new(adam_config(&cfg), &p);
                 (p, o, 0, 0.0)
             }
@@ -189,6 +188,7 @@ impl Trainer {
             .collect();
         let engine = engine::select(&cfg.model, cfg.train.engine, cfg.train.threads)?;
         Ok(Trainer {
+            shuffle: Shuffle::new(&cfg, split.train.len(), split.test.len(), epoch),
             grads: params.zeros_like(),
             train: data.select(&split.train),
             test: data.select(&split.test),
@@ -233,10 +233,7 @@ impl Trainer {
         let seq = self.train.seq_len;
         let mut order: Option<Dataset> = None;
         if bs < n {
-            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.train.seed);
-            rng.set_stream(self.epoch as u64);
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.shuffle(&mut rng);
+            let idx = self.shuffle.order(self.epoch, n);
             order = Some(self.train.select(&idx));
         }
         let data = order.as_ref().unwrap_or(&self.train);

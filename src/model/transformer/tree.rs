@@ -129,18 +129,16 @@ impl TransformerTree {
             };
             let mut a = b.pp("attn");
             let head_in = || vec![nh, dm, dh];
-            let (w_q, w_k, w_v) = (
-                a.leaf("W_Q", head_in(), weight),
-                a.leaf("W_K", head_in(), weight),
-                a.leaf("W_V", head_in(), weight),
-            );
+            // TransformerLens's registration order (its `named_parameters()`, which its init draws
+            // in): the query and output first, then key and value.
+            let w_q = a.leaf("W_Q", head_in(), weight);
             let w_o = a.leaf("W_O", vec![nh, dh, dm], weight);
-            let (b_q, b_k, b_v) = (
-                a.leaf("b_Q", vec![nh, dh], Init::Zeros),
-                a.leaf("b_K", vec![nh, dh], Init::Zeros),
-                a.leaf("b_V", vec![nh, dh], Init::Zeros),
-            );
+            let b_q = a.leaf("b_Q", vec![nh, dh], Init::Zeros);
             let b_o = a.leaf("b_O", vec![dm], Init::Zeros);
+            let w_k = a.leaf("W_K", head_in(), weight);
+            let w_v = a.leaf("W_V", head_in(), weight);
+            let b_k = a.leaf("b_K", vec![nh, dh], Init::Zeros);
+            let b_v = a.leaf("b_V", vec![nh, dh], Init::Zeros);
             let attn = AttnSlots {
                 w_q,
                 w_k,
@@ -213,14 +211,15 @@ mod tests {
             "ln1.b",
             "ln2.w",
             "ln2.b",
+            // TransformerLens 2.18's `named_parameters()` order (printed from the library).
             "attn.W_Q",
-            "attn.W_K",
-            "attn.W_V",
             "attn.W_O",
             "attn.b_Q",
+            "attn.b_O",
+            "attn.W_K",
+            "attn.W_V",
             "attn.b_K",
             "attn.b_V",
-            "attn.b_O",
             "mlp.W_in",
             "mlp.b_in",
             "mlp.W_out",
