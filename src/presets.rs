@@ -107,7 +107,6 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             },
             // groklens's own demos, tuned with (and tested on) the ChaCha streams.
             rng: RngKind::Chacha,
-            ..demo
         },
         "seed-002" => RunConfig {
             task: TaskConfig {
@@ -163,7 +162,6 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             },
             // groklens's own demos, tuned with (and tested on) the ChaCha streams.
             rng: RngKind::Chacha,
-            ..demo
         },
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
