@@ -19,7 +19,7 @@ pub enum Shuffle {
     /// loader's (whose order changes no metric, but whose draws move `g` on).
     Torch {
         /// The generator, just past the draws of the epochs so far.
-        gen: TorchGenerator,
+        gen: Box<TorchGenerator>,
         /// Rows of the validation loader.
         n_test: usize,
     },
@@ -36,7 +36,10 @@ impl Shuffle {
             RngKind::Torch => {
                 let mut gen = TorchGenerator::new(cfg.task.data_seed);
                 gen.skip_randperm(n_train + n_test); // the split's randperm
-                let mut shuffle = Shuffle::Torch { gen, n_test };
+                let mut shuffle = Shuffle::Torch {
+                    gen: Box::new(gen),
+                    n_test,
+                };
                 if cfg.train.batch_size > 0 && cfg.train.batch_size < n_train {
                     for _ in 0..epochs_done {
                         shuffle.next_torch_epoch(n_train, false);
