@@ -281,6 +281,21 @@ mod tests {
     }
 
     #[test]
+    fn the_top_level_rng_key_is_set_checked_and_part_of_the_identity() {
+        let demo = presets::preset("tl-grokking-demo").unwrap();
+        let mut c = demo.clone();
+        c.set("rng=chacha").unwrap();
+        assert_eq!(c.rng, crate::rng::RngKind::Chacha);
+        let e = c.set("rng=pytorch").unwrap_err().to_string();
+        assert!(e.contains("rng") && e.contains("torch"), "{e}");
+        let changes = c.changes_since(&demo);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].to_string(), "rng \"torch\" → \"chacha\"");
+        assert!(!changes[0].is_resumable());
+        assert!(c.set("task=1").is_err(), "a section is not a value");
+    }
+
+    #[test]
     fn bad_overrides_name_the_key() {
         let mut c = presets::preset("quick").unwrap();
         let e = c.set("train.lrr=1").unwrap_err().to_string();
