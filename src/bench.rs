@@ -70,10 +70,7 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
     let (n_train, n_test) = (t.data().0.len(), t.data().1.len());
     let m = &cfg.model;
     let fast = t.engine_name() == "fast";
-    let batch = match cfg.train.batch_size {
-        0 => n_train,
-        b => b.min(n_train),
-    };
+    let batch = cfg.train.batch_rows(n_train);
     let steps: Vec<usize> = (0..n_train)
         .step_by(batch)
         .map(|s| batch.min(n_train - s))

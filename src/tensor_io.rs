@@ -200,24 +200,23 @@ pub fn to_bytes(
     let mut data = Vec::new();
     for (name, t) in tensors {
         let start = data.len();
-        let dtype = match &t.data {
+        let (dtype, elements) = match &t.data {
             HostData::F32(v) => {
                 v.iter().for_each(|x| data.extend(x.to_le_bytes()));
-                "F32"
+                ("F32", v.len())
             }
             HostData::F64(v) => {
                 v.iter().for_each(|x| data.extend(x.to_le_bytes()));
-                "F64"
+                ("F64", v.len())
             }
             HostData::I64(v) => {
                 v.iter().for_each(|x| data.extend(x.to_le_bytes()));
-                "I64"
+                ("I64", v.len())
             }
             HostData::Unsupported(d) => {
                 return Err(GrokError::tensor(name, format!("cannot write dtype {d}")))
             }
         };
-        let elements = (data.len() - start) / if dtype == "F32" { 4 } else { 8 };
         if elements != t.shape.iter().product::<usize>() {
             return Err(GrokError::tensor(
                 name,

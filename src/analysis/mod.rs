@@ -163,14 +163,8 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     };
     let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
     let (final_epoch, params) = if run.final_path().exists() {
-        let file_epoch = crate::tensor_io::read(&run.final_path())?
-            .metadata
-            .get("epoch")
-            .and_then(|e| e.parse().ok());
-        (
-            file_epoch.unwrap_or(last_evaluated),
-            Params::load(&run.final_path(), model_cfg)?,
-        )
+        let params = Params::load(&run.final_path(), model_cfg)?;
+        (run.final_epoch().unwrap_or(last_evaluated), params)
     } else {
         // An unfinished run: the newest checkpoint that loads, saying which were skipped and why.
         let newest = epochs.iter().rev().find_map(|&e| match load_checkpoint(e) {

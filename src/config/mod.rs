@@ -89,10 +89,7 @@ impl RunConfig {
     pub fn training_memory(&self) -> Estimate {
         let rows = (self.task.p as f64).powi(2);
         let train = (rows * self.task.train_frac).floor();
-        let batch = match self.train.batch_size {
-            0 => train,
-            b => (b as f64).min(train),
-        };
+        let batch = self.train.batch_rows(train as usize) as f64;
         let seq = self.task.layout.len() as f64;
         Estimate::new()
             .floats("dataset", rows * (seq + 1.0) * 2.0)

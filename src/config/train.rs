@@ -104,6 +104,14 @@ impl TrainConfig {
         }
     }
 
+    /// Rows per optimizer step over a train set of `n_train` rows (all of them for full batch).
+    pub fn batch_rows(&self, n_train: usize) -> usize {
+        match self.batch_size {
+            0 => n_train,
+            b => b.min(n_train),
+        }
+    }
+
     /// Checks ranges, naming the field.
     pub fn validate(&self) -> Result<()> {
         let pos = |f: &str, v: f64| {

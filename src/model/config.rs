@@ -195,15 +195,14 @@ impl ModelConfig {
                 .iter()
                 .map(|s| {
                     let n = s.shape.iter().product();
-                    match s.init {
-                        Init::Normal { std } => gen.normal(n, 0.0, std),
-                        Init::Zeros if s.fixed => {
-                            gen.normal(n, 0.0, c.init_std());
-                            vec![0.0; n]
-                        }
-                        Init::Zeros => vec![0.0; n],
-                        Init::Ones => vec![1.0; n],
+                    if let Init::Normal { std } = s.init {
+                        return gen.normal(n, 0.0, std);
                     }
+                    if s.fixed {
+                        // TransformerLens draws it like every `W_*` before it is held at its constant.
+                        gen.normal(n, 0.0, c.init_std());
+                    }
+                    vec![s.init.constant().expect("a constant init"); n]
                 })
                 .collect(),
             ModelConfig::Mlp(c) => {

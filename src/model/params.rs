@@ -169,17 +169,7 @@ impl Params {
         match rng {
             RngKind::Chacha => Self::init_specs(&specs, cfg.seed()),
             RngKind::Torch => {
-                let values = cfg.torch_init(&mut TorchGenerator::new(cfg.seed()));
-                let entries = specs
-                    .iter()
-                    .zip(values)
-                    .map(|(s, data)| Param {
-                        name: s.name.clone(),
-                        shape: s.shape.clone(),
-                        data,
-                    })
-                    .collect();
-                Self::from_entries(entries)
+                Self::from_values(&specs, cfg.torch_init(&mut TorchGenerator::new(cfg.seed())))
             }
         }
     }
@@ -187,24 +177,29 @@ impl Params {
     /// Draws every [`Init::Normal`] parameter in list order from one ChaCha stream of `seed`.
     pub fn init_specs(specs: &[ParamSpec], seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let values = specs.iter().map(|s| {
+            let n: usize = s.shape.iter().product();
+            match s.init {
+                Init::Normal { std } => {
+                    let normal = Normal::new(0.0f32, std as f32)
+                        .expect("init std is finite and >= 0 (checked by the config)");
+                    (0..n).map(|_| normal.sample(&mut rng)).collect()
+                }
+                constant => vec![constant.constant().expect("a constant init"); n],
+            }
+        });
+        Self::from_values(specs, values.collect())
+    }
+
+    /// The store of `specs` holding `values` (one per spec, in order).
+    fn from_values(specs: &[ParamSpec], values: Vec<Vec<f32>>) -> Self {
         let entries = specs
             .iter()
-            .map(|s| {
-                let n: usize = s.shape.iter().product();
-                let data = match s.init {
-                    Init::Normal { std } => {
-                        let normal = Normal::new(0.0f32, std as f32)
-                            .expect("init std is finite and >= 0 (checked by the config)");
-                        (0..n).map(|_| normal.sample(&mut rng)).collect()
-                    }
-                    Init::Zeros => vec![0.0; n],
-                    Init::Ones => vec![1.0; n],
-                };
-                Param {
-                    name: s.name.clone(),
-                    shape: s.shape.clone(),
-                    data,
-                }
+            .zip(values)
+            .map(|(s, data)| Param {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                data,
             })
             .collect();
         Self::from_entries(entries)

@@ -67,6 +67,12 @@ impl RunDir {
         self.root.join("identity.toml")
     }
 
+    /// The epoch `final.safetensors` was written at (its `epoch` metadata), if it exists and says.
+    pub fn final_epoch(&self) -> Option<usize> {
+        let file = tensor_io::read(&self.final_path()).ok()?;
+        file.metadata.get("epoch")?.parse().ok()
+    }
+
     /// `split.safetensors`.
     pub fn split_path(&self) -> PathBuf {
         self.root.join("split.safetensors")

@@ -14,15 +14,18 @@ pub enum Shuffle {
         /// `train.seed`.
         seed: u64,
     },
-    /// The data generator continued after the split, drawing each epoch what seed 002's two
-    /// `DataLoader(shuffle=True, generator=g)`s draw: the train loader's, then the validation
-    /// loader's (whose order changes no metric, but whose draws move `g` on).
-    Torch {
-        /// The generator, just past the draws of the epochs so far.
-        gen: Box<TorchGenerator>,
-        /// Rows of the validation loader.
-        n_test: usize,
-    },
+    /// The data generator continued after the split, as seed 002's loaders use it.
+    Torch(Box<TorchLoaders>),
+}
+
+/// Seed 002's two `DataLoader(shuffle=True, generator=g)`s on the generator `g` that drew the split:
+/// each epoch the train loader's draws, then the validation loader's (whose order changes no metric,
+/// but whose draws move `g` on).
+pub struct TorchLoaders {
+    /// The generator, just past the draws of the epochs so far.
+    gen: TorchGenerator,
+    /// Rows of the validation loader.
+    n_test: usize,
 }
 
 impl Shuffle {
@@ -36,16 +39,14 @@ impl Shuffle {
             RngKind::Torch => {
                 let mut gen = TorchGenerator::new(cfg.task.data_seed);
                 gen.skip_randperm(n_train + n_test); // the split's randperm
-                let mut shuffle = Shuffle::Torch {
-                    gen: Box::new(gen),
-                    n_test,
-                };
-                if cfg.train.batch_size > 0 && cfg.train.batch_size < n_train {
+                let mut loaders = TorchLoaders { gen, n_test };
+                // Full-batch runs have no loaders and draw nothing.
+                if cfg.train.batch_rows(n_train) < n_train {
                     for _ in 0..epochs_done {
-                        shuffle.next_torch_epoch(n_train, false);
+                        loaders.epoch(n_train, false);
                     }
                 }
-                shuffle
+                Shuffle::Torch(Box::new(loaders))
             }
         }
     }
@@ -61,29 +62,29 @@ impl Shuffle {
                 idx.shuffle(&mut rng);
                 idx
             }
-            Shuffle::Torch { .. } => self.next_torch_epoch(n, true).unwrap_or_default(),
+            Shuffle::Torch(loaders) => loaders.epoch(n, true),
         }
     }
+}
 
-    /// One epoch of the two loaders' draws; the train permutation when `build` is set.
-    fn next_torch_epoch(&mut self, n_train: usize, build: bool) -> Option<Vec<usize>> {
-        let Shuffle::Torch { gen, n_test } = self else {
-            return None;
-        };
+impl TorchLoaders {
+    /// One epoch of the two loaders' draws; the train permutation when `build` is set (else empty).
+    fn epoch(&mut self, n_train: usize, build: bool) -> Vec<usize> {
+        let gen = &mut self.gen;
         // Each loader iterator draws a base seed, then its sampler a permutation; when the epoch
         // runs to the end, `RandomSampler` draws a second, unused permutation for the
         // `num_samples % n` tail (torch 2.x's `yield from randperm(n)[:0]`).
         gen.random_i64();
         let order = if build {
-            Some(gen.randperm(n_train))
+            gen.randperm(n_train)
         } else {
             gen.skip_randperm(n_train);
-            None
+            Vec::new()
         };
         gen.skip_randperm(n_train);
         gen.random_i64();
-        gen.skip_randperm(*n_test);
-        gen.skip_randperm(*n_test);
+        gen.skip_randperm(self.n_test);
+        gen.skip_randperm(self.n_test);
         order
     }
 }

@@ -225,11 +225,7 @@ impl Trainer {
     /// One epoch of optimizer steps; returns the pre-update train loss/accuracy and the last lr.
     pub fn train_epoch(&mut self) -> Result<(BatchStats, f64)> {
         let n = self.train.len();
-        let bs = if self.cfg.train.batch_size == 0 {
-            n
-        } else {
-            self.cfg.train.batch_size.min(n)
-        };
+        let bs = self.cfg.train.batch_rows(n);
         let seq = self.train.seq_len;
         let mut order: Option<Dataset> = None;
         if bs < n {
@@ -424,17 +420,7 @@ fn check_resume_keeps_history(
         ));
     }
     let last = recorded.last().map_or(0, |r| r.epoch);
-    let final_epoch = dir
-        .final_path()
-        .exists()
-        .then(|| crate::tensor_io::read(&dir.final_path()).ok())
-        .flatten()
-        .and_then(|f| {
-            f.metadata
-                .get("epoch")
-                .and_then(|e| e.parse::<usize>().ok())
-        });
-    let finished = dir.final_path().exists() && final_epoch != Some(resume_epoch);
+    let finished = dir.final_path().exists() && dir.final_epoch() != Some(resume_epoch);
     if last <= resume_epoch + cfg.train.checkpoint_every && !finished {
         return Ok(());
     }
