@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{GrokError, Result};
 use crate::linalg::Matrix;
+use crate::model::bitnet::{quant, BitNetConfig, BitNetModel};
 use crate::model::hooks::Hooks;
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpModel};
 use crate::model::params::{Init, ParamSpec, Params, Slot};
@@ -38,6 +39,8 @@ pub enum ModelConfig {
     Transformer(TransformerConfig),
     /// Seed 002's MLP on concatenated token embeddings.
     Mlp(MlpConfig),
+    /// Seed 004's binarized or ternary BitNet transformer.
+    BitNet(BitNetConfig),
 }
 
 /// A built model with the [`Var`]s of its trainable parameters.
@@ -49,6 +52,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(_) => "transformer",
             ModelConfig::Mlp(_) => "mlp",
+            ModelConfig::BitNet(_) => "bitnet",
         }
     }
 
@@ -56,7 +60,7 @@ impl ModelConfig {
     pub fn transformer(&self) -> Option<&TransformerConfig> {
         match self {
             ModelConfig::Transformer(c) => Some(c),
-            ModelConfig::Mlp(_) => None,
+            _ => None,
         }
     }
 
@@ -64,7 +68,15 @@ impl ModelConfig {
     pub fn mlp(&self) -> Option<&MlpConfig> {
         match self {
             ModelConfig::Mlp(c) => Some(c),
-            ModelConfig::Transformer(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The BitNet config, if this is one.
+    pub fn bitnet(&self) -> Option<&BitNetConfig> {
+        match self {
+            ModelConfig::BitNet(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -73,6 +85,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.param_specs(),
             ModelConfig::Mlp(c) => c.tree().specs,
+            ModelConfig::BitNet(c) => c.tree().specs,
         }
     }
 
@@ -81,6 +94,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.seed,
             ModelConfig::Mlp(c) => c.seed,
+            ModelConfig::BitNet(c) => c.seed,
         }
     }
 
@@ -89,6 +103,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.d_vocab,
             ModelConfig::Mlp(c) => c.d_vocab,
+            ModelConfig::BitNet(c) => c.d_vocab,
         }
     }
 
@@ -97,6 +112,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.d_vocab_out,
             ModelConfig::Mlp(c) => c.d_vocab_out,
+            ModelConfig::BitNet(c) => c.d_vocab_out,
         }
     }
 
@@ -105,6 +121,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.n_ctx,
             ModelConfig::Mlp(c) => c.n_ctx,
+            ModelConfig::BitNet(c) => c.n_ctx,
         }
     }
 
@@ -127,6 +144,11 @@ impl ModelConfig {
                 fill(&mut c.d_vocab_out, c.d_vocab);
                 fill(&mut c.n_ctx, seq_len);
             }
+            ModelConfig::BitNet(c) => {
+                fill(&mut c.d_vocab, vocab);
+                fill(&mut c.d_vocab_out, n_answers);
+                fill(&mut c.n_ctx, seq_len);
+            }
         }
     }
 
@@ -135,6 +157,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.validate(),
             ModelConfig::Mlp(c) => c.validate(),
+            ModelConfig::BitNet(c) => c.validate(),
         }
     }
 
@@ -143,6 +166,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.check_tokens(tokens, batch),
             ModelConfig::Mlp(c) => c.check_tokens(tokens, batch),
+            ModelConfig::BitNet(c) => c.check_tokens(tokens, batch),
         }
     }
 
@@ -152,6 +176,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => (c.tree().unembed_w, c.d_model, c.d_vocab_out),
             ModelConfig::Mlp(c) => (c.tree().out.weight, c.d_vocab_out, c.d_hidden),
+            ModelConfig::BitNet(c) => (c.tree().unembed, c.d_vocab_out, c.d_model),
         }
     }
 
@@ -166,6 +191,15 @@ impl ModelConfig {
                 "MLP: {} token embeddings of {} concatenated, {} hidden layer(s) of {}, {:?}, {} outputs",
                 m.n_ctx, m.d_embed, m.n_hidden, m.d_hidden, m.act_fn, m.d_vocab_out
             ),
+            ModelConfig::BitNet(m) => format!(
+                "BitNet ({:?} weights): {} layer(s), d_model {}, {} heads × {}, d_mlp {}, ReLU",
+                m.quant,
+                m.n_layers,
+                m.d_model,
+                m.n_heads,
+                m.d_head(),
+                m.d_mlp
+            ),
         }
     }
 
@@ -178,6 +212,7 @@ impl ModelConfig {
             ModelConfig::Transformer(m) => m.forward_flops_full(batch),
             ModelConfig::Mlp(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Mlp(m) => m.forward_flops(batch),
+            ModelConfig::BitNet(m) => m.forward_flops(batch),
         }
     }
 
@@ -225,6 +260,7 @@ impl ModelConfig {
                 }
                 values
             }
+            ModelConfig::BitNet(c) => c.torch_init(gen),
         }
     }
 
@@ -260,6 +296,13 @@ impl ModelConfig {
             ModelConfig::Mlp(m) => {
                 (m.n_ctx * m.d_embed + 2 * m.n_hidden * m.d_hidden + m.d_vocab_out) as f64
             }
+            ModelConfig::BitNet(m) => {
+                let f = |x: usize| x as f64;
+                let (s, dm, heads) = (f(m.n_ctx), f(m.d_model), f(m.n_heads));
+                let attn = 4.0 * s * dm + heads * s * dm + 2.0 * heads * s * s;
+                let block = 5.0 * s * dm + attn + 2.0 * s * f(m.d_mlp);
+                s * dm + f(m.n_layers) * block + s * (dm + 1.0) + s * f(m.d_vocab_out)
+            }
         }
     }
 
@@ -268,6 +311,7 @@ impl ModelConfig {
         let (slot, width) = match self {
             ModelConfig::Transformer(c) => (c.tree().embed, c.d_model),
             ModelConfig::Mlp(c) => (c.tree().embed, c.d_embed),
+            ModelConfig::BitNet(c) => (c.tree().embed, c.d_model),
         };
         Matrix::new(self.d_vocab(), width, params[slot].to_vec())
             .expect("the embedding has d_vocab rows")
@@ -280,6 +324,7 @@ impl ModelConfig {
             ModelConfig::Transformer(c) if c.attn_only => None,
             ModelConfig::Transformer(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_layers - 1)),
             ModelConfig::Mlp(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_hidden - 1)),
+            ModelConfig::BitNet(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_layers - 1)),
         }
     }
 
@@ -300,6 +345,22 @@ impl ModelConfig {
                 let w = Matrix::new(c.d_vocab_out, c.d_hidden, w).ok()?;
                 Some((w.t(), "W_outᵀ (the output Linear)"))
             }
+            ModelConfig::BitNet(c) => {
+                // The feed-forward output as used (quantized), through γ and the unembedding; the
+                // RMSNorm's division by ‖x‖ is a positive per-row factor and is left out.
+                let tree = c.tree();
+                let last = tree.blocks.last()?;
+                let w_out = quant::effective(&params[last.ff_out], c.quant, c.weight_scale);
+                let w_out = Matrix::new(c.d_model, c.d_mlp, w_out).ok()?;
+                let gamma = &params[tree.gamma];
+                let w_u =
+                    Matrix::new(c.d_vocab_out, c.d_model, params[tree.unembed].to_vec()).ok()?;
+                let mut w_u_t = w_u.t();
+                for (row, &g) in w_u_t.data.chunks_mut(c.d_vocab_out).zip(gamma) {
+                    row.iter_mut().for_each(|v| *v *= g);
+                }
+                Some((w_out.t().matmul(&w_u_t).ok()?, "W_outᵀ·diag(γ)·W_Uᵀ"))
+            }
         }
     }
 
@@ -307,6 +368,7 @@ impl ModelConfig {
     pub fn attention_layers(&self) -> usize {
         match self {
             ModelConfig::Transformer(c) => c.n_layers,
+            ModelConfig::BitNet(c) => c.n_layers,
             ModelConfig::Mlp(_) => 0,
         }
     }
@@ -315,6 +377,7 @@ impl ModelConfig {
     pub fn n_heads(&self) -> usize {
         match self {
             ModelConfig::Transformer(c) => c.n_heads,
+            ModelConfig::BitNet(c) => c.n_heads,
             ModelConfig::Mlp(_) => 0,
         }
     }
@@ -339,6 +402,10 @@ impl ModelConfig {
                 let (m, v) = MlpModel::with_vars(c, params, trainable)?;
                 (Box::new(m), v)
             }
+            ModelConfig::BitNet(c) => {
+                let (m, v) = BitNetModel::with_vars(c, params, trainable)?;
+                (Box::new(m), v)
+            }
         })
     }
 
@@ -348,6 +415,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Transformer(c) => c.to_transformer_lens_json(),
             ModelConfig::Mlp(c) => tagged(c, "mlp"),
+            ModelConfig::BitNet(c) => tagged(c, "bitnet"),
         }
     }
 
@@ -358,12 +426,15 @@ impl ModelConfig {
             None | Some("transformer") => Ok(ModelConfig::Transformer(
                 TransformerConfig::from_transformer_lens_json(v)?,
             )),
-            Some("mlp") => {
+            Some(family @ ("mlp" | "bitnet")) => {
                 let mut body = v.clone();
                 body.as_object_mut().map(|o| o.remove("family"));
-                serde_json::from_value(body)
-                    .map(ModelConfig::Mlp)
-                    .map_err(|e| GrokError::config("model_config", "mlp", e.to_string()))
+                let parsed = if family == "mlp" {
+                    serde_json::from_value(body).map(ModelConfig::Mlp)
+                } else {
+                    serde_json::from_value(body).map(ModelConfig::BitNet)
+                };
+                parsed.map_err(|e| GrokError::config("model_config", family, e.to_string()))
             }
             Some(other) => Err(GrokError::config("family", other, FAMILIES)),
         }
@@ -371,7 +442,7 @@ impl ModelConfig {
 }
 
 /// What `model.family` accepts.
-const FAMILIES: &str = "one of \"transformer\" (default), \"mlp\"";
+const FAMILIES: &str = "one of \"transformer\" (default), \"mlp\", \"bitnet\"";
 
 /// `c` as a JSON object with `family` first.
 fn tagged<T: Serialize>(c: &T, family: &str) -> serde_json::Value {
@@ -388,6 +459,7 @@ impl Serialize for ModelConfig {
         match self {
             ModelConfig::Transformer(c) => tagged(c, "transformer").serialize(s),
             ModelConfig::Mlp(c) => tagged(c, "mlp").serialize(s),
+            ModelConfig::BitNet(c) => tagged(c, "bitnet").serialize(s),
         }
     }
 }
@@ -409,6 +481,9 @@ impl<'de> Deserialize<'de> for ModelConfig {
                 .map_err(D::Error::custom),
             "mlp" => serde_json::from_value(v)
                 .map(ModelConfig::Mlp)
+                .map_err(D::Error::custom),
+            "bitnet" => serde_json::from_value(v)
+                .map(ModelConfig::BitNet)
                 .map_err(D::Error::custom),
             other => Err(D::Error::custom(format!(
                 "unknown model family `{other}`: {FAMILIES}"

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::rng::{RngKind, TorchGenerator};
@@ -38,6 +38,11 @@ pub enum Init {
         /// Standard deviation.
         std: f64,
     },
+    /// Independent U(−bound, bound) draws (torch's `nn.Linear` default weight init).
+    Uniform {
+        /// Half-width of the interval.
+        bound: f64,
+    },
     /// Zeros.
     Zeros,
     /// Ones (LayerNorm weights).
@@ -50,7 +55,7 @@ impl Init {
         match self {
             Init::Zeros => Some(0.0),
             Init::Ones => Some(1.0),
-            Init::Normal { .. } => None,
+            Init::Normal { .. } | Init::Uniform { .. } => None,
         }
     }
 }
@@ -174,7 +179,8 @@ impl Params {
         }
     }
 
-    /// Draws every [`Init::Normal`] parameter in list order from one ChaCha stream of `seed`.
+    /// Draws every random ([`Init::Normal`], [`Init::Uniform`]) parameter in list order from one
+    /// ChaCha stream of `seed`.
     pub fn init_specs(specs: &[ParamSpec], seed: u64) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let values = specs.iter().map(|s| {
@@ -184,6 +190,10 @@ impl Params {
                     let normal = Normal::new(0.0f32, std as f32)
                         .expect("init std is finite and >= 0 (checked by the config)");
                     (0..n).map(|_| normal.sample(&mut rng)).collect()
+                }
+                Init::Uniform { bound } => {
+                    let b = bound as f32;
+                    (0..n).map(|_| rng.gen_range(-b..=b)).collect()
                 }
                 constant => vec![constant.constant().expect("a constant init"); n],
             }

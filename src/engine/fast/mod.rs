@@ -31,6 +31,7 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
             c.act_fn
         }
         ModelConfig::Mlp(c) => c.act_fn,
+        ModelConfig::BitNet(_) => return Some("the BitNet family has no fast engine yet".into()),
     };
     (act == ActFn::Gelu)
         .then(|| "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into())

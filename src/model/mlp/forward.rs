@@ -97,7 +97,7 @@ impl HookedModel for MlpModel {
         for (i, layer) in self.tree.hidden.iter().enumerate() {
             let pre = hooks.hook(&format!("blocks.{i}.mlp.hook_pre"), self.linear(&x, layer)?)?;
             let post = match self.cfg.act_fn {
-                ActFn::Relu => pre.relu()?,
+                ActFn::Relu => crate::model::relu(&pre)?,
                 ActFn::Gelu => pre.gelu_erf()?,
                 ActFn::GeluNew => pre.gelu()?,
             };

@@ -241,10 +241,7 @@ impl HookedTransformer {
             &format!("{a}.hook_attn_scores"),
             apply_causal_mask(&scores)?,
         )?;
-        let max = scores.max_keepdim(D::Minus1)?;
-        let e = scores.broadcast_sub(&max)?.exp()?;
-        let pattern = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
-        let pattern = hooks.hook(&format!("{a}.hook_pattern"), pattern)?;
+        let pattern = hooks.hook(&format!("{a}.hook_pattern"), softmax_last(&scores)?)?;
         let z = pattern.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?;
         let z = hooks.hook(&format!("{a}.hook_z"), z)?;
         let (w_o, b_o) = (self.w(slots.w_o), self.w(slots.b_o));
@@ -277,7 +274,7 @@ impl HookedTransformer {
             .reshape((batch, pos, d_mlp))?;
         let pre = hooks.hook(&format!("{m}.hook_pre"), pre)?;
         let post = match self.cfg.act_fn {
-            ActFn::Relu => pre.relu()?,
+            ActFn::Relu => crate::model::relu(&pre)?,
             ActFn::Gelu => pre.gelu_erf()?,
             ActFn::GeluNew => pre.gelu()?,
         };
@@ -328,8 +325,15 @@ pub fn head_results(z: &Tensor, w_o: &Tensor) -> Result<Tensor> {
         .contiguous()?)
 }
 
+/// Softmax over the last dimension (max-subtracted), differentiable.
+pub(crate) fn softmax_last(scores: &Tensor) -> Result<Tensor> {
+    let max = scores.max_keepdim(D::Minus1)?;
+    let e = scores.broadcast_sub(&max)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
 /// Sets scores above the diagonal (future keys) to −inf, as TransformerLens's causal mask does.
-fn apply_causal_mask(scores: &Tensor) -> Result<Tensor> {
+pub(crate) fn apply_causal_mask(scores: &Tensor) -> Result<Tensor> {
     let t = scores.dim(D::Minus1)?;
     let q = scores.dim(D::Minus2)?;
     let allowed: Vec<u8> = (0..q)

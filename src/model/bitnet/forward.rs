@@ -1,0 +1,237 @@
+//! The BitNet forward pass on candle tensors, computed as the seed's `BitNetTransformer`, with
+//! TransformerLens-named hook points. Each BitLinear uses its quantized weight ([`quant`]) with a
+//! straight-through gradient: the value is exactly the quantized weight, the gradient reaches the
+//! latent weight through its centring (so d/dW = g − mean(g)).
+
+use candle_core::{Device, Tensor, Var, D};
+
+use crate::error::Result;
+use crate::model::bitnet::{quant, BitBlockSlots, BitNetConfig, BitNetTree, Residual};
+use crate::model::hooks::Hooks;
+use crate::model::params::{CandleWeights, Params, Slot};
+use crate::model::transformer::forward::{apply_causal_mask, head_results, softmax_last};
+use crate::model::{HookedModel, LogitPositions};
+
+/// The attention hook points of a block, in forward order (`hook_result` only when asked for).
+pub const ATTN_HOOKS: [&str; 7] = [
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_attn_scores",
+    "hook_pattern",
+    "hook_z",
+    "hook_result",
+];
+
+/// A BitNet transformer whose weights are candle tensors copied from a [`Params`] store, with every
+/// BitLinear's quantized weight formed once at construction.
+pub struct BitNetModel {
+    /// Architecture.
+    pub cfg: BitNetConfig,
+    /// Where each parameter sits.
+    pub tree: BitNetTree,
+    weights: Vec<Tensor>,
+    /// The weight each BitLinear uses, per slot (`None` for the full-precision parameters).
+    quantized: Vec<Option<Tensor>>,
+    device: Device,
+}
+
+impl BitNetModel {
+    /// Wraps `params` as constant tensors.
+    pub fn new(cfg: &BitNetConfig, params: &Params) -> Result<Self> {
+        Ok(Self::with_vars(cfg, params, |_| false)?.0)
+    }
+
+    /// Wraps `params`, making the slots `trainable` accepts into [`Var`]s.
+    pub fn with_vars(
+        cfg: &BitNetConfig,
+        params: &Params,
+        trainable: impl Fn(Slot) -> bool,
+    ) -> Result<(Self, Vec<(Slot, Var)>)> {
+        let tree = cfg.tree();
+        let device = Device::Cpu;
+        let CandleWeights { tensors, vars } =
+            CandleWeights::new(&tree.specs, params, &device, trainable)?;
+        let mut quantized = vec![None; tree.specs.len()];
+        for (_, _, slot) in tree.bit_linears() {
+            let q = quant::effective(&params[slot], cfg.quant, cfg.weight_scale);
+            let shape = tree.specs[slot.index()].shape.as_slice();
+            quantized[slot.index()] = Some(Tensor::from_vec(q, shape, &device)?);
+        }
+        let model = BitNetModel {
+            cfg: cfg.clone(),
+            tree,
+            weights: tensors,
+            quantized,
+            device,
+        };
+        Ok((model, vars))
+    }
+
+    /// The tensor in `slot` (the latent weight, for BitLinear slots).
+    pub fn w(&self, slot: Slot) -> &Tensor {
+        &self.weights[slot.index()]
+    }
+
+    /// The weight the BitLinear in `slot` uses, `[out, in]`: the quantized value, with the
+    /// straight-through gradient to the latent weight.
+    pub fn bit_weight(&self, slot: Slot) -> Result<Tensor> {
+        let w = self.w(slot);
+        let q = self.quantized[slot.index()]
+            .as_ref()
+            .expect("bit_weight is asked only for BitLinear slots");
+        Ok(q.add(&straight_through(&w.broadcast_sub(&w.mean_all()?)?)?)?)
+    }
+
+    /// The BitLinear in `slot` on `x [.., in]`: its input quantized per token when `act_bits` asks
+    /// for it, then `x · Wᵀ`.
+    fn bit_linear(&self, x: &Tensor, slot: Slot) -> Result<Tensor> {
+        self.project(&self.quantize_input(x)?, slot)
+    }
+
+    /// `x · Wᵀ` with the quantized weight in `slot`, for `x [.., in]`.
+    fn project(&self, x: &Tensor, slot: Slot) -> Result<Tensor> {
+        let w = self.bit_weight(slot)?;
+        let dims = x.dims().to_vec();
+        let d_in = *dims.last().expect("inputs have a feature dimension");
+        let rows = x.elem_count() / d_in;
+        let y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = w.dim(0)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// BitNet b1.58's per-token activation quantizer (straight-through), or `x` when it is off.
+    fn quantize_input(&self, x: &Tensor) -> Result<Tensor> {
+        if self.cfg.act_bits == 0 {
+            return Ok(x.clone());
+        }
+        let width = x.dim(D::Minus1)?;
+        let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+        quant::quantize_activations(&mut values, width, self.cfg.act_bits);
+        let q = Tensor::from_vec(values, x.shape(), &self.device)?;
+        Ok(q.add(&straight_through(x)?)?)
+    }
+
+    fn attention(
+        &self,
+        slots: &BitBlockSlots,
+        block: &str,
+        x: &Tensor,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let a = format!("{block}.attn");
+        let (batch, pos, d_model) = x.dims3()?;
+        let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head());
+        let x_in = self.quantize_input(x)?;
+        let mut heads = Vec::with_capacity(3);
+        for (&slot, name) in slots.qkv.iter().zip(ATTN_HOOKS) {
+            let y = self.project(&x_in, slot)?.reshape((batch, pos, nh, dh))?;
+            heads.push(hooks.hook(&format!("{a}.{name}"), y)?);
+        }
+        let q = heads[0].permute((0, 2, 1, 3))?.contiguous()?;
+        let k = heads[1].permute((0, 2, 3, 1))?.contiguous()?;
+        let v = heads[2].permute((0, 2, 1, 3))?.contiguous()?;
+        let mut scores = (q.matmul(&k)? * self.cfg.score_scale())?;
+        if self.cfg.causal {
+            scores = apply_causal_mask(&scores)?;
+        }
+        let scores = hooks.hook(&format!("{a}.hook_attn_scores"), scores)?;
+        let pattern = softmax_last(&scores)?;
+        let pattern = hooks.hook(&format!("{a}.hook_pattern"), pattern)?;
+        let z = pattern.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?;
+        let z = hooks.hook(&format!("{a}.hook_z"), z)?;
+        let z_in = self.quantize_input(&z.reshape((batch, pos, nh * dh))?)?;
+        let result_name = format!("{a}.hook_result");
+        if hooks.wants(&result_name) {
+            let w_o = self
+                .bit_weight(slots.out)?
+                .t()?
+                .reshape((nh, dh, d_model))?;
+            let z_in = z_in.reshape((batch, pos, nh, dh))?;
+            let result = hooks.hook(&result_name, head_results(&z_in, &w_o)?)?;
+            return Ok(result.sum(2)?);
+        }
+        self.project(&z_in, slots.out)
+    }
+
+    /// The residual stream after every block, `[batch, pos or 1, d_model]`.
+    fn residual(
+        &self,
+        tokens: &Tensor,
+        at: LogitPositions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let (batch, pos) = tokens.dims2()?;
+        let d_model = self.cfg.d_model;
+        let embed = self
+            .w(self.tree.embed)
+            .index_select(&tokens.flatten_all()?, 0)?
+            .reshape((batch, pos, d_model))?;
+        let embed = hooks.hook("hook_embed", embed)?;
+        let mut resid = embed.clone();
+        for (l, slots) in self.tree.blocks.iter().enumerate() {
+            let b = format!("blocks.{l}");
+            let resid_pre = hooks.hook(&format!("{b}.hook_resid_pre"), resid)?;
+            let attn_out = self.attention(slots, &b, &resid_pre, hooks)?;
+            let mut attn_out = hooks.hook(&format!("{b}.hook_attn_out"), attn_out)?;
+            let mut skip = match self.cfg.residual {
+                Residual::Embed => embed.clone(),
+                Residual::Stream => resid_pre,
+            };
+            if at == LogitPositions::Last && l + 1 == self.cfg.n_layers {
+                let last = |t: &Tensor| t.narrow(1, pos - 1, 1);
+                (attn_out, skip) = (last(&attn_out)?, last(&skip)?);
+            }
+            let resid_mid = hooks.hook(&format!("{b}.hook_resid_mid"), (attn_out + skip)?)?;
+            let pre = self.bit_linear(&resid_mid, slots.ff_in)?;
+            let pre = hooks.hook(&format!("{b}.mlp.hook_pre"), pre)?;
+            let post = hooks.hook(&format!("{b}.mlp.hook_post"), crate::model::relu(&pre)?)?;
+            let mlp_out = self.bit_linear(&post, slots.ff_out)?;
+            let mlp_out = hooks.hook(&format!("{b}.hook_mlp_out"), mlp_out)?;
+            resid = hooks.hook(&format!("{b}.hook_resid_post"), (resid_mid + mlp_out)?)?;
+        }
+        Ok(resid)
+    }
+}
+
+/// `x − x.detach()`: zero in value, the identity in gradient. Added to a constant it makes the
+/// straight-through estimator with the constant's exact value.
+fn straight_through(x: &Tensor) -> Result<Tensor> {
+    Ok(x.sub(&x.detach())?)
+}
+
+impl HookedModel for BitNetModel {
+    fn hook_names(&self) -> Vec<String> {
+        self.cfg.hook_names()
+    }
+
+    fn n_layers(&self) -> usize {
+        self.cfg.n_layers
+    }
+
+    fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
+        let pos = self.cfg.check_tokens(tokens, batch)?;
+        Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
+    }
+
+    /// Logits `[batch, pos, d_vocab_out]` (`pos` = 1 for [`LogitPositions::Last`], where the last
+    /// block's feed-forward and the unembedding run at the last position only).
+    fn forward(
+        &self,
+        tokens: &Tensor,
+        at: LogitPositions,
+        hooks: &mut dyn Hooks,
+    ) -> Result<Tensor> {
+        let x = self.residual(tokens, at, hooks)?;
+        let (b, t, d) = x.dims3()?;
+        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+        let scale = hooks.hook("ln_final.hook_scale", (norm / (d as f64).sqrt())?)?;
+        let normalized = hooks.hook("ln_final.hook_normalized", x.broadcast_div(&scale)?)?;
+        let logits = normalized
+            .broadcast_mul(self.w(self.tree.gamma))?
+            .reshape((b * t, d))?
+            .matmul(&self.w(self.tree.unembed).t()?)?;
+        Ok(logits.reshape((b, t, self.cfg.d_vocab_out))?)
+    }
+}
