@@ -3,12 +3,12 @@
 use crate::config::RunConfig;
 use crate::config::TrainConfig;
 use crate::error::{GrokError, Result};
-use crate::model::{MlpConfig, ModelConfig, TransformerConfig};
+use crate::model::{BitNetConfig, MlpConfig, ModelConfig, Quant, TransformerConfig};
 use crate::rng::{torch::DEFAULT_SEED, RngKind};
 use crate::tasks::{Layout, Operation, SplitRule, TaskConfig};
 
 /// Preset names with one-line descriptions; the first is the default.
-pub const PRESETS: [(&str, &str); 6] = [
+pub const PRESETS: [(&str, &str); 10] = [
     (
         "tl-grokking-demo",
         "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs",
@@ -32,6 +32,22 @@ pub const PRESETS: [(&str, &str); 6] = [
     (
         "quick-mlp",
         "a small MLP on a+b mod 31: groks in seconds, for demos and tests",
+    ),
+    (
+        "bitnet-binary",
+        "seed 004's binarized BitNet transformer on the demo's task and training, 25k epochs",
+    ),
+    (
+        "bitnet-ternary",
+        "seed 004's BitNet transformer with ternary (absmean) weights, 25k epochs",
+    ),
+    (
+        "quick-bitnet-binary",
+        "a small binarized BitNet on a+b mod 31: groks in seconds, for demos and tests",
+    ),
+    (
+        "quick-bitnet-ternary",
+        "a small ternary BitNet on a+b mod 31: groks in seconds, for demos and tests",
     ),
 ];
 
@@ -163,6 +179,45 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             // groklens's own demos, tuned with (and tested on) the ChaCha streams.
             rng: RngKind::Chacha,
         },
+        "bitnet-binary" | "bitnet-ternary" => RunConfig {
+            // Seed 004 passes `random_seed=999`, which its BitNet class gives only to the CUDA
+            // generator; groklens seeds the CPU generator with it, as the seed's fixtures do.
+            model: ModelConfig::BitNet(BitNetConfig {
+                seed: 999,
+                ..BitNetConfig::seed_004(bitnet_quant(name))
+            }),
+            train: TrainConfig {
+                freeze: Vec::new(),
+                ..demo.train
+            },
+            ..demo
+        },
+        "quick-bitnet-binary" | "quick-bitnet-ternary" => RunConfig {
+            task: TaskConfig {
+                op: Operation::Add,
+                p: 31,
+                layout: Layout::ABEq,
+                train_frac: 0.6,
+                data_seed: 0,
+                split: SplitRule::FirstFraction,
+            },
+            model: ModelConfig::BitNet(BitNetConfig {
+                d_model: 64,
+                d_mlp: 256,
+                seed: 0,
+                ..BitNetConfig::seed_004(bitnet_quant(name))
+            }),
+            train: TrainConfig {
+                lr: 3e-3,
+                weight_decay: 1.0,
+                epochs: 3000,
+                freeze: Vec::new(),
+                checkpoint_every: 100,
+                stop_at_test_acc: 0.999,
+                ..demo.train
+            },
+            ..demo
+        },
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             return Err(GrokError::config(
@@ -173,6 +228,15 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
         }
     };
     Ok(cfg)
+}
+
+/// The weight quantization a BitNet preset's name asks for.
+fn bitnet_quant(name: &str) -> Quant {
+    if name.ends_with("ternary") {
+        Quant::Ternary
+    } else {
+        Quant::Binary
+    }
 }
 
 #[cfg(test)]
@@ -200,7 +264,7 @@ mod tests {
     #[test]
     fn notebook_presets_seed_like_torch() {
         for (name, _) in PRESETS {
-            let want = if name.starts_with("quick") {
+            let want = if name == "quick" || name == "quick-mlp" {
                 RngKind::Chacha
             } else {
                 RngKind::Torch

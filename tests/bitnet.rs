@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::{fixture, fixture_labels, fixture_tokens, max_abs_diff, values};
-use groklens::engine::{Batch, CandleEngine, Engine};
+use groklens::engine::{Batch, CandleEngine, Engine, FastEngine};
 use groklens::interp::{Interp, Names};
 use groklens::model::bitnet::{quant, AttnScale, Residual};
 use groklens::model::{BitNetConfig, BitNetModel, HookedModel, ModelConfig, Params, Quant};
@@ -40,6 +40,16 @@ fn params(quant: Quant, f: &TensorFile, prefix: &str) -> Params {
 
 fn want(f: &TensorFile, name: &str) -> Vec<f32> {
     f.get(name).unwrap().to_f32(name).unwrap()
+}
+
+/// The candle engine and the fast one on 1 and 3 threads.
+fn engines(quant: Quant) -> Vec<Box<dyn Engine>> {
+    let cfg = config(quant);
+    vec![
+        Box::new(CandleEngine::new(&ModelConfig::BitNet(cfg.clone()))),
+        Box::new(FastEngine::bitnet(&cfg, 1)),
+        Box::new(FastEngine::bitnet(&cfg, 3)),
+    ]
 }
 
 fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
@@ -127,31 +137,39 @@ fn loss_and_straight_through_gradients_match_the_seed() {
         let labels = fixture_labels(&f);
         let want_loss = f.get("loss").unwrap().to_f64("loss").unwrap()[0];
         let trainable = vec![true; p.len()];
-        let mut engine = CandleEngine::new(&ModelConfig::BitNet(config(quant)));
-        let mut g = p.zeros_like();
-        let stats = engine
-            .loss_and_grads(&p, &trainable, batch(&tokens, &labels), &mut g)
-            .unwrap();
-        assert!(
-            (stats.loss - want_loss).abs() < 1e-6,
-            "{quant:?}: loss {} vs {want_loss}",
-            stats.loss
-        );
-        for t in g.iter() {
-            let w = want(&f, &format!("grad.{}", t.name));
-            let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let d = max_abs_diff(&t.data, &w);
+        for mut engine in engines(quant) {
+            let mut g = p.zeros_like();
+            let stats = engine
+                .loss_and_grads(&p, &trainable, batch(&tokens, &labels), &mut g)
+                .unwrap();
+            let name = engine.name();
             assert!(
-                d < 1e-5 * scale.max(1.0),
-                "{quant:?}: grad of {} differs by {d}",
-                t.name
+                (stats.loss - want_loss).abs() < 1e-6,
+                "{quant:?} {name}: loss {} vs {want_loss}",
+                stats.loss
             );
-        }
-        // Straight through the centring: every BitLinear's gradient has zero mean.
-        let tree = config(quant).tree();
-        for (_, role, slot) in tree.bit_linears() {
-            let mean = g[slot].iter().map(|&x| x as f64).sum::<f64>() / g[slot].len() as f64;
-            assert!(mean.abs() < 1e-9, "{quant:?}: {role} gradient mean {mean}");
+            for t in g.iter() {
+                let w = want(&f, &format!("grad.{}", t.name));
+                let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let d = max_abs_diff(&t.data, &w);
+                assert!(
+                    d < 1e-5 * scale.max(1.0),
+                    "{quant:?} {name}: grad of {} differs by {d}",
+                    t.name
+                );
+            }
+            // Straight through the centring: every BitLinear's gradient has zero mean.
+            let tree = config(quant).tree();
+            for (_, role, slot) in tree.bit_linears() {
+                let mean = g[slot].iter().map(|&x| x as f64).sum::<f64>() / g[slot].len() as f64;
+                assert!(
+                    mean.abs() < 1e-9,
+                    "{quant:?} {name}: {role} gradient mean {mean}"
+                );
+            }
+            let eval = engine.evaluate(&p, batch(&tokens, &labels)).unwrap();
+            assert!((eval.loss - want_loss).abs() < 1e-6, "{name}");
+            assert_eq!(eval.correct, stats.correct, "{name}");
         }
     }
 }
@@ -164,7 +182,7 @@ fn two_adamw_steps_match_torch() {
         let (tokens, _) = fixture_tokens(&f);
         let labels = fixture_labels(&f);
         let trainable = vec![true; p.len()];
-        let mut engine = CandleEngine::new(&ModelConfig::BitNet(config(quant)));
+        let mut engine = FastEngine::bitnet(&config(quant), 2);
         let mut opt = AdamW::new(
             AdamWConfig {
                 weight_decay: 1.0,
@@ -390,4 +408,85 @@ fn checkpoints_carry_the_seed_state_dict_names_and_round_trip() {
     let json = cfg.to_json();
     assert_eq!(json["family"], "bitnet");
     assert_eq!(ModelConfig::from_json(&json).unwrap(), cfg);
+}
+
+#[test]
+fn the_fast_engine_follows_every_switch_it_runs() {
+    let f = fixture(MODES[0].1);
+    let (tokens, _) = fixture_tokens(&f);
+    let labels = fixture_labels(&f);
+    let variants: [(&str, fn(&mut BitNetConfig)); 5] = [
+        ("ternary scaled", |c| c.quant = Quant::Ternary),
+        ("causal", |c| c.causal = true),
+        ("head scale", |c| c.attn_scale = AttnScale::Head),
+        ("beta", |c| c.weight_scale = true),
+        ("two layers, stream", |c| {
+            c.n_layers = 2;
+            c.residual = Residual::Stream;
+            c.causal = true;
+        }),
+    ];
+    for (what, change) in variants {
+        let mut cfg = config(Quant::Binary);
+        change(&mut cfg);
+        let model = ModelConfig::BitNet(cfg.clone());
+        assert!(
+            groklens::engine::fast::unsupported_reason(&model).is_none(),
+            "{what}"
+        );
+        let p = Params::init(&model, RngKind::Torch);
+        let trainable = vec![true; p.len()];
+        let (mut g_ref, mut g_fast) = (p.zeros_like(), p.zeros_like());
+        let b = batch(&tokens, &labels);
+        let s_ref = CandleEngine::new(&model)
+            .loss_and_grads(&p, &trainable, b, &mut g_ref)
+            .unwrap();
+        let s_fast = FastEngine::bitnet(&cfg, 2)
+            .loss_and_grads(&p, &trainable, b, &mut g_fast)
+            .unwrap();
+        assert!(
+            (s_ref.loss - s_fast.loss).abs() < 1e-6,
+            "{what}: {s_ref:?} vs {s_fast:?}"
+        );
+        for (a, b) in g_ref.iter().zip(g_fast.iter()) {
+            let scale = a.data.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+            let d = max_abs_diff(&a.data, &b.data);
+            assert!(
+                d < 1e-4 * scale,
+                "{what}: grad of {} differs by {d} (max {scale})",
+                a.name
+            );
+        }
+    }
+    // Activation quantization, and the seed's embedding residual over two layers, stay on candle.
+    for change in [
+        (|c: &mut BitNetConfig| c.act_bits = 8) as fn(&mut BitNetConfig),
+        |c| c.n_layers = 2,
+    ] {
+        let mut cfg = config(Quant::Binary);
+        change(&mut cfg);
+        let model = ModelConfig::BitNet(cfg);
+        assert!(groklens::engine::fast::unsupported_reason(&model).is_some());
+        let e = groklens::engine::select(&model, Default::default(), 1).unwrap();
+        assert_eq!(e.name(), "candle");
+    }
+}
+
+#[test]
+fn quick_bitnet_binary_groks_on_the_fast_engine() {
+    let mut cfg = groklens::presets::preset("quick-bitnet-binary").unwrap();
+    cfg.train.threads = 2;
+    let mut t = groklens::train::Trainer::new(cfg).unwrap();
+    assert_eq!(t.engine_name(), "fast");
+    let out = t.run(&mut |_| {}).unwrap();
+    let last = out.last.unwrap();
+    assert!(out.stopped_early && last.test_acc >= 0.999, "{last:?}");
+    let first = |f: fn(&groklens::run::MetricsRow) -> f64| {
+        t.history.iter().find(|r| f(r) >= 0.99).unwrap().epoch
+    };
+    let (memorised, generalised) = (first(|r| r.train_acc), first(|r| r.test_acc));
+    assert!(
+        generalised >= memorised + 300,
+        "test accuracy should lag train accuracy (grokking): {memorised} vs {generalised}"
+    );
 }

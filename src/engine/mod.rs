@@ -103,7 +103,7 @@ pub fn select(cfg: &ModelConfig, kind: EngineKind, threads: usize) -> Result<Box
         (_, None) => Ok(match cfg {
             ModelConfig::Transformer(c) => Box::new(FastEngine::new(c, thread_count(threads))),
             ModelConfig::Mlp(c) => Box::new(FastMlpEngine::new(c, thread_count(threads))?),
-            ModelConfig::BitNet(_) => Box::new(CandleEngine::new(cfg)),
+            ModelConfig::BitNet(c) => Box::new(FastEngine::bitnet(c, thread_count(threads))),
         }),
     }
 }

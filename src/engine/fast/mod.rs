@@ -1,7 +1,8 @@
 //! The hand-written CPU engine for the training hot path.
 //!
-//! It computes exactly what the candle path computes for the last-position loss, for models without
-//! normalization and with ReLU or `gelu_new` MLPs (every grokking preset); the batch is split into
+//! It computes exactly what the candle path computes for the last-position loss, for transformers
+//! without normalization and with ReLU or `gelu_new` MLPs (every grokking preset), seed 002's MLP
+//! and seed 004's BitNet (without activation quantization); the batch is split into
 //! chunks decided by its size alone ([`chunk_ranges`]), the threads share them out, and the chunks'
 //! sums are reduced in chunk order, so results are bit-identical on any number of threads. Other
 //! models use the candle engine.
@@ -16,10 +17,11 @@ use rayon::prelude::*;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_f32;
+use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
 
-use transformer::{Prepared, Weights, Workspace};
+use transformer::{Dims, Prepared, Weights, Workspace};
 
 /// Why the fast engines cannot run `cfg`, or `None` when one can.
 pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
@@ -31,17 +33,62 @@ pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
             c.act_fn
         }
         ModelConfig::Mlp(c) => c.act_fn,
-        ModelConfig::BitNet(_) => return Some("the BitNet family has no fast engine yet".into()),
+        ModelConfig::BitNet(c) => {
+            if c.act_bits > 0 {
+                return Some("act_bits must be 0 (activation quantization runs on candle)".into());
+            }
+            if c.residual == Residual::Embed && c.n_layers > 1 {
+                return Some("residual = \"embed\" with more than one layer runs on candle".into());
+            }
+            return None;
+        }
     };
     (act == ActFn::Gelu)
         .then(|| "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into())
 }
 
-/// Hand-written forward/backward on `gemm`, parallel over batch chunks.
+/// The families the hand-written transformer passes run, with their parameter trees (built once,
+/// not per step).
+enum Family {
+    Transformer(TransformerConfig, TransformerTree),
+    BitNet(BitNetConfig, BitNetTree),
+}
+
+impl Family {
+    fn dims(&self) -> Dims {
+        match self {
+            Family::Transformer(c, _) => Dims::new(c),
+            Family::BitNet(c, _) => Dims::bitnet(c),
+        }
+    }
+
+    fn weights(&self, params: &Params) -> Weights {
+        match self {
+            Family::Transformer(c, t) => Weights::from_params(c, t, params),
+            Family::BitNet(c, t) => Weights::from_bitnet(c, t, params),
+        }
+    }
+
+    fn write_grads(&self, g: &Weights, out: &mut Params, trainable: &[bool]) {
+        match self {
+            Family::Transformer(c, t) => g.write_params(c, t, out, trainable),
+            Family::BitNet(c, t) => g.write_bitnet(c, t, out, trainable),
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32], rows: usize) -> Result<usize> {
+        match self {
+            Family::Transformer(c, _) => c.check_tokens(tokens, rows),
+            Family::BitNet(c, _) => c.check_tokens(tokens, rows),
+        }
+    }
+}
+
+/// Hand-written forward/backward on `gemm`, parallel over batch chunks: TransformerLens models
+/// without normalization, and BitNet models (their quantized weights, with straight-through
+/// gradients to the latent ones).
 pub struct FastEngine {
-    cfg: TransformerConfig,
-    /// Where each parameter sits (built once, not per step).
-    tree: TransformerTree,
+    family: Family,
     /// Worker threads.
     threads: usize,
     /// One workspace per chunk for training passes and one for evaluation, so buffer sizes stay put.
@@ -52,9 +99,17 @@ pub struct FastEngine {
 impl FastEngine {
     /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
     pub fn new(cfg: &TransformerConfig, threads: usize) -> Self {
+        Self::with_family(Family::Transformer(cfg.clone(), cfg.tree()), threads)
+    }
+
+    /// An engine for the BitNet model `cfg` (which must pass [`unsupported_reason`]).
+    pub fn bitnet(cfg: &BitNetConfig, threads: usize) -> Self {
+        Self::with_family(Family::BitNet(cfg.clone(), cfg.tree()), threads)
+    }
+
+    fn with_family(family: Family, threads: usize) -> Self {
         FastEngine {
-            tree: cfg.tree(),
-            cfg: cfg.clone(),
+            family,
             threads: threads.max(1),
             train_ws: Vec::new(),
             eval_ws: Vec::new(),
@@ -85,14 +140,14 @@ impl FastEngine {
         train: bool,
         job: impl Fn(&Prepared, &mut Workspace, &[u32], &[u32]) -> R + Sync,
     ) -> Result<Vec<R>> {
-        if self.cfg.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
+        if self.family.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
             return Err(GrokError::tensor(
                 "tokens",
                 format!("rows are not {} tokens long", batch.seq_len),
             ));
         }
-        let w = Weights::from_params(&self.cfg, &self.tree, params);
-        let prepared = Prepared::new(&self.cfg, &w);
+        let w = self.family.weights(params);
+        let prepared = Prepared::new(self.family.dims(), &w);
         let workspaces = if train {
             &mut self.train_ws
         } else {
@@ -197,7 +252,7 @@ impl Engine for FastEngine {
         for ws in rest {
             total.add_assign(ws.grads.as_mut().expect("every chunk ran a backward pass"));
         }
-        total.write_params(&self.cfg, &self.tree, grads, trainable);
+        self.family.write_grads(total, grads, trainable);
         Ok(stats)
     }
 

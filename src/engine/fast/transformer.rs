@@ -1,4 +1,6 @@
-//! Forward and backward passes of a norm-free transformer on one chunk of rows, written by hand.
+//! Forward and backward passes of a transformer without inner normalization on one chunk of rows,
+//! written by hand: TransformerLens's models (no LayerNorm) and seed 004's BitNet (its quantized
+//! weights, attention over all positions scaled by 1/√d_model, a final RMSNorm with γ).
 //!
 //! Two savings over the general path, both exact:
 //! - the loss reads only the last position, so the last block's attention queries, MLP and the
@@ -9,6 +11,7 @@
 use crate::engine::fast::{loss_and_dlogits, sized, zeroed, ChunkStats};
 use crate::linalg::kernels::exp_f32;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
+use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
 use crate::model::transformer::{MlpSlots, TransformerTree};
 use crate::model::{ActFn, Params, Slot, TransformerConfig};
 
@@ -46,6 +49,8 @@ pub struct Weights {
     pub w_u: Vec<f32>,
     /// `[d_vocab_out]`.
     pub b_u: Vec<f32>,
+    /// `[d_model]`: the final RMSNorm's γ (empty without one).
+    pub gamma: Vec<f32>,
 }
 
 /// Block 0's Q/K/V per token and per position: `W_E·W_QKV` and `W_pos·W_QKV + b_QKV`.
@@ -54,7 +59,7 @@ pub struct Lookup {
     per_position: Vec<f32>,
 }
 
-/// Shapes used everywhere.
+/// Shapes and the architecture switches the passes follow.
 #[derive(Clone, Copy)]
 pub struct Dims {
     d_model: usize,
@@ -66,10 +71,16 @@ pub struct Dims {
     n_ctx: usize,
     act: ActFn,
     attn_only: bool,
+    /// Factor on the attention scores.
+    scale: f32,
+    /// Queries see only keys at or before their position.
+    causal: bool,
+    /// An RMSNorm x/max(‖x‖, 1e-12)·√d_model·γ before the unembedding (BitNet's `to_logits.0`).
+    final_rms: bool,
 }
 
 impl Dims {
-    /// Shapes of `cfg`.
+    /// A TransformerLens model's shapes: causal attention scaled by 1/√d_head, no final norm.
     pub fn new(cfg: &TransformerConfig) -> Self {
         Dims {
             d_model: cfg.d_model,
@@ -81,6 +92,36 @@ impl Dims {
             n_ctx: cfg.n_ctx,
             act: cfg.act_fn,
             attn_only: cfg.attn_only,
+            scale: 1.0 / (cfg.d_head as f32).sqrt(),
+            causal: true,
+            final_rms: false,
+        }
+    }
+
+    /// A BitNet model's shapes and switches.
+    pub fn bitnet(cfg: &BitNetConfig) -> Self {
+        Dims {
+            d_model: cfg.d_model,
+            n_heads: cfg.n_heads,
+            d_head: cfg.d_head(),
+            d_mlp: cfg.d_mlp,
+            d_vocab: cfg.d_vocab,
+            d_vocab_out: cfg.d_vocab_out,
+            n_ctx: cfg.n_ctx,
+            act: ActFn::Relu,
+            attn_only: false,
+            scale: cfg.score_scale() as f32,
+            causal: cfg.causal,
+            final_rms: true,
+        }
+    }
+
+    /// Keys query position `i` of `seq` attends to: `0..keys`.
+    fn keys(&self, i: usize, seq: usize) -> usize {
+        if self.causal {
+            i + 1
+        } else {
+            seq
         }
     }
 
@@ -132,6 +173,83 @@ impl Weights {
             blocks,
             w_u: params[tree.unembed_w].to_vec(),
             b_u: params[tree.unembed_b].to_vec(),
+            gamma: Vec::new(),
+        }
+    }
+
+    /// A BitNet model's weights as its forward uses them: every BitLinear quantized
+    /// ([`quant::effective`]) and transposed into kernel layout, no positional embedding, zero
+    /// biases, the unembedding transposed, γ kept for the final norm.
+    pub fn from_bitnet(cfg: &BitNetConfig, tree: &BitNetTree, params: &Params) -> Self {
+        let (dm, f, hd) = (cfg.d_model, cfg.d_mlp, cfg.d_model);
+        let used = |slot: Slot, rows: usize, cols: usize| {
+            transpose(
+                &quant::effective(&params[slot], cfg.quant, cfg.weight_scale),
+                rows,
+                cols,
+            )
+        };
+        let blocks = tree
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut w_qkv = vec![0.0; dm * 3 * hd];
+                for (which, &slot) in b.qkv.iter().enumerate() {
+                    for (r, row) in used(slot, hd, dm).chunks_exact(hd).enumerate() {
+                        w_qkv[r * 3 * hd + which * hd..][..hd].copy_from_slice(row);
+                    }
+                }
+                BlockWeights {
+                    w_qkv,
+                    b_qkv: vec![0.0; 3 * hd],
+                    w_o: used(b.out, dm, hd),
+                    b_o: vec![0.0; dm],
+                    w_in: used(b.ff_in, f, dm),
+                    b_in: vec![0.0; f],
+                    w_out: used(b.ff_out, dm, f),
+                    b_out: vec![0.0; dm],
+                }
+            })
+            .collect();
+        Weights {
+            w_e: params[tree.embed].to_vec(),
+            w_pos: vec![0.0; cfg.n_ctx * dm],
+            blocks,
+            w_u: transpose(&params[tree.unembed], cfg.d_vocab_out, dm),
+            b_u: vec![0.0; cfg.d_vocab_out],
+            gamma: params[tree.gamma].to_vec(),
+        }
+    }
+
+    /// Writes these gradients (of the weights as used) into `out` for a BitNet model: each
+    /// BitLinear's straight through its quantizer and centring (g − mean(g), in PyTorch layout).
+    pub fn write_bitnet(
+        &self,
+        cfg: &BitNetConfig,
+        tree: &BitNetTree,
+        out: &mut Params,
+        trainable: &[bool],
+    ) {
+        let (dm, f, hd) = (cfg.d_model, cfg.d_mlp, cfg.d_model);
+        let mut put = |slot: Slot, src: Vec<f32>| {
+            if trainable[slot.index()] {
+                out[slot].copy_from_slice(&src);
+            }
+        };
+        put(tree.embed, self.w_e.clone());
+        put(tree.gamma, self.gamma.clone());
+        put(tree.unembed, transpose(&self.w_u, dm, cfg.d_vocab_out));
+        for (slots, b) in tree.blocks.iter().zip(&self.blocks) {
+            for (which, &slot) in slots.qkv.iter().enumerate() {
+                let mut g = vec![0.0; dm * hd];
+                for (r, row) in g.chunks_exact_mut(hd).enumerate() {
+                    row.copy_from_slice(&b.w_qkv[r * 3 * hd + which * hd..][..hd]);
+                }
+                put(slot, quant::centre(&transpose(&g, dm, hd)));
+            }
+            put(slots.out, quant::centre(&transpose(&b.w_o, hd, dm)));
+            put(slots.ff_in, quant::centre(&transpose(&b.w_in, dm, f)));
+            put(slots.ff_out, quant::centre(&transpose(&b.w_out, f, dm)));
         }
     }
 
@@ -157,6 +275,7 @@ impl Weights {
                 .collect(),
             w_u: z(&self.w_u),
             b_u: z(&self.b_u),
+            gamma: z(&self.gamma),
         }
     }
 
@@ -166,7 +285,13 @@ impl Weights {
     }
 
     fn buffers_mut(&mut self) -> Vec<&mut Vec<f32>> {
-        let mut v = vec![&mut self.w_e, &mut self.w_pos, &mut self.w_u, &mut self.b_u];
+        let mut v = vec![
+            &mut self.w_e,
+            &mut self.w_pos,
+            &mut self.w_u,
+            &mut self.b_u,
+            &mut self.gamma,
+        ];
         for b in &mut self.blocks {
             v.extend([
                 &mut b.w_qkv,
@@ -296,6 +421,11 @@ pub struct Workspace {
     blocks: Vec<BlockCache>,
     /// resid_post of the last block at the last position `[rows, d_model]`.
     last: Vec<f32>,
+    /// With a final RMSNorm: `last` normalized (x·√d/‖x‖, before γ) and each row's ‖x‖ (clamped).
+    normed: Vec<f32>,
+    norms: Vec<f32>,
+    /// What the unembedding reads: `last`, or `normed · γ`.
+    unembed_in: Vec<f32>,
     logits: Vec<f32>,
     dout: Vec<f32>,
     dpre: Vec<f32>,
@@ -316,9 +446,8 @@ pub struct Prepared<'a> {
 }
 
 impl<'a> Prepared<'a> {
-    /// Prepares `w` for passes over batches.
-    pub fn new(cfg: &TransformerConfig, w: &'a Weights) -> Self {
-        let d = Dims::new(cfg);
+    /// Prepares `w` (laid out for `d`) for passes over batches.
+    pub fn new(d: Dims, w: &'a Weights) -> Self {
         Prepared {
             lookup: w.lookup(&d),
             w,
@@ -350,7 +479,15 @@ impl<'a> Prepared<'a> {
         g.fill_zero();
         let dlogits = &ws.logits;
         matmul(
-            &mut g.w_u, &ws.last, dlogits, d.d_model, vo, rows, true, false, false,
+            &mut g.w_u,
+            &ws.unembed_in,
+            dlogits,
+            d.d_model,
+            vo,
+            rows,
+            true,
+            false,
+            false,
         );
         add_column_sums(&mut g.b_u, dlogits);
         matmul(
@@ -364,6 +501,9 @@ impl<'a> Prepared<'a> {
             true,
             false,
         );
+        if d.final_rms {
+            self.final_norm_backward(ws, rows, &mut g);
+        }
         for l in (0..n_layers).rev() {
             let tq = if l + 1 == n_layers { 1 } else { seq };
             self.block_backward(l, ws, tokens, rows, seq, tq, &mut g);
@@ -396,11 +536,30 @@ impl<'a> Prepared<'a> {
             };
             self.block_forward(l, &mut current[0], out, tokens, rows, seq, tq);
         }
+        let dm = d.d_model;
+        let unembed_in = sized(&mut ws.unembed_in, rows * dm);
+        if d.final_rms {
+            let normed = sized(&mut ws.normed, rows * dm);
+            let norms = sized(&mut ws.norms, rows);
+            let root_d = (dm as f32).sqrt();
+            for (r, x) in ws.last[..rows * dm].chunks_exact(dm).enumerate() {
+                norms[r] = dot(x, x).sqrt().max(RMS_MIN_NORM);
+                let k = root_d / norms[r];
+                let y = &mut normed[r * dm..(r + 1) * dm];
+                y.iter_mut().zip(x).for_each(|(o, &v)| *o = v * k);
+                let u = &mut unembed_in[r * dm..(r + 1) * dm];
+                u.iter_mut()
+                    .zip(y.iter().zip(&self.w.gamma))
+                    .for_each(|(o, (&v, &g))| *o = v * g);
+            }
+        } else {
+            unembed_in.copy_from_slice(&ws.last[..rows * dm]);
+        }
         let vo = d.d_vocab_out;
         let logits = sized(&mut ws.logits, rows * vo);
         matmul(
             logits,
-            &ws.last,
+            &ws.unembed_in,
             &self.w.w_u,
             rows,
             vo,
@@ -410,6 +569,34 @@ impl<'a> Prepared<'a> {
             false,
         );
         add_bias(logits, &self.w.b_u);
+    }
+
+    /// Backward through the final RMSNorm: `ws.dout` holds d(loss)/d(normed·γ) on entry and
+    /// d(loss)/d(resid_post) on exit; dγ accumulates into `g`. With x̂ = x·√d/n and u = dout ⊙ γ:
+    /// dx = (√d/n)·(u − x̂·(x̂·u)/d) (the projection term vanishes where n was clamped).
+    fn final_norm_backward(&self, ws: &mut Workspace, rows: usize, g: &mut Weights) {
+        let dm = self.d.d_model;
+        let root_d = (dm as f32).sqrt();
+        let mut u = vec![0.0f32; dm];
+        for r in 0..rows {
+            let y = &ws.normed[r * dm..(r + 1) * dm];
+            let dout = &mut ws.dout[r * dm..(r + 1) * dm];
+            for ((gg, &dy), &yv) in g.gamma.iter_mut().zip(dout.iter()).zip(y) {
+                *gg += dy * yv;
+            }
+            u.iter_mut()
+                .zip(dout.iter().zip(&self.w.gamma))
+                .for_each(|(o, (&dy, &gm))| *o = dy * gm);
+            let k = root_d / ws.norms[r];
+            let proj = if ws.norms[r] > RMS_MIN_NORM {
+                dot(y, &u) / dm as f32
+            } else {
+                0.0
+            };
+            for ((o, &uv), &yv) in dout.iter_mut().zip(&u).zip(y) {
+                *o = k * (uv - yv * proj);
+            }
+        }
     }
 
     /// Runs block `l` on its input `c.x` (written by the previous block; block 0 looks its input up)
@@ -463,31 +650,32 @@ impl<'a> Prepared<'a> {
             }
         }
         // Attention, one (row, query, head) at a time: seq is tiny.
-        let scale = 1.0 / (dh as f32).sqrt();
+        let scale = d.scale;
         let pattern = sized(&mut c.pattern, rows * tq * nh * seq);
         let z = sized(&mut c.z, rows * tq * hd);
         let mut s = vec![0.0f32; seq];
         for r in 0..rows {
             for qi in 0..tq {
                 let i = first_q + qi;
+                let keys = d.keys(i, seq);
                 let q = &qkv[(r * seq + i) * n3..(r * seq + i) * n3 + hd];
                 for h in 0..nh {
                     let qh = &q[h * dh..(h + 1) * dh];
                     let mut max = f32::NEG_INFINITY;
-                    for (j, sj) in s.iter_mut().enumerate().take(i + 1) {
+                    for (j, sj) in s.iter_mut().enumerate().take(keys) {
                         let k = &qkv[(r * seq + j) * n3 + hd + h * dh..][..dh];
                         *sj = dot(qh, k) * scale;
                         max = max.max(*sj);
                     }
                     let mut sum = 0.0;
-                    for sj in s.iter_mut().take(i + 1) {
+                    for sj in s.iter_mut().take(keys) {
                         *sj = exp_f32(*sj - max);
                         sum += *sj;
                     }
                     let p = &mut pattern[((r * tq + qi) * nh + h) * seq..][..seq];
                     let zh = &mut z[(r * tq + qi) * hd + h * dh..][..dh];
                     zh.fill(0.0);
-                    for j in 0..=i {
+                    for j in 0..keys {
                         p[j] = s[j] / sum;
                         axpy(zh, p[j], &qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh]);
                     }
@@ -572,18 +760,19 @@ impl<'a> Prepared<'a> {
         matmul(dz, dmid, &b.w_o, nq, hd, dm, false, true, false);
         // Attention backward.
         let first_q = seq - tq;
-        let scale = 1.0 / (dh as f32).sqrt();
+        let scale = d.scale;
         let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
         let mut ds = vec![0.0f32; seq];
         let mut dq = vec![0.0f32; dh];
         for r in 0..rows {
             for qi in 0..tq {
                 let i = first_q + qi;
+                let keys = d.keys(i, seq);
                 for h in 0..nh {
                     let p = &c.pattern[((r * tq + qi) * nh + h) * seq..][..seq];
                     let dzh = &dz[(r * tq + qi) * hd + h * dh..][..dh];
                     let mut weighted = 0.0;
-                    for j in 0..=i {
+                    for j in 0..keys {
                         let v = &c.qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh];
                         ds[j] = dot(dzh, v);
                         weighted += p[j] * ds[j];
@@ -596,7 +785,7 @@ impl<'a> Prepared<'a> {
                     let q_at = (r * seq + i) * n3 + h * dh;
                     let q = &c.qkv[q_at..q_at + dh];
                     dq.fill(0.0);
-                    for j in 0..=i {
+                    for j in 0..keys {
                         let dsj = p[j] * (ds[j] - weighted) * scale;
                         let k_at = (r * seq + j) * n3 + hd + h * dh;
                         axpy(&mut dq, dsj, &c.qkv[k_at..k_at + dh]);
@@ -680,6 +869,20 @@ impl<'a> Prepared<'a> {
             axpy(&mut g.w_pos[t * dm..(t + 1) * dm], 1.0, row);
         }
     }
+}
+
+/// The floor on ‖x‖ in BitNet's final RMSNorm (`F.normalize`'s eps).
+const RMS_MIN_NORM: f32 = 1e-12;
+
+/// The transpose of a row-major `rows × cols` matrix.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for (i, row) in m.chunks_exact(cols).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * rows + i] = v;
+        }
+    }
+    t
 }
 
 /// Dot product with eight independent partial sums, so the compiler can vectorise it.
