@@ -415,7 +415,8 @@ fn the_fast_engine_follows_every_switch_it_runs() {
     let f = fixture(MODES[0].1);
     let (tokens, _) = fixture_tokens(&f);
     let labels = fixture_labels(&f);
-    let variants: [(&str, fn(&mut BitNetConfig)); 5] = [
+    type Change = fn(&mut BitNetConfig);
+    let variants: [(&str, Change); 5] = [
         ("ternary scaled", |c| c.quant = Quant::Ternary),
         ("causal", |c| c.causal = true),
         ("head scale", |c| c.attn_scale = AttnScale::Head),
@@ -460,7 +461,7 @@ fn the_fast_engine_follows_every_switch_it_runs() {
     }
     // Activation quantization, and the seed's embedding residual over two layers, stay on candle.
     for change in [
-        (|c: &mut BitNetConfig| c.act_bits = 8) as fn(&mut BitNetConfig),
+        (|c: &mut BitNetConfig| c.act_bits = 8) as Change,
         |c| c.n_layers = 2,
     ] {
         let mut cfg = config(Quant::Binary);
