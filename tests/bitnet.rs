@@ -460,10 +460,9 @@ fn the_fast_engine_follows_every_switch_it_runs() {
         }
     }
     // Activation quantization, and the seed's embedding residual over two layers, stay on candle.
-    for change in [
-        (|c: &mut BitNetConfig| c.act_bits = 8) as Change,
-        |c| c.n_layers = 2,
-    ] {
+    for change in [(|c: &mut BitNetConfig| c.act_bits = 8) as Change, |c| {
+        c.n_layers = 2
+    }] {
         let mut cfg = config(Quant::Binary);
         change(&mut cfg);
         let model = ModelConfig::BitNet(cfg);

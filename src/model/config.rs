@@ -212,6 +212,7 @@ impl ModelConfig {
             ModelConfig::Transformer(m) => m.forward_flops_full(batch),
             ModelConfig::Mlp(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::Mlp(m) => m.forward_flops(batch),
+            ModelConfig::BitNet(m) if fast => m.forward_flops_fast(batch),
             ModelConfig::BitNet(m) => m.forward_flops(batch),
         }
     }

@@ -387,28 +387,43 @@ impl TransformerConfig {
     /// come from per-token tables, and the last block's output projection, MLP and unembedding run at
     /// the last position only.
     pub fn forward_flops_fast(&self, batch: usize) -> f64 {
-        let b = batch as f64;
-        let t = self.n_ctx as f64;
-        let (dm, hd) = (self.d_model as f64, (self.n_heads * self.d_head) as f64);
-        let mlp = if self.attn_only {
+        let mlp = if self.attn_only { 0 } else { self.d_mlp };
+        fast_forward_flops(
+            [
+                self.n_layers,
+                self.n_ctx,
+                self.d_model,
+                self.n_heads,
+                self.d_head,
+                mlp,
+            ],
+            self.d_vocab_out,
+            batch,
+        )
+    }
+}
+
+/// FLOPs of the fast engine's forward pass over `batch` rows for a model of
+/// `[n_layers, n_ctx, d_model, n_heads, d_head, d_mlp]` (`d_mlp` 0 without MLPs) with `d_vocab_out`
+/// outputs (see [`TransformerConfig::forward_flops_fast`]; the BitNet family runs the same passes).
+pub fn fast_forward_flops(shape: [usize; 6], d_vocab_out: usize, batch: usize) -> f64 {
+    let [_, n_ctx, d_model, n_heads, d_head, d_mlp] = shape.map(|x| x as f64);
+    let (b, hd) = (batch as f64, n_heads * d_head);
+    let mlp = 2.0 * d_model * d_mlp * 2.0;
+    let mut f = 0.0;
+    for l in 0..shape[0] {
+        let last = l + 1 == shape[0];
+        let q_rows = if last { b } else { b * n_ctx };
+        let qkv = if l == 0 {
             0.0
         } else {
-            2.0 * dm * self.d_mlp as f64 * 2.0
+            2.0 * b * n_ctx * d_model * hd * 3.0
         };
-        let mut f = 0.0;
-        for l in 0..self.n_layers {
-            let q_rows = if l + 1 == self.n_layers { b } else { b * t };
-            let qkv = if l == 0 {
-                0.0
-            } else {
-                2.0 * b * t * dm * hd * 3.0
-            };
-            f += qkv
-                + 2.0 * q_rows * t * self.d_head as f64 * self.n_heads as f64 * 2.0
-                + q_rows * (2.0 * hd * dm + mlp);
-        }
-        f + 2.0 * b * dm * self.d_vocab_out as f64
+        f += qkv
+            + 2.0 * q_rows * n_ctx * d_head * n_heads * 2.0
+            + q_rows * (2.0 * hd * d_model + mlp);
     }
+    f + 2.0 * b * d_model * d_vocab_out as f64
 }
 
 #[cfg(test)]
