@@ -97,14 +97,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             ..demo
         },
         "quick" => RunConfig {
-            task: TaskConfig {
-                op: Operation::Add,
-                p: 31,
-                layout: Layout::ABEq,
-                train_frac: 0.6,
-                data_seed: 0,
-                split: SplitRule::FirstFraction,
-            },
+            task: quick_task(),
             model: ModelConfig::Transformer(TransformerConfig {
                 d_model: 64,
                 n_heads: 4,
@@ -193,14 +186,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             ..demo
         },
         "quick-bitnet-binary" | "quick-bitnet-ternary" => RunConfig {
-            task: TaskConfig {
-                op: Operation::Add,
-                p: 31,
-                layout: Layout::ABEq,
-                train_frac: 0.6,
-                data_seed: 0,
-                split: SplitRule::FirstFraction,
-            },
+            task: quick_task(),
             model: ModelConfig::BitNet(BitNetConfig {
                 d_model: 64,
                 d_mlp: 256,
@@ -228,6 +214,19 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
         }
     };
     Ok(cfg)
+}
+
+/// The quick demos' task: a+b mod 31 as `[a, b, =]`, the first 60 % of a ChaCha shuffle (or of
+/// torch's `randperm` after seed 0, under torch seeding) train.
+fn quick_task() -> TaskConfig {
+    TaskConfig {
+        op: Operation::Add,
+        p: 31,
+        layout: Layout::ABEq,
+        train_frac: 0.6,
+        data_seed: 0,
+        split: SplitRule::FirstFraction,
+    }
 }
 
 /// The weight quantization a BitNet preset's name asks for.

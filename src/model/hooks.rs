@@ -6,6 +6,18 @@ use candle_core::Tensor;
 
 use crate::error::Result;
 
+/// The attention hook points of a block, in forward order (`hook_result` is computed only when a
+/// hook asks for it), shared by every family with attention.
+pub const ATTN_HOOKS: [&str; 7] = [
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_attn_scores",
+    "hook_pattern",
+    "hook_z",
+    "hook_result",
+];
+
 /// Sees each hook point's value in forward order and returns the value the forward continues with.
 pub trait Hooks {
     /// Called with the full TransformerLens hook name (e.g. `blocks.0.attn.hook_pattern`).

@@ -7,21 +7,10 @@ use candle_core::{Device, Tensor, Var, D};
 
 use crate::error::Result;
 use crate::model::bitnet::{quant, BitBlockSlots, BitNetConfig, BitNetTree, Residual};
-use crate::model::hooks::Hooks;
+use crate::model::hooks::{Hooks, ATTN_HOOKS};
 use crate::model::params::{CandleWeights, Params, Slot};
 use crate::model::transformer::forward::{apply_causal_mask, head_results, softmax_last};
 use crate::model::{HookedModel, LogitPositions};
-
-/// The attention hook points of a block, in forward order (`hook_result` only when asked for).
-pub const ATTN_HOOKS: [&str; 7] = [
-    "hook_q",
-    "hook_k",
-    "hook_v",
-    "hook_attn_scores",
-    "hook_pattern",
-    "hook_z",
-    "hook_result",
-];
 
 /// A BitNet transformer whose weights are candle tensors copied from a [`Params`] store, with every
 /// BitLinear's quantized weight formed once at construction.

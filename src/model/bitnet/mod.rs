@@ -272,7 +272,7 @@ impl BitNetConfig {
         for l in 0..self.n_layers {
             let b = format!("blocks.{l}");
             names.push(format!("{b}.hook_resid_pre"));
-            for h in forward::ATTN_HOOKS {
+            for h in crate::model::hooks::ATTN_HOOKS {
                 names.push(format!("{b}.attn.{h}"));
             }
             for h in [

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
 use crate::model::check_vocab;
+use crate::model::hooks::ATTN_HOOKS;
 use crate::model::params::ParamSpec;
 use crate::model::transformer::tree::TransformerTree;
 
@@ -229,15 +230,7 @@ impl TransformerConfig {
             let b = format!("blocks.{l}");
             names.push(format!("{b}.hook_resid_pre"));
             ln(&mut names, &format!("{b}.ln1"));
-            for h in [
-                "hook_q",
-                "hook_k",
-                "hook_v",
-                "hook_attn_scores",
-                "hook_pattern",
-                "hook_z",
-                "hook_result",
-            ] {
+            for h in ATTN_HOOKS {
                 names.push(format!("{b}.attn.{h}"));
             }
             names.push(format!("{b}.hook_attn_out"));
