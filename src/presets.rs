@@ -172,38 +172,10 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             // groklens's own demos, tuned with (and tested on) the ChaCha streams.
             rng: RngKind::Chacha,
         },
-        "bitnet-binary" | "bitnet-ternary" => RunConfig {
-            // Seed 004 passes `random_seed=999`, which its BitNet class gives only to the CUDA
-            // generator; groklens seeds the CPU generator with it, as the seed's fixtures do.
-            model: ModelConfig::BitNet(BitNetConfig {
-                seed: 999,
-                ..BitNetConfig::seed_004(bitnet_quant(name))
-            }),
-            train: TrainConfig {
-                freeze: Vec::new(),
-                ..demo.train
-            },
-            ..demo
-        },
-        "quick-bitnet-binary" | "quick-bitnet-ternary" => RunConfig {
-            task: quick_task(),
-            model: ModelConfig::BitNet(BitNetConfig {
-                d_model: 64,
-                d_mlp: 256,
-                seed: 0,
-                ..BitNetConfig::seed_004(bitnet_quant(name))
-            }),
-            train: TrainConfig {
-                lr: 3e-3,
-                weight_decay: 1.0,
-                epochs: 3000,
-                freeze: Vec::new(),
-                checkpoint_every: 100,
-                stop_at_test_acc: 0.999,
-                ..demo.train
-            },
-            ..demo
-        },
+        "bitnet-binary" => bitnet_seed_004(Quant::Binary, demo),
+        "bitnet-ternary" => bitnet_seed_004(Quant::Ternary, demo),
+        "quick-bitnet-binary" => quick_bitnet(Quant::Binary, demo),
+        "quick-bitnet-ternary" => quick_bitnet(Quant::Ternary, demo),
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             return Err(GrokError::config(
@@ -229,12 +201,43 @@ fn quick_task() -> TaskConfig {
     }
 }
 
-/// The weight quantization a BitNet preset's name asks for.
-fn bitnet_quant(name: &str) -> Quant {
-    if name.ends_with("ternary") {
-        Quant::Ternary
-    } else {
-        Quant::Binary
+/// Seed 004's BitNet with `quant` weights on the demo's task and training (`demo`).
+fn bitnet_seed_004(quant: Quant, demo: RunConfig) -> RunConfig {
+    RunConfig {
+        // Seed 004 passes `random_seed=999`, which its BitNet class gives only to the CUDA
+        // generator; groklens seeds the CPU generator with it, as the seed's fixtures do.
+        model: ModelConfig::BitNet(BitNetConfig {
+            seed: 999,
+            ..BitNetConfig::seed_004(quant)
+        }),
+        train: TrainConfig {
+            freeze: Vec::new(),
+            ..demo.train
+        },
+        ..demo
+    }
+}
+
+/// A small BitNet with `quant` weights on the quick task, trained like `demo` but faster.
+fn quick_bitnet(quant: Quant, demo: RunConfig) -> RunConfig {
+    RunConfig {
+        task: quick_task(),
+        model: ModelConfig::BitNet(BitNetConfig {
+            d_model: 64,
+            d_mlp: 256,
+            seed: 0,
+            ..BitNetConfig::seed_004(quant)
+        }),
+        train: TrainConfig {
+            lr: 3e-3,
+            weight_decay: 1.0,
+            epochs: 3000,
+            freeze: Vec::new(),
+            checkpoint_every: 100,
+            stop_at_test_acc: 0.999,
+            ..demo.train
+        },
+        ..demo
     }
 }
 

@@ -295,12 +295,13 @@ fn scaled_binary_weights_are_plus_minus_beta() {
         ..config(Quant::Binary)
     };
     let model = BitNetModel::new(&cfg, &p).unwrap();
-    for (name, _, q) in cfg.quantized_weights(&p) {
-        let slot = model
-            .tree
-            .bit_linears()
-            .find(|(_, _, s)| model.tree.specs[s.index()].name == name);
-        let (_, _, slot) = slot.unwrap();
+    // `quantized_weights` lists the BitLinears in the tree's order.
+    for ((name, _, q), (_, _, slot)) in cfg
+        .quantized_weights(&p)
+        .into_iter()
+        .zip(model.tree.bit_linears())
+    {
+        assert_eq!(name, model.tree.specs[slot.index()].name);
         let c = quant::centre(&p[slot]);
         let beta = c.iter().map(|x| x.abs() as f64).sum::<f64>() / c.len() as f64;
         assert!((q.scale as f64 - beta).abs() < 1e-6, "{name}");

@@ -231,25 +231,25 @@ impl Weights {
         trainable: &[bool],
     ) {
         let (dm, f, hd) = (cfg.d_model, cfg.d_mlp, cfg.d_model);
-        let mut put = |slot: Slot, src: Vec<f32>| {
+        let mut put = |slot: Slot, src: &[f32]| {
             if trainable[slot.index()] {
-                out[slot].copy_from_slice(&src);
+                out[slot].copy_from_slice(src);
             }
         };
-        put(tree.embed, self.w_e.clone());
-        put(tree.gamma, self.gamma.clone());
-        put(tree.unembed, transpose(&self.w_u, dm, cfg.d_vocab_out));
+        put(tree.embed, &self.w_e);
+        put(tree.gamma, &self.gamma);
+        put(tree.unembed, &transpose(&self.w_u, dm, cfg.d_vocab_out));
         for (slots, b) in tree.blocks.iter().zip(&self.blocks) {
             for (which, &slot) in slots.qkv.iter().enumerate() {
                 let mut g = vec![0.0; dm * hd];
                 for (r, row) in g.chunks_exact_mut(hd).enumerate() {
                     row.copy_from_slice(&b.w_qkv[r * 3 * hd + which * hd..][..hd]);
                 }
-                put(slot, quant::centre(&transpose(&g, dm, hd)));
+                put(slot, &quant::centre(&transpose(&g, dm, hd)));
             }
-            put(slots.out, quant::centre(&transpose(&b.w_o, hd, dm)));
-            put(slots.ff_in, quant::centre(&transpose(&b.w_in, dm, f)));
-            put(slots.ff_out, quant::centre(&transpose(&b.w_out, f, dm)));
+            put(slots.out, &quant::centre(&transpose(&b.w_o, hd, dm)));
+            put(slots.ff_in, &quant::centre(&transpose(&b.w_in, dm, f)));
+            put(slots.ff_out, &quant::centre(&transpose(&b.w_out, f, dm)));
         }
     }
 

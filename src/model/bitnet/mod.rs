@@ -21,8 +21,8 @@ pub mod quant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
-use crate::model::check_vocab;
 use crate::model::params::{Init, ParamList, ParamSpec, Params, Scope, Slot};
+use crate::model::{check_at_most, check_positive, check_rows};
 use crate::rng::TorchGenerator;
 
 pub use forward::BitNetModel;
@@ -310,7 +310,7 @@ impl BitNetConfig {
 
     /// Checks every field; `d_vocab`, `d_vocab_out` and `n_ctx` must already be resolved.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
+        check_positive(&[
             ("model.n_layers", self.n_layers),
             ("model.d_model", self.d_model),
             ("model.n_heads", self.n_heads),
@@ -318,26 +318,14 @@ impl BitNetConfig {
             ("model.d_vocab", self.d_vocab),
             ("model.d_vocab_out", self.d_vocab_out),
             ("model.n_ctx", self.n_ctx),
-        ] {
-            if v == 0 {
-                return Err(GrokError::config(field, v, "must be at least 1"));
-            }
-        }
-        for (field, v, max) in [
+        ])?;
+        check_at_most(&[
             ("model.n_layers", self.n_layers, 64),
             ("model.d_model", self.d_model, 1 << 14),
             ("model.d_mlp", self.d_mlp, 1 << 16),
             ("model.d_vocab", self.d_vocab, 1 << 16),
             ("model.n_ctx", self.n_ctx, 1 << 12),
-        ] {
-            if v > max {
-                return Err(GrokError::config(
-                    field,
-                    v,
-                    format!("must be at most {max}"),
-                ));
-            }
-        }
+        ])?;
         if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(GrokError::config(
                 "model.n_heads",
@@ -360,24 +348,7 @@ impl BitNetConfig {
 
     /// Checks `tokens` as `[batch, pos]` rows (1 ≤ pos ≤ n_ctx) with ids below `d_vocab`.
     pub fn check_tokens(&self, tokens: &[u32], batch: usize) -> Result<usize> {
-        if batch == 0 || !tokens.len().is_multiple_of(batch) {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!("{} ids do not form {batch} rows", tokens.len()),
-            ));
-        }
-        let pos = tokens.len() / batch;
-        if pos == 0 || pos > self.n_ctx {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!(
-                    "rows of {pos} tokens; this model reads 1 to n_ctx = {}",
-                    self.n_ctx
-                ),
-            ));
-        }
-        check_vocab(tokens, self.d_vocab)?;
-        Ok(pos)
+        check_rows(tokens, batch, self.n_ctx, self.d_vocab)
     }
 
     /// FLOPs of the fast engine's forward pass (the transformer engine's passes: block 0's Q/K/V

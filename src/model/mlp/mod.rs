@@ -8,9 +8,9 @@ pub mod forward;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
-use crate::model::check_vocab;
 use crate::model::params::{Init, ParamList, ParamSpec, Slot};
 use crate::model::transformer::config::ActFn;
+use crate::model::{check_at_most, check_positive, check_vocab};
 
 pub use forward::MlpModel;
 
@@ -137,33 +137,20 @@ impl MlpConfig {
 
     /// Checks every field; `d_vocab`, `d_vocab_out` and `n_ctx` must already be resolved.
     pub fn validate(&self) -> Result<()> {
-        for (field, v) in [
+        check_positive(&[
             ("model.d_embed", self.d_embed),
             ("model.d_hidden", self.d_hidden),
             ("model.n_hidden", self.n_hidden),
             ("model.d_vocab", self.d_vocab),
             ("model.d_vocab_out", self.d_vocab_out),
             ("model.n_ctx", self.n_ctx),
-        ] {
-            if v == 0 {
-                return Err(GrokError::config(field, v, "must be at least 1"));
-            }
-        }
-        for (field, v, max) in [
+        ])?;
+        check_at_most(&[
             ("model.d_embed", self.d_embed, 1 << 14),
             ("model.d_hidden", self.d_hidden, 1 << 16),
             ("model.n_hidden", self.n_hidden, 64),
             ("model.d_vocab", self.d_vocab, 1 << 16),
-        ] {
-            if v > max {
-                return Err(GrokError::config(
-                    field,
-                    v,
-                    format!("must be at most {max}"),
-                ));
-            }
-        }
-        Ok(())
+        ])
     }
 
     /// Checks that `tokens` form `[batch, n_ctx]` rows (the MLP reads exactly `n_ctx` tokens) with

@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
-use crate::model::check_vocab;
 use crate::model::hooks::ATTN_HOOKS;
 use crate::model::params::ParamSpec;
 use crate::model::transformer::tree::TransformerTree;
+use crate::model::{check_at_most, check_positive, check_rows};
 
 /// MLP activation function, under TransformerLens's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +149,7 @@ impl TransformerConfig {
 
     /// Checks every field; `d_vocab`, `d_vocab_out` and `n_ctx` must already be resolved (non-zero).
     pub fn validate(&self) -> Result<()> {
-        let positive = [
+        check_positive(&[
             ("model.n_layers", self.n_layers),
             ("model.d_model", self.d_model),
             ("model.n_heads", self.n_heads),
@@ -157,12 +157,7 @@ impl TransformerConfig {
             ("model.d_vocab", self.d_vocab),
             ("model.d_vocab_out", self.d_vocab_out),
             ("model.n_ctx", self.n_ctx),
-        ];
-        for (field, v) in positive {
-            if v == 0 {
-                return Err(GrokError::config(field, v, "must be at least 1"));
-            }
-        }
+        ])?;
         if !self.attn_only && self.d_mlp == 0 {
             return Err(GrokError::config(
                 "model.d_mlp",
@@ -170,16 +165,11 @@ impl TransformerConfig {
                 "must be at least 1 unless model.attn_only = true",
             ));
         }
-        let big = [
-            ("model.d_model", self.d_model),
-            ("model.d_mlp", self.d_mlp),
-            ("model.d_vocab", self.d_vocab),
-        ];
-        for (field, v) in big {
-            if v > 1 << 16 {
-                return Err(GrokError::config(field, v, "must be at most 65536"));
-            }
-        }
+        check_at_most(&[
+            ("model.d_model", self.d_model, 1 << 16),
+            ("model.d_mlp", self.d_mlp, 1 << 16),
+            ("model.d_vocab", self.d_vocab, 1 << 16),
+        ])?;
         if !(self.eps > 0.0 && self.eps < 1.0) {
             return Err(GrokError::config(
                 "model.eps",
@@ -200,19 +190,7 @@ impl TransformerConfig {
     /// Checks that `tokens` form `[batch, pos]` with `1 <= pos <= n_ctx` and ids below `d_vocab`;
     /// returns `pos`.
     pub fn check_tokens(&self, tokens: &[u32], batch: usize) -> Result<usize> {
-        let pos = tokens.len().checked_div(batch).unwrap_or(0);
-        if batch * pos != tokens.len() || pos == 0 || pos > self.n_ctx {
-            return Err(GrokError::tensor(
-                "tokens",
-                format!(
-                    "{} ids do not form [batch={batch}, pos<= n_ctx={}]",
-                    tokens.len(),
-                    self.n_ctx
-                ),
-            ));
-        }
-        check_vocab(tokens, self.d_vocab)?;
-        Ok(pos)
+        check_rows(tokens, batch, self.n_ctx, self.d_vocab)
     }
 
     /// Every hook point the forward pass passes through, in order (`attn.hook_result` included; it is
