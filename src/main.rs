@@ -10,7 +10,7 @@ mod cli;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use groklens::presets::{preset, preset_template, PRESETS};
+use groklens::presets::{comparison, preset, preset_template, COMPARISONS, PRESETS};
 use groklens::run::{grokking_epoch, MetricsRow, RunDir, GROKKED_ACCURACY};
 use groklens::train::Trainer;
 use groklens::RunConfig;
@@ -53,7 +53,8 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         show: Option<String>,
     },
-    /// The main job: train the default preset, write its HTML report and print a summary.
+    /// The main job: train the default preset, write its HTML report and print a summary. A comparison
+    /// preset (`seed-004`) trains each of its presets into OUT/<preset> and writes OUT/compare.html.
     Grok {
         /// Run directory (default: runs/grok-<preset>).
         #[arg(long)]
@@ -102,6 +103,15 @@ enum Command {
     Report {
         /// The run directory.
         run: PathBuf,
+    },
+    /// Analyse several runs (any families) and write one page that sets them side by side.
+    Compare {
+        /// Run directories, two or more.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<PathBuf>,
+        /// The page to write.
+        #[arg(long, default_value = "compare.html")]
+        out: PathBuf,
     },
     /// Time train steps and test forwards of a preset on this machine.
     Bench {
@@ -156,9 +166,13 @@ fn run(cli: Cli) -> Result<()> {
                 None => {
                     for (i, (name, about)) in PRESETS.iter().enumerate() {
                         println!(
-                            "{name:<18} {about}{}",
+                            "{name:<20} {about}{}",
                             if i == 0 { " (default)" } else { "" }
                         );
+                    }
+                    println!("\ncomparisons (`groklens grok --preset NAME`):");
+                    for (name, about, _) in COMPARISONS {
+                        println!("{name:<20} {about}");
                     }
                 }
             }
@@ -170,8 +184,12 @@ fn run(cli: Cli) -> Result<()> {
             sets,
             quiet,
         } => {
+            let root = out.unwrap_or_else(|| PathBuf::from(format!("runs/grok-{p}")));
+            if let Some(members) = comparison(&p) {
+                return grok_comparison(&root, members, &sets, quiet);
+            }
             let cfg = build_config(Some(&p), None, &sets)?;
-            let dir = RunDir::new(out.unwrap_or_else(|| PathBuf::from(format!("runs/grok-{p}"))));
+            let dir = RunDir::new(root);
             if groklens::run::is_run_dir(&dir.root) {
                 bail!("{} already holds a run; pass --out DIR for a new one or `groklens train --resume {}`", dir.root.display(), dir.root.display());
             }
@@ -179,6 +197,11 @@ fn run(cli: Cli) -> Result<()> {
             report(&dir.root)
         }
         Command::Report { run } => report(&run),
+        Command::Compare { runs, out } => {
+            let comparison = groklens::report::compare::write_comparison(&runs, &out)?;
+            println!("{}", comparison.text());
+            Ok(())
+        }
         Command::Cache {
             checkpoint,
             model_config,
@@ -238,6 +261,39 @@ fn report(dir: &std::path::Path) -> Result<()> {
     }
     let summary = groklens::report::write_report(dir)?;
     println!("{}", summary.text());
+    Ok(())
+}
+
+/// Trains (or resumes, or reuses) every member preset of a comparison into `root/<preset>`, reports
+/// each and writes `root/compare.html`.
+fn grok_comparison(
+    root: &std::path::Path,
+    members: &[&str],
+    sets: &[String],
+    quiet: bool,
+) -> Result<()> {
+    let mut dirs = Vec::new();
+    for member in members {
+        let dir = RunDir::new(root.join(member));
+        if dir.final_path().exists() {
+            eprintln!("{}: already trained, reusing it", dir.root.display());
+        } else if groklens::run::is_run_dir(&dir.root) {
+            let (trainer, notes) = Trainer::resume(&dir, &[])?;
+            for note in notes {
+                eprintln!("{note}");
+            }
+            eprintln!("resuming {} at epoch {}", dir.root.display(), trainer.epoch);
+            train(trainer, &dir, quiet)?;
+        } else {
+            let cfg = build_config(Some(member), None, sets)?;
+            train(Trainer::create(cfg, &dir)?, &dir, quiet)?;
+        }
+        report(&dir.root)?;
+        dirs.push(dir.root);
+    }
+    let comparison =
+        groklens::report::compare::write_comparison(&dirs, &root.join("compare.html"))?;
+    println!("{}", comparison.text());
     Ok(())
 }
 

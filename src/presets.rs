@@ -51,6 +51,29 @@ pub const PRESETS: [(&str, &str); 10] = [
     ),
 ];
 
+/// Presets that train several runs one after the other and compare them (`groklens grok --preset
+/// NAME`): name, description, member presets.
+pub const COMPARISONS: [(&str, &str, &[&str]); 2] = [
+    (
+        "seed-004",
+        "seed 004: tl-grokking-demo and bitnet-binary, each trained and reported, then compared",
+        &["tl-grokking-demo", "bitnet-binary"],
+    ),
+    (
+        "quick-seed-004",
+        "seed 004 in seconds: quick and quick-bitnet-binary, each trained and reported, then compared",
+        &["quick", "quick-bitnet-binary"],
+    ),
+];
+
+/// The member presets of comparison preset `name`, if it is one.
+pub fn comparison(name: &str) -> Option<&'static [&'static str]> {
+    COMPARISONS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, members)| *members)
+}
+
 /// The resolved config of preset `name` (vocabulary and context derived from its task).
 pub fn preset(name: &str) -> Result<RunConfig> {
     preset_template(name)?.resolve()
@@ -178,11 +201,12 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
         "quick-bitnet-ternary" => quick_bitnet(Quant::Ternary, demo),
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            return Err(GrokError::config(
-                "--preset",
-                other,
-                format!("unknown preset; choose one of {}", names.join(", ")),
-            ));
+            let message = if comparison(other).is_some() {
+                "trains several runs: only `groklens grok` takes it".to_string()
+            } else {
+                format!("unknown preset; choose one of {}", names.join(", "))
+            };
+            return Err(GrokError::config("--preset", other, message));
         }
     };
     Ok(cfg)
@@ -278,6 +302,23 @@ mod tests {
         assert!(text.starts_with("rng = \"torch\"\n"), "{text}");
         let old = RunConfig::from_toml(&text.replace("rng = \"torch\"\n", ""), "old").unwrap();
         assert_eq!(old.rng, RngKind::Chacha);
+    }
+
+    #[test]
+    fn comparisons_name_presets_on_one_task() {
+        for (name, _, members) in COMPARISONS {
+            let tasks: Vec<_> = members.iter().map(|m| preset(m).unwrap().task).collect();
+            assert!(tasks.windows(2).all(|w| w[0].p == w[1].p), "{name}");
+            assert!(preset(name)
+                .unwrap_err()
+                .to_string()
+                .contains("groklens grok"));
+        }
+        assert_eq!(
+            comparison("seed-004"),
+            Some(&["tl-grokking-demo", "bitnet-binary"][..])
+        );
+        assert_eq!(comparison("quick"), None);
     }
 
     #[test]

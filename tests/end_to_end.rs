@@ -1,14 +1,15 @@
-//! The whole pipeline on the `quick` preset: it groks (memorises first, then generalises), the
+//! The whole pipeline on the quick presets: they grok (memorise first, then generalise), the
 //! analysis finds the same key frequencies in the embedding and in the neuron clusters, and the HTML
-//! report renders in headless Chromium, offline, with no console error and every figure drawn.
+//! reports and the comparison page render in headless Chromium, offline, with no console error and
+//! every figure drawn.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use groklens::analysis::analyze_run;
 use groklens::presets::preset;
 use groklens::report::write_report;
-use groklens::run::grokking_epoch;
-use groklens::run::RunDir;
+use groklens::run::{grokking_epoch, metrics, MetricsRow, RunDir};
 use groklens::train::Trainer;
 
 #[test]
@@ -78,7 +79,7 @@ fn quick_preset_groks_and_its_report_renders() {
         "no external scripts: the page works offline"
     );
 
-    check_in_browser(&summary.path, "report-screenshot.png");
+    check_in_browser(&summary.path, 20, "report-screenshot.png");
 }
 
 #[test]
@@ -117,7 +118,111 @@ fn quick_mlp_groks_and_its_report_renders_without_attention() {
     );
     assert!(html.contains("Spectral norm of the output layer"));
     assert!(html.contains("MLP: 4 token embeddings of 32"));
-    check_in_browser(&summary.path, "report-mlp-screenshot.png");
+    check_in_browser(&summary.path, 20, "report-mlp-screenshot.png");
+}
+
+/// `groklens grok --preset quick-seed-004`: the quick transformer and the quick binarized BitNet are
+/// trained, reported and compared; the BitNet groks (test accuracy lagging train accuracy), its report
+/// has the quantized-weight section, and both pages draw in Chromium. A second call reuses the runs.
+#[test]
+fn quick_seed_004_compares_a_grokking_binary_bitnet_with_a_transformer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("q4");
+    let grok = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+            .args(["grok", "--preset", "quick-seed-004", "--quiet", "--out"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout), text(&out.stderr))
+    };
+    let (stdout, _) = grok();
+    assert!(stdout.contains("comparison: "), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("quick-bitnet-binary:") && l.contains("with the fast engine")),
+        "{stdout}"
+    );
+
+    let bitnet = root.join("quick-bitnet-binary");
+    let metrics = metrics::read(&RunDir::new(&bitnet).metrics_path()).unwrap();
+    let first = |f: fn(&MetricsRow) -> f64| metrics.iter().find(|r| f(r) >= 0.99).unwrap().epoch;
+    let (memorised, generalised) = (first(|r| r.train_acc), first(|r| r.test_acc));
+    assert!(
+        generalised >= memorised + 300,
+        "test accuracy should lag train accuracy (grokking): {memorised} vs {generalised}"
+    );
+    assert!(metrics.last().unwrap().test_acc >= 0.999);
+
+    let a = analyze_run(&bitnet).unwrap();
+    let q = a
+        .quantized
+        .as_ref()
+        .expect("a BitNet run has quantized weights");
+    let t = &q.trajectory;
+    let epochs: Vec<usize> = a.progress.iter().map(|p| p.epoch).collect();
+    assert_eq!(
+        t.epochs, epochs,
+        "one entry per checkpoint, from the initial weights"
+    );
+    for counts in &t.counts {
+        let sums: Vec<usize> = counts.iter().map(|c| c.iter().sum()).collect();
+        assert_eq!(sums, t.sizes);
+    }
+    let flips = t.total_flips();
+    assert_eq!(flips[0], 0);
+    assert!(
+        flips[1..].iter().all(|&f| f > 0),
+        "signs keep moving: {flips:?}"
+    );
+    let from_final = t.total_from_final();
+    assert_eq!(
+        *from_final.last().unwrap(),
+        0,
+        "the last checkpoint is the final model"
+    );
+    assert!(from_final[0] > from_final[from_final.len() / 2]);
+    let fixed = t.fixed_for_good();
+    assert!(fixed.windows(2).all(|w| w[0] <= w[1]) && *fixed.last().unwrap() == 1.0);
+    // Read through the embedding, W_in's sign rows weigh the key frequencies well above chance.
+    let f = &q.first_ffn;
+    let keys = &a.embed.key_freqs;
+    let on_keys: f32 = (0..f.freq_share.cols)
+        .map(|n| keys.iter().map(|&k| f.freq_share.at(k - 1, n)).sum::<f32>())
+        .sum::<f32>()
+        / f.freq_share.cols as f32;
+    let chance = keys.len() as f32 / f.freq_share.rows as f32;
+    assert!(
+        on_keys > 1.5 * chance,
+        "{on_keys} of W_in on {keys:?}, chance {chance}"
+    );
+
+    let report = bitnet.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<section id=\"quantized\">"));
+    assert!(html.contains("Fraction of each BitLinear weight at +1"));
+    check_in_browser(&report, 20, "report-bitnet-screenshot.png");
+
+    let compare = root.join("compare.html");
+    let html = std::fs::read_to_string(&compare).unwrap();
+    for run in ["quick", "quick-bitnet-binary"] {
+        assert!(
+            html.contains(&format!("<b>{run}</b>")),
+            "{run} has a column"
+        );
+    }
+    assert!(html.contains("full precision") && html.contains("Neurons per frequency cluster"));
+    check_in_browser(&compare, 5, "compare-screenshot.png");
+
+    let (_, stderr) = grok();
+    assert_eq!(
+        stderr.matches("already trained, reusing it").count(),
+        2,
+        "{stderr}"
+    );
 }
 
 /// Debian's Chromium, or `$CHROMIUM`.
@@ -155,7 +260,9 @@ fn headless(profile: &Path) -> Command {
     cmd
 }
 
-fn check_in_browser(report: &Path, screenshot: &str) {
+/// Opens `report` in headless Chromium, offline: no script error or console output, at least
+/// `min_figures` figures and every one drawn; then takes a screenshot.
+fn check_in_browser(report: &Path, min_figures: usize, screenshot: &str) {
     if chromium().is_none() {
         if std::env::var_os("GROKLENS_SKIP_BROWSER").is_some() {
             eprintln!("GROKLENS_SKIP_BROWSER set: not opening the report in Chromium");
@@ -195,7 +302,7 @@ fn check_in_browser(report: &Path, screenshot: &str) {
         "script errors: {}",
         attr("data-error-text")
     );
-    assert!(figures >= 20, "{figures} figures");
+    assert!(figures >= min_figures, "{figures} figures");
     assert_eq!(rendered, figures, "every figure drew an SVG");
     let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(

@@ -8,6 +8,7 @@ pub mod fourier;
 pub mod grid;
 pub mod neurons;
 pub mod progress;
+pub mod quantized;
 pub mod stats;
 
 use std::path::Path;
@@ -26,6 +27,7 @@ pub use fourier::FourierBasis;
 pub use grid::AttentionSummary;
 pub use neurons::{FrequencyUse, NeuronCluster, NeuronFourier, CLUSTER_THRESHOLD};
 pub use progress::{Phases, ProgressPoint};
+pub use quantized::{LevelsThroughFrequencies, QuantizedAnalysis, QuantizedTrajectory};
 pub use stats::Pca;
 
 /// Largest modulus the analysis takes: p² inputs are run and p × p maps drawn, and the report must
@@ -87,6 +89,8 @@ pub struct RunAnalysis {
     pub grokking_epoch: Option<usize>,
     /// Seconds spent on the progress measures.
     pub progress_seconds: f64,
+    /// Levels, flips and the first FFN matrix of a quantized (BitNet) run.
+    pub quantized: Option<QuantizedAnalysis>,
 }
 
 /// What the analysis holds at its peak: the grid's logits, neuron activations and attention maps
@@ -242,6 +246,8 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let mut engine = engine::select(model_cfg, EngineKind::Auto, cfg.train.threads)?;
     let (grid_tokens, seq) = (task.grid_tokens(), task.layout.len());
     let mut progress = Vec::with_capacity(epochs.len() + 1);
+    let bitnet = model_cfg.bitnet();
+    let mut trajectory = bitnet.map(|c| QuantizedTrajectory::new(c, &params));
     // Epoch 0 is not saved, but the initial weights are a function of `model.seed`.
     for epoch in std::iter::once(0).chain(epochs.into_iter().filter(|&e| e > 0)) {
         let ckpt = match epoch {
@@ -255,6 +261,9 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
                 }
             },
         };
+        if let (Some(t), Some(c)) = (trajectory.as_mut(), bitnet) {
+            t.push(epoch, c, &ckpt);
+        }
         let (gini_embed, gini_logit) = progress::weight_ginis(&basis, model_cfg, &ckpt);
         let losses = match &keys {
             Some(k) => Some(k.losses(&grid::grid_logits(
@@ -276,6 +285,18 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         });
     }
     let progress_seconds = started.elapsed().as_secs_f64();
+    let quantized = match (trajectory, bitnet) {
+        (Some(trajectory), Some(c)) => Some(QuantizedAnalysis {
+            trajectory,
+            first_ffn: quantized::levels_through_frequencies(
+                &basis,
+                &embed.fourier,
+                &quantized::first_ffn_levels(c, &params),
+                &embed.key_freqs,
+            )?,
+        }),
+        _ => None,
+    };
 
     Ok(RunAnalysis {
         phases: progress::phases(&metrics),
@@ -296,5 +317,6 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         attention,
         progress,
         progress_seconds,
+        quantized,
     })
 }

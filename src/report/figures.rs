@@ -60,11 +60,29 @@ fn series_layout(title: &str, x: &str, y: &str, n: usize) -> Layout {
     }
 }
 
+/// Plotly's default colour cycle: an overlay gives each run one of these.
+pub const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+];
+
+/// The colour of run `i` in an overlay.
+pub fn run_colour(i: usize) -> &'static str {
+    PALETTE[i % PALETTE.len()]
+}
+
 /// Vertical dashed lines at the given x values, labelled at the top (phase boundaries).
 pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
+    let coloured: Vec<(String, f64, &str)> =
+        lines.iter().map(|(l, x)| (l.clone(), *x, "#555")).collect();
+    with_coloured_vlines(plot, &coloured);
+}
+
+/// Vertical dashed lines, each in its own colour (one run's milestones in that run's colour).
+pub fn with_coloured_vlines(plot: &mut Plot, lines: &[(String, f64, &str)]) {
     let shapes = lines
         .iter()
-        .map(|(_, x)| {
+        .map(|(_, x, colour)| {
             Shape::new()
                 .shape_type(ShapeType::Line)
                 .x_ref("x")
@@ -75,7 +93,7 @@ pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
                 .y1(1)
                 .line(
                     ShapeLine::new()
-                        .color("#555")
+                        .color(colour.to_string())
                         .width(1.0)
                         .dash(plotly::common::DashType::Dash),
                 )
@@ -83,7 +101,7 @@ pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
         .collect();
     let notes = lines
         .iter()
-        .map(|(label, x)| {
+        .map(|(label, x, _)| {
             Annotation::new()
                 .text(label.as_str())
                 .x(*x)
@@ -126,6 +144,71 @@ pub fn lines(
         l = l.y_axis(axis(y_title).type_(AxisType::Log));
     }
     plot.set_layout(l);
+    plot
+}
+
+/// One line of an overlay: its own x values, the colour of its run, solid or dashed.
+pub struct Trace {
+    /// Legend entry.
+    pub name: String,
+    /// x values.
+    pub x: Vec<f64>,
+    /// y values (NaN draws a gap).
+    pub y: Vec<f32>,
+    /// Index into [`PALETTE`].
+    pub colour: usize,
+    /// Dashed (e.g. test curves under solid train curves).
+    pub dashed: bool,
+}
+
+/// Lines with their own x values and colours, for overlaying runs of different lengths.
+pub fn overlay(title: &str, x_title: &str, y_title: &str, traces: &[Trace], log_y: bool) -> Plot {
+    let mut plot = Plot::new();
+    for t in traces {
+        let mut line = Line::new().width(1.5).color(run_colour(t.colour));
+        if t.dashed {
+            line = line.dash(plotly::common::DashType::Dash);
+        }
+        plot.add_trace(
+            Scatter::new(t.x.clone(), rounded(&t.y))
+                .name(t.name.as_str())
+                .mode(Mode::Lines)
+                .line(line)
+                .hover_template(format!(
+                    "{}<br>{x_title}: %{{x}}<br>{y_title}: %{{y}}<extra></extra>",
+                    t.name
+                )),
+        );
+    }
+    let mut l = series_layout(title, x_title, y_title, traces.len());
+    if log_y {
+        l = l.y_axis(axis(y_title).type_(AxisType::Log));
+    }
+    plot.set_layout(l);
+    plot
+}
+
+/// Bars over shared categories, one group member per series, in its run's colour.
+pub fn grouped_bars(
+    title: &str,
+    x_title: &str,
+    y_title: &str,
+    categories: &[String],
+    series: &[(&str, Vec<f32>)],
+) -> Plot {
+    let mut plot = Plot::new();
+    for (i, (name, values)) in series.iter().enumerate() {
+        plot.add_trace(
+            Bar::new(categories.to_vec(), rounded(values))
+                .name(*name)
+                .marker(Marker::new().color(run_colour(i)))
+                .hover_template(format!("{name}<br>%{{x}}: %{{y}}<extra></extra>")),
+        );
+    }
+    plot.set_layout(
+        series_layout(title, x_title, y_title, series.len())
+            .bar_mode(plotly::layout::BarMode::Group),
+    );
     plot
 }
 

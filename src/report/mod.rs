@@ -1,7 +1,9 @@
 //! `groklens report RUN_DIR`: one self-contained HTML page per run (plotly.js embedded, works
-//! offline) with sections Training, Progress measures, Embedding, Neurons, Logits and Attention, plus
-//! a short text summary for the terminal.
+//! offline) with sections Training, Progress measures, Embedding, Neurons, Logits, Attention and, for
+//! quantized runs, Quantized weights, plus a short text summary for the terminal; and
+//! `groklens compare`, one such page setting several runs side by side ([`compare`]).
 
+pub mod compare;
 pub mod figures;
 pub mod page;
 pub mod sections;
@@ -9,7 +11,7 @@ pub mod sections;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::analysis::{analyze_run, RunAnalysis, CLUSTER_THRESHOLD};
+use crate::analysis::{analyze_run, quantized::SETTLED_FRACTION, RunAnalysis, CLUSTER_THRESHOLD};
 use crate::error::Result;
 use crate::tensor_io::write_bytes_atomic;
 use page::escape;
@@ -61,6 +63,16 @@ impl ReportSummary {
             epoch(a.phases.circuit_formation_end),
             epoch(a.phases.cleanup_end)
         );
+        if let Some(q) = &a.quantized {
+            out += &format!(
+                "\nquantized weights settle ({:.0}% at their final level for good) at epoch {}",
+                100.0 * SETTLED_FRACTION,
+                q.trajectory
+                    .settled_epoch()
+                    .map_or("- (still changing at the end)".to_string(), |e| e
+                        .to_string())
+            );
+        }
         out
     }
 }
@@ -162,6 +174,18 @@ fn summary_table(a: &RunAnalysis) -> String {
             epoch(a.phases.cleanup_end)
         ),
     ));
+    if let Some(q) = &a.quantized {
+        rows.push((
+            "Quantized weights settle (epoch)",
+            format!(
+                "{} ({:.0}% of the quantized weights hold their final level for good from then on)",
+                q.trajectory
+                    .settled_epoch()
+                    .map_or("still changing at the end".to_string(), |e| e.to_string()),
+                100.0 * SETTLED_FRACTION
+            ),
+        ));
+    }
     rows.push((
         "Checkpoints analysed",
         format!(

@@ -2,8 +2,8 @@
 //! Neurons, Logits, Attention. Each turns part of a [`RunAnalysis`] into a paragraph and figures.
 
 use crate::analysis::{
-    embedding, neurons::neuron_map, ProgressPoint, RunAnalysis, CLUSTER_THRESHOLD,
-    PCA_SECOND_OPERAND,
+    embedding, neurons::neuron_map, quantized::SETTLED_FRACTION, ProgressPoint, RunAnalysis,
+    CLUSTER_THRESHOLD, PCA_SECOND_OPERAND,
 };
 use crate::linalg::Matrix;
 use crate::run::MetricsRow;
@@ -22,6 +22,7 @@ pub fn sections(a: &RunAnalysis) -> Vec<Section> {
         neurons_section(a),
         logits_section(a),
         attention_section(a),
+        quantized_section(a),
     ]
     .into_iter()
     .flatten()
@@ -539,4 +540,139 @@ fn attention_map(
         Some(nums),
         Some(nums),
     )
+}
+
+fn quantized_section(a: &RunAnalysis) -> Option<Section> {
+    let q = a.quantized.as_ref()?;
+    let t = &q.trajectory;
+    let x: Vec<f64> = t.epochs.iter().map(|&e| e as f64).collect();
+    let vlines = phase_lines(a);
+    let mut figures = Vec::new();
+    let levels: &[(i8, &str)] = if t.has_zeros() {
+        &[(1, "+1"), (0, "0"), (-1, "−1")]
+    } else {
+        &[(1, "+1"), (-1, "−1")]
+    };
+    for &(level, name) in levels {
+        let series: Vec<(&str, Vec<f32>)> = t
+            .matrices
+            .iter()
+            .enumerate()
+            .map(|(m, label)| (label.as_str(), t.level_fraction(m, level)))
+            .collect();
+        let mut plot = lines(
+            &format!("Fraction of each BitLinear weight at {name}"),
+            "epoch",
+            "fraction",
+            &x,
+            &series,
+            false,
+        );
+        with_vlines(&mut plot, &vlines);
+        figures.push(plot);
+    }
+    // No flips are counted before the first checkpoint: a gap, not a zero, on the log axis.
+    let flips = |f: Vec<usize>| -> Vec<f32> {
+        f.iter()
+            .enumerate()
+            .map(|(i, &n)| if i == 0 { f32::NAN } else { n as f32 })
+            .collect()
+    };
+    let mut flip_series = vec![("all BitLinear weights", flips(t.total_flips()))];
+    for (m, label) in t.matrices.iter().enumerate() {
+        flip_series.push((
+            label.as_str(),
+            flips(t.flips.iter().map(|f| f[m]).collect()),
+        ));
+    }
+    let mut plot = lines(
+        "Quantized values that flipped since the previous checkpoint",
+        "epoch",
+        "weights flipped",
+        &x,
+        &flip_series,
+        true,
+    );
+    with_vlines(&mut plot, &vlines);
+    figures.push(plot);
+    let total = t.total_weights() as f32;
+    let mut plot = lines(
+        "How far the discrete circuit is from its final form",
+        "epoch",
+        "fraction of quantized weights",
+        &x,
+        &[
+            (
+                "differ from the analysed model",
+                t.total_from_final()
+                    .iter()
+                    .map(|&n| n as f32 / total)
+                    .collect(),
+            ),
+            (
+                "flipped since the previous checkpoint",
+                t.total_flips().iter().map(|&n| n as f32 / total).collect(),
+            ),
+            ("hold their final level for good", t.fixed_for_good()),
+        ],
+        false,
+    );
+    with_vlines(&mut plot, &vlines);
+    figures.push(plot);
+
+    let f = &q.first_ffn;
+    let neuron_labels: Vec<String> = f
+        .order
+        .iter()
+        .zip(&f.best_freq)
+        .map(|(n, k)| format!("{n} (freq {k})"))
+        .collect();
+    figures.push(heatmap(
+        "Levels of the first FFN matrix W_in (neurons grouped by the frequency they read)",
+        "residual stream dimension",
+        "neuron (frequency it reads)",
+        &f.levels,
+        None,
+        Some(&neuron_labels),
+    ));
+    figures.push(heatmap(
+        "W_in's levels seen through the embedding: share of each neuron's input per frequency",
+        "neuron (frequency it reads)",
+        "frequency",
+        &f.freq_share,
+        Some(&neuron_labels),
+        Some(&freq_labels(a.basis.n_freqs())),
+    ));
+    let settled = t.settled_epoch().map_or(
+        "the last checkpoint, where all are by definition: the circuit was still changing"
+            .to_string(),
+        |e| format!("epoch {e}"),
+    );
+    Some(Section {
+        id: "quantized",
+        title: "Quantized weights",
+        intro: format!(
+            "The BitLinear weights as the forward pass uses them (centred, then {}), at the initial \
+             weights and every checkpoint: the share at each level; how many changed level since the \
+             previous checkpoint (weights whose latent sits near the matrix mean keep flipping as long \
+             as training runs); and how many already hold, for good, the level they end with. \
+             {:.0}% of the {} weights do by {settled}; dashed \
+             lines mark the grokking phases. Last, the first \
+             FFN matrix: as raw levels it shows no pattern (seed 004's plot), but multiplied by the \
+             embedding in the Fourier basis, (B·W_E)·W_inᵀ, each neuron's row reads mostly one \
+             frequency — {} of {} neurons read a key frequency {:?} most, with {:.0}% of their input \
+             there on average.",
+            a.cfg
+                .model
+                .bitnet()
+                .map_or("quantized", |c| c.quant.describe()),
+            100.0 * SETTLED_FRACTION,
+            t.total_weights(),
+            f.key_rows,
+            f.order.len(),
+            a.embed.key_freqs,
+            100.0 * f.key_share
+        ),
+        figures,
+    })
 }

@@ -14,6 +14,16 @@ pub enum Quant {
     Ternary,
 }
 
+impl Quant {
+    /// What the quantizer does, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Quant::Binary => "binarized by sign",
+            Quant::Ternary => "ternarized by absmean round-and-clip",
+        }
+    }
+}
+
 /// The floor of the ternary scale γ (the seed's `clamp_(min=1e-5)`).
 pub const TERNARY_MIN_SCALE: f32 = 1e-5;
 
