@@ -100,6 +100,16 @@ fn bad_input_is_a_clear_error() {
         &["train", "--resume", tmp.path().to_str().unwrap()],
         &["config.toml", "run directory"],
     );
+    fails_with(
+        &["train", "--preset", "seed-004", "--out", out],
+        &["seed-004", "groklens grok"],
+    );
+    let not_a_run = tmp.path().to_str().unwrap();
+    fails_with(
+        &["compare", not_a_run, not_a_run, "--out", out],
+        &[not_a_run, "not a run directory"],
+    );
+    fails_with(&["compare", not_a_run], &["RUNS"]);
     let cfg = tmp.path().join("bad.toml");
     std::fs::write(&cfg, "[task]\np = \"many\"\n").unwrap();
     fails_with(
