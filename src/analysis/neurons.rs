@@ -58,7 +58,12 @@ impl NeuronFourier {
                 .find(|c| c.freq == freq)
                 .map_or(0, |c| c.neurons.len()),
             best_for: best.len(),
-            mean_fraction: best.iter().sum::<f32>() / best.len().max(1) as f32,
+            // An empty f32 sum is −0.0; no neuron means a mean fraction of 0.
+            mean_fraction: if best.is_empty() {
+                0.0
+            } else {
+                best.iter().sum::<f32>() / best.len() as f32
+            },
         }
     }
 
@@ -69,6 +74,12 @@ impl NeuronFourier {
         let mut out = Vec::new();
         for &k in key_freqs.iter().filter(|k| !clustered.contains(k)) {
             let u = self.usage(k);
+            if u.best_for == 0 {
+                out.push(format!(
+                    "key frequency {k} has no cluster and is no neuron's best frequency: it stands out in the embedding but the neurons do not read it"
+                ));
+                continue;
+            }
             out.push(format!(
                 "key frequency {k} has no cluster: it is the best frequency of {} neurons, which it explains {:.0}% of on average (cluster cut {CLUSTER_THRESHOLD}) — a circuit still forming or mixed",
                 u.best_for,
@@ -244,7 +255,14 @@ mod tests {
         let u = nf.usage(7);
         assert_eq!((u.clustered, u.best_for), (2, 2));
         assert!((u.mean_fraction - 1.0).abs() < 1e-4);
-        assert_eq!(nf.usage(9).best_for, 0);
+        let unused = nf.usage(9);
+        assert_eq!(
+            (unused.best_for, unused.mean_fraction.to_bits()),
+            (0, 0f32.to_bits())
+        );
+        let d = nf.disagreements(&[3, 7, 9]);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].contains("no neuron's best frequency"), "{d:?}");
         let d = nf.disagreements(&[2, 3]);
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(
