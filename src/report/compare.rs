@@ -13,7 +13,9 @@ use crate::error::{GrokError, Result};
 use crate::run::{is_run_dir, MetricsRow};
 use crate::tensor_io::write_bytes_atomic;
 
-use super::figures::{grouped_bars, overlay, run_colour, with_coloured_vlines, Trace};
+use plotly::common::DashType;
+
+use super::figures::{grouped_bars, overlay, run_colour, with_styled_vlines, Trace, VLine};
 use super::page::{escape, render, Section};
 
 /// One run of a comparison: its label and its analysis.
@@ -226,18 +228,28 @@ fn table(runs: &[ComparedRun]) -> String {
     html + "</table>"
 }
 
-/// Each run's grokking epoch and phase boundaries, in its colour.
-fn milestones(runs: &[ComparedRun]) -> Vec<(String, f64, &'static str)> {
+/// Each run's milestones in its colour: end of memorisation dotted, grokking dashed and labelled,
+/// end of cleanup dash-dotted (only grokking is labelled, so close milestones stay legible).
+fn milestones(runs: &[ComparedRun]) -> Vec<VLine> {
     let mut lines = Vec::new();
     for (i, r) in runs.iter().enumerate() {
         let a = &r.analysis;
-        for (what, e) in [
-            ("memorised", a.phases.memorisation_end),
-            ("grokked", a.grokking_epoch),
-            ("cleaned up", a.phases.cleanup_end),
+        for (e, dash, label) in [
+            (a.phases.memorisation_end, DashType::Dot, String::new()),
+            (
+                a.grokking_epoch,
+                DashType::Dash,
+                format!("{} grokked", r.label),
+            ),
+            (a.phases.cleanup_end, DashType::DashDot, String::new()),
         ] {
             if let Some(e) = e {
-                lines.push((format!("{} {what}", r.label), e as f64, run_colour(i)));
+                lines.push(VLine {
+                    label,
+                    x: e as f64,
+                    colour: run_colour(i),
+                    dash,
+                });
             }
         }
     }
@@ -265,15 +277,16 @@ fn training_section(runs: &[ComparedRun]) -> Section {
     ] {
         let traces = split_traces(runs, train, test);
         let mut plot = overlay(title, "epoch", y_title, &traces, log_y);
-        with_coloured_vlines(&mut plot, &marks);
+        with_styled_vlines(&mut plot, &marks);
         figures.push(plot);
     }
     Section {
         id: "training",
         title: "Training",
-        intro: "Train (solid) and test (dashed) curves of every run, one colour per run. Dashed vertical \
-                lines in a run's colour mark where it memorised (train accuracy ≥ 99%), grokked (test \
-                accuracy ≥ 99%) and finished cleaning up (the phases of its report)."
+        intro: "Train (solid) and test (dashed) curves of every run, one colour per run. Vertical lines in \
+                a run's colour mark where it memorised (train accuracy ≥ 99%; dotted), grokked (test \
+                accuracy ≥ 99%; dashed, labelled) and finished cleaning up (dash-dotted; the phases of \
+                its report)."
             .into(),
         figures,
     }
@@ -427,7 +440,7 @@ fn progress_section(runs: &[ComparedRun]) -> Section {
             &losses,
             true,
         );
-        with_coloured_vlines(&mut plot, &marks);
+        with_styled_vlines(&mut plot, &marks);
         figures.push(plot);
     }
     let mut plot = overlay(
@@ -437,7 +450,7 @@ fn progress_section(runs: &[ComparedRun]) -> Section {
         &point_traces(&|p| Some(p.gini_embed), false, "W_E"),
         false,
     );
-    with_coloured_vlines(&mut plot, &marks);
+    with_styled_vlines(&mut plot, &marks);
     figures.push(plot);
     Section {
         id: "progress",

@@ -2,7 +2,8 @@
 //! heatmaps use a diverging red–white–blue scale centred at zero, as the seeds' `imshow` does.
 
 use plotly::common::{
-    Anchor, ColorScale, ColorScaleElement, Line, Marker, Mode, Orientation, Position, Title,
+    Anchor, ColorScale, ColorScaleElement, DashType, Line, Marker, Mode, Orientation, Position,
+    Title,
 };
 use plotly::layout::{Annotation, Axis, AxisType, Legend, Margin, Shape, ShapeLine, ShapeType};
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
@@ -71,40 +72,60 @@ pub fn run_colour(i: usize) -> &'static str {
     PALETTE[i % PALETTE.len()]
 }
 
-/// Vertical dashed lines at the given x values, labelled at the top (phase boundaries).
-pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
-    let coloured: Vec<(String, f64, &str)> =
-        lines.iter().map(|(l, x)| (l.clone(), *x, "#555")).collect();
-    with_coloured_vlines(plot, &coloured);
+/// A vertical line across a plot, at an epoch.
+pub struct VLine {
+    /// Text at the top of the line; empty for none.
+    pub label: String,
+    /// Where.
+    pub x: f64,
+    /// CSS colour.
+    pub colour: &'static str,
+    /// Dash pattern.
+    pub dash: DashType,
 }
 
-/// Vertical dashed lines, each in its own colour (one run's milestones in that run's colour).
-pub fn with_coloured_vlines(plot: &mut Plot, lines: &[(String, f64, &str)]) {
+/// Vertical dashed lines at the given x values, labelled at the top (phase boundaries).
+pub fn with_vlines(plot: &mut Plot, lines: &[(String, f64)]) {
+    let lines: Vec<VLine> = lines
+        .iter()
+        .map(|(label, x)| VLine {
+            label: label.clone(),
+            x: *x,
+            colour: "#555",
+            dash: DashType::Dash,
+        })
+        .collect();
+    with_styled_vlines(plot, &lines);
+}
+
+/// Vertical lines, each in its own colour and dash (one run's milestones in that run's colour).
+pub fn with_styled_vlines(plot: &mut Plot, lines: &[VLine]) {
     let shapes = lines
         .iter()
-        .map(|(_, x, colour)| {
+        .map(|l| {
             Shape::new()
                 .shape_type(ShapeType::Line)
                 .x_ref("x")
                 .y_ref("paper")
-                .x0(*x)
-                .x1(*x)
+                .x0(l.x)
+                .x1(l.x)
                 .y0(0)
                 .y1(1)
                 .line(
                     ShapeLine::new()
-                        .color(colour.to_string())
+                        .color(l.colour)
                         .width(1.0)
-                        .dash(plotly::common::DashType::Dash),
+                        .dash(l.dash.clone()),
                 )
         })
         .collect();
     let notes = lines
         .iter()
-        .map(|(label, x, _)| {
+        .filter(|l| !l.label.is_empty())
+        .map(|l| {
             Annotation::new()
-                .text(label.as_str())
-                .x(*x)
+                .text(l.label.as_str())
+                .x(l.x)
                 .x_ref("x")
                 .y(1.0)
                 .y_ref("paper")
@@ -167,7 +188,7 @@ pub fn overlay(title: &str, x_title: &str, y_title: &str, traces: &[Trace], log_
     for t in traces {
         let mut line = Line::new().width(1.5).color(run_colour(t.colour));
         if t.dashed {
-            line = line.dash(plotly::common::DashType::Dash);
+            line = line.dash(DashType::Dash);
         }
         plot.add_trace(
             Scatter::new(t.x.clone(), rounded(&t.y))
