@@ -41,6 +41,15 @@ impl NeuronFourier {
         self.clusters.iter().map(|c| c.freq).collect()
     }
 
+    /// Cluster sizes as `freq: neurons`, comma-separated (empty without clusters).
+    pub fn cluster_sizes(&self) -> String {
+        self.clusters
+            .iter()
+            .map(|c| format!("{}: {}", c.freq, c.neurons.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// How the neurons use frequency `freq`: cluster size, how many neurons have it as their best
     /// frequency, and the mean fraction it explains for those.
     pub fn usage(&self, freq: usize) -> FrequencyUse {

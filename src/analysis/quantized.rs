@@ -6,7 +6,7 @@
 
 use crate::analysis::fourier::FourierBasis;
 use crate::linalg::Matrix;
-use crate::model::bitnet::{quant::level_counts, BitNetConfig};
+use crate::model::bitnet::{quant, quant::level_counts, BitNetConfig};
 use crate::model::Params;
 
 /// The discrete circuit counts as settled at the first checkpoint by which this fraction of all
@@ -282,13 +282,8 @@ pub struct QuantizedAnalysis {
 pub fn first_ffn_levels(cfg: &BitNetConfig, params: &Params) -> Matrix {
     let tree = cfg.tree();
     let slot = tree.blocks[0].ff_in;
-    let (_, shape, q) = cfg
-        .quantized_weights(params)
-        .into_iter()
-        .zip(tree.bit_linears())
-        .find(|(_, (_, _, s))| *s == slot)
-        .map(|(w, _)| w)
-        .expect("every BitNet has a first FFN matrix");
+    let shape = &tree.specs[slot.index()].shape;
+    let q = quant::quantize(&quant::centre(&params[slot]), cfg.quant, cfg.weight_scale);
     Matrix {
         rows: shape[0],
         cols: shape[1],

@@ -70,13 +70,7 @@ fn clusters(a: &RunAnalysis) -> String {
     match &a.neurons {
         None => "no MLP".into(),
         Some(n) if n.fourier.clusters.is_empty() => "none".into(),
-        Some(n) => n
-            .fourier
-            .clusters
-            .iter()
-            .map(|c| format!("{}: {}", c.freq, c.neurons.len()))
-            .collect::<Vec<_>>()
-            .join(", "),
+        Some(n) => n.fourier.cluster_sizes(),
     }
 }
 
@@ -356,13 +350,10 @@ fn frequencies_section(runs: &[ComparedRun]) -> Section {
                 let sizes = freqs
                     .iter()
                     .map(|&k| {
-                        r.analysis.neurons.as_ref().map_or(0.0, |n| {
-                            n.fourier
-                                .clusters
-                                .iter()
-                                .find(|c| c.freq == k)
-                                .map_or(0.0, |c| c.neurons.len() as f32)
-                        })
+                        r.analysis
+                            .neurons
+                            .as_ref()
+                            .map_or(0.0, |n| n.fourier.usage(k).clustered as f32)
                     })
                     .collect();
                 (r.label.as_str(), sizes)

@@ -140,17 +140,11 @@ fn summary_table(a: &RunAnalysis) -> String {
         format!("{:?}", a.embed.key_freqs),
     ));
     if let Some(n) = &a.neurons {
-        let sizes: Vec<String> = n
-            .fourier
-            .clusters
-            .iter()
-            .map(|c| format!("{}: {}", c.freq, c.neurons.len()))
-            .collect();
         rows.push((
             "Neuron clusters (frequency: neurons)",
             format!(
                 "{} — {:.1}% of {} neurons",
-                sizes.join(", "),
+                n.fourier.cluster_sizes(),
                 100.0 * n.fourier.clustered_fraction(),
                 n.fourier.dominant.len()
             ),
