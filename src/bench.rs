@@ -67,7 +67,7 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         t.evaluate_test()?;
         test_ms.push(s.elapsed().as_secs_f64() * 1e3);
     }
-    let (n_train, n_test) = (t.data().0.len(), t.data().1.len());
+    let (n_train, n_test) = t.rows();
     let m = &cfg.model;
     let fast = t.engine_name() == "fast";
     let batch = cfg.train.batch_rows(n_train);
@@ -101,7 +101,16 @@ pub fn run_with_cache_seconds(cfg: &RunConfig, iters: usize) -> Result<(f64, usi
     let model = cfg
         .model
         .build(&crate::model::Params::init(&cfg.model, cfg.rng))?;
-    let data = cfg.task.dataset();
+    let data = match cfg.task.modular() {
+        Some(t) => t.dataset(),
+        None => {
+            return Err(crate::error::GrokError::config(
+                "task.kind",
+                cfg.task.kind(),
+                "the run_with_cache benchmark runs every input of a modular task",
+            ))
+        }
+    };
     let tokens = model.tokens_tensor(&data.tokens, data.len())?;
     let mut times = Vec::new();
     let mut recorded = 0;

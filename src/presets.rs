@@ -3,12 +3,15 @@
 use crate::config::RunConfig;
 use crate::config::TrainConfig;
 use crate::error::{GrokError, Result};
+use crate::model::transformer::config::{Normalization, PositionalEmbedding};
 use crate::model::{BitNetConfig, MlpConfig, ModelConfig, Quant, TransformerConfig};
 use crate::rng::{torch::DEFAULT_SEED, RngKind};
-use crate::tasks::{Layout, Operation, SplitRule, TaskConfig};
+use crate::tasks::{
+    CompoundTask, Layout, ModularTask, Operation, SequenceTask, SplitRule, TaskConfig,
+};
 
 /// Preset names with one-line descriptions; the first is the default.
-pub const PRESETS: [(&str, &str); 10] = [
+pub const PRESETS: [(&str, &str); 14] = [
     (
         "tl-grokking-demo",
         "TransformerLens grokking demo (seed 004): a+b mod 113, 30% train, 1 layer, 25k epochs",
@@ -48,6 +51,22 @@ pub const PRESETS: [(&str, &str); 10] = [
     (
         "quick-bitnet-ternary",
         "a small ternary BitNet on a+b mod 31: groks in seconds, for demos and tests",
+    ),
+    (
+        "seed-003",
+        "seed 003: 2-layer LayerNorm model without positional embeddings predicting the previous token, 4k steps",
+    ),
+    (
+        "quick-prev-token",
+        "a small seed-003 model on short sequences: learns the previous token in seconds, for tests",
+    ),
+    (
+        "seed-000",
+        "seed 000: ( a * b + c ) ^ d mod 53 over all 7.9M inputs, 50% train, full batch, 50k epochs",
+    ),
+    (
+        "compound-small",
+        "seed 000's expression mod 7 (2 401 inputs), 50% train, a smaller model: minutes on 2 cores",
     ),
 ];
 
@@ -100,7 +119,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             ..demo
         },
         "seed-001" => RunConfig {
-            task: TaskConfig {
+            task: TaskConfig::Modular(ModularTask {
                 op: Operation::Add,
                 p: 97,
                 layout: Layout::ABEq,
@@ -108,7 +127,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 // The notebook never seeds: its randperm draws from torch's default generator.
                 data_seed: DEFAULT_SEED,
                 split: SplitRule::FirstFraction,
-            },
+            }),
             model: ModelConfig::Transformer(TransformerConfig {
                 seed: 0,
                 ..demo_model
@@ -141,7 +160,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             rng: RngKind::Chacha,
         },
         "seed-002" => RunConfig {
-            task: TaskConfig {
+            task: TaskConfig::Modular(ModularTask {
                 op: Operation::Add,
                 p: 97,
                 layout: Layout::AOpBEq,
@@ -150,7 +169,7 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
                 // generator then shuffling both DataLoaders.
                 data_seed: 21,
                 split: SplitRule::RandomSplit,
-            },
+            }),
             // The notebook builds its MLP from torch's default (never seeded) generator.
             model: ModelConfig::Mlp(MlpConfig {
                 seed: DEFAULT_SEED,
@@ -168,14 +187,14 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
             ..demo
         },
         "quick-mlp" => RunConfig {
-            task: TaskConfig {
+            task: TaskConfig::Modular(ModularTask {
                 op: Operation::Add,
                 p: 31,
                 layout: Layout::AOpBEq,
                 train_frac: 0.8,
                 data_seed: 0,
                 split: SplitRule::FirstFraction,
-            },
+            }),
             model: ModelConfig::Mlp(MlpConfig {
                 d_embed: 32,
                 d_hidden: 128,
@@ -199,6 +218,64 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
         "bitnet-ternary" => bitnet_seed_004(Quant::Ternary, demo),
         "quick-bitnet-binary" => quick_bitnet(Quant::Binary, demo),
         "quick-bitnet-ternary" => quick_bitnet(Quant::Ternary, demo),
+        "seed-003" => seed_003(),
+        "quick-prev-token" => {
+            let seed = seed_003();
+            let model = seed.model.transformer().expect("seed-003 is a transformer");
+            RunConfig {
+                task: TaskConfig::PreviousToken(SequenceTask {
+                    d_vocab: 24,
+                    n_ctx: 12,
+                    eval_rows: 256,
+                    ..SequenceTask::seed_003()
+                }),
+                model: ModelConfig::Transformer(TransformerConfig {
+                    d_model: 32,
+                    d_head: 32,
+                    d_mlp: 64,
+                    seed: 0,
+                    ..model.clone()
+                }),
+                train: TrainConfig {
+                    lr: 3e-3,
+                    epochs: 400,
+                    batch_size: 64,
+                    warmup_steps: 20,
+                    eval_every: 20,
+                    checkpoint_every: 50,
+                    ..seed.train
+                },
+                ..seed
+            }
+        }
+        "seed-000" => seed_000(demo),
+        "compound-small" => {
+            let seed = seed_000(demo);
+            RunConfig {
+                task: TaskConfig::Compound(CompoundTask {
+                    p: 7,
+                    ..CompoundTask::seed_000()
+                }),
+                model: ModelConfig::Transformer(TransformerConfig {
+                    d_model: 128,
+                    d_head: 32,
+                    d_mlp: 512,
+                    ..seed
+                        .model
+                        .transformer()
+                        .expect("seed-000 is a transformer")
+                        .clone()
+                }),
+                train: TrainConfig {
+                    epochs: 5000,
+                    micro_batch: 0,
+                    eval_every: 10,
+                    checkpoint_every: 100,
+                    ..seed.train
+                },
+                ..seed
+            }
+        }
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
             let message = if comparison(other).is_some() {
@@ -215,13 +292,71 @@ pub fn preset_template(name: &str) -> Result<RunConfig> {
 /// The quick demos' task: a+b mod 31 as `[a, b, =]`, the first 60 % of a ChaCha shuffle (or of
 /// torch's `randperm` after seed 0, under torch seeding) train.
 fn quick_task() -> TaskConfig {
-    TaskConfig {
+    TaskConfig::Modular(ModularTask {
         op: Operation::Add,
         p: 31,
         layout: Layout::ABEq,
         train_frac: 0.6,
         data_seed: 0,
         split: SplitRule::FirstFraction,
+    })
+}
+
+/// Seed 003: the previous-token model without positional embeddings, trained on a fresh batch of
+/// random sequences every step.
+fn seed_003() -> RunConfig {
+    RunConfig {
+        rng: RngKind::Torch,
+        task: TaskConfig::PreviousToken(SequenceTask::seed_003()),
+        model: ModelConfig::Transformer(TransformerConfig {
+            n_layers: 2,
+            d_model: 64,
+            n_heads: 1,
+            d_head: 64,
+            d_mlp: 256,
+            normalization_type: Some(Normalization::LN),
+            positional_embedding_type: PositionalEmbedding::None,
+            // `HookedTransformer(cfg)` draws from torch's default (never seeded) generator.
+            seed: DEFAULT_SEED,
+            ..TransformerConfig::grokking_demo()
+        }),
+        train: TrainConfig {
+            lr: 1e-4,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            epochs: 4000,
+            batch_size: 256,
+            // `LambdaLR(lambda i: min(i / 100, 1.0))` (the seed notes that `max` was a bug).
+            warmup_steps: 100,
+            grad_clip: 1.0,
+            freeze: Vec::new(),
+            eval_every: 100,
+            checkpoint_every: 200,
+            ..TrainConfig::grokking_demo()
+        },
+    }
+}
+
+/// Seed 000: the demo's model widened to d_model 256 over the 10-token compound expression, trained
+/// full batch with the gradient summed over 2¹⁶-row micro-batches, stopping at test loss 0.01.
+fn seed_000(demo: RunConfig) -> RunConfig {
+    RunConfig {
+        task: TaskConfig::Compound(CompoundTask::seed_000()),
+        model: ModelConfig::Transformer(TransformerConfig {
+            d_model: 256,
+            n_heads: 4,
+            d_head: 64,
+            d_mlp: 1024,
+            ..TransformerConfig::grokking_demo()
+        }),
+        train: TrainConfig {
+            epochs: 50_000,
+            micro_batch: 1 << 16,
+            stop_at_test_loss: 0.01,
+            ..demo.train
+        },
+        ..demo
     }
 }
 
@@ -273,13 +408,13 @@ mod tests {
     fn every_preset_resolves() {
         for (name, _) in PRESETS {
             let c = preset(name).unwrap();
-            assert_eq!(c.model.d_vocab(), c.task.layout.vocab(c.task.p), "{name}");
+            assert_eq!(c.model.d_vocab(), c.task.vocab(), "{name}");
         }
         let demo = preset("tl-grokking-demo").unwrap();
         assert_eq!(
             (
-                demo.task.p,
-                demo.task.data_seed,
+                demo.task.modular().unwrap().p,
+                demo.task.data_seed(),
                 demo.model.seed(),
                 demo.train.epochs
             ),
@@ -308,7 +443,7 @@ mod tests {
     fn comparisons_name_presets_on_one_task() {
         for (name, _, members) in COMPARISONS {
             let tasks: Vec<_> = members.iter().map(|m| preset(m).unwrap().task).collect();
-            assert!(tasks.windows(2).all(|w| w[0].p == w[1].p), "{name}");
+            assert!(tasks.windows(2).all(|w| w[0] == w[1]), "{name}");
             assert!(preset(name)
                 .unwrap_err()
                 .to_string()

@@ -4,11 +4,12 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use groklens::engine::loss::{loss, LossKind};
+use groklens::engine::loss::loss;
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks, Params};
 use groklens::optim::{AdamW, AdamWConfig};
+use groklens::tasks::Target;
 
-fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Params {
+fn grads(file: &str, params: &Params, trainable: &[bool], kind: Target) -> Params {
     let f = fixture(file);
     let cfg = fixture_config(&f);
     let (model, vars) =
@@ -39,7 +40,7 @@ fn grads(file: &str, params: &Params, trainable: &[bool], kind: LossKind) -> Par
     g
 }
 
-fn check(file: &str, kind: LossKind) {
+fn check(file: &str, kind: Target) {
     let f = fixture(file);
     let adam: serde_json::Value = serde_json::from_str(&f.metadata["adam"]).unwrap();
     let lr = adam["lr"].as_f64().unwrap();
@@ -96,10 +97,10 @@ fn check(file: &str, kind: LossKind) {
 
 #[test]
 fn adamw_matches_torch_with_frozen_biases() {
-    check("tl_grok_1l.safetensors", LossKind::LastPosition);
+    check("tl_grok_1l.safetensors", Target::LastPosition);
 }
 
 #[test]
 fn adamw_matches_torch_on_the_layernorm_model() {
-    check("tl_ln_2l.safetensors", LossKind::PreviousToken);
+    check("tl_ln_2l.safetensors", Target::PreviousToken);
 }

@@ -12,6 +12,7 @@ use groklens::model::bitnet::{quant, AttnScale, Residual};
 use groklens::model::{BitNetConfig, BitNetModel, HookedModel, ModelConfig, Params, Quant};
 use groklens::optim::{AdamW, AdamWConfig};
 use groklens::rng::RngKind;
+use groklens::tasks::Target;
 use groklens::tensor_io::TensorFile;
 
 const MODES: [(Quant, &str); 2] = [
@@ -57,6 +58,7 @@ fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
         tokens,
         labels,
         seq_len: 3,
+        target: Target::LastPosition,
     }
 }
 
@@ -433,7 +435,7 @@ fn the_fast_engine_follows_every_switch_it_runs() {
         change(&mut cfg);
         let model = ModelConfig::BitNet(cfg.clone());
         assert!(
-            groklens::engine::fast::unsupported_reason(&model).is_none(),
+            groklens::engine::fast::unsupported_reason(&model, Target::LastPosition).is_none(),
             "{what}"
         );
         let p = Params::init(&model, RngKind::Torch);
@@ -467,8 +469,9 @@ fn the_fast_engine_follows_every_switch_it_runs() {
         let mut cfg = config(Quant::Binary);
         change(&mut cfg);
         let model = ModelConfig::BitNet(cfg);
-        assert!(groklens::engine::fast::unsupported_reason(&model).is_some());
-        let e = groklens::engine::select(&model, Default::default(), 1).unwrap();
+        assert!(groklens::engine::fast::unsupported_reason(&model, Target::LastPosition).is_some());
+        let e =
+            groklens::engine::select(&model, Target::LastPosition, Default::default(), 1).unwrap();
         assert_eq!(e.name(), "candle");
     }
 }

@@ -52,7 +52,7 @@ fn quick_preset_groks_and_its_report_renders() {
     // The first point is the initial model, rebuilt from the seed: near-uniform predictions.
     let start = &a.progress[0];
     assert_eq!(start.epoch, 0);
-    let uniform = (a.cfg.task.p as f64).ln();
+    let uniform = (a.cfg.task.outputs() as f64).ln();
     assert!((start.restricted_loss.unwrap() - uniform).abs() < 0.5);
     assert!((start.excluded_loss.unwrap() - uniform).abs() < 0.5);
     // Once grokked, the key-frequency part alone predicts well and removing it hurts the train loss.

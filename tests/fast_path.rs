@@ -7,6 +7,7 @@ use groklens::engine::FastEngine;
 use groklens::engine::{Batch, CandleEngine, Engine};
 use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding, TransformerConfig};
 use groklens::rng::RngKind;
+use groklens::tasks::Target;
 
 #[test]
 fn fast_gradients_match_torch_on_the_grokking_fixture() {
@@ -26,6 +27,7 @@ fn fast_gradients_match_torch_on_the_grokking_fixture() {
             tokens: &tokens,
             labels: &labels,
             seq_len: 3,
+            target: Target::LastPosition,
         };
         let stats = engine
             .loss_and_grads(&params, &trainable, batch, &mut grads)
@@ -106,6 +108,7 @@ fn compare(cfg: TransformerConfig, seq: usize) {
         tokens: &tokens,
         labels: &labels,
         seq_len: seq,
+        target: Target::LastPosition,
     };
     let mut g_fast = params.zeros_like();
     let mut g_ref = params.zeros_like();

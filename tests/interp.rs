@@ -4,10 +4,11 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use common::*;
-use groklens::engine::loss::{loss, LossKind};
+use groklens::engine::loss::loss;
 use groklens::interp::hooks::{patch, patch_position, zero_ablate, zero_ablate_head};
 use groklens::interp::{mean_ablation_sweep, HookSet, Interp, Names};
 use groklens::model::{HookedTransformer, LogitPositions, NoHooks};
+use groklens::tasks::Target;
 
 #[test]
 fn cache_matches_fixture_and_resolves_shorthands() {
@@ -123,7 +124,7 @@ fn activation_gradients_add_up_to_parameter_gradients() {
     ]);
     let (_, _, grads) = model
         .run_with_cache_and_grads(&tokens, &names, |l| {
-            loss(LossKind::LastPosition, l, &tokens, &labels)
+            loss(Target::LastPosition, l, &tokens, &labels)
         })
         .unwrap();
     // d loss / d W_pos = Σ_batch d loss / d hook_pos_embed.
@@ -313,7 +314,7 @@ fn mean_ablation_sweep_covers_every_hook_point() {
     let prev_loss = |logits: &Tensor| -> groklens::Result<f64> {
         let t = &b;
         let dummy = Tensor::zeros(t.dim(0)?, candle_core::DType::U32, &Device::Cpu)?;
-        Ok(loss(LossKind::PreviousToken, logits, t, &dummy)?.to_scalar::<f64>()?)
+        Ok(loss(Target::PreviousToken, logits, t, &dummy)?.to_scalar::<f64>()?)
     };
     let rows = mean_ablation_sweep(&model, &a, &b, &prev_loss).unwrap();
     let expected = model

@@ -12,6 +12,7 @@ use groklens::model::{HookedModel, MlpConfig, MlpModel, ModelConfig, NoHooks, Pa
 use groklens::optim::{AdamW, AdamWConfig};
 use groklens::presets::preset;
 use groklens::rng::RngKind;
+use groklens::tasks::Target;
 use groklens::tensor_io::TensorFile;
 use groklens::train::Trainer;
 
@@ -44,6 +45,7 @@ fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
         tokens,
         labels,
         seq_len: 4,
+        target: Target::LastPosition,
     }
 }
 
@@ -250,7 +252,7 @@ fn the_lookup_path_matches_candle_on_batches_larger_than_the_vocabulary() {
         d_hidden: 48,
         ..config()
     });
-    let data = cfg.task.dataset();
+    let data = cfg.task.modular().unwrap().dataset();
     let rows: Vec<usize> = (0..300).map(|i| i * 31 % data.len()).collect();
     let data = data.select(&rows);
     let p = Params::init(&cfg.model, cfg.rng);

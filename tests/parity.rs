@@ -4,8 +4,9 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use groklens::engine::loss::{loss, LossKind};
+use groklens::engine::loss::loss;
 use groklens::model::{HookedTransformer, LogitPositions, Recorder};
+use groklens::tasks::Target;
 
 fn check_forward(file: &str) {
     let f = fixture(file);
@@ -61,7 +62,7 @@ fn ln_2l_forward_and_cache_match_transformer_lens() {
     check_forward("tl_ln_2l.safetensors");
 }
 
-fn check_grads(file: &str, kind: LossKind) {
+fn check_grads(file: &str, kind: Target) {
     let f = fixture(file);
     let cfg = fixture_config(&f);
     let params = fixture_params(&f, "param.");
@@ -106,10 +107,10 @@ fn check_grads(file: &str, kind: LossKind) {
 
 #[test]
 fn grok_1l_gradients_match_torch() {
-    check_grads("tl_grok_1l.safetensors", LossKind::LastPosition);
+    check_grads("tl_grok_1l.safetensors", Target::LastPosition);
 }
 
 #[test]
 fn ln_2l_gradients_match_torch() {
-    check_grads("tl_ln_2l.safetensors", LossKind::PreviousToken);
+    check_grads("tl_ln_2l.safetensors", Target::PreviousToken);
 }

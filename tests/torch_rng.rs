@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use groklens::rng::TorchGenerator;
+use groklens::tasks::Target;
 use groklens::tensor_io::{self, TensorFile};
 
 fn vectors() -> TensorFile {
@@ -153,7 +154,7 @@ mod seeds {
         let cfg = preset("tl-grokking-demo").unwrap();
         assert_eq!(cfg.rng, RngKind::Torch);
         let split = cfg.task.split(cfg.rng);
-        let data = cfg.task.dataset();
+        let data = cfg.task.modular().unwrap().dataset();
         let pair = |i: usize| [data.tokens[i * 3], data.tokens[i * 3 + 1]];
         let first_train: Vec<[u32; 2]> = split.train[..5].iter().map(|&i| pair(i)).collect();
         let first_test: Vec<[u32; 2]> = split.test[..5].iter().map(|&i| pair(i)).collect();
@@ -181,11 +182,12 @@ mod seeds {
 
         // The epoch-0 train loss TransformerLens computes (f64 cross-entropy of f32 logits).
         let train = data.select(&split.train);
-        let mut e = engine::select(&cfg.model, EngineKind::Auto, 2).unwrap();
+        let mut e = engine::select(&cfg.model, Target::LastPosition, EngineKind::Auto, 2).unwrap();
         let batch = Batch {
             tokens: &train.tokens,
             labels: &train.labels,
             seq_len: 3,
+            target: Target::LastPosition,
         };
         let loss = e.evaluate(&params, batch).unwrap().loss;
         let theirs = f

@@ -8,7 +8,7 @@ use crate::error::{GrokError, Result};
 use crate::interp::{Interp, Names};
 use crate::linalg::Matrix;
 use crate::model::{ModelConfig, Params};
-use crate::tasks::TaskConfig;
+use crate::tasks::ModularTask;
 
 /// Activations of a model over the whole input grid, all at the last position.
 pub struct GridActivations {
@@ -27,7 +27,7 @@ pub const CHUNK_ROWS: usize = 8192;
 /// [`GridActivations`] holds. Logits keep the p answer columns (the MLP of seed 002 also scores its
 /// `+` and `=` tokens).
 pub fn grid_activations(
-    task: &TaskConfig,
+    task: &ModularTask,
     cfg: &ModelConfig,
     params: &Params,
 ) -> Result<GridActivations> {
@@ -78,7 +78,7 @@ pub fn grid_activations(
     })
 }
 
-/// Last-position logits of `tokens` (rows of `seq`; the grid from [`TaskConfig::grid_tokens`]) in
+/// Last-position logits of `tokens` (rows of `seq`; the grid from [`ModularTask::grid_tokens`]) in
 /// the first `answers` columns, `rows × answers`, computed by `engine` (the fast one where the model
 /// allows: what makes scoring hundreds of checkpoints quick).
 pub fn grid_logits(
@@ -105,7 +105,7 @@ pub struct AttentionSummary {
 
 /// Summarises one layer's `pattern` (`[p², n_heads, n_ctx]`, from [`GridActivations::patterns`]).
 pub fn attention_summary(
-    task: &TaskConfig,
+    task: &ModularTask,
     n_heads: usize,
     pattern: &[f32],
 ) -> Result<AttentionSummary> {

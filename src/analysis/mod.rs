@@ -11,6 +11,7 @@ pub mod progress;
 pub mod quantized;
 pub mod stats;
 
+use crate::tasks::Target;
 use std::path::Path;
 use std::time::Instant;
 
@@ -98,7 +99,7 @@ pub struct RunAnalysis {
 /// grid that scores each checkpoint.
 pub fn memory_needed(cfg: &RunConfig) -> Estimate {
     let m = &cfg.model;
-    let rows = (cfg.task.p as f64).powi(2);
+    let rows = cfg.task.modular().map_or(0, |t| t.rows()) as f64;
     let width = |x: usize| x as f64;
     let neurons = m.transformer().map_or_else(
         || m.mlp().map_or(0.0, |c| width(c.d_hidden)),
@@ -124,7 +125,13 @@ pub fn memory_needed(cfg: &RunConfig) -> Estimate {
 pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let run = RunDir::new(dir);
     let cfg = run.load_config()?;
-    let task = &cfg.task;
+    let Some(task) = cfg.task.modular() else {
+        return Err(GrokError::config(
+            "task.kind",
+            cfg.task.kind(),
+            "this analysis reads functions of two operands and needs a modular task",
+        ));
+    };
     let model_cfg = &cfg.model;
     let p = task.p;
     if p > MAX_P {
@@ -142,7 +149,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     )?;
     let metrics = metrics::read(&run.metrics_path())?;
     let split = run.load_split()?;
-    let n_examples = task.dataset().len();
+    let n_examples = task.rows();
     if let Some(bad) = split
         .train
         .iter()
@@ -243,7 +250,12 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
 
     let started = Instant::now();
     let keys = progress::KeyDirections::new(task, &embed.key_freqs, &split.train);
-    let mut engine = engine::select(model_cfg, EngineKind::Auto, cfg.train.threads)?;
+    let mut engine = engine::select(
+        model_cfg,
+        Target::LastPosition,
+        EngineKind::Auto,
+        cfg.train.threads,
+    )?;
     let (grid_tokens, seq) = (task.grid_tokens(), task.layout.len());
     let mut progress = Vec::with_capacity(epochs.len() + 1);
     let bitnet = model_cfg.bitnet();

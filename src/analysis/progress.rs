@@ -31,7 +31,7 @@ use crate::analysis::stats::gini;
 use crate::linalg::Matrix;
 use crate::model::{ModelConfig, Params};
 use crate::run::{MetricsRow, GROKKED_ACCURACY};
-use crate::tasks::{Operation, TaskConfig};
+use crate::tasks::{ModularTask, Operation};
 
 /// Progress measures of one checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +62,7 @@ pub struct KeyDirections {
 
 impl KeyDirections {
     /// Directions for `key_freqs` of `task`; `None` when the operation is not a function of a ± b.
-    pub fn new(task: &TaskConfig, key_freqs: &[usize], train_rows: &[usize]) -> Option<Self> {
+    pub fn new(task: &ModularTask, key_freqs: &[usize], train_rows: &[usize]) -> Option<Self> {
         let sign: i64 = match task.op {
             Operation::Add => 1,
             Operation::Sub => -1,
@@ -268,10 +268,10 @@ mod tests {
     /// Logits that are exactly a key-frequency function of a+b−c, plus a non-key distraction.
     #[test]
     fn restricted_and_excluded_losses_on_constructed_logits() {
-        let task = TaskConfig {
+        let task = ModularTask {
             p: 13,
             train_frac: 0.5,
-            ..TaskConfig::grokking_demo()
+            ..ModularTask::grokking_demo()
         };
         let p = task.p;
         let w = 2.0 * std::f64::consts::PI / p as f64;
@@ -302,7 +302,7 @@ mod tests {
         let (restricted_d, _) = keys.losses(&grid(3.0));
         assert!((restricted_d - full).abs() < 1e-4);
         // Operations that are not a function of a ± b have no such directions.
-        let mul = TaskConfig {
+        let mul = ModularTask {
             op: Operation::Mul,
             ..task
         };

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use groklens::engine::loss::cross_entropy_f64;
 use groklens::interp::ablation::{mean_ablation_sweep, to_csv};
 use groklens::interp::{Interp, Names};
 use groklens::memory::Estimate;
 use groklens::model::{HookedModel, ModelConfig, Params};
 use groklens::run::RunDir;
+use groklens::tasks::{Dataset, SequenceStream, Split};
 use groklens::tensor_io::{self, HostTensor};
+use groklens::RunConfig;
 
 /// Reads a checkpoint with its `model_config.json` (a TransformerLens config, or a groklens one that
 /// names its family).
@@ -114,6 +115,26 @@ pub fn cache(
     Ok(())
 }
 
+/// The rows a mean-ablation sweep averages activations over and scores: a finite task's train and
+/// test rows; for a stream, its evaluation set and a fresh batch of as many rows drawn from the
+/// training stream past the steps trained (rows the model has never seen, as seed 003 draws a new
+/// batch).
+fn ablation_rows(cfg: &RunConfig, dir: &RunDir, split: Split) -> Result<(Dataset, Dataset)> {
+    let Some(seq) = cfg.task.sequence() else {
+        let (train, test) = (
+            cfg.task.split_rows(split.train),
+            cfg.task.split_rows(split.test),
+        );
+        return Ok((train.all(), test.all()));
+    };
+    let steps = dir.final_epoch().unwrap_or(cfg.train.epochs);
+    let mut fresh = Dataset::default();
+    // Batches of eval_rows rows, starting at the first one past every row the training drew.
+    let past_training = (steps * cfg.train.batch_size).div_ceil(seq.eval_rows);
+    SequenceStream::at(seq, seq.eval_rows, past_training).next_batch(&mut fresh);
+    Ok((seq.evaluation_set(), fresh))
+}
+
 /// Seed 003's mean-ablation sweep on a run: means over the train rows, loss on the test rows.
 pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Result<()> {
     let dir = RunDir::new(run);
@@ -122,24 +143,24 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
     let ckpt = checkpoint
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.final_path());
-    let rows = (cfg.task.p as f64).powi(2);
+    let (means_rows, scored_rows) = ablation_rows(&cfg, &dir, split)?;
     Estimate::new()
         .floats(
             "activations",
-            rows * cfg.model.activation_floats_per_row() * 2.0,
+            (means_rows.rows() + scored_rows.rows()) as f64
+                * cfg.model.activation_floats_per_row()
+                * 2.0,
         )
         .ensure_fits("the ablation sweep", "run it on a machine with more memory")?;
     let params = Params::load(&ckpt, &cfg.model)?;
     let model = cfg.model.build(&params)?;
-    let data = cfg.task.dataset();
-    let (train, test) = (data.select(&split.train), data.select(&split.test));
-    let train_tokens = model.tokens_tensor(&train.tokens, train.len())?;
-    let test_tokens = model.tokens_tensor(&test.tokens, test.len())?;
-    let labels = Tensor::from_slice(&test.labels, test.len(), &Device::Cpu)?;
+    let train_tokens = model.tokens_tensor(&means_rows.tokens, means_rows.rows())?;
+    let test_tokens = model.tokens_tensor(&scored_rows.tokens, scored_rows.rows())?;
+    let labels = Tensor::from_slice(&scored_rows.labels, scored_rows.labels.len(), &Device::Cpu)?;
+    let target = cfg.task.target();
     let loss = |logits: &Tensor| -> groklens::Result<f64> {
-        let (b, t, v) = logits.dims3()?;
         Ok(
-            cross_entropy_f64(&logits.narrow(1, t - 1, 1)?.reshape((b, v))?, &labels)?
+            groklens::engine::loss::loss(target, logits, &test_tokens, &labels)?
                 .to_scalar::<f64>()?,
         )
     };

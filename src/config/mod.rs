@@ -9,10 +9,13 @@ use crate::error::{GrokError, Result};
 use crate::memory::Estimate;
 use crate::model::ModelConfig;
 use crate::rng::RngKind;
-use crate::tasks::TaskConfig;
+use crate::tasks::{Target, TaskConfig};
 pub mod train;
 
 pub use train::TrainConfig;
+
+/// Evaluation sets larger than this are evaluated in passes of this many rows.
+pub const EVAL_CHUNK_ROWS: usize = 65_536;
 
 /// Everything that defines a run; `config.toml` in a run directory holds the resolved form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,24 +86,44 @@ impl RunConfig {
         toml::to_string_pretty(self).expect("config serialises to TOML")
     }
 
-    /// What training this run holds at its peak: the dataset, parameters with their gradients (one
-    /// copy per batch chunk in the fast engines) and AdamW moments, and the activations of the
-    /// largest batch (the test set is evaluated in one pass) kept for the backward pass.
+    /// What training this run holds at its peak: the task's rows (tokens and labels of a small
+    /// task, row indices of a compound one, the evaluation set of a stream), parameters with their
+    /// gradients (one copy per batch chunk in the fast engines, one more when a step accumulates
+    /// micro-batches) and AdamW moments, and the activations of the largest single pass kept for the
+    /// backward pass.
     pub fn training_memory(&self) -> Estimate {
-        let rows = (self.task.p as f64).powi(2);
-        let train = (rows * self.task.train_frac).floor();
-        let batch = self.train.batch_rows(train as usize) as f64;
-        let seq = self.task.layout.len() as f64;
+        let (train, test) = self.task.split_sizes(self.train.batch_size);
+        let seq = self.task.seq_len() as f64;
+        let rows = (train + test) as f64;
+        let data = match &self.task {
+            TaskConfig::Modular(_) => rows * (seq + 1.0) * 2.0,
+            // u64 row indices, and the permutation they were cut from while the split is drawn.
+            TaskConfig::Compound(_) => rows * 2.0 * 2.0,
+            TaskConfig::PreviousToken(_) => rows * seq,
+        };
+        let grad_copies = crate::engine::fast::MAX_CHUNKS + usize::from(self.train.micro_batch > 0);
         Estimate::new()
-            .floats("dataset", rows * (seq + 1.0) * 2.0)
+            .floats("dataset", data)
             .floats(
                 "parameters, gradients and AdamW moments",
-                self.model.n_params() * (4 + crate::engine::fast::MAX_CHUNKS) as f64,
+                self.model.n_params() * (4 + grad_copies) as f64,
             )
             .floats(
                 "activations",
-                batch.max(rows - train) * self.model.activation_floats_per_row() * 2.0,
+                self.largest_pass_rows() as f64 * self.model.activation_floats_per_row() * 2.0,
             )
+    }
+
+    /// Rows in the largest single forward pass of training: a step's batch (or micro-batch) or an
+    /// evaluation chunk.
+    pub fn largest_pass_rows(&self) -> usize {
+        let (train, test) = self.task.split_sizes(self.train.batch_size);
+        let step = self.train.batch_rows(train);
+        let train_pass = match self.train.micro_batch {
+            0 => step,
+            m => m.min(step),
+        };
+        train_pass.max(test.min(EVAL_CHUNK_ROWS))
     }
 
     /// Refuses a run that would not fit in memory ([`RunConfig::training_memory`]).
@@ -204,9 +227,9 @@ impl RunConfig {
     /// Fills the model's vocabulary and context from the task where they are 0, then validates all.
     pub fn resolve(mut self) -> Result<Self> {
         self.task.validate()?;
-        let layout = self.task.layout;
+        let t = &self.task;
         self.model
-            .fill_from_task(layout.vocab(self.task.p), self.task.p, layout.len());
+            .fill_from_task(t.vocab(), t.outputs(), t.seq_len());
         self.validate()?;
         Ok(self)
     }
@@ -216,7 +239,7 @@ impl RunConfig {
         self.task.validate()?;
         self.model.validate()?;
         self.train.validate()?;
-        let need_vocab = self.task.layout.vocab(self.task.p);
+        let need_vocab = self.task.vocab();
         if self.model.d_vocab() < need_vocab {
             return Err(GrokError::config(
                 "model.d_vocab",
@@ -224,24 +247,24 @@ impl RunConfig {
                 format!("must be at least {need_vocab}: the task uses tokens 0..{need_vocab} (set 0 to derive it)"),
             ));
         }
-        if self.model.d_vocab_out() < self.task.p {
+        let outputs = self.task.outputs();
+        if self.model.d_vocab_out() < outputs {
             return Err(GrokError::config(
                 "model.d_vocab_out",
                 self.model.d_vocab_out(),
                 format!(
-                    "must be at least p = {} so every label can be predicted (set 0 to derive it)",
-                    self.task.p
+                    "must be at least {outputs} so every target of the {} task can be predicted (set 0 to derive it)",
+                    self.task.kind()
                 ),
             ));
         }
-        let seq = self.task.layout.len();
+        let seq = self.task.seq_len();
         if self.model.mlp().is_some() && self.model.n_ctx() != seq {
             return Err(GrokError::config(
                 "model.n_ctx",
                 self.model.n_ctx(),
                 format!(
-                    "must be {seq}, the length of layout {:?}: the MLP concatenates exactly n_ctx token embeddings (set 0 to derive it)",
-                    self.task.layout
+                    "must be {seq}, the task's row length: the MLP concatenates exactly n_ctx token embeddings (set 0 to derive it)"
                 ),
             ));
         }
@@ -249,11 +272,21 @@ impl RunConfig {
             return Err(GrokError::config(
                 "model.n_ctx",
                 self.model.n_ctx(),
-                format!(
-                    "must be at least {}, the length of layout {:?} (set 0 to derive it)",
-                    self.task.layout.len(),
-                    self.task.layout
-                ),
+                format!("must be at least {seq}, the task's row length (set 0 to derive it)"),
+            ));
+        }
+        if self.task.target() == Target::PreviousToken && self.model.transformer().is_none() {
+            return Err(GrokError::config(
+                "model.family",
+                self.model.family(),
+                "the previous-token task reads a prediction at every position: use family = \"transformer\"",
+            ));
+        }
+        if self.task.is_streamed() && self.train.batch_size == 0 {
+            return Err(GrokError::config(
+                "train.batch_size",
+                0,
+                "must be > 0: a streamed task draws a fresh batch of this many rows every step",
             ));
         }
         Ok(())
@@ -272,7 +305,7 @@ mod tests {
         c.set("task.op=sub").unwrap();
         c.set("model.normalization_type=LN").unwrap();
         assert_eq!(c.train.lr, 3e-3);
-        assert_eq!(c.task.op, crate::tasks::Operation::Sub);
+        assert_eq!(c.task.modular().unwrap().op, crate::tasks::Operation::Sub);
         let back = RunConfig::from_toml(&c.to_toml(), "x").unwrap();
         assert_eq!(back, c);
     }

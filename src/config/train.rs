@@ -25,6 +25,11 @@ pub struct TrainConfig {
     /// Rows per step; 0 means the whole train set (full batch).
     #[serde(default)]
     pub batch_size: usize,
+    /// Rows per forward/backward pass: a step's batch is split into micro-batches of this many rows
+    /// whose gradients are summed, row-weighted, into the batch's mean gradient (bounded memory for
+    /// large full-batch steps, as seed 000 sums 2¹⁶-row batches); 0 means the whole batch in one pass.
+    #[serde(default)]
+    pub micro_batch: usize,
     /// Linear warm-up length in steps: lr·min(1, step/warmup_steps), step counted from 0 as torch's
     /// `LambdaLR` does; 0 means a constant learning rate.
     #[serde(default)]
@@ -91,6 +96,7 @@ impl TrainConfig {
             adam_eps: 1e-8,
             epochs: 25_000,
             batch_size: 0,
+            micro_batch: 0,
             warmup_steps: 0,
             grad_clip: 0.0,
             freeze: vec!["*.b_*".into()],

@@ -1,11 +1,12 @@
 //! The reference engine: the hooked candle forward and candle's autodiff.
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{DType, Device, Tensor, D};
 
-use crate::engine::loss::cross_entropy_f64;
+use crate::engine::loss::{cross_entropy_f64, scored};
 use crate::engine::{Batch, BatchStats, Engine};
-use crate::error::Result;
+use crate::error::{GrokError, Result};
 use crate::model::{HookedModel, LogitPositions, ModelConfig, NoHooks, Params};
+use crate::tasks::Target;
 
 /// The reference engine: the hooked candle forward and candle's autodiff.
 pub struct CandleEngine {
@@ -18,19 +19,30 @@ impl CandleEngine {
         CandleEngine { cfg: cfg.clone() }
     }
 
+    /// The mean loss (differentiable) and the number of right predictions of `batch`.
     fn loss_tensor(&self, model: &dyn HookedModel, batch: Batch) -> Result<(Tensor, usize)> {
-        let tokens = model.tokens_tensor(batch.tokens, batch.rows())?;
-        let logits = model
-            .forward(&tokens, LogitPositions::Last, &mut NoHooks)?
-            .squeeze(1)?;
-        let labels = Tensor::from_slice(batch.labels, batch.rows(), &Device::Cpu)?;
-        let predicted = logits.argmax(D::Minus1)?;
-        let correct = predicted
-            .eq(&labels)?
-            .to_dtype(candle_core::DType::U32)?
+        let rows = batch.rows();
+        let tokens = model.tokens_tensor(batch.tokens, rows)?;
+        let at = match batch.target {
+            Target::LastPosition => LogitPositions::Last,
+            Target::PreviousToken => LogitPositions::All,
+        };
+        let logits = model.forward(&tokens, at, &mut NoHooks)?;
+        if batch.target == Target::LastPosition && batch.labels.len() != rows {
+            return Err(GrokError::tensor(
+                "labels",
+                format!("{} labels for {rows} rows", batch.labels.len()),
+            ));
+        }
+        let labels = Tensor::from_slice(batch.labels, batch.labels.len(), &Device::Cpu)?;
+        let (predictions, targets) = scored(batch.target, &logits, &tokens, &labels)?;
+        let correct = predictions
+            .argmax(D::Minus1)?
+            .eq(&targets.to_dtype(DType::U32)?)?
+            .to_dtype(DType::U32)?
             .sum_all()?
             .to_scalar::<u32>()?;
-        Ok((cross_entropy_f64(&logits, &labels)?, correct as usize))
+        Ok((cross_entropy_f64(&predictions, &targets)?, correct as usize))
     }
 }
 
@@ -59,7 +71,7 @@ impl Engine for CandleEngine {
         Ok(BatchStats {
             loss: loss.to_scalar::<f64>()?,
             correct,
-            rows: batch.rows(),
+            predictions: batch.predictions(),
         })
     }
 
@@ -69,7 +81,7 @@ impl Engine for CandleEngine {
         Ok(BatchStats {
             loss: loss.to_scalar::<f64>()?,
             correct,
-            rows: batch.rows(),
+            predictions: batch.predictions(),
         })
     }
 

@@ -4,15 +4,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
-
-/// Which predictions the loss reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossKind {
-    /// Mean −log p(label) at the last position (the grokking tasks).
-    LastPosition,
-    /// Each position i ≥ 1 predicts token i−1 (seed 003's previous-token task).
-    PreviousToken,
-}
+use crate::tasks::Target;
 
 /// Mean −log p(label) of `logits [n, vocab]` against `labels [n]` (u32), in f64, differentiable.
 pub fn cross_entropy_f64(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -22,20 +14,30 @@ pub fn cross_entropy_f64(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok((lse - picked)?.mean_all()?)
 }
 
-/// The loss of `logits [batch, pos, vocab]` for `kind`; `labels [batch]` is read by `LastPosition`.
-pub fn loss(kind: LossKind, logits: &Tensor, tokens: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// The loss of `logits [batch, pos, vocab]` for `kind`; `labels [batch]` is read by `LastPosition`,
+/// `PreviousToken` reads `tokens [batch, pos]`.
+pub fn loss(kind: Target, logits: &Tensor, tokens: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let (predictions, targets) = scored(kind, logits, tokens, labels)?;
+    cross_entropy_f64(&predictions, &targets)
+}
+
+/// The (predictions `[n, vocab]`, targets `[n]`) pairs the loss of `kind` scores in `logits [batch,
+/// pos, vocab]`.
+pub fn scored(
+    kind: Target,
+    logits: &Tensor,
+    tokens: &Tensor,
+    labels: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let (b, t, v) = logits.dims3()?;
-    match kind {
-        LossKind::LastPosition => {
-            cross_entropy_f64(&logits.narrow(1, t - 1, 1)?.reshape((b, v))?, labels)
-        }
-        LossKind::PreviousToken => {
-            let l = logits.narrow(1, 1, t - 1)?.reshape((b * (t - 1), v))?;
-            let y = tokens
+    Ok(match kind {
+        Target::LastPosition => (logits.narrow(1, t - 1, 1)?.reshape((b, v))?, labels.clone()),
+        Target::PreviousToken => (
+            logits.narrow(1, 1, t - 1)?.reshape((b * (t - 1), v))?,
+            tokens
                 .narrow(1, 0, t - 1)?
                 .contiguous()?
-                .reshape(b * (t - 1))?;
-            cross_entropy_f64(&l, &y)
-        }
-    }
+                .reshape(b * (t - 1))?,
+        ),
+    })
 }

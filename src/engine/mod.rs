@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GrokError, Result};
 use crate::model::ModelConfig;
 use crate::model::Params;
+use crate::tasks::{Dataset, Target};
 
 pub use candle::CandleEngine;
 pub use fast::{FastEngine, FastMlpEngine};
@@ -28,43 +29,74 @@ pub enum EngineKind {
     Candle,
 }
 
-/// Rows of a task: tokens `[rows, seq_len]` and one label per row (read at the last position).
+/// Rows of a task: tokens `[rows, seq_len]`, and one label per row when the target is the last
+/// position's.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     /// Row-major token ids.
     pub tokens: &'a [u32],
-    /// Labels.
+    /// Labels (empty when the targets are the tokens themselves).
     pub labels: &'a [u32],
     /// Tokens per row.
     pub seq_len: usize,
+    /// What the loss reads.
+    pub target: Target,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    /// The rows of `data` scored for `target`.
+    pub fn of(data: &'a Dataset, target: Target) -> Self {
+        Batch {
+            tokens: &data.tokens,
+            labels: &data.labels,
+            seq_len: data.seq_len,
+            target,
+        }
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
-        self.labels.len()
+        self.tokens.len() / self.seq_len.max(1)
+    }
+
+    /// Number of predictions the loss averages over.
+    pub fn predictions(&self) -> usize {
+        self.target.predictions(self.rows(), self.seq_len)
     }
 }
 
 /// Loss and accuracy of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct BatchStats {
-    /// Mean −log p(label) at the last position, in f64.
+    /// Mean −log p(target) over the scored predictions, in f64.
     pub loss: f64,
-    /// Rows whose arg-max logit is the label.
+    /// Predictions whose arg-max logit is the target.
     pub correct: usize,
-    /// Rows in the batch.
-    pub rows: usize,
+    /// Predictions scored: one per row, or one per position after the first.
+    pub predictions: usize,
 }
 
 impl BatchStats {
-    /// Fraction of rows predicted correctly.
+    /// Fraction of predictions that are right.
     pub fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.rows.max(1) as f64
+        self.correct as f64 / self.predictions.max(1) as f64
+    }
+
+    /// The statistics of `self`'s and `other`'s predictions together.
+    pub fn merged(self, other: BatchStats) -> BatchStats {
+        let n = self.predictions + other.predictions;
+        let mean = |a: f64, b: f64| {
+            (a * self.predictions as f64 + b * other.predictions as f64) / n.max(1) as f64
+        };
+        BatchStats {
+            loss: mean(self.loss, other.loss),
+            correct: self.correct + other.correct,
+            predictions: n,
+        }
     }
 }
 
-/// Computes the last-position loss, accuracy and gradients of a model.
+/// Computes the loss, accuracy and gradients of a model on a batch.
 pub trait Engine: Send {
     /// Short name for logs and benchmarks.
     fn name(&self) -> &'static str;
@@ -87,9 +119,15 @@ pub trait Engine: Send {
     fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>>;
 }
 
-/// The engine `kind` asks for, for models of `cfg`, with `threads` worker threads (0 = one per core).
-pub fn select(cfg: &ModelConfig, kind: EngineKind, threads: usize) -> Result<Box<dyn Engine>> {
-    match (kind, fast::unsupported_reason(cfg)) {
+/// The engine `kind` asks for, for models of `cfg` scored on `target`, with `threads` worker threads
+/// (0 = one per core).
+pub fn select(
+    cfg: &ModelConfig,
+    target: Target,
+    kind: EngineKind,
+    threads: usize,
+) -> Result<Box<dyn Engine>> {
+    match (kind, fast::unsupported_reason(cfg, target)) {
         (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
             Ok(Box::new(CandleEngine::new(cfg)))
         }

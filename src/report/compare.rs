@@ -141,10 +141,7 @@ fn column(a: &RunAnalysis) -> Vec<(&'static str, String)> {
     let at_end = |f: &dyn Fn(&MetricsRow) -> String| last.map_or("—".to_string(), f);
     vec![
         ("Model", a.cfg.model.describe()),
-        (
-            "Task",
-            format!("{:?} mod {}, train fraction {}", t.op, t.p, t.train_frac),
-        ),
+        ("Task", t.describe()),
         (
             "Epochs trained (wall time)",
             at_end(&|r| format!("{} ({:.0} s)", r.epoch, r.elapsed_s)),

@@ -110,13 +110,7 @@ fn summary_table(a: &RunAnalysis) -> String {
     let t = &a.cfg.task;
     let last = a.metrics.last();
     let mut rows = vec![
-        (
-            "Task",
-            format!(
-                "{:?} mod {} ({:?}), train fraction {}",
-                t.op, t.p, t.layout, t.train_frac
-            ),
-        ),
+        ("Task", t.describe()),
         ("Model", a.cfg.model.describe()),
         ("Model analysed (epoch)", a.final_epoch.to_string()),
     ];

@@ -492,7 +492,7 @@ fn attention_section(a: &RunAnalysis) -> Option<Section> {
     }
     let p = a.basis.p();
     let nums: Vec<String> = (0..p).map(|x| x.to_string()).collect();
-    let positions: Vec<String> = match a.cfg.task.layout {
+    let positions: Vec<String> = match a.cfg.task.modular()?.layout {
         Layout::ABEq => vec!["a".into(), "b".into(), "=".into()],
         Layout::AOpBEq => vec!["a".into(), "op".into(), "b".into(), "=".into()],
     };

@@ -94,6 +94,21 @@ impl TorchGenerator {
         (self.random64() % (1u64 << 63)) as i64
     }
 
+    /// `torch.randint(lo, hi, (n,), generator=g)` for a range below 2³² (one 32-bit draw each,
+    /// `random() % (hi − lo) + lo`, drawn serially on the CPU).
+    pub fn randint(&mut self, n: usize, lo: u32, hi: u32) -> Vec<u32> {
+        debug_assert!(hi > lo);
+        let range = hi - lo;
+        (0..n).map(|_| self.random() % range + lo).collect()
+    }
+
+    /// Advances the generator past `n` 32-bit draws (what `randint` of `n` values takes).
+    pub fn skip(&mut self, n: u64) {
+        (0..n).for_each(|_| {
+            self.random();
+        });
+    }
+
     /// Advances the generator exactly as `randperm(n)` does, without building the permutation.
     pub fn skip_randperm(&mut self, n: usize) {
         if n < (u32::MAX / 20) as usize {

@@ -100,7 +100,7 @@ impl RunDir {
             ("train".to_string(), idx(&split.train)),
             ("test".to_string(), idx(&split.test)),
         ];
-        let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed.to_string())]);
+        let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed().to_string())]);
         tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
         metrics::write_all(&self.metrics_path(), &[])?;
         tensor_io::write_bytes_atomic(&self.identity_path(), cfg.to_toml().as_bytes())?;

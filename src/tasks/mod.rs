@@ -1,168 +1,257 @@
-//! Algorithmic tasks: binary operations modulo p over all pairs, token layouts, and the seeded split.
+//! Algorithmic tasks: what a run learns, written as token rows with their targets.
+//!
+//! - [`modular`]: a binary operation mod p over all pairs (the grokking tasks of seeds 001, 002, 004);
+//! - [`compound`]: `( a * b + c ) ^ d =` mod p over all p⁴ inputs, rows written from their index
+//!   (seed 000);
+//! - [`sequence`]: random token sequences, a fresh batch every step, each position predicting the
+//!   previous token (seed 003).
+//!
+//! Finite tasks (modular, compound) are split once into train and test row indices; [`SplitRows`]
+//! writes a split's rows on demand so a p⁴-row task never holds all its tokens at once.
+
+pub mod compound;
+pub mod modular;
+pub mod sequence;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{GrokError, Result};
+use crate::error::Result;
 use crate::rng::{RngKind, TorchGenerator};
 
-/// A binary operation on Z_p. The polynomial ones are from Power et al. (2022).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Operation {
-    /// a + b
-    #[serde(rename = "add")]
-    Add,
-    /// a − b
-    #[serde(rename = "sub")]
-    Sub,
-    /// a · b
-    #[serde(rename = "mul")]
-    Mul,
-    /// a · b⁻¹ for b ≠ 0 (needs prime p)
-    #[serde(rename = "div")]
-    Div,
-    /// a² + b²
-    #[serde(rename = "x2+y2")]
-    SquareSum,
-    /// a² + ab + b²
-    #[serde(rename = "x2+xy+y2")]
-    QuadraticForm,
-    /// a² + ab + b² + a
-    #[serde(rename = "x2+xy+y2+x")]
-    QuadraticFormPlusX,
-    /// a³ + ab
-    #[serde(rename = "x3+xy")]
-    CubePlusXY,
-    /// a³ + ab² + b
-    #[serde(rename = "x3+xy2+y")]
-    CubePlusXY2PlusY,
+pub use compound::CompoundTask;
+pub use modular::{is_prime, Layout, ModularTask, Operation};
+pub use sequence::{SequenceStream, SequenceTask};
+
+/// Which predictions a row's loss reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The label of the row, read at the last position (the grokking tasks).
+    LastPosition,
+    /// Every position i ≥ 1 predicts token i − 1 (seed 003): `logits[:, 1:]` against `tokens[:, :-1]`.
+    PreviousToken,
 }
 
-impl Operation {
-    /// Every operation with its config name.
-    pub const ALL: [(Operation, &'static str); 9] = [
-        (Operation::Add, "add"),
-        (Operation::Sub, "sub"),
-        (Operation::Mul, "mul"),
-        (Operation::Div, "div"),
-        (Operation::SquareSum, "x2+y2"),
-        (Operation::QuadraticForm, "x2+xy+y2"),
-        (Operation::QuadraticFormPlusX, "x2+xy+y2+x"),
-        (Operation::CubePlusXY, "x3+xy"),
-        (Operation::CubePlusXY2PlusY, "x3+xy2+y"),
-    ];
+impl Target {
+    /// Predictions scored in `rows` rows of `seq_len` tokens.
+    pub fn predictions(self, rows: usize, seq_len: usize) -> usize {
+        match self {
+            Target::LastPosition => rows,
+            Target::PreviousToken => rows * seq_len.saturating_sub(1),
+        }
+    }
+}
 
-    /// The result for `(a, b)` modulo `p`, or `None` where it is undefined (division by zero).
-    pub fn apply(self, a: u64, b: u64, p: u64) -> Option<u64> {
-        let (a, b) = (a % p, b % p);
-        Some(match self {
-            Operation::Add => (a + b) % p,
-            Operation::Sub => (a + p - b) % p,
-            Operation::Mul => a * b % p,
-            Operation::Div => {
-                if b == 0 {
-                    return None;
-                }
-                a * pow_mod(b, p - 2, p) % p
+/// What a run learns: `kind = "modular"` (the default, so configs written before kinds existed
+/// still load), `"compound"` or `"previous_token"`, and that kind's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskConfig {
+    /// A binary operation mod p.
+    Modular(ModularTask),
+    /// `( a * b + c ) ^ d` mod p.
+    Compound(CompoundTask),
+    /// Random sequences, predict the previous token.
+    PreviousToken(SequenceTask),
+}
+
+/// The task kinds as `task.kind` writes them.
+const KINDS: &str = "expected \"modular\", \"compound\" or \"previous_token\"";
+
+impl TaskConfig {
+    /// The TransformerLens demo task: a + b mod 113, 30 % train, data seed 598.
+    pub fn grokking_demo() -> Self {
+        TaskConfig::Modular(ModularTask::grokking_demo())
+    }
+
+    /// The kind's name as `task.kind` writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TaskConfig::Modular(_) => "modular",
+            TaskConfig::Compound(_) => "compound",
+            TaskConfig::PreviousToken(_) => "previous_token",
+        }
+    }
+
+    /// The modular task, if this is one (the two-operand analyses need it).
+    pub fn modular(&self) -> Option<&ModularTask> {
+        match self {
+            TaskConfig::Modular(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The compound task, if this is one.
+    pub fn compound(&self) -> Option<&CompoundTask> {
+        match self {
+            TaskConfig::Compound(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The sequence task, if this is one.
+    pub fn sequence(&self) -> Option<&SequenceTask> {
+        match self {
+            TaskConfig::PreviousToken(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Checks the kind's fields, naming them.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            TaskConfig::Modular(t) => t.validate(),
+            TaskConfig::Compound(t) => t.validate(),
+            TaskConfig::PreviousToken(t) => t.validate(),
+        }
+    }
+
+    /// What the loss reads.
+    pub fn target(&self) -> Target {
+        match self {
+            TaskConfig::Modular(_) | TaskConfig::Compound(_) => Target::LastPosition,
+            TaskConfig::PreviousToken(_) => Target::PreviousToken,
+        }
+    }
+
+    /// Distinct input tokens the task writes (the model's `d_vocab` must be at least this).
+    pub fn vocab(&self) -> usize {
+        match self {
+            TaskConfig::Modular(t) => t.layout.vocab(t.p),
+            TaskConfig::Compound(t) => t.vocab(),
+            TaskConfig::PreviousToken(t) => t.d_vocab,
+        }
+    }
+
+    /// Distinct targets (the model's `d_vocab_out` must be at least this).
+    pub fn outputs(&self) -> usize {
+        match self {
+            TaskConfig::Modular(ModularTask { p, .. })
+            | TaskConfig::Compound(CompoundTask { p, .. }) => *p,
+            TaskConfig::PreviousToken(t) => t.d_vocab,
+        }
+    }
+
+    /// Tokens per row.
+    pub fn seq_len(&self) -> usize {
+        match self {
+            TaskConfig::Modular(t) => t.layout.len(),
+            TaskConfig::Compound(_) => CompoundTask::LEN,
+            TaskConfig::PreviousToken(t) => t.n_ctx,
+        }
+    }
+
+    /// Seed of the split shuffle (finite tasks) or of the training stream (sequences).
+    pub fn data_seed(&self) -> u64 {
+        match self {
+            TaskConfig::Modular(t) => t.data_seed,
+            TaskConfig::Compound(t) => t.data_seed,
+            TaskConfig::PreviousToken(t) => t.data_seed,
+        }
+    }
+
+    /// Train and test rows: the split's sizes, or one step's batch of `batch_size` rows and the
+    /// fixed evaluation set for a stream.
+    pub fn split_sizes(&self, batch_size: usize) -> (usize, usize) {
+        match self {
+            TaskConfig::Modular(t) => {
+                let n = t.rows();
+                let train = t.split.train_rows(n, t.train_frac);
+                (train, n - train)
             }
-            Operation::SquareSum => (a * a + b * b) % p,
-            Operation::QuadraticForm => (a * a + a * b + b * b) % p,
-            Operation::QuadraticFormPlusX => (a * a + a * b + b * b + a) % p,
-            Operation::CubePlusXY => (a * a % p * a + a * b) % p,
-            Operation::CubePlusXY2PlusY => (a * a % p * a + a * (b * b % p) + b) % p,
-        })
-    }
-}
-
-fn pow_mod(mut base: u64, mut exp: u64, p: u64) -> u64 {
-    let mut acc = 1 % p;
-    base %= p;
-    while exp > 0 {
-        if exp & 1 == 1 {
-            acc = acc * base % p;
+            TaskConfig::Compound(t) => {
+                let n = t.rows();
+                let train = t.split.train_rows(n, t.train_frac);
+                (train, n - train)
+            }
+            TaskConfig::PreviousToken(t) => (batch_size, t.eval_rows),
         }
-        base = base * base % p;
-        exp >>= 1;
     }
-    acc
-}
 
-/// True when `n` is prime.
-pub fn is_prime(n: u64) -> bool {
-    n >= 2
-        && (2..)
-            .take_while(|d| d * d <= n)
-            .all(|d| !n.is_multiple_of(d))
-}
+    /// True when every step draws fresh rows (no epochs; `train.epochs` counts steps).
+    pub fn is_streamed(&self) -> bool {
+        matches!(self, TaskConfig::PreviousToken(_))
+    }
 
-/// How an example is written as tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// `[a, b, =]` with `=` = token p (the TransformerLens grokking demo).
-    ABEq,
-    /// `[a, op, b, =]` with op = token p and `=` = token p+1 (seed 002).
-    AOpBEq,
-}
+    /// What one unit of `train.epochs` is called: "epoch", or "step" for a stream.
+    pub fn unit(&self) -> &'static str {
+        if self.is_streamed() {
+            "step"
+        } else {
+            "epoch"
+        }
+    }
 
-impl Layout {
-    /// Sequence length.
-    pub fn len(self) -> usize {
+    /// One line for summaries and pages.
+    pub fn describe(&self) -> String {
         match self {
-            Layout::ABEq => 3,
-            Layout::AOpBEq => 4,
+            TaskConfig::Modular(t) => format!(
+                "{:?} mod {} ({:?}), train fraction {}",
+                t.op, t.p, t.layout, t.train_frac
+            ),
+            TaskConfig::Compound(t) => format!(
+                "( a * b + c ) ^ d mod {} over all {} inputs, train fraction {}",
+                t.p,
+                t.rows(),
+                t.train_frac
+            ),
+            TaskConfig::PreviousToken(t) => format!(
+                "previous token of random sequences: {} tokens from a vocabulary of {}{}, a fresh batch every step",
+                t.n_ctx,
+                t.d_vocab,
+                if t.bos { " with BOS 0 first" } else { "" }
+            ),
         }
     }
 
-    /// Always false: a layout has at least three tokens.
-    pub fn is_empty(self) -> bool {
-        false
-    }
-
-    /// Number of distinct input tokens for modulus `p`.
-    pub fn vocab(self, p: usize) -> usize {
+    /// The train/test split of a finite task drawn with `rng`; empty for a stream.
+    pub fn split(&self, rng: RngKind) -> Split {
         match self {
-            Layout::ABEq => p + 1,
-            Layout::AOpBEq => p + 2,
+            TaskConfig::Modular(t) => t.split(rng),
+            TaskConfig::Compound(t) => {
+                shuffled_split(t.rows(), t.train_frac, t.split, t.data_seed, rng)
+            }
+            TaskConfig::PreviousToken(_) => Split {
+                train: Vec::new(),
+                test: Vec::new(),
+            },
         }
     }
 
-    /// Positions of the operands a and b in a row.
-    pub fn operand_positions(self) -> (usize, usize) {
-        match self {
-            Layout::ABEq => (0, 1),
-            Layout::AOpBEq => (0, 2),
-        }
-    }
-
-    fn write(self, a: u32, b: u32, p: u32, out: &mut Vec<u32>) {
-        match self {
-            Layout::ABEq => out.extend_from_slice(&[a, b, p]),
-            Layout::AOpBEq => out.extend_from_slice(&[a, p, b, p + 1]),
-        }
+    /// The rows of `indices` (one part of [`TaskConfig::split`]), written on demand; for a stream,
+    /// the fixed evaluation set (indices are ignored).
+    pub fn split_rows(&self, indices: Vec<usize>) -> SplitRows {
+        let source = match self {
+            TaskConfig::Modular(t) => RowSource::Table(t.dataset()),
+            TaskConfig::Compound(t) => RowSource::Compound(t.clone()),
+            TaskConfig::PreviousToken(t) => {
+                let eval = t.evaluation_set();
+                return SplitRows {
+                    indices: (0..eval.rows()).collect(),
+                    source: RowSource::Table(eval),
+                };
+            }
+        };
+        SplitRows { source, indices }
     }
 }
 
-/// What to learn: an operation mod p, its layout and the train/test split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    /// The operation.
-    pub op: Operation,
-    /// The modulus.
-    pub p: usize,
-    /// Token layout.
-    pub layout: Layout,
-    /// Fraction of all pairs used for training, in (0, 1).
-    pub train_frac: f64,
-    /// Seed of the split shuffle.
-    pub data_seed: u64,
-    /// How many rows the train set gets: the first ⌊n·train_frac⌋ of the shuffle (seeds 000, 001,
-    /// 004) or `random_split`'s rounding (seed 002).
-    #[serde(default)]
-    pub split: SplitRule,
+/// All `n` row indices shuffled with `seed` (with `rng = "torch"`, `torch.randperm(n)` after
+/// `torch.manual_seed(seed)`) and cut by `rule` at `frac`.
+pub fn shuffled_split(n: usize, frac: f64, rule: SplitRule, seed: u64, rng: RngKind) -> Split {
+    let idx = match rng {
+        RngKind::Torch => TorchGenerator::new(seed).randperm(n),
+        RngKind::Chacha => {
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+            idx
+        }
+    };
+    let cut = rule.train_rows(n, frac);
+    let mut train = idx;
+    let test = train.split_off(cut);
+    Split { train, test }
 }
 
 /// How the shuffled rows are cut into train and test.
@@ -192,138 +281,46 @@ impl SplitRule {
     }
 }
 
-impl TaskConfig {
-    /// The TransformerLens demo task: a + b mod 113, 30 % train, data seed 598.
-    pub fn grokking_demo() -> Self {
-        TaskConfig {
-            op: Operation::Add,
-            p: 113,
-            layout: Layout::ABEq,
-            train_frac: 0.3,
-            data_seed: 598,
-            split: SplitRule::FirstFraction,
+/// `base^exp mod p` by repeated squaring (p < 2³²).
+pub(crate) fn pow_mod(mut base: u64, mut exp: u64, p: u64) -> u64 {
+    let mut acc = 1 % p;
+    base %= p;
+    while exp > 0 {
+        if exp & 1 == 1 {
+            acc = acc * base % p;
         }
+        base = base * base % p;
+        exp >>= 1;
     }
-
-    /// Checks p, the train fraction, and that division has a prime modulus.
-    pub fn validate(&self) -> Result<()> {
-        if self.p < 2 || self.p > 4096 {
-            return Err(GrokError::config("task.p", self.p, "must be in [2, 4096]"));
-        }
-        if self.op == Operation::Div && !is_prime(self.p as u64) {
-            return Err(GrokError::config(
-                "task.p",
-                self.p,
-                "must be prime for op = \"div\" (b⁻¹ must exist)",
-            ));
-        }
-        if !(self.train_frac > 0.0 && self.train_frac < 1.0) {
-            return Err(GrokError::config(
-                "task.train_frac",
-                self.train_frac,
-                "must be in the open interval (0, 1)",
-            ));
-        }
-        let n = self.dataset().len();
-        let n_train = (self.train_frac * n as f64).floor() as usize;
-        if n_train == 0 || n_train == n {
-            return Err(GrokError::config(
-                "task.train_frac",
-                self.train_frac,
-                format!("leaves an empty train or test set of {n} rows; pick a fraction further from 0 and 1"),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Every example in (a, b) order: rows of `layout.len()` tokens plus labels in [0, p).
-    pub fn dataset(&self) -> Dataset {
-        let p = self.p as u32;
-        let mut tokens = Vec::new();
-        let mut labels = Vec::new();
-        for (a, b, y) in self.examples() {
-            self.layout.write(a, b, p, &mut tokens);
-            labels.push(y);
-        }
-        Dataset {
-            seq_len: self.layout.len(),
-            tokens,
-            labels,
-        }
-    }
-
-    /// `(a, b, label)` of every pair where the operation is defined, in (a, b) order: the rows of
-    /// [`TaskConfig::dataset`].
-    fn examples(&self) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
-        let p = self.p as u64;
-        (0..p * p).filter_map(move |i| {
-            let (a, b) = (i / p, i % p);
-            self.op
-                .apply(a, b, p)
-                .map(|y| (a as u32, b as u32, y as u32))
-        })
-    }
-
-    /// Rows for every pair (a, b) ∈ Z_p², row index a·p + b, whether or not the operation is defined
-    /// there (the analysis looks at functions on the whole grid).
-    pub fn grid_tokens(&self) -> Vec<u32> {
-        let p = self.p as u32;
-        let mut tokens = Vec::with_capacity(self.p * self.p * self.layout.len());
-        for a in 0..p {
-            for b in 0..p {
-                self.layout.write(a, b, p, &mut tokens);
-            }
-        }
-        tokens
-    }
-
-    /// For each dataset row (in [`TaskConfig::dataset`] order), its grid index a·p + b and its label.
-    pub fn grid_examples(&self) -> Vec<(usize, u32)> {
-        self.examples()
-            .map(|(a, b, y)| (a as usize * self.p + b as usize, y))
-            .collect()
-    }
-
-    /// Shuffles all row indices with the data seed (with `rng = "torch"`, `torch.randperm(n)` after
-    /// `torch.manual_seed(data_seed)`); the first [`SplitRule::train_rows`] are train.
-    pub fn split(&self, rng: RngKind) -> Split {
-        let n = self.dataset().len();
-        let idx = match rng {
-            RngKind::Torch => TorchGenerator::new(self.data_seed).randperm(n),
-            RngKind::Chacha => {
-                let mut idx: Vec<usize> = (0..n).collect();
-                idx.shuffle(&mut ChaCha8Rng::seed_from_u64(self.data_seed));
-                idx
-            }
-        };
-        let cut = self.split.train_rows(n, self.train_frac);
-        Split {
-            train: idx[..cut].to_vec(),
-            test: idx[cut..].to_vec(),
-        }
-    }
+    acc
 }
 
-/// Token rows and labels.
-#[derive(Debug, Clone, PartialEq)]
+/// Token rows and their labels (one per row, read at the last position; empty for tasks whose
+/// targets are the tokens themselves).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Dataset {
     /// Tokens per row.
     pub seq_len: usize,
     /// Row-major tokens `[rows, seq_len]`.
     pub tokens: Vec<u32>,
-    /// One label per row.
+    /// One label per row, or none.
     pub labels: Vec<u32>,
 }
 
 impl Dataset {
     /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.tokens.len() / self.seq_len.max(1)
+    }
+
+    /// Number of rows.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.rows()
     }
 
     /// True when there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.tokens.is_empty()
     }
 
     /// The rows at `indices`, in that order.
@@ -335,7 +332,11 @@ impl Dataset {
         Dataset {
             seq_len: self.seq_len,
             tokens,
-            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            labels: if self.labels.is_empty() {
+                Vec::new()
+            } else {
+                indices.iter().map(|&i| self.labels[i]).collect()
+            },
         }
     }
 }
@@ -349,100 +350,122 @@ pub struct Split {
     pub test: Vec<usize>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where a split's rows come from.
+#[derive(Debug, Clone)]
+enum RowSource {
+    /// Every row of the task, materialised (small tasks, and a stream's evaluation set).
+    Table(Dataset),
+    /// Rows written from their index.
+    Compound(CompoundTask),
+}
 
-    fn task(op: Operation, p: usize) -> TaskConfig {
-        TaskConfig {
-            op,
-            p,
-            ..TaskConfig::grokking_demo()
+/// One part of a split: row indices into the task, written as tokens and labels on demand.
+#[derive(Debug, Clone)]
+pub struct SplitRows {
+    source: RowSource,
+    indices: Vec<usize>,
+}
+
+impl SplitRows {
+    /// A part without rows (a placeholder while a split is borrowed elsewhere).
+    pub fn empty() -> Self {
+        SplitRows {
+            source: RowSource::Table(Dataset::default()),
+            indices: Vec::new(),
         }
     }
 
-    #[test]
-    fn operations_match_hand_computed_values() {
-        let p = 7;
-        assert_eq!(Operation::Add.apply(5, 4, p), Some(2));
-        assert_eq!(Operation::Sub.apply(2, 5, p), Some(4));
-        assert_eq!(Operation::Mul.apply(3, 5, p), Some(1));
-        assert_eq!(Operation::Div.apply(3, 5, p), Some(2)); // 5⁻¹ = 3, 3·3 = 9 = 2
-        assert_eq!(Operation::Div.apply(3, 0, p), None);
-        assert_eq!(Operation::SquareSum.apply(3, 4, p), Some(25 % 7));
-        assert_eq!(Operation::QuadraticForm.apply(2, 3, p), Some(19 % 7));
-        assert_eq!(Operation::QuadraticFormPlusX.apply(2, 3, p), Some(21 % 7));
-        assert_eq!(Operation::CubePlusXY.apply(2, 3, p), Some(14 % 7));
-        assert_eq!(Operation::CubePlusXY2PlusY.apply(2, 3, p), Some(29 % 7));
+    /// Rows in this part.
+    pub fn len(&self) -> usize {
+        self.indices.len()
     }
 
-    #[test]
-    fn division_inverts_multiplication() {
-        for a in 0..13 {
-            for b in 1..13 {
-                let q = Operation::Div.apply(a, b, 13).unwrap();
-                assert_eq!(q * b % 13, a);
+    /// True when the part has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// Tokens per row.
+    pub fn seq_len(&self) -> usize {
+        match &self.source {
+            RowSource::Table(d) => d.seq_len,
+            RowSource::Compound(_) => CompoundTask::LEN,
+        }
+    }
+
+    /// Rows the task holds (indices must lie below this).
+    pub fn task_rows(&self) -> usize {
+        match &self.source {
+            RowSource::Table(d) => d.rows(),
+            RowSource::Compound(t) => t.rows(),
+        }
+    }
+
+    /// Writes the rows at `positions` (counted within this part) into `out`, replacing its contents.
+    pub fn write(&self, positions: impl IntoIterator<Item = usize>, out: &mut Dataset) {
+        out.seq_len = self.seq_len();
+        out.tokens.clear();
+        out.labels.clear();
+        for pos in positions {
+            let i = self.indices[pos];
+            match &self.source {
+                RowSource::Table(d) => {
+                    out.tokens
+                        .extend_from_slice(&d.tokens[i * d.seq_len..(i + 1) * d.seq_len]);
+                    if let Some(&y) = d.labels.get(i) {
+                        out.labels.push(y);
+                    }
+                }
+                RowSource::Compound(t) => out.labels.push(t.write(i, &mut out.tokens)),
             }
         }
     }
 
-    #[test]
-    fn dataset_layouts_and_sizes() {
-        let d = task(Operation::Add, 5).dataset();
-        assert_eq!(d.len(), 25);
-        assert_eq!(&d.tokens[3 * 7..3 * 8], &[1, 2, 5]); // row 7 = (a=1, b=2)
-        assert_eq!(d.labels[7], 3);
-        let t = TaskConfig {
-            layout: Layout::AOpBEq,
-            ..task(Operation::Div, 5)
+    /// Every row of this part, in order.
+    pub fn all(&self) -> Dataset {
+        let mut out = Dataset::default();
+        self.write(0..self.len(), &mut out);
+        out
+    }
+}
+
+impl Serialize for TaskConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = match self {
+            TaskConfig::Modular(t) => serde_json::to_value(t),
+            TaskConfig::Compound(t) => serde_json::to_value(t),
+            TaskConfig::PreviousToken(t) => serde_json::to_value(t),
+        }
+        .map_err(S::Error::custom)?;
+        if !matches!(self, TaskConfig::Modular(_)) {
+            // A modular task is written without its kind, as configs were before kinds existed.
+            let map = v.as_object_mut().expect("a task serialises to a table");
+            map.insert("kind".into(), self.kind().into());
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let kind = match v.as_object_mut().and_then(|o| o.remove("kind")) {
+            None => "modular".to_string(),
+            Some(serde_json::Value::String(k)) => k,
+            Some(other) => return Err(D::Error::custom(format!("kind = {other}: {KINDS}"))),
         };
-        let d = t.dataset();
-        assert_eq!(d.len(), 20);
-        assert_eq!(&d.tokens[..4], &[0, 5, 1, 6]);
-    }
-
-    #[test]
-    fn split_is_seeded_disjoint_and_complete() {
-        let t = task(Operation::Add, 23);
-        for rng in [RngKind::Torch, RngKind::Chacha] {
-            let s = t.split(rng);
-            assert_eq!(s, t.split(rng));
-            assert_eq!(s.train.len(), (0.3f64 * 529.0).floor() as usize);
-            let mut all: Vec<usize> = s.train.iter().chain(&s.test).copied().collect();
-            all.sort();
-            assert_eq!(all, (0..529).collect::<Vec<_>>());
-            let other = TaskConfig {
-                data_seed: 1,
-                ..t.clone()
+        match kind.as_str() {
+            "modular" => serde_json::from_value(v).map(TaskConfig::Modular),
+            "compound" => serde_json::from_value(v).map(TaskConfig::Compound),
+            "previous_token" => serde_json::from_value(v).map(TaskConfig::PreviousToken),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "unknown task kind `{other}`: {KINDS}"
+                )))
             }
-            .split(rng);
-            assert_ne!(s.train, other.train);
         }
-        assert_ne!(t.split(RngKind::Torch), t.split(RngKind::Chacha));
-    }
-
-    #[test]
-    fn random_split_deals_leftover_rows_to_train_first() {
-        // random_split(9409, [0.8, 0.2]): 7527 + 1881 = 9408, the one left over goes to train.
-        assert_eq!(SplitRule::RandomSplit.train_rows(9409, 0.8), 7528);
-        assert_eq!(SplitRule::FirstFraction.train_rows(9409, 0.8), 7527);
-        // Nothing left over: both rules agree.
-        assert_eq!(SplitRule::RandomSplit.train_rows(100, 0.3), 30);
-    }
-
-    #[test]
-    fn invalid_settings_name_the_field() {
-        let e = task(Operation::Add, 1).validate().unwrap_err().to_string();
-        assert!(e.contains("task.p") && e.contains("[2, 4096]"), "{e}");
-        let e = task(Operation::Div, 12).validate().unwrap_err().to_string();
-        assert!(e.contains("task.p") && e.contains("prime"), "{e}");
-        let e = TaskConfig {
-            train_frac: 1.0,
-            ..task(Operation::Add, 7)
-        }
-        .validate()
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("task.train_frac") && e.contains("(0, 1)"), "{e}");
+        .map_err(D::Error::custom)
     }
 }

@@ -37,7 +37,7 @@ impl Shuffle {
                 seed: cfg.train.seed,
             },
             RngKind::Torch => {
-                let mut gen = TorchGenerator::new(cfg.task.data_seed);
+                let mut gen = TorchGenerator::new(cfg.task.data_seed());
                 gen.skip_randperm(n_train + n_test); // the split's randperm
                 let mut loaders = TorchLoaders { gen, n_test };
                 // Full-batch runs have no loaders and draw nothing.

@@ -5,13 +5,22 @@ use std::time::Instant;
 use super::shuffle::Shuffle;
 use crate::config::train::glob_match;
 use crate::config::RunConfig;
+use crate::config::EVAL_CHUNK_ROWS;
 use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::spectral_norm;
 use crate::model::{Params, Slot};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::run::{metrics, Checkpoint, MetricsRow, RunDir, RunLock};
-use crate::tasks::{Dataset, Split};
+use crate::tasks::{Dataset, SequenceStream, Split, SplitRows};
+
+/// Where each step's rows come from.
+enum TrainRows {
+    /// A finite task's train split: epochs of (shuffled) minibatches.
+    Split(SplitRows),
+    /// A stream: a fresh batch every step; the batch is kept while its micro-batches are run.
+    Stream(SequenceStream, Dataset),
+}
 
 /// Why [`Trainer::run`] returned.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,8 +47,12 @@ pub struct Trainer {
     pub history: Vec<MetricsRow>,
     trainable: Vec<bool>,
     grads: Params,
-    train: Dataset,
-    test: Dataset,
+    /// One micro-batch's gradient while a step sums several.
+    micro_grads: Option<Params>,
+    train: TrainRows,
+    test: SplitRows,
+    /// The rows of the pass being run (reused).
+    rows: Dataset,
     engine: Box<dyn Engine>,
     elapsed_before: f64,
     run_dir: Option<RunDir>,
@@ -150,21 +163,21 @@ impl Trainer {
         history: Vec<MetricsRow>,
         run_dir: Option<RunDir>,
     ) -> Result<Self> {
-        let data = cfg.task.dataset();
-        if let Some(&bad) = split
-            .train
-            .iter()
-            .chain(&split.test)
-            .find(|&&i| i >= data.len())
-        {
+        let test = cfg.task.split_rows(split.test);
+        let n_rows = test.task_rows();
+        if let Some(&bad) = split.train.iter().find(|&&i| i >= n_rows) {
             return Err(GrokError::tensor(
                 "split",
-                format!(
-                    "row index {bad} is outside the dataset of {} rows",
-                    data.len()
-                ),
+                format!("row index {bad} is outside the dataset of {n_rows} rows"),
             ));
         }
+        let train = match cfg.task.sequence() {
+            Some(t) => TrainRows::Stream(
+                SequenceStream::at(t, cfg.train.batch_size, epoch),
+                Dataset::default(),
+            ),
+            None => TrainRows::Split(cfg.task.split_rows(split.train)),
+        };
         if let Some(unused) = cfg
             .train
             .freeze
@@ -186,12 +199,23 @@ impl Trainer {
             .zip(cfg.model.param_specs())
             .map(|(p, s)| !s.fixed && !cfg.train.is_frozen(&p.name))
             .collect();
-        let engine = engine::select(&cfg.model, cfg.train.engine, cfg.train.threads)?;
+        let engine = engine::select(
+            &cfg.model,
+            cfg.task.target(),
+            cfg.train.engine,
+            cfg.train.threads,
+        )?;
+        let n_train = match &train {
+            TrainRows::Split(rows) => rows.len(),
+            TrainRows::Stream(..) => 0,
+        };
         Ok(Trainer {
-            shuffle: Shuffle::new(&cfg, split.train.len(), split.test.len(), epoch),
+            shuffle: Shuffle::new(&cfg, n_train, test.len(), epoch),
             grads: params.zeros_like(),
-            train: data.select(&split.train),
-            test: data.select(&split.test),
+            micro_grads: (cfg.train.micro_batch > 0).then(|| params.zeros_like()),
+            train,
+            test,
+            rows: Dataset::default(),
             engine,
             trainable,
             params,
@@ -217,61 +241,126 @@ impl Trainer {
         &self.trainable
     }
 
-    /// Train and test data.
-    pub fn data(&self) -> (&Dataset, &Dataset) {
-        (&self.train, &self.test)
+    /// Rows per epoch (one step's batch for a stream) and test rows.
+    pub fn rows(&self) -> (usize, usize) {
+        let train = match &self.train {
+            TrainRows::Split(rows) => rows.len(),
+            TrainRows::Stream(..) => self.cfg.train.batch_size,
+        };
+        (train, self.test.len())
     }
 
-    /// One epoch of optimizer steps; returns the pre-update train loss/accuracy and the last lr.
+    /// One epoch of optimizer steps (for a stream, one step on a fresh batch); returns the
+    /// pre-update train loss/accuracy and the last lr.
     pub fn train_epoch(&mut self) -> Result<(BatchStats, f64)> {
-        let n = self.train.len();
-        let bs = self.cfg.train.batch_rows(n);
-        let seq = self.train.seq_len;
-        let mut order: Option<Dataset> = None;
-        if bs < n {
-            let idx = self.shuffle.order(self.epoch, n);
-            order = Some(self.train.select(&idx));
+        let mut total = BatchStats::default();
+        let mut lr = 0.0;
+        match &mut self.train {
+            TrainRows::Stream(stream, batch) => {
+                stream.next_batch(batch);
+                let batch = std::mem::take(batch);
+                let n = batch.rows();
+                let stats = self.step(n, |lo, hi, out| {
+                    out.seq_len = batch.seq_len;
+                    out.labels.clear();
+                    out.tokens.clear();
+                    out.tokens
+                        .extend_from_slice(&batch.tokens[lo * batch.seq_len..hi * batch.seq_len]);
+                });
+                if let TrainRows::Stream(_, keep) = &mut self.train {
+                    *keep = batch;
+                }
+                let (stats, step_lr) = stats?;
+                total = stats;
+                lr = step_lr;
+            }
+            TrainRows::Split(rows) => {
+                let rows = std::mem::replace(rows, SplitRows::empty());
+                let n = rows.len();
+                let bs = self.cfg.train.batch_rows(n);
+                let order = (bs < n).then(|| self.shuffle.order(self.epoch, n));
+                let mut result = Ok(());
+                for start in (0..n).step_by(bs.max(1)) {
+                    let end = (start + bs).min(n);
+                    let stats = self.step(end - start, |lo, hi, out| match &order {
+                        Some(order) => {
+                            rows.write(order[start + lo..start + hi].iter().copied(), out)
+                        }
+                        None => rows.write(start + lo..start + hi, out),
+                    });
+                    match stats {
+                        Ok((stats, step_lr)) => {
+                            total = total.merged(stats);
+                            lr = step_lr;
+                        }
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                self.train = TrainRows::Split(rows);
+                result?;
+            }
         }
-        let data = order.as_ref().unwrap_or(&self.train);
-        let (mut loss_sum, mut correct, mut lr) = (0.0, 0, 0.0);
-        for start in (0..n).step_by(bs) {
-            let end = (start + bs).min(n);
-            let batch = Batch {
-                tokens: &data.tokens[start * seq..end * seq],
-                labels: &data.labels[start..end],
-                seq_len: seq,
+        self.epoch += 1;
+        Ok((total, lr))
+    }
+
+    /// One optimizer step on `n` rows that `write(lo, hi, out)` writes (rows lo..hi of the step),
+    /// in micro-batches of `train.micro_batch` rows whose gradients are summed weighted by their share
+    /// of the step's predictions. Returns the pre-update loss/accuracy and the lr used.
+    fn step(
+        &mut self,
+        n: usize,
+        mut write: impl FnMut(usize, usize, &mut Dataset),
+    ) -> Result<(BatchStats, f64)> {
+        let target = self.cfg.task.target();
+        let micro = match self.cfg.train.micro_batch {
+            0 => n,
+            m => m.min(n),
+        };
+        let mut stats = BatchStats::default();
+        for lo in (0..n).step_by(micro.max(1)) {
+            let hi = (lo + micro).min(n);
+            write(lo, hi, &mut self.rows);
+            let batch = Batch::of(&self.rows, target);
+            let into = match (&mut self.micro_grads, hi - lo == n) {
+                (Some(g), false) => g,
+                _ => &mut self.grads,
             };
-            let stats = self.engine.loss_and_grads(
-                &self.params,
-                &self.trainable,
-                batch,
-                &mut self.grads,
-            )?;
-            if !stats.loss.is_finite() {
+            let part = self
+                .engine
+                .loss_and_grads(&self.params, &self.trainable, batch, into)?;
+            if !part.loss.is_finite() {
                 return Err(GrokError::config(
                     "train.lr",
                     self.cfg.train.lr,
-                    format!("training diverged at epoch {} (loss {}); lower the learning rate or set train.grad_clip", self.epoch + 1, stats.loss),
+                    format!("training diverged at {} {} (loss {}); lower the learning rate or set train.grad_clip", self.cfg.task.unit(), self.epoch + 1, part.loss),
                 ));
             }
-            loss_sum += stats.loss * stats.rows as f64;
-            correct += stats.correct;
-            if self.cfg.train.grad_clip > 0.0 {
-                clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
+            if let (Some(g), false) = (&self.micro_grads, hi - lo == n) {
+                let share =
+                    part.predictions as f32 / target.predictions(n, self.rows.seq_len) as f32;
+                let slots = self.grads.iter_mut().zip(g.iter()).zip(&self.trainable);
+                for ((acc, add), _) in slots.filter(|(_, &on)| on) {
+                    let pairs = acc.data.iter_mut().zip(&add.data);
+                    if lo == 0 {
+                        pairs.for_each(|(a, &b)| *a = share * b);
+                    } else {
+                        pairs.for_each(|(a, &b)| *a += share * b);
+                    }
+                }
             }
-            lr = self.cfg.train.lr_at(self.optimizer.step);
-            self.optimizer
-                .step(&mut self.params, &self.grads, &self.trainable, lr);
+            stats = stats.merged(part);
         }
-        self.epoch += 1;
-        Ok((
-            BatchStats {
-                loss: loss_sum / n as f64,
-                correct,
-                rows: n,
-            },
-            lr,
-        ))
+        if self.cfg.train.grad_clip > 0.0 {
+            clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
+        }
+        let lr = self.cfg.train.lr_at(self.optimizer.step);
+        self.optimizer
+            .step(&mut self.params, &self.grads, &self.trainable, lr);
+        Ok((stats, lr))
     }
 
     /// Largest singular value of the output layer's weight now (warm-started power iteration).
@@ -280,24 +369,20 @@ impl Trainer {
         spectral_norm(&self.params[slot], rows, cols, &mut self.spectral_vector)
     }
 
-    /// Loss and accuracy on the test set with the current parameters.
+    /// Loss and accuracy on the test set (for a stream, the evaluation set) with the current
+    /// parameters, in passes of at most [`EVAL_CHUNK_ROWS`] rows.
     pub fn evaluate_test(&mut self) -> Result<BatchStats> {
-        let batch = Batch {
-            tokens: &self.test.tokens,
-            labels: &self.test.labels,
-            seq_len: self.test.seq_len,
-        };
-        self.engine.evaluate(&self.params, batch)
-    }
-
-    /// Loss and accuracy on the train set with the current parameters.
-    pub fn evaluate_train(&mut self) -> Result<BatchStats> {
-        let batch = Batch {
-            tokens: &self.train.tokens,
-            labels: &self.train.labels,
-            seq_len: self.train.seq_len,
-        };
-        self.engine.evaluate(&self.params, batch)
+        let target = self.cfg.task.target();
+        let mut stats = BatchStats::default();
+        for lo in (0..self.test.len()).step_by(EVAL_CHUNK_ROWS) {
+            let hi = (lo + EVAL_CHUNK_ROWS).min(self.test.len());
+            self.test.write(lo..hi, &mut self.rows);
+            let part = self
+                .engine
+                .evaluate(&self.params, Batch::of(&self.rows, target))?;
+            stats = stats.merged(part);
+        }
+        Ok(stats)
     }
 
     fn stop_reached(&self, row: &MetricsRow) -> bool {

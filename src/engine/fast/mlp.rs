@@ -22,6 +22,7 @@ use crate::error::{GrokError, Result};
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::{ActFn, Params};
+use crate::tasks::Target;
 
 /// Buffers one chunk reuses from step to step.
 #[derive(Default)]
@@ -85,6 +86,7 @@ impl FastMlpEngine {
     }
 
     fn check(&self, params: &Params, batch: &Batch) -> Result<()> {
+        super::check_target(batch)?;
         self.cfg.check_tokens(batch.tokens, batch.rows())?;
         if !params.matches(&self.tree.specs) {
             return Err(GrokError::tensor(
@@ -178,6 +180,7 @@ impl Engine for FastMlpEngine {
             tokens,
             labels: &labels,
             seq_len: seq,
+            target: Target::LastPosition,
         };
         let vo = self.cfg.d_vocab_out;
         let chunks = self.map_eval(params, batch, |pass, ws, t, l| {

@@ -20,11 +20,17 @@ use crate::linalg::kernels::exp_f32;
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
+use crate::tasks::Target;
 
 use transformer::{Dims, Prepared, Weights, Workspace};
 
-/// Why the fast engines cannot run `cfg`, or `None` when one can.
-pub fn unsupported_reason(cfg: &ModelConfig) -> Option<String> {
+/// Why the fast engines cannot run `cfg` scored on `target`, or `None` when one can.
+pub fn unsupported_reason(cfg: &ModelConfig, target: Target) -> Option<String> {
+    if target != Target::LastPosition {
+        return Some(
+            "it scores the last position only (per-position targets run on candle)".into(),
+        );
+    }
     let act = match cfg {
         ModelConfig::Transformer(c) => {
             if c.normalization_type.is_some() {
@@ -140,6 +146,7 @@ impl FastEngine {
         train: bool,
         job: impl Fn(&Prepared, &mut Workspace, &[u32], &[u32]) -> R + Sync,
     ) -> Result<Vec<R>> {
+        check_target(&batch)?;
         if self.family.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
             return Err(GrokError::tensor(
                 "tokens",
@@ -226,8 +233,26 @@ pub(crate) fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
     BatchStats {
         loss: loss_sum / rows as f64,
         correct: results.iter().map(|r| r.correct).sum(),
-        rows,
+        predictions: rows,
     }
+}
+
+/// Refuses a batch whose loss reads more than the last position (and one without a label per row).
+pub(crate) fn check_target(batch: &Batch) -> Result<()> {
+    if batch.target != Target::LastPosition {
+        return Err(GrokError::config(
+            "train.engine",
+            "fast",
+            "the fast engines score the last position only; per-position targets run on \"candle\" (or \"auto\")",
+        ));
+    }
+    if batch.labels.len() != batch.rows() {
+        return Err(GrokError::tensor(
+            "labels",
+            format!("{} labels for {} rows", batch.labels.len(), batch.rows()),
+        ));
+    }
+    Ok(())
 }
 
 impl Engine for FastEngine {
@@ -273,6 +298,7 @@ impl Engine for FastEngine {
             tokens,
             labels: &labels,
             seq_len: seq,
+            target: Target::LastPosition,
         };
         let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
             p.logits(ws, t, seq).to_vec()
