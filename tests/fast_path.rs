@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use groklens::engine::FastEngine;
 use groklens::engine::{Batch, CandleEngine, Engine};
+use groklens::model::transformer::config::Normalization;
 use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding, TransformerConfig};
 use groklens::rng::RngKind;
 use groklens::tasks::Target;
@@ -94,6 +95,10 @@ fn random_params(cfg: &TransformerConfig) -> Params {
 }
 
 fn compare(cfg: TransformerConfig, seq: usize) {
+    compare_on(cfg, seq, Target::LastPosition)
+}
+
+fn compare_on(cfg: TransformerConfig, seq: usize, target: Target) {
     let params = random_params(&cfg);
     // As the trainer does: W_pos without positional embeddings is fixed at zero, never trained.
     let trainable: Vec<bool> = params
@@ -103,12 +108,15 @@ fn compare(cfg: TransformerConfig, seq: usize) {
                 && p.name == "pos_embed.W_pos")
         })
         .collect();
-    let (tokens, labels) = random_batch(&cfg, 37, seq, cfg.n_layers as u32 + seq as u32);
+    let (tokens, mut labels) = random_batch(&cfg, 37, seq, cfg.n_layers as u32 + seq as u32);
+    if target == Target::PreviousToken {
+        labels.clear();
+    }
     let batch = Batch {
         tokens: &tokens,
         labels: &labels,
         seq_len: seq,
-        target: Target::LastPosition,
+        target,
     };
     let mut g_fast = params.zeros_like();
     let mut g_ref = params.zeros_like();
@@ -203,4 +211,36 @@ fn fast_matches_candle_three_layers_attention_only_without_positions() {
         },
         5,
     );
+}
+
+/// A LayerNorm model scored at every position on its previous token (seed 003's shape, small).
+fn previous_token_model(normalization: Option<Normalization>) -> TransformerConfig {
+    TransformerConfig {
+        n_layers: 2,
+        n_heads: 1,
+        d_head: 24,
+        normalization_type: normalization,
+        positional_embedding_type: PositionalEmbedding::None,
+        d_vocab_out: 17,
+        ..small()
+    }
+}
+
+#[test]
+fn fast_matches_candle_on_the_previous_token_loss_with_layernorm() {
+    compare_on(previous_token_model(Some(Normalization::LN)), 5, Target::PreviousToken);
+    compare_on(previous_token_model(Some(Normalization::LN)), 3, Target::PreviousToken);
+}
+
+#[test]
+fn fast_matches_candle_with_layernorm_and_lnpre() {
+    compare(
+        TransformerConfig {
+            normalization_type: Some(Normalization::LN),
+            ..small()
+        },
+        5,
+    );
+    compare_on(previous_token_model(Some(Normalization::LNPre)), 5, Target::PreviousToken);
+    compare_on(previous_token_model(None), 4, Target::PreviousToken);
 }

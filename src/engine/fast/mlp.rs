@@ -86,7 +86,7 @@ impl FastMlpEngine {
     }
 
     fn check(&self, params: &Params, batch: &Batch) -> Result<()> {
-        super::check_target(batch)?;
+        super::check_target(batch, false)?;
         self.cfg.check_tokens(batch.tokens, batch.rows())?;
         if !params.matches(&self.tree.specs) {
             return Err(GrokError::tensor(

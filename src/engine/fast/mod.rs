@@ -8,6 +8,7 @@
 //! models use the candle engine.
 
 pub mod mlp;
+pub mod norm;
 pub mod transformer;
 
 pub use mlp::FastMlpEngine;
@@ -26,18 +27,14 @@ use transformer::{Dims, Prepared, Weights, Workspace};
 
 /// Why the fast engines cannot run `cfg` scored on `target`, or `None` when one can.
 pub fn unsupported_reason(cfg: &ModelConfig, target: Target) -> Option<String> {
-    if target != Target::LastPosition {
-        return Some(
-            "it scores the last position only (per-position targets run on candle)".into(),
-        );
+    if target != Target::LastPosition && cfg.transformer().is_none() {
+        return Some(format!(
+            "its {} passes score the last position only (per-position targets run on candle)",
+            cfg.family()
+        ));
     }
     let act = match cfg {
-        ModelConfig::Transformer(c) => {
-            if c.normalization_type.is_some() {
-                return Some("normalization_type must be none".into());
-            }
-            c.act_fn
-        }
+        ModelConfig::Transformer(c) => c.act_fn,
         ModelConfig::Mlp(c) => c.act_fn,
         ModelConfig::BitNet(c) => {
             if c.act_bits > 0 {
@@ -80,6 +77,11 @@ impl Family {
             Family::Transformer(c, t) => g.write_params(c, t, out, trainable),
             Family::BitNet(c, t) => g.write_bitnet(c, t, out, trainable),
         }
+    }
+
+    /// Whether the passes can score every position (TransformerLens models).
+    fn per_position(&self) -> bool {
+        matches!(self, Family::Transformer(..))
     }
 
     fn check_tokens(&self, tokens: &[u32], rows: usize) -> Result<usize> {
@@ -130,10 +132,11 @@ impl FastEngine {
         batch: Batch,
         grads: bool,
     ) -> Result<Vec<ChunkStats>> {
-        let n_total = grads.then_some(batch.rows());
+        let n_total = grads.then_some(batch.predictions());
         let seq = batch.seq_len;
+        let per_position = batch.target == Target::PreviousToken;
         self.map_chunks(params, batch, grads, |p, ws, t, l| {
-            p.run(ws, t, l, seq, n_total)
+            p.run(ws, t, l, seq, n_total, per_position)
         })
     }
 
@@ -146,7 +149,7 @@ impl FastEngine {
         train: bool,
         job: impl Fn(&Prepared, &mut Workspace, &[u32], &[u32]) -> R + Sync,
     ) -> Result<Vec<R>> {
-        check_target(&batch)?;
+        check_target(&batch, self.family.per_position())?;
         if self.family.check_tokens(batch.tokens, batch.rows())? != batch.seq_len {
             return Err(GrokError::tensor(
                 "tokens",
@@ -208,7 +211,8 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
             (
                 ws,
                 &batch.tokens[r.start * seq..r.end * seq],
-                &batch.labels[r],
+                // Per-position targets are the tokens themselves: no labels.
+                batch.labels.get(r).unwrap_or(&[]),
             )
         })
         .collect();
@@ -237,14 +241,19 @@ pub(crate) fn totals(results: &[ChunkStats], rows: usize) -> BatchStats {
     }
 }
 
-/// Refuses a batch whose loss reads more than the last position (and one without a label per row).
-pub(crate) fn check_target(batch: &Batch) -> Result<()> {
-    if batch.target != Target::LastPosition {
-        return Err(GrokError::config(
-            "train.engine",
-            "fast",
-            "the fast engines score the last position only; per-position targets run on \"candle\" (or \"auto\")",
-        ));
+/// Refuses a batch whose loss reads more than the last position where `per_position` is not
+/// supported, and a last-position batch without one label per row.
+pub(crate) fn check_target(batch: &Batch, per_position: bool) -> Result<()> {
+    match batch.target {
+        Target::PreviousToken if per_position => return Ok(()),
+        Target::PreviousToken => {
+            return Err(GrokError::config(
+                "train.engine",
+                "fast",
+                "this family's fast engine scores the last position only; per-position targets run on \"candle\" (or \"auto\")",
+            ))
+        }
+        Target::LastPosition => {}
     }
     if batch.labels.len() != batch.rows() {
         return Err(GrokError::tensor(
@@ -268,7 +277,7 @@ impl Engine for FastEngine {
         grads: &mut Params,
     ) -> Result<BatchStats> {
         let results = self.run_chunks(params, batch, true)?;
-        let stats = totals(&results, batch.rows());
+        let stats = totals(&results, batch.predictions());
         let (first, rest) = self.train_ws[..results.len()].split_at_mut(1);
         let total = first[0]
             .grads
@@ -283,7 +292,7 @@ impl Engine for FastEngine {
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
         let results = self.run_chunks(params, batch, false)?;
-        Ok(totals(&results, batch.rows()))
+        Ok(totals(&results, batch.predictions()))
     }
 
     fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
@@ -340,10 +349,45 @@ pub(crate) fn loss_and_dlogits(
     n_total: Option<usize>,
 ) -> (f64, usize) {
     let vo = logits.len() / labels.len().max(1);
+    let inv = n_total.map(|n| 1.0 / n as f32);
+    let (mut loss, mut correct) = (0.0f64, 0);
+    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
+        let (l, hit) = row_loss(row, y, inv);
+        loss += l;
+        correct += usize::from(hit);
+    }
+    (loss, correct)
+}
+
+/// [`loss_and_dlogits`] for logits at every position of rows of `seq` tokens, position t ≥ 1
+/// predicting token t − 1; position 0's logits (no target) get a zero gradient.
+pub(crate) fn previous_token_loss(
+    logits: &mut [f32],
+    tokens: &[u32],
+    seq: usize,
+    n_total: Option<usize>,
+) -> (f64, usize) {
+    let vo = logits.len() / tokens.len().max(1);
+    let inv = n_total.map(|n| 1.0 / n as f32);
+    let (mut loss, mut correct) = (0.0f64, 0);
+    for (i, row) in logits.chunks_exact_mut(vo).enumerate() {
+        if i % seq == 0 {
+            row.fill(0.0);
+            continue;
+        }
+        let (l, hit) = row_loss(row, tokens[i - 1], inv);
+        loss += l;
+        correct += usize::from(hit);
+    }
+    (loss, correct)
+}
+
+/// One prediction's −log softmax(row)[y] and whether its arg-max is y; with `inv` = 1/n, turns
+/// `row` into d(mean loss)/d(row) in place.
+fn row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
     let mut loss = 0.0f64;
     let mut correct = 0;
-    let inv = n_total.map(|n| 1.0 / n as f32);
-    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
+    {
         let (mut best, mut max) = (0, f32::NEG_INFINITY);
         for (j, &v) in row.iter().enumerate() {
             if v > max {
@@ -366,5 +410,5 @@ pub(crate) fn loss_and_dlogits(
             row[y as usize] -= inv;
         }
     }
-    (loss, correct)
+    (loss, correct == 1)
 }

@@ -1,18 +1,21 @@
-//! Forward and backward passes of a transformer without inner normalization on one chunk of rows,
-//! written by hand: TransformerLens's models (no LayerNorm) and seed 004's BitNet (its quantized
-//! weights, attention over all positions scaled by 1/√d_model, a final RMSNorm with γ).
+//! Forward and backward passes of a transformer on one chunk of rows, written by hand:
+//! TransformerLens's models (without normalization, or with `LN`/`LNPre` before attention, MLP and
+//! unembedding) and seed 004's BitNet (its quantized weights, attention over all positions scaled by
+//! 1/√d_model, a final RMSNorm with γ).
 //!
 //! Two savings over the general path, both exact:
-//! - the loss reads only the last position, so the last block's attention queries, MLP and the
-//!   unembedding run at that position alone;
-//! - block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up from
-//!   `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (and the backward pass mirrors it).
+//! - a last-position loss reads only the last position, so the last block's attention queries, MLP
+//!   and the unembedding run at that position alone (a per-position loss runs them everywhere);
+//! - without normalization, block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up
+//!   from `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (the backward pass mirrors it).
 
-use crate::engine::fast::{loss_and_dlogits, sized, zeroed, ChunkStats};
+use crate::engine::fast::norm::{self, NormCache};
+use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
 use crate::linalg::kernels::exp_f32;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
-use crate::model::transformer::{MlpSlots, TransformerTree};
+use crate::model::transformer::config::Normalization;
+use crate::model::transformer::{MlpSlots, NormSlots, TransformerTree};
 use crate::model::{ActFn, Params, Slot, TransformerConfig};
 
 /// Weights of one block in the layouts the kernels want.
@@ -34,6 +37,8 @@ pub struct BlockWeights {
     pub w_out: Vec<f32>,
     /// `[d_model]`.
     pub b_out: Vec<f32>,
+    /// `ln1.w`, `ln1.b`, `ln2.w`, `ln2.b` `[d_model]` each (empty without an affine LayerNorm).
+    pub ln: [Vec<f32>; 4],
 }
 
 /// All weights (or gradients) of a model in kernel layout.
@@ -51,6 +56,8 @@ pub struct Weights {
     pub b_u: Vec<f32>,
     /// `[d_model]`: the final RMSNorm's γ (empty without one).
     pub gamma: Vec<f32>,
+    /// `ln_final.w`, `ln_final.b` (empty without an affine LayerNorm).
+    pub ln_final: [Vec<f32>; 2],
 }
 
 /// Block 0's Q/K/V per token and per position: `W_E·W_QKV` and `W_pos·W_QKV + b_QKV`.
@@ -77,6 +84,10 @@ pub struct Dims {
     causal: bool,
     /// An RMSNorm x/max(‖x‖, 1e-12)·√d_model·γ before the unembedding (BitNet's `to_logits.0`).
     final_rms: bool,
+    /// LayerNorm before attention, MLP and unembedding.
+    norm: Option<Normalization>,
+    /// Its epsilon.
+    eps: f32,
 }
 
 impl Dims {
@@ -95,6 +106,8 @@ impl Dims {
             scale: 1.0 / (cfg.d_head as f32).sqrt(),
             causal: true,
             final_rms: false,
+            norm: cfg.normalization_type,
+            eps: cfg.eps as f32,
         }
     }
 
@@ -113,6 +126,8 @@ impl Dims {
             scale: cfg.score_scale() as f32,
             causal: cfg.causal,
             final_rms: true,
+            norm: None,
+            eps: 0.0,
         }
     }
 
@@ -128,6 +143,33 @@ impl Dims {
     fn hd(&self) -> usize {
         self.n_heads * self.d_head
     }
+
+    /// Whether block 0's Q/K/V are looked up per token and position (only without normalization).
+    fn lookup(&self) -> bool {
+        self.norm.is_none()
+    }
+}
+
+/// An affine LayerNorm's weight, `None` when absent (`LNPre`).
+fn weight(ln: &[Vec<f32>]) -> Option<&[f32]> {
+    Some(&ln[0][..]).filter(|w| !w.is_empty())
+}
+
+/// Gradient buffers of an affine LayerNorm's `w` and `b`, `None` when absent.
+fn grads<'a>(w: &'a mut [f32], b: &'a mut [f32]) -> Option<(&'a mut [f32], &'a mut [f32])> {
+    (!w.is_empty()).then_some((w, b))
+}
+
+/// An affine LayerNorm's `[w, b]` as stored, or two empty vectors.
+fn norm_params(slots: Option<NormSlots>, params: &Params) -> [Vec<f32>; 2] {
+    slots.map_or([Vec::new(), Vec::new()], |n| {
+        [params[n.w].to_vec(), params[n.b].to_vec()]
+    })
+}
+
+/// `(w, b)` of an affine LayerNorm, `None` for an empty (absent or `LNPre`) one.
+fn affine<'a>(w: &'a [f32], b: &'a [f32]) -> Option<(&'a [f32], &'a [f32])> {
+    (!w.is_empty()).then_some((w, b))
 }
 
 impl Weights {
@@ -155,6 +197,8 @@ impl Weights {
                 let mlp = |pick: fn(&MlpSlots) -> Slot| {
                     slots.mlp.map_or(Vec::new(), |m| params[pick(&m)].to_vec())
                 };
+                let [ln1_w, ln1_b] = norm_params(slots.ln1, params);
+                let [ln2_w, ln2_b] = norm_params(slots.ln2, params);
                 BlockWeights {
                     w_qkv,
                     b_qkv,
@@ -164,6 +208,7 @@ impl Weights {
                     b_in: mlp(|m| m.b_in),
                     w_out: mlp(|m| m.w_out),
                     b_out: mlp(|m| m.b_out),
+                    ln: [ln1_w, ln1_b, ln2_w, ln2_b],
                 }
             })
             .collect();
@@ -174,6 +219,7 @@ impl Weights {
             w_u: params[tree.unembed_w].to_vec(),
             b_u: params[tree.unembed_b].to_vec(),
             gamma: Vec::new(),
+            ln_final: norm_params(tree.ln_final, params),
         }
     }
 
@@ -208,6 +254,7 @@ impl Weights {
                     b_in: vec![0.0; f],
                     w_out: used(b.ff_out, dm, f),
                     b_out: vec![0.0; dm],
+                    ln: Default::default(),
                 }
             })
             .collect();
@@ -218,6 +265,7 @@ impl Weights {
             w_u: transpose(&params[tree.unembed], cfg.d_vocab_out, dm),
             b_u: vec![0.0; cfg.d_vocab_out],
             gamma: params[tree.gamma].to_vec(),
+            ln_final: Default::default(),
         }
     }
 
@@ -271,11 +319,13 @@ impl Weights {
                     b_in: z(&b.b_in),
                     w_out: z(&b.w_out),
                     b_out: z(&b.b_out),
+                    ln: b.ln.clone().map(|v| z(&v)),
                 })
                 .collect(),
             w_u: z(&self.w_u),
             b_u: z(&self.b_u),
             gamma: z(&self.gamma),
+            ln_final: self.ln_final.clone().map(|v| z(&v)),
         }
     }
 
@@ -292,7 +342,9 @@ impl Weights {
             &mut self.b_u,
             &mut self.gamma,
         ];
+        v.extend(self.ln_final.iter_mut());
         for b in &mut self.blocks {
+            v.extend(b.ln.iter_mut());
             v.extend([
                 &mut b.w_qkv,
                 &mut b.b_qkv,
@@ -333,7 +385,16 @@ impl Weights {
         put(out, tree.pos, &self.w_pos);
         put(out, tree.unembed_w, &self.w_u);
         put(out, tree.unembed_b, &self.b_u);
+        let put_norm = |out: &mut Params, slots: Option<NormSlots>, [w, b]: [&Vec<f32>; 2]| {
+            if let Some(n) = slots {
+                put(out, n.w, w);
+                put(out, n.b, b);
+            }
+        };
+        put_norm(out, tree.ln_final, [&self.ln_final[0], &self.ln_final[1]]);
         for (slots, b) in tree.blocks.iter().zip(&self.blocks) {
+            put_norm(out, slots.ln1, [&b.ln[0], &b.ln[1]]);
+            put_norm(out, slots.ln2, [&b.ln[2], &b.ln[3]]);
             let a = &slots.attn;
             put(out, a.w_o, &b.w_o);
             put(out, a.b_o, &b.b_o);
@@ -413,6 +474,9 @@ struct BlockCache {
     pre: Vec<f32>,
     /// `[rows·tq, d_mlp]`.
     post: Vec<f32>,
+    /// LayerNorm before attention (every position) and before the MLP (query positions).
+    ln1: NormCache,
+    ln2: NormCache,
 }
 
 /// Buffers one thread reuses from step to step, so the hot loop allocates nothing.
@@ -434,6 +498,10 @@ pub struct Workspace {
     dx: Vec<f32>,
     g_tok: Vec<f32>,
     g_pos: Vec<f32>,
+    /// The final LayerNorm.
+    ln_final: NormCache,
+    /// d(loss)/d(a LayerNorm's output).
+    dnorm: Vec<f32>,
     /// Gradients of the last backward pass.
     pub grads: Option<Weights>,
 }
@@ -448,15 +516,20 @@ pub struct Prepared<'a> {
 impl<'a> Prepared<'a> {
     /// Prepares `w` (laid out for `d`) for passes over batches.
     pub fn new(d: Dims, w: &'a Weights) -> Self {
-        Prepared {
-            lookup: w.lookup(&d),
-            w,
-            d,
-        }
+        let lookup = if d.lookup() {
+            w.lookup(&d)
+        } else {
+            Lookup {
+                per_token: Vec::new(),
+                per_position: Vec::new(),
+            }
+        };
+        Prepared { lookup, w, d }
     }
 
-    /// Forward (and, if `n_total` is given, backward for a mean over `n_total` rows, leaving the
-    /// gradients in `ws.grads`) on the chunk's rows.
+    /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
+    /// leaving the gradients in `ws.grads`) on the chunk's rows; the loss reads `labels` at the last
+    /// position, or with `per_position` every position's previous token.
     pub fn run(
         &self,
         ws: &mut Workspace,
@@ -464,17 +537,25 @@ impl<'a> Prepared<'a> {
         labels: &[u32],
         seq: usize,
         n_total: Option<usize>,
+        per_position: bool,
     ) -> ChunkStats {
-        let rows = labels.len();
+        let rows = tokens.len() / seq;
         let d = &self.d;
         let n_layers = self.w.blocks.len();
-        self.forward(ws, tokens, rows, seq);
+        let out_positions = if per_position { seq } else { 1 };
+        self.forward(ws, tokens, rows, seq, out_positions);
         let vo = d.d_vocab_out;
-        let logits = &mut ws.logits[..rows * vo];
-        let (loss_sum, correct) = loss_and_dlogits(logits, labels, n_total);
+        let n_out = rows * out_positions;
+        let logits = &mut ws.logits[..n_out * vo];
+        let (loss_sum, correct) = if per_position {
+            previous_token_loss(logits, tokens, seq, n_total)
+        } else {
+            loss_and_dlogits(logits, labels, n_total)
+        };
         if n_total.is_none() {
             return ChunkStats { loss_sum, correct };
         }
+        let rows_out = n_out;
         let mut g = ws.grads.take().unwrap_or_else(|| self.w.zeros_like());
         g.fill_zero();
         let dlogits = &ws.logits;
@@ -484,17 +565,17 @@ impl<'a> Prepared<'a> {
             dlogits,
             d.d_model,
             vo,
-            rows,
+            rows_out,
             true,
             false,
             false,
         );
         add_column_sums(&mut g.b_u, dlogits);
         matmul(
-            sized(&mut ws.dout, rows * d.d_model),
+            sized(&mut ws.dout, rows_out * d.d_model),
             dlogits,
             &self.w.w_u,
-            rows,
+            rows_out,
             d.d_model,
             vo,
             false,
@@ -504,8 +585,16 @@ impl<'a> Prepared<'a> {
         if d.final_rms {
             self.final_norm_backward(ws, rows, &mut g);
         }
+        if d.norm.is_some() {
+            // ws.dout holds d(loss)/d(ln_final output); move it aside and write d(resid) there.
+            std::mem::swap(&mut ws.dout, &mut ws.dnorm);
+            let dout = zeroed(&mut ws.dout, rows_out * d.d_model);
+            let dnorm = &ws.dnorm[..rows_out * d.d_model];
+            let [w, b] = &mut g.ln_final;
+            norm::backward(dnorm, &ws.ln_final, d.d_model, weight(&self.w.ln_final), grads(w, b), dout);
+        }
         for l in (0..n_layers).rev() {
-            let tq = if l + 1 == n_layers { 1 } else { seq };
+            let tq = if l + 1 == n_layers { out_positions } else { seq };
             self.block_backward(l, ws, tokens, rows, seq, tq, &mut g);
             if l > 0 {
                 std::mem::swap(&mut ws.dout, &mut ws.dx);
@@ -518,17 +607,25 @@ impl<'a> Prepared<'a> {
     /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
     pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
         let rows = tokens.len() / seq;
-        self.forward(ws, tokens, rows, seq);
+        self.forward(ws, tokens, rows, seq, 1);
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
-    /// The forward pass: every block, then the unembedding at the last position into `ws.logits`.
-    fn forward(&self, ws: &mut Workspace, tokens: &[u32], rows: usize, seq: usize) {
+    /// The forward pass: every block, then the unembedding at the last `out_positions` positions
+    /// (1, or every position) into `ws.logits`.
+    fn forward(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        rows: usize,
+        seq: usize,
+        out_positions: usize,
+    ) {
         let d = &self.d;
         let n_layers = self.w.blocks.len();
         ws.blocks.resize_with(n_layers, BlockCache::default);
         for l in 0..n_layers {
-            let tq = if l + 1 == n_layers { 1 } else { seq };
+            let tq = if l + 1 == n_layers { out_positions } else { seq };
             let (current, after) = ws.blocks[l..].split_at_mut(1);
             let out = match after.first_mut() {
                 Some(next) => &mut next.x,
@@ -537,8 +634,13 @@ impl<'a> Prepared<'a> {
             self.block_forward(l, &mut current[0], out, tokens, rows, seq, tq);
         }
         let dm = d.d_model;
+        let rows = rows * out_positions;
         let unembed_in = sized(&mut ws.unembed_in, rows * dm);
-        if d.final_rms {
+        if d.norm.is_some() {
+            let [w, b] = &self.w.ln_final;
+            norm::forward(&ws.last[..rows * dm], dm, d.eps, affine(w, b), &mut ws.ln_final);
+            unembed_in.copy_from_slice(&ws.ln_final.y);
+        } else if d.final_rms {
             let normed = sized(&mut ws.normed, rows * dm);
             let norms = sized(&mut ws.norms, rows);
             let root_d = (dm as f32).sqrt();
@@ -616,8 +718,21 @@ impl<'a> Prepared<'a> {
         let b = &self.w.blocks[l];
         let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
         let n3 = 3 * hd;
+        let lookup = l == 0 && d.lookup();
+        if l == 0 && !lookup {
+            // The embedding, materialised: a LayerNorm reads it.
+            let x = sized(&mut c.x, rows * seq * dm);
+            for (i, row) in x.chunks_exact_mut(dm).enumerate() {
+                let (tok, t) = (tokens[i] as usize, i % seq);
+                let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
+                let p = &self.w.w_pos[t * dm..(t + 1) * dm];
+                row.iter_mut()
+                    .zip(e.iter().zip(p))
+                    .for_each(|(o, (a, b))| *o = a + b);
+            }
+        }
         let qkv = sized(&mut c.qkv, rows * seq * n3);
-        if l == 0 {
+        if lookup {
             for (i, row) in qkv.chunks_exact_mut(n3).enumerate() {
                 let (tok, t) = (tokens[i] as usize, i % seq);
                 let a = &self.lookup.per_token[tok * n3..(tok + 1) * n3];
@@ -627,7 +742,14 @@ impl<'a> Prepared<'a> {
                     .for_each(|(o, (x, y))| *o = x + y);
             }
         } else {
-            matmul(qkv, &c.x, &b.w_qkv, rows * seq, n3, dm, false, false, false);
+            let input = if d.norm.is_some() {
+                let [w, bias, ..] = &b.ln;
+                norm::forward(&c.x[..rows * seq * dm], dm, d.eps, affine(w, bias), &mut c.ln1);
+                &c.ln1.y
+            } else {
+                &c.x
+            };
+            matmul(qkv, input, &b.w_qkv, rows * seq, n3, dm, false, false, false);
             add_bias(qkv, &b.b_qkv);
         }
         // Residual stream at the query positions.
@@ -637,7 +759,7 @@ impl<'a> Prepared<'a> {
             for qi in 0..tq {
                 let t = first_q + qi;
                 let dst = &mut mid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm];
-                if l == 0 {
+                if lookup {
                     let tok = tokens[r * seq + t] as usize;
                     let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
                     let p = &self.w.w_pos[t * dm..(t + 1) * dm];
@@ -691,7 +813,14 @@ impl<'a> Prepared<'a> {
         }
         let m = d.d_mlp;
         let pre = sized(&mut c.pre, rows * tq * m);
-        matmul(pre, mid, &b.w_in, rows * tq, m, dm, false, false, false);
+        let input = if d.norm.is_some() {
+            let [.., w, bias] = &b.ln;
+            norm::forward(mid, dm, d.eps, affine(w, bias), &mut c.ln2);
+            &c.ln2.y
+        } else {
+            &*mid
+        };
+        matmul(pre, input, &b.w_in, rows * tq, m, dm, false, false, false);
         add_bias(pre, &b.b_in);
         let post = sized(&mut c.post, rows * tq * m);
         match d.act {
@@ -749,9 +878,17 @@ impl<'a> Prepared<'a> {
                     .for_each(|(g, &x)| *g *= gelu_new_grad(x)),
                 ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
             }
-            matmul(&mut gb.w_in, &c.mid, dpre, dm, m, nq, true, false, false);
+            let input = if d.norm.is_some() { &c.ln2.y } else { &c.mid };
+            matmul(&mut gb.w_in, input, dpre, dm, m, nq, true, false, false);
             add_column_sums(&mut gb.b_in, dpre);
-            matmul(dmid, dpre, &b.w_in, nq, dm, m, false, true, true);
+            if d.norm.is_some() {
+                let dn = sized(&mut ws.dnorm, nq * dm);
+                matmul(dn, dpre, &b.w_in, nq, dm, m, false, true, false);
+                let [.., w, bias] = &mut gb.ln;
+                norm::backward(dn, &c.ln2, dm, weight(&b.ln[2..]), grads(w, bias), dmid);
+            } else {
+                matmul(dmid, dpre, &b.w_in, nq, dm, m, false, true, true);
+            }
         }
         let dmid = &ws.dout[..nq * dm];
         matmul(&mut gb.w_o, &c.z, dmid, hd, dm, nq, true, false, false);
@@ -805,19 +942,22 @@ impl<'a> Prepared<'a> {
             }
         }
         add_column_sums(&mut gb.b_qkv, dqkv);
-        if l > 0 {
-            matmul(
-                &mut gb.w_qkv,
-                &c.x,
-                dqkv,
-                dm,
-                n3,
-                rows * seq,
-                true,
-                false,
-                false,
-            );
-            matmul(dx, dqkv, &b.w_qkv, rows * seq, dm, n3, false, true, true);
+        if l > 0 || !d.lookup() {
+            let input = if d.norm.is_some() { &c.ln1.y } else { &c.x };
+            let n = rows * seq;
+            matmul(&mut gb.w_qkv, input, dqkv, dm, n3, n, true, false, false);
+            if d.norm.is_some() {
+                let dn = sized(&mut ws.dnorm, n * dm);
+                matmul(dn, dqkv, &b.w_qkv, n, dm, n3, false, true, false);
+                let [w, bias, ..] = &mut gb.ln;
+                norm::backward(dn, &c.ln1, dm, weight(&b.ln), grads(w, bias), dx);
+            } else {
+                matmul(dx, dqkv, &b.w_qkv, n, dm, n3, false, true, true);
+            }
+            if l > 0 {
+                return;
+            }
+            Self::scatter_embedding_grads(dx, tokens, seq, dm, g);
             return;
         }
         // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
@@ -863,6 +1003,12 @@ impl<'a> Prepared<'a> {
             true,
             true,
         );
+        Self::scatter_embedding_grads(dx, tokens, seq, dm, g);
+    }
+
+    /// Adds d(loss)/d(block 0's input) `dx` at every position to the rows of `W_E` (by token) and
+    /// `W_pos` (by position) it was read from.
+    fn scatter_embedding_grads(dx: &[f32], tokens: &[u32], seq: usize, dm: usize, g: &mut Weights) {
         for (i, row) in dx.chunks_exact(dm).enumerate() {
             let (tok, t) = (tokens[i] as usize, i % seq);
             axpy(&mut g.w_e[tok * dm..(tok + 1) * dm], 1.0, row);
