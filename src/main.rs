@@ -313,8 +313,40 @@ fn build_config(
     Ok(cfg.resolve()?)
 }
 
+/// Prints what one epoch (step) and the whole run will take on this machine, timed on a sample of
+/// rows, before a run whose epochs are long enough for it to matter.
+fn print_estimate(trainer: &mut Trainer) -> Result<()> {
+    const SAMPLE_ROWS: usize = 4096;
+    let (n_train, n_test) = trainer.rows();
+    if n_train + n_test <= SAMPLE_ROWS {
+        return Ok(());
+    }
+    let per_epoch = trainer.estimate_epoch_seconds(SAMPLE_ROWS)?;
+    let left = trainer.cfg.train.epochs.saturating_sub(trainer.epoch);
+    let unit = trainer.cfg.task.unit();
+    let run = per_epoch * left as f64;
+    let (amount, scale) = match run {
+        r if r >= 2.0 * 86_400.0 => (r / 86_400.0, "days"),
+        r if r >= 2.0 * 3600.0 => (r / 3600.0, "hours"),
+        r if r >= 120.0 => (r / 60.0, "minutes"),
+        r => (r, "seconds"),
+    };
+    println!(
+        "estimated on this machine ({} threads): {per_epoch:.2} s per {unit} ({n_train} train rows, \
+         test evaluated every {} {unit}s), {amount:.1} {scale} for the {left} {unit}s left \
+         (less if an early stop is met)",
+        groklens::engine::thread_count(trainer.cfg.train.threads),
+        trainer.cfg.train.eval_every
+    );
+    Ok(())
+}
+
 fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
     let total = trainer.cfg.train.epochs;
+    let unit = trainer.cfg.task.unit();
+    if !quiet {
+        print_estimate(&mut trainer)?;
+    }
     let start = Instant::now();
     let first_epoch = trainer.epoch;
     let mut last_draw = Instant::now();
@@ -325,7 +357,7 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         last_draw = Instant::now();
         let rate = (row.epoch - first_epoch) as f64 / start.elapsed().as_secs_f64().max(1e-9);
         eprint!(
-            "\repoch {:>6}/{total} | train loss {:9.3e} acc {:6.2}% | test loss {:9.3e} acc {:6.2}% | {:7.1} epochs/s ",
+            "\r{unit} {:>6}/{total} | train loss {:9.3e} acc {:6.2}% | test loss {:9.3e} acc {:6.2}% | {:7.1} {unit}s/s ",
             row.epoch,
             row.train_loss,
             100.0 * row.train_acc,
@@ -342,9 +374,9 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let last = outcome.last.context("no evaluation was recorded")?;
     let epochs = match first_epoch {
-        0 => format!("{} epochs in {secs:.1}s", outcome.epochs),
+        0 => format!("{} {unit}s in {secs:.1}s", outcome.epochs),
         e => format!(
-            "{} epochs ({e} before this resume, {} now in {secs:.1}s; {:.1}s in all)",
+            "{} {unit}s ({e} before this resume, {} now in {secs:.1}s; {:.1}s in all)",
             outcome.epochs,
             outcome.epochs - e,
             last.elapsed_s
@@ -358,6 +390,10 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         last.test_loss,
         100.0 * last.test_acc
     );
+    if trainer.cfg.task.is_streamed() {
+        // Every batch is fresh: there is no train/test gap to close, so no grokking epoch.
+        return Ok(());
+    }
     match grokking_epoch(&trainer.history, GROKKED_ACCURACY) {
         Some(e) => println!("grokked (test accuracy >= 99%) at epoch {e}"),
         None => println!("did not reach 99% test accuracy"),

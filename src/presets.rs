@@ -352,7 +352,9 @@ fn seed_000(demo: RunConfig) -> RunConfig {
         }),
         train: TrainConfig {
             epochs: 50_000,
-            micro_batch: 1 << 16,
+            // The seed sums 2¹⁶-row batches into each full-batch step; 2¹³-row micro-batches give
+            // the same gradient (up to float rounding) in an eighth of the activation memory.
+            micro_batch: 1 << 13,
             stop_at_test_loss: 0.01,
             ..demo.train
         },

@@ -228,8 +228,16 @@ fn previous_token_model(normalization: Option<Normalization>) -> TransformerConf
 
 #[test]
 fn fast_matches_candle_on_the_previous_token_loss_with_layernorm() {
-    compare_on(previous_token_model(Some(Normalization::LN)), 5, Target::PreviousToken);
-    compare_on(previous_token_model(Some(Normalization::LN)), 3, Target::PreviousToken);
+    compare_on(
+        previous_token_model(Some(Normalization::LN)),
+        5,
+        Target::PreviousToken,
+    );
+    compare_on(
+        previous_token_model(Some(Normalization::LN)),
+        3,
+        Target::PreviousToken,
+    );
 }
 
 #[test]
@@ -241,6 +249,10 @@ fn fast_matches_candle_with_layernorm_and_lnpre() {
         },
         5,
     );
-    compare_on(previous_token_model(Some(Normalization::LNPre)), 5, Target::PreviousToken);
+    compare_on(
+        previous_token_model(Some(Normalization::LNPre)),
+        5,
+        Target::PreviousToken,
+    );
     compare_on(previous_token_model(None), 4, Target::PreviousToken);
 }

@@ -12,10 +12,7 @@ use crate::rng::RngKind;
 use crate::tasks::{Target, TaskConfig};
 pub mod train;
 
-pub use train::TrainConfig;
-
-/// Evaluation sets larger than this are evaluated in passes of this many rows.
-pub const EVAL_CHUNK_ROWS: usize = 65_536;
+pub use train::{TrainConfig, EVAL_CHUNK_ROWS};
 
 /// Everything that defines a run; `config.toml` in a run directory holds the resolved form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +120,7 @@ impl RunConfig {
             0 => step,
             m => m.min(step),
         };
-        train_pass.max(test.min(EVAL_CHUNK_ROWS))
+        train_pass.max(test.min(self.train.eval_pass_rows()))
     }
 
     /// Refuses a run that would not fit in memory ([`RunConfig::training_memory`]).

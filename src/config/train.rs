@@ -78,6 +78,9 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// Without `micro_batch`, evaluation sets larger than this are evaluated in passes of this many rows.
+pub const EVAL_CHUNK_ROWS: usize = 65_536;
+
 /// More epochs than any run could finish (a full-batch epoch of the smallest preset takes ~1 ms).
 const MAX_EPOCHS: usize = 1_000_000_000;
 
@@ -107,6 +110,15 @@ impl TrainConfig {
             seed: 0,
             engine: EngineKind::Auto,
             threads: 0,
+        }
+    }
+
+    /// Rows per evaluation pass: `micro_batch` when set (the memory budget it names), else
+    /// [`EVAL_CHUNK_ROWS`].
+    pub fn eval_pass_rows(&self) -> usize {
+        match self.micro_batch {
+            0 => EVAL_CHUNK_ROWS,
+            m => m,
         }
     }
 

@@ -5,7 +5,6 @@ use std::time::Instant;
 use super::shuffle::Shuffle;
 use crate::config::train::glob_match;
 use crate::config::RunConfig;
-use crate::config::EVAL_CHUNK_ROWS;
 use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::spectral_norm;
@@ -363,6 +362,46 @@ impl Trainer {
         Ok((stats, lr))
     }
 
+    /// Seconds one epoch (one step for a stream) and its evaluation will take on this machine,
+    /// measured on a sample of at most `sample` rows of the train and test sets and scaled by
+    /// their sizes. Leaves the parameters and optimizer untouched.
+    pub fn estimate_epoch_seconds(&mut self, sample: usize) -> Result<f64> {
+        let target = self.cfg.task.target();
+        let (n_train, n_test) = self.rows();
+        let sample_rows = |rows: &SplitRows, n: usize, out: &mut Dataset| {
+            rows.write(0..n.min(rows.len()), out);
+        };
+        match &self.train {
+            TrainRows::Split(rows) => sample_rows(rows, sample, &mut self.rows),
+            TrainRows::Stream(stream, _) => {
+                let task = self
+                    .cfg
+                    .task
+                    .sequence()
+                    .expect("a stream is a sequence task");
+                SequenceStream::at(task, sample.min(n_train).max(1), stream.step())
+                    .next_batch(&mut self.rows);
+            }
+        }
+        let rows = self.rows.rows().max(1);
+        let started = Instant::now();
+        self.engine.loss_and_grads(
+            &self.params,
+            &self.trainable,
+            Batch::of(&self.rows, target),
+            &mut self.grads,
+        )?;
+        let train_s = started.elapsed().as_secs_f64() * n_train as f64 / rows as f64;
+        sample_rows(&self.test, sample, &mut self.rows);
+        let rows = self.rows.rows().max(1);
+        let started = Instant::now();
+        self.engine
+            .evaluate(&self.params, Batch::of(&self.rows, target))?;
+        let eval_every = self.cfg.train.eval_every.max(1) as f64;
+        let test_s = started.elapsed().as_secs_f64() * n_test as f64 / rows as f64 / eval_every;
+        Ok(train_s + test_s)
+    }
+
     /// Largest singular value of the output layer's weight now (warm-started power iteration).
     pub fn output_spectral_norm(&mut self) -> f64 {
         let (slot, rows, cols) = self.output_weight;
@@ -370,12 +409,15 @@ impl Trainer {
     }
 
     /// Loss and accuracy on the test set (for a stream, the evaluation set) with the current
-    /// parameters, in passes of at most [`EVAL_CHUNK_ROWS`] rows.
+    /// parameters, in passes of at most [`TrainConfig::eval_pass_rows`] rows.
+    ///
+    /// [`TrainConfig::eval_pass_rows`]: crate::config::TrainConfig::eval_pass_rows
     pub fn evaluate_test(&mut self) -> Result<BatchStats> {
         let target = self.cfg.task.target();
+        let pass = self.cfg.train.eval_pass_rows();
         let mut stats = BatchStats::default();
-        for lo in (0..self.test.len()).step_by(EVAL_CHUNK_ROWS) {
-            let hi = (lo + EVAL_CHUNK_ROWS).min(self.test.len());
+        for lo in (0..self.test.len()).step_by(pass) {
+            let hi = (lo + pass).min(self.test.len());
             self.test.write(lo..hi, &mut self.rows);
             let part = self
                 .engine

@@ -92,10 +92,14 @@ mod tests {
     #[test]
     fn backward_matches_finite_differences() {
         let d = 5;
-        let x: Vec<f32> = (0..2 * d).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3).collect();
+        let x: Vec<f32> = (0..2 * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.3)
+            .collect();
         let w: Vec<f32> = (0..d).map(|i| 0.5 + i as f32 * 0.2).collect();
         let b: Vec<f32> = (0..d).map(|i| i as f32 * 0.1).collect();
-        let probe: Vec<f32> = (0..2 * d).map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5).collect();
+        let probe: Vec<f32> = (0..2 * d)
+            .map(|i| ((i * 3 % 7) as f32 - 3.0) * 0.5)
+            .collect();
         let mut c = NormCache::default();
         forward(&x, d, 1e-5, Some((&w, &b)), &mut c);
         let mut dx = vec![0.0; x.len()];
@@ -106,14 +110,20 @@ mod tests {
             let (mut up, mut down) = (x.clone(), x.clone());
             up[i] += h;
             down[i] -= h;
-            let num = (loss(&up, d, &w, &b, &probe) - loss(&down, d, &w, &b, &probe)) / (2.0 * h as f64);
-            assert!((num - dx[i] as f64).abs() < 2e-3, "dx[{i}]: {num} vs {}", dx[i]);
+            let num =
+                (loss(&up, d, &w, &b, &probe) - loss(&down, d, &w, &b, &probe)) / (2.0 * h as f64);
+            assert!(
+                (num - dx[i] as f64).abs() < 2e-3,
+                "dx[{i}]: {num} vs {}",
+                dx[i]
+            );
         }
         for i in 0..d {
             let (mut up, mut down) = (w.clone(), w.clone());
             up[i] += h;
             down[i] -= h;
-            let num = (loss(&x, d, &up, &b, &probe) - loss(&x, d, &down, &b, &probe)) / (2.0 * h as f64);
+            let num =
+                (loss(&x, d, &up, &b, &probe) - loss(&x, d, &down, &b, &probe)) / (2.0 * h as f64);
             assert!((num - dw[i] as f64).abs() < 2e-3, "dw[{i}]");
             let want_db: f32 = (0..2).map(|r| probe[r * d + i]).sum();
             assert!((db[i] - want_db).abs() < 1e-6);

@@ -591,10 +591,21 @@ impl<'a> Prepared<'a> {
             let dout = zeroed(&mut ws.dout, rows_out * d.d_model);
             let dnorm = &ws.dnorm[..rows_out * d.d_model];
             let [w, b] = &mut g.ln_final;
-            norm::backward(dnorm, &ws.ln_final, d.d_model, weight(&self.w.ln_final), grads(w, b), dout);
+            norm::backward(
+                dnorm,
+                &ws.ln_final,
+                d.d_model,
+                weight(&self.w.ln_final),
+                grads(w, b),
+                dout,
+            );
         }
         for l in (0..n_layers).rev() {
-            let tq = if l + 1 == n_layers { out_positions } else { seq };
+            let tq = if l + 1 == n_layers {
+                out_positions
+            } else {
+                seq
+            };
             self.block_backward(l, ws, tokens, rows, seq, tq, &mut g);
             if l > 0 {
                 std::mem::swap(&mut ws.dout, &mut ws.dx);
@@ -625,7 +636,11 @@ impl<'a> Prepared<'a> {
         let n_layers = self.w.blocks.len();
         ws.blocks.resize_with(n_layers, BlockCache::default);
         for l in 0..n_layers {
-            let tq = if l + 1 == n_layers { out_positions } else { seq };
+            let tq = if l + 1 == n_layers {
+                out_positions
+            } else {
+                seq
+            };
             let (current, after) = ws.blocks[l..].split_at_mut(1);
             let out = match after.first_mut() {
                 Some(next) => &mut next.x,
@@ -638,7 +653,13 @@ impl<'a> Prepared<'a> {
         let unembed_in = sized(&mut ws.unembed_in, rows * dm);
         if d.norm.is_some() {
             let [w, b] = &self.w.ln_final;
-            norm::forward(&ws.last[..rows * dm], dm, d.eps, affine(w, b), &mut ws.ln_final);
+            norm::forward(
+                &ws.last[..rows * dm],
+                dm,
+                d.eps,
+                affine(w, b),
+                &mut ws.ln_final,
+            );
             unembed_in.copy_from_slice(&ws.ln_final.y);
         } else if d.final_rms {
             let normed = sized(&mut ws.normed, rows * dm);
@@ -744,12 +765,28 @@ impl<'a> Prepared<'a> {
         } else {
             let input = if d.norm.is_some() {
                 let [w, bias, ..] = &b.ln;
-                norm::forward(&c.x[..rows * seq * dm], dm, d.eps, affine(w, bias), &mut c.ln1);
+                norm::forward(
+                    &c.x[..rows * seq * dm],
+                    dm,
+                    d.eps,
+                    affine(w, bias),
+                    &mut c.ln1,
+                );
                 &c.ln1.y
             } else {
                 &c.x
             };
-            matmul(qkv, input, &b.w_qkv, rows * seq, n3, dm, false, false, false);
+            matmul(
+                qkv,
+                input,
+                &b.w_qkv,
+                rows * seq,
+                n3,
+                dm,
+                false,
+                false,
+                false,
+            );
             add_bias(qkv, &b.b_qkv);
         }
         // Residual stream at the query positions.
