@@ -259,8 +259,21 @@ fn report(dir: &std::path::Path) -> Result<()> {
     if !groklens::run::is_run_dir(dir) {
         bail!("{} is not a run directory (no config.toml); train one with `groklens train` or `groklens grok`", dir.display());
     }
-    let summary = groklens::report::write_report(dir)?;
-    println!("{}", summary.text());
+    let cfg = RunDir::new(dir).load_config()?;
+    match cfg.task {
+        groklens::tasks::TaskConfig::Modular(_) => {
+            println!("{}", groklens::report::write_report(dir)?.text())
+        }
+        groklens::tasks::TaskConfig::PreviousToken(_) => println!(
+            "{}",
+            groklens::report::sequence::write_sequence_report(dir)?.text()
+        ),
+        groklens::tasks::TaskConfig::Compound(_) => bail!(
+            "{}: the report does not cover compound-expression runs yet (its Fourier analysis reads two \
+             operands); metrics.csv and the checkpoints hold the run",
+            dir.display()
+        ),
+    }
     Ok(())
 }
 

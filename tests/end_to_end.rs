@@ -226,6 +226,75 @@ fn quick_seed_004_compares_a_grokking_binary_bitnet_with_a_transformer() {
 }
 
 /// Debian's Chromium, or `$CHROMIUM`.
+/// `groklens grok --preset quick-prev-token`: a small seed-003 model (LayerNorm, no positional
+/// embedding) learns the previous token on the fast engine; the sequence report finds a head attending
+/// to BOS as 1/(i+1), the mean-ablation sweep covers every hook point with the embedding hurting most,
+/// and the page draws in Chromium.
+#[test]
+fn quick_prev_token_learns_the_previous_token_and_its_report_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qp");
+    let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+        .args(["grok", "--preset", "quick-prev-token", "--quiet", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("400 steps") && stdout.contains("with the fast engine"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("grokked"),
+        "a stream has no grokking epoch: {stdout}"
+    );
+    let metrics = metrics::read(&RunDir::new(&dir).metrics_path()).unwrap();
+    let last = metrics.last().unwrap();
+    assert!(last.test_acc > 0.95 && last.test_loss < 0.2, "{last:?}");
+
+    let a = groklens::analysis::sequence::analyze_sequence_run(&dir).unwrap();
+    assert_eq!(a.loss_by_position.len(), 11);
+    assert_eq!(a.heads, ["L0H0", "L1H0"]);
+    for m in &a.mean_patterns {
+        for q in 0..12 {
+            let row: f32 = (0..12).map(|k| m.at(q, k)).sum();
+            assert!((row - 1.0).abs() < 1e-4, "attention rows sum to 1");
+            assert!((q + 1..12).all(|k| m.at(q, k) == 0.0), "causal");
+        }
+    }
+    assert!(
+        a.findings().iter().any(|f| f.contains("BOS")),
+        "{:?}",
+        a.findings()
+    );
+    let sorted = a.ablation_sorted();
+    let clean = a.ablation[0].loss;
+    assert!(sorted[0].loss > 10.0 * clean, "{:?}", &sorted[..3]);
+    assert!(
+        ["hook_embed", "blocks.0.hook_resid_pre"].contains(&sorted[0].hook.as_str()),
+        "{:?}",
+        sorted[0]
+    );
+    assert!(sorted.iter().all(|r| r.hook != "hook_pos_embed"));
+    assert_eq!(
+        a.dla_labels,
+        [
+            "embed",
+            "0_attn_out",
+            "0_mlp_out",
+            "1_attn_out",
+            "1_mlp_out"
+        ]
+    );
+    check_in_browser(
+        &dir.join("report.html"),
+        14,
+        "report-prev-token-screenshot.png",
+    );
+}
+
 fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return Some(PathBuf::from(p));

@@ -9,6 +9,7 @@ pub mod grid;
 pub mod neurons;
 pub mod progress;
 pub mod quantized;
+pub mod sequence;
 pub mod stats;
 
 use crate::tasks::Target;

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod figures;
 pub mod page;
 pub mod sections;
+pub mod sequence;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
