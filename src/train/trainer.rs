@@ -18,7 +18,7 @@ enum TrainRows {
     /// A finite task's train split: epochs of (shuffled) minibatches.
     Split(SplitRows),
     /// A stream: a fresh batch every step; the batch is kept while its micro-batches are run.
-    Stream(SequenceStream, Dataset),
+    Stream(Box<SequenceStream>, Dataset),
 }
 
 /// Why [`Trainer::run`] returned.
@@ -172,7 +172,7 @@ impl Trainer {
         }
         let train = match cfg.task.sequence() {
             Some(t) => TrainRows::Stream(
-                SequenceStream::at(t, cfg.train.batch_size, epoch),
+                Box::new(SequenceStream::at(t, cfg.train.batch_size, epoch)),
                 Dataset::default(),
             ),
             None => TrainRows::Split(cfg.task.split_rows(split.train)),
