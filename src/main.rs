@@ -244,8 +244,10 @@ fn run(cli: Cli) -> Result<()> {
                 r.epoch_flops_performed / 1e9
             );
             println!("  reference-equivalent     {:8.1} GFLOP/s  ({:.2} GFLOP/epoch as the Python reference computes it)", r.equivalent_gflops(), r.epoch_flops_full / 1e9);
-            let (secs, rows, hooks) = groklens::bench::run_with_cache_seconds(&cfg, 5)?;
-            println!("  run_with_cache           {:8.1} ms  ({rows} inputs, {hooks} hook points, candle path)", secs * 1e3);
+            if cfg.task.modular().is_some() {
+                let (secs, rows, hooks) = groklens::bench::run_with_cache_seconds(&cfg, 5)?;
+                println!("  run_with_cache           {:8.1} ms  ({rows} inputs, {hooks} hook points, candle path)", secs * 1e3);
+            }
             println!(
                 "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
                 r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
