@@ -122,6 +122,73 @@ pub fn memory_needed(cfg: &RunConfig) -> Estimate {
         .floats("parameters", m.n_params() * 4.0)
 }
 
+/// The model a report analyses, with what the reader must know about it.
+pub(crate) struct AnalysedModel {
+    /// Its epoch (step for a stream).
+    pub epoch: usize,
+    /// Its parameters.
+    pub params: Params,
+    /// Newer checkpoints that did not load.
+    pub skipped: Vec<usize>,
+    /// Notes for the reader: the run is unfinished, checkpoints were skipped and why.
+    pub notes: Vec<String>,
+}
+
+/// The run's `final.safetensors`, or for an unfinished run the newest of its checkpoints `epochs`
+/// that loads (saying which were skipped and why).
+pub(crate) fn analysed_model(
+    run: &RunDir,
+    cfg: &RunConfig,
+    epochs: &[usize],
+    metrics: &[MetricsRow],
+) -> Result<AnalysedModel> {
+    let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
+    if run.final_path().exists() {
+        return Ok(AnalysedModel {
+            epoch: run.final_epoch().unwrap_or(last_evaluated),
+            params: Params::load(&run.final_path(), &cfg.model)?,
+            skipped: Vec::new(),
+            notes: Vec::new(),
+        });
+    }
+    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+    let unit = cfg.task.unit();
+    let newest = epochs.iter().rev().find_map(|&e| {
+        match Params::load(
+            &checkpoint::model_path(&run.checkpoint_dir(), e),
+            &cfg.model,
+        ) {
+            Ok(params) => Some((e, params)),
+            Err(err) => {
+                skipped.push(e);
+                notes.push(format!("Checkpoint of {unit} {e} skipped: {err}"));
+                None
+            }
+        }
+    });
+    let Some((epoch, params)) = newest else {
+        return Err(GrokError::file(
+            &run.root,
+            "holds neither final.safetensors nor a loadable checkpoint: train (or resume) the run first",
+        ));
+    };
+    notes.insert(
+        0,
+        format!(
+            "Unfinished run: it has no final.safetensors; its metrics reach {unit} {last_evaluated} of \
+             {}, and the model analysed here is its newest complete checkpoint, {unit} {epoch}. \
+             `groklens train --resume` continues it.",
+            cfg.train.epochs
+        ),
+    );
+    Ok(AnalysedModel {
+        epoch,
+        params,
+        skipped,
+        notes,
+    })
+}
+
 /// Analyses the run in `dir`: its final model (or latest checkpoint) and every checkpoint.
 pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
     let run = RunDir::new(dir);
@@ -165,45 +232,18 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         ));
     }
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
-    let mut notes = Vec::new();
-    let mut skipped = Vec::new();
     let load_checkpoint = |epoch: usize| {
         Params::load(
             &checkpoint::model_path(&run.checkpoint_dir(), epoch),
             model_cfg,
         )
     };
-    let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
-    let (final_epoch, params) = if run.final_path().exists() {
-        let params = Params::load(&run.final_path(), model_cfg)?;
-        (run.final_epoch().unwrap_or(last_evaluated), params)
-    } else {
-        // An unfinished run: the newest checkpoint that loads, saying which were skipped and why.
-        let newest = epochs.iter().rev().find_map(|&e| match load_checkpoint(e) {
-            Ok(params) => Some((e, params)),
-            Err(err) => {
-                skipped.push(e);
-                notes.push(format!("Checkpoint of epoch {e} skipped: {err}"));
-                None
-            }
-        });
-        let Some((epoch, params)) = newest else {
-            return Err(GrokError::file(
-                dir,
-                "holds neither final.safetensors nor a loadable checkpoint: train (or resume) the run first",
-            ));
-        };
-        notes.insert(
-            0,
-            format!(
-                "Unfinished run: it has no final.safetensors; its metrics reach epoch {last_evaluated} of \
-                 {}, and the model analysed here is its newest complete checkpoint, epoch {epoch}. \
-                 `groklens train --resume` continues it.",
-                cfg.train.epochs
-            ),
-        );
-        (epoch, params)
-    };
+    let AnalysedModel {
+        epoch: final_epoch,
+        params,
+        skipped,
+        mut notes,
+    } = analysed_model(&run, &cfg, &epochs, &metrics)?;
 
     let basis = FourierBasis::new(p);
     let w_e = model_cfg.embedding(&params);

@@ -7,14 +7,15 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
 
+use crate::analysis::{analysed_model, AnalysedModel};
 use crate::engine::loss::loss;
 use crate::error::{GrokError, Result};
 use crate::interp::processing::{process_weights, ProcessOptions};
 use crate::interp::{mean_ablation_sweep, AblationRow, Interp, Names};
 use crate::linalg::Matrix;
-use crate::model::{HookedTransformer, Params};
+use crate::model::HookedTransformer;
 use crate::run::{metrics, MetricsRow, RunDir};
-use crate::tasks::{Dataset, SequenceStream, Target};
+use crate::tasks::Target;
 use crate::RunConfig;
 
 /// Rows of the evaluation set the cached analyses read (seed 003 reads 4 000; the attention and DLA
@@ -32,6 +33,8 @@ pub struct SequenceAnalysis {
     pub metrics: Vec<MetricsRow>,
     /// The step of the model analysed.
     pub final_step: usize,
+    /// What the reader must know about the run: unfinished, checkpoints skipped and why.
+    pub notes: Vec<String>,
     /// Mean loss at positions 1..n_ctx (index 0 is position 1).
     pub loss_by_position: Vec<f32>,
     /// `"L{l}H{h}"` per head, in order.
@@ -73,23 +76,16 @@ pub fn analyze_sequence_run(dir: &Path) -> Result<SequenceAnalysis> {
         ));
     };
     let metrics = metrics::read(&run.metrics_path())?;
-    let (final_step, params) = if run.final_path().exists() {
-        let p = Params::load(&run.final_path(), &cfg.model)?;
-        (run.final_epoch().unwrap_or(0), p)
-    } else {
-        let epochs = crate::run::checkpoint::list_epochs(&run.checkpoint_dir());
-        let Some(&e) = epochs.last() else {
-            return Err(GrokError::file(
-                dir,
-                "holds no final.safetensors or checkpoint: train it first",
-            ));
-        };
-        let path = crate::run::checkpoint::model_path(&run.checkpoint_dir(), e);
-        (e, Params::load(&path, &cfg.model)?)
-    };
+    let epochs = crate::run::checkpoint::list_epochs(&run.checkpoint_dir());
+    let AnalysedModel {
+        epoch: final_step,
+        params,
+        notes,
+        ..
+    } = analysed_model(&run, &cfg, &epochs, &metrics)?;
     let model = HookedTransformer::new(model_cfg, &params)?;
     let eval = task.evaluation_set();
-    let rows = eval.rows().min(ANALYSED_ROWS);
+    let rows = eval.len().min(ANALYSED_ROWS);
     let n_ctx = task.n_ctx;
     let tokens = Tensor::from_slice(&eval.tokens[..rows * n_ctx], (rows, n_ctx), &Device::Cpu)?;
     let (logits, cache) = model.run_with_cache(&tokens, &Names::All)?;
@@ -187,9 +183,7 @@ pub fn analyze_sequence_run(dir: &Path) -> Result<SequenceAnalysis> {
     drop(cache);
 
     // Mean-ablation: means over the analysed rows, loss on a fresh batch past the training stream.
-    let mut fresh = Dataset::default();
-    let past_training = (final_step * cfg.train.batch_size).div_ceil(rows);
-    SequenceStream::at(task, rows, past_training).next_batch(&mut fresh);
+    let fresh = task.unseen_batch(rows, final_step, cfg.train.batch_size);
     let fresh = Tensor::from_slice(&fresh.tokens, (rows, n_ctx), &Device::Cpu)?;
     let no_labels = Tensor::zeros(0, candle_core::DType::U32, &Device::Cpu)?;
     let score = |logits: &Tensor| -> Result<f64> {
@@ -201,6 +195,7 @@ pub fn analyze_sequence_run(dir: &Path) -> Result<SequenceAnalysis> {
         cfg: cfg.clone(),
         metrics,
         final_step,
+        notes,
         loss_by_position,
         heads,
         mean_patterns,

@@ -11,7 +11,7 @@ use groklens::interp::{Interp, Names};
 use groklens::memory::Estimate;
 use groklens::model::{HookedModel, ModelConfig, Params};
 use groklens::run::RunDir;
-use groklens::tasks::{Dataset, SequenceStream, Split};
+use groklens::tasks::{Dataset, Split};
 use groklens::tensor_io::{self, HostTensor};
 use groklens::RunConfig;
 
@@ -128,10 +128,7 @@ fn ablation_rows(cfg: &RunConfig, dir: &RunDir, split: Split) -> Result<(Dataset
         return Ok((train.all(), test.all()));
     };
     let steps = dir.final_epoch().unwrap_or(cfg.train.epochs);
-    let mut fresh = Dataset::default();
-    // Batches of eval_rows rows, starting at the first one past every row the training drew.
-    let past_training = (steps * cfg.train.batch_size).div_ceil(seq.eval_rows);
-    SequenceStream::at(seq, seq.eval_rows, past_training).next_batch(&mut fresh);
+    let fresh = seq.unseen_batch(seq.eval_rows, steps, cfg.train.batch_size);
     Ok((seq.evaluation_set(), fresh))
 }
 
@@ -147,15 +144,15 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
     Estimate::new()
         .floats(
             "activations",
-            (means_rows.rows() + scored_rows.rows()) as f64
+            (means_rows.len() + scored_rows.len()) as f64
                 * cfg.model.activation_floats_per_row()
                 * 2.0,
         )
         .ensure_fits("the ablation sweep", "run it on a machine with more memory")?;
     let params = Params::load(&ckpt, &cfg.model)?;
     let model = cfg.model.build(&params)?;
-    let train_tokens = model.tokens_tensor(&means_rows.tokens, means_rows.rows())?;
-    let test_tokens = model.tokens_tensor(&scored_rows.tokens, scored_rows.rows())?;
+    let train_tokens = model.tokens_tensor(&means_rows.tokens, means_rows.len())?;
+    let test_tokens = model.tokens_tensor(&scored_rows.tokens, scored_rows.len())?;
     let labels = Tensor::from_slice(&scored_rows.labels, scored_rows.labels.len(), &Device::Cpu)?;
     let target = cfg.task.target();
     let loss = |logits: &Tensor| -> groklens::Result<f64> {

@@ -18,8 +18,8 @@ use crate::tensor_io::write_bytes_atomic;
 use page::escape;
 use sections::sections;
 
-/// What `report` wrote and found.
-pub struct ReportSummary {
+/// What a report wrote and found: `A` is the analysis behind the page.
+pub struct Written<A> {
     /// Path of `report.html`.
     pub path: PathBuf,
     /// Size of the page in bytes.
@@ -27,19 +27,55 @@ pub struct ReportSummary {
     /// Seconds to analyse the run and write the page.
     pub seconds: f64,
     /// The analysis behind it.
-    pub analysis: RunAnalysis,
+    pub analysis: A,
+}
+
+/// What `report` wrote and found for a modular run.
+pub type ReportSummary = Written<RunAnalysis>;
+
+impl<A> Written<A> {
+    /// The first line of the terminal summary: where the page is, its size and time.
+    fn headline(&self) -> String {
+        format!(
+            "report: {} ({:.1} MB, {:.1} s)\n",
+            self.path.display(),
+            self.bytes as f64 / 1e6,
+            self.seconds
+        )
+    }
+}
+
+/// Analyses the run in `dir` with `analyse`, renders its summary rows and sections with `page`, and
+/// writes `dir/report.html`.
+pub(crate) fn write_page<A>(
+    dir: &Path,
+    analyse: impl FnOnce(&Path) -> Result<A>,
+    page: impl FnOnce(&A) -> (Vec<(String, String)>, Vec<page::Section>),
+) -> Result<Written<A>> {
+    let started = Instant::now();
+    let analysis = analyse(dir)?;
+    let title = format!(
+        "groklens report — {}",
+        dir.file_name()
+            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
+    );
+    let (rows, sections) = page(&analysis);
+    let html = page::render(&escape(&title), &page::summary_table(&rows), &sections);
+    let path = dir.join("report.html");
+    write_bytes_atomic(&path, html.as_bytes())?;
+    Ok(Written {
+        path,
+        bytes: html.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        analysis,
+    })
 }
 
 impl ReportSummary {
     /// A few lines for the terminal: grokking epoch, key frequencies, clusters, phase boundaries.
     pub fn text(&self) -> String {
         let a = &self.analysis;
-        let mut out = format!(
-            "report: {} ({:.1} MB, {:.1} s)\n",
-            self.path.display(),
-            self.bytes as f64 / 1e6,
-            self.seconds
-        );
+        let mut out = self.headline();
         for note in &a.notes {
             out += &format!("note: {note}\n");
         }
@@ -85,29 +121,11 @@ fn epoch(e: Option<usize>) -> String {
 
 /// Analyses the run in `dir` and writes `dir/report.html`.
 pub fn write_report(dir: &Path) -> Result<ReportSummary> {
-    let started = Instant::now();
-    let analysis = analyze_run(dir)?;
-    let title = format!(
-        "groklens report — {}",
-        dir.file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
-    );
-    let html = page::render(
-        &escape(&title),
-        &summary_table(&analysis),
-        &sections(&analysis),
-    );
-    let path = dir.join("report.html");
-    write_bytes_atomic(&path, html.as_bytes())?;
-    Ok(ReportSummary {
-        path,
-        bytes: html.len(),
-        seconds: started.elapsed().as_secs_f64(),
-        analysis,
-    })
+    write_page(dir, analyze_run, |a| (summary_rows(a), sections(a)))
 }
 
-fn summary_table(a: &RunAnalysis) -> String {
+/// The summary table's rows.
+fn summary_rows(a: &RunAnalysis) -> Vec<(String, String)> {
     let t = &a.cfg.task;
     let last = a.metrics.last();
     let mut rows = vec![
@@ -182,9 +200,5 @@ fn summary_table(a: &RunAnalysis) -> String {
             a.progress.len().saturating_sub(1)
         ),
     ));
-    let cells: String = rows
-        .iter()
-        .map(|(k, v)| format!("<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v)))
-        .collect();
-    format!("<table class=\"summary\">{cells}</table>")
+    rows.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }

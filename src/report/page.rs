@@ -35,6 +35,15 @@ pub fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The summary table at the top of a page: one `(name, value)` row each, escaped.
+pub fn summary_table(rows: &[(String, String)]) -> String {
+    let cells: String = rows
+        .iter()
+        .map(|(k, v)| format!("<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v)))
+        .collect();
+    format!("<table class=\"summary\">{cells}</table>")
+}
+
 /// The whole page.
 pub fn render(title: &str, summary_html: &str, sections: &[Section]) -> String {
     let mut body = String::new();

@@ -2,38 +2,23 @@
 //! attention, direct logit attribution, the folded model's circuits, MLP activations and the
 //! mean-ablation of every hook point, with what they show said in words.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
 use crate::analysis::sequence::{analyze_sequence_run, SequenceAnalysis, CIRCUIT_TOKENS};
 use crate::error::Result;
 use crate::linalg::Matrix;
 use crate::report::figures::{bars, heatmap, lines};
-use crate::report::page::{escape, render, Section};
-use crate::tensor_io::write_bytes_atomic;
+use crate::report::page::Section;
+use crate::report::{write_page, Written};
 
 /// What the sequence report wrote and found.
-pub struct SequenceReport {
-    /// Path of `report.html`.
-    pub path: PathBuf,
-    /// Size of the page in bytes.
-    pub bytes: usize,
-    /// Seconds to analyse the run and write the page.
-    pub seconds: f64,
-    /// The analysis behind it.
-    pub analysis: SequenceAnalysis,
-}
+pub type SequenceReport = Written<SequenceAnalysis>;
 
 impl SequenceReport {
     /// A few lines for the terminal: final loss, the findings, the top ablation rows.
     pub fn text(&self) -> String {
         let a = &self.analysis;
-        let mut out = format!(
-            "report: {} ({:.1} MB, {:.1} s)\n",
-            self.path.display(),
-            self.bytes as f64 / 1e6,
-            self.seconds
-        );
+        let mut out = self.headline();
         if let Some(r) = a.metrics.last() {
             out += &format!(
                 "step {}: evaluation loss {:.4e}, accuracy {:.2}%\n",
@@ -56,25 +41,11 @@ impl SequenceReport {
 
 /// Analyses the previous-token run in `dir` and writes `dir/report.html`.
 pub fn write_sequence_report(dir: &Path) -> Result<SequenceReport> {
-    let started = Instant::now();
-    let analysis = analyze_sequence_run(dir)?;
-    let title = format!(
-        "groklens report — {}",
-        dir.file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
-    );
-    let html = render(&escape(&title), &summary(&analysis), &sections(&analysis));
-    let path = dir.join("report.html");
-    write_bytes_atomic(&path, html.as_bytes())?;
-    Ok(SequenceReport {
-        path,
-        bytes: html.len(),
-        seconds: started.elapsed().as_secs_f64(),
-        analysis,
-    })
+    write_page(dir, analyze_sequence_run, |a| (summary(a), sections(a)))
 }
 
-fn summary(a: &SequenceAnalysis) -> String {
+/// The summary table's rows.
+fn summary(a: &SequenceAnalysis) -> Vec<(String, String)> {
     let mut rows = vec![
         ("Task".to_string(), a.cfg.task.describe()),
         ("Model".to_string(), a.cfg.model.describe()),
@@ -96,11 +67,7 @@ fn summary(a: &SequenceAnalysis) -> String {
         ));
     }
     rows.extend(a.findings().into_iter().map(|f| ("Finding".to_string(), f)));
-    let cells: String = rows
-        .iter()
-        .map(|(k, v)| format!("<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v)))
-        .collect();
-    format!("<table class=\"summary\">{cells}</table>")
+    rows
 }
 
 fn sections(a: &SequenceAnalysis) -> Vec<Section> {

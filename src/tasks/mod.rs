@@ -155,17 +155,26 @@ impl TaskConfig {
     /// fixed evaluation set for a stream.
     pub fn split_sizes(&self, batch_size: usize) -> (usize, usize) {
         match self {
-            TaskConfig::Modular(t) => {
-                let n = t.rows();
-                let train = t.split.train_rows(n, t.train_frac);
-                (train, n - train)
-            }
-            TaskConfig::Compound(t) => {
-                let n = t.rows();
-                let train = t.split.train_rows(n, t.train_frac);
+            TaskConfig::Modular(ModularTask {
+                split, train_frac, ..
+            })
+            | TaskConfig::Compound(CompoundTask {
+                split, train_frac, ..
+            }) => {
+                let n = self.rows();
+                let train = split.train_rows(n, *train_frac);
                 (train, n - train)
             }
             TaskConfig::PreviousToken(t) => (batch_size, t.eval_rows),
+        }
+    }
+
+    /// Rows of a finite task (0 for a stream).
+    pub fn rows(&self) -> usize {
+        match self {
+            TaskConfig::Modular(t) => t.rows(),
+            TaskConfig::Compound(t) => t.rows(),
+            TaskConfig::PreviousToken(_) => 0,
         }
     }
 
@@ -228,7 +237,7 @@ impl TaskConfig {
             TaskConfig::PreviousToken(t) => {
                 let eval = t.evaluation_set();
                 return SplitRows {
-                    indices: (0..eval.rows()).collect(),
+                    indices: (0..eval.len()).collect(),
                     source: RowSource::Table(eval),
                 };
             }
@@ -309,18 +318,26 @@ pub struct Dataset {
 
 impl Dataset {
     /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.tokens.len() / self.seq_len.max(1)
-    }
-
-    /// Number of rows.
     pub fn len(&self) -> usize {
-        self.rows()
+        self.tokens.len() / self.seq_len.max(1)
     }
 
     /// True when there are no rows.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// Writes rows `range` into `out`, replacing its contents (and reusing its buffers).
+    pub fn copy_rows(&self, range: std::ops::Range<usize>, out: &mut Dataset) {
+        let seq = self.seq_len;
+        out.seq_len = seq;
+        out.tokens.clear();
+        out.tokens
+            .extend_from_slice(&self.tokens[range.start * seq..range.end * seq]);
+        out.labels.clear();
+        if !self.labels.is_empty() {
+            out.labels.extend_from_slice(&self.labels[range]);
+        }
     }
 
     /// The rows at `indices`, in that order.
@@ -396,7 +413,7 @@ impl SplitRows {
     /// Rows the task holds (indices must lie below this).
     pub fn task_rows(&self) -> usize {
         match &self.source {
-            RowSource::Table(d) => d.rows(),
+            RowSource::Table(d) => d.len(),
             RowSource::Compound(t) => t.rows(),
         }
     }

@@ -95,6 +95,16 @@ impl SequenceTask {
         }
     }
 
+    /// `rows` sequences from the training stream that no training step drew: the first batch of
+    /// `rows` rows past the `steps` batches of `batch_size` rows a run has trained on (seed 003 scores
+    /// its ablations on such a fresh batch).
+    pub fn unseen_batch(&self, rows: usize, steps: usize, batch_size: usize) -> Dataset {
+        let mut out = Dataset::default();
+        let past_training = (steps * batch_size).div_ceil(rows.max(1));
+        SequenceStream::at(self, rows, past_training).next_batch(&mut out);
+        out
+    }
+
     /// The fixed evaluation set.
     pub fn evaluation_set(&self) -> Dataset {
         let mut out = Dataset::default();
@@ -152,7 +162,7 @@ mod tests {
         s.next_batch(&mut d);
         assert_eq!(&d.tokens[..8], &[0, 93, 34, 155, 274, 116, 114, 248]);
         assert_eq!(&d.tokens[50..55], &[0, 118, 46, 274, 105]);
-        assert_eq!(d.rows(), 2);
+        assert_eq!(d.len(), 2);
         assert!(d.labels.is_empty());
     }
 
@@ -187,7 +197,7 @@ mod tests {
         }
         // The evaluation set is drawn from its own seed.
         let eval = task.evaluation_set();
-        assert_eq!(eval.rows(), task.eval_rows);
+        assert_eq!(eval.len(), task.eval_rows);
         assert_ne!(eval.tokens[..15], batches[0].tokens[..]);
     }
 

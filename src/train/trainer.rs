@@ -17,8 +17,8 @@ use crate::tasks::{Dataset, SequenceStream, Split, SplitRows};
 enum TrainRows {
     /// A finite task's train split: epochs of (shuffled) minibatches.
     Split(SplitRows),
-    /// A stream: a fresh batch every step; the batch is kept while its micro-batches are run.
-    Stream(Box<SequenceStream>, Dataset),
+    /// A stream: a fresh batch every step.
+    Stream(Box<SequenceStream>),
 }
 
 /// Why [`Trainer::run`] returned.
@@ -50,8 +50,8 @@ pub struct Trainer {
     micro_grads: Option<Params>,
     train: TrainRows,
     test: SplitRows,
-    /// The rows of the pass being run (reused).
-    rows: Dataset,
+    /// The rows of the forward/backward pass being run (reused).
+    pass: Dataset,
     engine: Box<dyn Engine>,
     elapsed_before: f64,
     run_dir: Option<RunDir>,
@@ -171,10 +171,9 @@ impl Trainer {
             ));
         }
         let train = match cfg.task.sequence() {
-            Some(t) => TrainRows::Stream(
-                Box::new(SequenceStream::at(t, cfg.train.batch_size, epoch)),
-                Dataset::default(),
-            ),
+            Some(t) => {
+                TrainRows::Stream(Box::new(SequenceStream::at(t, cfg.train.batch_size, epoch)))
+            }
             None => TrainRows::Split(cfg.task.split_rows(split.train)),
         };
         if let Some(unused) = cfg
@@ -206,7 +205,7 @@ impl Trainer {
         )?;
         let n_train = match &train {
             TrainRows::Split(rows) => rows.len(),
-            TrainRows::Stream(..) => 0,
+            TrainRows::Stream(_) => 0,
         };
         Ok(Trainer {
             shuffle: Shuffle::new(&cfg, n_train, test.len(), epoch),
@@ -214,7 +213,7 @@ impl Trainer {
             micro_grads: (cfg.train.micro_batch > 0).then(|| params.zeros_like()),
             train,
             test,
-            rows: Dataset::default(),
+            pass: Dataset::default(),
             engine,
             trainable,
             params,
@@ -244,7 +243,7 @@ impl Trainer {
     pub fn rows(&self) -> (usize, usize) {
         let train = match &self.train {
             TrainRows::Split(rows) => rows.len(),
-            TrainRows::Stream(..) => self.cfg.train.batch_size,
+            TrainRows::Stream(_) => self.cfg.train.batch_size,
         };
         (train, self.test.len())
     }
@@ -255,21 +254,11 @@ impl Trainer {
         let mut total = BatchStats::default();
         let mut lr = 0.0;
         match &mut self.train {
-            TrainRows::Stream(stream, batch) => {
-                stream.next_batch(batch);
-                let batch = std::mem::take(batch);
-                let n = batch.rows();
-                let stats = self.step(n, |lo, hi, out| {
-                    out.seq_len = batch.seq_len;
-                    out.labels.clear();
-                    out.tokens.clear();
-                    out.tokens
-                        .extend_from_slice(&batch.tokens[lo * batch.seq_len..hi * batch.seq_len]);
-                });
-                if let TrainRows::Stream(_, keep) = &mut self.train {
-                    *keep = batch;
-                }
-                let (stats, step_lr) = stats?;
+            TrainRows::Stream(stream) => {
+                let mut batch = Dataset::default();
+                stream.next_batch(&mut batch);
+                let (stats, step_lr) =
+                    self.step(batch.len(), |lo, hi, out| batch.copy_rows(lo..hi, out))?;
                 total = stats;
                 lr = step_lr;
             }
@@ -322,8 +311,8 @@ impl Trainer {
         let mut stats = BatchStats::default();
         for lo in (0..n).step_by(micro.max(1)) {
             let hi = (lo + micro).min(n);
-            write(lo, hi, &mut self.rows);
-            let batch = Batch::of(&self.rows, target);
+            write(lo, hi, &mut self.pass);
+            let batch = Batch::of(&self.pass, target);
             let into = match (&mut self.micro_grads, hi - lo == n) {
                 (Some(g), false) => g,
                 _ => &mut self.grads,
@@ -340,7 +329,7 @@ impl Trainer {
             }
             if let (Some(g), false) = (&self.micro_grads, hi - lo == n) {
                 let share =
-                    part.predictions as f32 / target.predictions(n, self.rows.seq_len) as f32;
+                    part.predictions as f32 / target.predictions(n, self.pass.seq_len) as f32;
                 let slots = self.grads.iter_mut().zip(g.iter()).zip(&self.trainable);
                 for ((acc, add), _) in slots.filter(|(_, &on)| on) {
                     let pairs = acc.data.iter_mut().zip(&add.data);
@@ -372,31 +361,31 @@ impl Trainer {
             rows.write(0..n.min(rows.len()), out);
         };
         match &self.train {
-            TrainRows::Split(rows) => sample_rows(rows, sample, &mut self.rows),
-            TrainRows::Stream(stream, _) => {
+            TrainRows::Split(rows) => sample_rows(rows, sample, &mut self.pass),
+            TrainRows::Stream(stream) => {
                 let task = self
                     .cfg
                     .task
                     .sequence()
                     .expect("a stream is a sequence task");
                 SequenceStream::at(task, sample.min(n_train).max(1), stream.step())
-                    .next_batch(&mut self.rows);
+                    .next_batch(&mut self.pass);
             }
         }
-        let rows = self.rows.rows().max(1);
+        let rows = self.pass.len().max(1);
         let started = Instant::now();
         self.engine.loss_and_grads(
             &self.params,
             &self.trainable,
-            Batch::of(&self.rows, target),
+            Batch::of(&self.pass, target),
             &mut self.grads,
         )?;
         let train_s = started.elapsed().as_secs_f64() * n_train as f64 / rows as f64;
-        sample_rows(&self.test, sample, &mut self.rows);
-        let rows = self.rows.rows().max(1);
+        sample_rows(&self.test, sample, &mut self.pass);
+        let rows = self.pass.len().max(1);
         let started = Instant::now();
         self.engine
-            .evaluate(&self.params, Batch::of(&self.rows, target))?;
+            .evaluate(&self.params, Batch::of(&self.pass, target))?;
         let eval_every = self.cfg.train.eval_every.max(1) as f64;
         let test_s = started.elapsed().as_secs_f64() * n_test as f64 / rows as f64 / eval_every;
         Ok(train_s + test_s)
@@ -418,10 +407,10 @@ impl Trainer {
         let mut stats = BatchStats::default();
         for lo in (0..self.test.len()).step_by(pass) {
             let hi = (lo + pass).min(self.test.len());
-            self.test.write(lo..hi, &mut self.rows);
+            self.test.write(lo..hi, &mut self.pass);
             let part = self
                 .engine
-                .evaluate(&self.params, Batch::of(&self.rows, target))?;
+                .evaluate(&self.params, Batch::of(&self.pass, target))?;
             stats = stats.merged(part);
         }
         Ok(stats)

@@ -743,25 +743,12 @@ impl<'a> Prepared<'a> {
         if l == 0 && !lookup {
             // The embedding, materialised: a LayerNorm reads it.
             let x = sized(&mut c.x, rows * seq * dm);
-            for (i, row) in x.chunks_exact_mut(dm).enumerate() {
-                let (tok, t) = (tokens[i] as usize, i % seq);
-                let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
-                let p = &self.w.w_pos[t * dm..(t + 1) * dm];
-                row.iter_mut()
-                    .zip(e.iter().zip(p))
-                    .for_each(|(o, (a, b))| *o = a + b);
-            }
+            token_plus_position(x, dm, tokens, seq, &self.w.w_e, &self.w.w_pos);
         }
         let qkv = sized(&mut c.qkv, rows * seq * n3);
         if lookup {
-            for (i, row) in qkv.chunks_exact_mut(n3).enumerate() {
-                let (tok, t) = (tokens[i] as usize, i % seq);
-                let a = &self.lookup.per_token[tok * n3..(tok + 1) * n3];
-                let p = &self.lookup.per_position[t * n3..(t + 1) * n3];
-                row.iter_mut()
-                    .zip(a.iter().zip(p))
-                    .for_each(|(o, (x, y))| *o = x + y);
-            }
+            let (per_token, per_position) = (&self.lookup.per_token, &self.lookup.per_position);
+            token_plus_position(qkv, n3, tokens, seq, per_token, per_position);
         } else {
             let input = if d.norm.is_some() {
                 let [w, bias, ..] = &b.ln;
@@ -1056,6 +1043,26 @@ impl<'a> Prepared<'a> {
 
 /// The floor on ‖x‖ in BitNet's final RMSNorm (`F.normalize`'s eps).
 const RMS_MIN_NORM: f32 = 1e-12;
+
+/// Row i of `out` (`width` wide) = row `tokens[i]` of `per_token` + row `i % seq` of `per_position`:
+/// block 0's input, or its looked-up Q/K/V.
+fn token_plus_position(
+    out: &mut [f32],
+    width: usize,
+    tokens: &[u32],
+    seq: usize,
+    per_token: &[f32],
+    per_position: &[f32],
+) {
+    for (i, row) in out.chunks_exact_mut(width).enumerate() {
+        let (tok, t) = (tokens[i] as usize, i % seq);
+        let a = &per_token[tok * width..(tok + 1) * width];
+        let p = &per_position[t * width..(t + 1) * width];
+        row.iter_mut()
+            .zip(a.iter().zip(p))
+            .for_each(|(o, (x, y))| *o = x + y);
+    }
+}
 
 /// The transpose of a row-major `rows × cols` matrix.
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
