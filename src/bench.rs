@@ -1,4 +1,5 @@
-//! `groklens bench`: per-epoch timings of the default preset and the machine's f32 matmul peak.
+//! `groklens bench`: per-epoch timings of a preset (per million rows where an epoch is too long to
+//! time whole) and the machine's f32 matmul peak.
 
 use std::time::Instant;
 
@@ -69,14 +70,14 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
     }
     let (n_train, n_test) = t.rows();
     let m = &cfg.model;
-    let fast = t.engine_name() == "fast";
+    let fast = (t.engine_name() == "fast").then(|| cfg.task.target());
     let batch = cfg.train.batch_rows(n_train);
     let steps: Vec<usize> = (0..n_train)
         .step_by(batch)
         .map(|s| batch.min(n_train - s))
         .collect();
     // A train step is counted as three forwards (forward, backward to activations and to weights).
-    let epoch = |fast: bool| {
+    let epoch = |fast: Option<crate::tasks::Target>| {
         steps
             .iter()
             .map(|&rows| 3.0 * m.forward_flops(rows, fast))
@@ -90,8 +91,83 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         test_forward_ms: median(test_ms),
         steps: steps.len(),
         batch,
-        epoch_flops_full: epoch(false),
+        epoch_flops_full: epoch(None),
         epoch_flops_performed: epoch(fast),
+        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
+    })
+}
+
+/// Train sets above this many rows are timed per million rows on micro-batch samples
+/// ([`bench_rows`]) rather than as whole epochs.
+pub const WHOLE_EPOCH_ROWS: usize = 1 << 17;
+
+/// Measured figures per million rows for a task whose epoch is too long to time whole.
+#[derive(Debug, Clone)]
+pub struct RowsBenchReport {
+    /// Engine that computed the passes.
+    pub engine: &'static str,
+    /// Worker threads used by the engine.
+    pub threads: usize,
+    /// Rows per timed pass (the config's micro-batch).
+    pub pass_rows: usize,
+    /// Median ms of forward + backward per million train rows.
+    pub train_ms_per_million: f64,
+    /// Median ms of the forward pass per million test rows.
+    pub test_ms_per_million: f64,
+    /// Train and test rows of one epoch.
+    pub rows: (usize, usize),
+    /// FLOPs per million rows of forward + backward (3 forwards), reference-equivalent and performed.
+    pub train_flops_per_million: (f64, f64),
+    /// f32 matmul peak of this machine in GFLOP/s (one thread and all threads).
+    pub matmul_peak_gflops: (f64, f64),
+}
+
+impl RowsBenchReport {
+    /// Estimated seconds of one epoch: every train row forward and backward, every test row forward.
+    pub fn epoch_seconds(&self) -> f64 {
+        let (train, test) = self.rows;
+        (self.train_ms_per_million * train as f64 + self.test_ms_per_million * test as f64) / 1e9
+    }
+
+    /// Performed and reference-equivalent GFLOP/s of the training passes.
+    pub fn train_gflops(&self) -> (f64, f64) {
+        let (full, performed) = self.train_flops_per_million;
+        let seconds = self.train_ms_per_million / 1e3;
+        (performed / seconds / 1e9, full / seconds / 1e9)
+    }
+}
+
+/// Times `iters` forward + backward passes and forward passes over one micro-batch (the config's
+/// `train.micro_batch`, else 8 192 rows) after a warm-up, scaled to a million rows.
+pub fn bench_rows(cfg: &RunConfig, iters: usize) -> Result<RowsBenchReport> {
+    let mut t = Trainer::new(cfg.clone())?;
+    let pass = match cfg.train.micro_batch {
+        0 => 8192,
+        rows => rows,
+    };
+    t.time_sample(pass)?;
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let mut pass_rows = pass;
+    for _ in 0..iters.max(1) {
+        let s = t.time_sample(pass)?;
+        train.push(s.train_seconds_per_row() * 1e9);
+        test.push(s.test_seconds_per_row() * 1e9);
+        pass_rows = s.train_rows;
+    }
+    let million = 1_000_000;
+    let fast = (t.engine_name() == "fast").then(|| cfg.task.target());
+    let m = &cfg.model;
+    Ok(RowsBenchReport {
+        engine: t.engine_name(),
+        threads: crate::engine::thread_count(cfg.train.threads),
+        pass_rows,
+        train_ms_per_million: median(train),
+        test_ms_per_million: median(test),
+        rows: t.rows(),
+        train_flops_per_million: (
+            3.0 * m.forward_flops(million, None),
+            3.0 * m.forward_flops(million, fast),
+        ),
         matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
     })
 }

@@ -223,6 +223,10 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--iters must be at least 1 (the median of no timings is undefined)");
             }
             let cfg = build_config(Some(&p), None, &sets)?;
+            let (n_train, _) = cfg.task.split_sizes(cfg.train.batch_size);
+            if n_train > groklens::bench::WHOLE_EPOCH_ROWS {
+                return bench_rows(&p, &cfg, iters);
+            }
             let r = groklens::bench::bench(&cfg, iters)?;
             println!(
                 "preset {p}: engine {}, {} thread(s), median of {iters}",
@@ -257,6 +261,36 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// `bench` for a task whose epoch is too long to time whole: figures per million rows.
+fn bench_rows(preset: &str, cfg: &RunConfig, iters: usize) -> Result<()> {
+    let r = groklens::bench::bench_rows(cfg, iters)?;
+    println!(
+        "preset {preset}: engine {}, {} thread(s), median of {iters} passes of {} rows",
+        r.engine, r.threads, r.pass_rows
+    );
+    println!(
+        "  train forward+backward   {:8.1} ms per million rows",
+        r.train_ms_per_million
+    );
+    println!(
+        "  test forward             {:8.1} ms per million rows",
+        r.test_ms_per_million
+    );
+    let (performed, equivalent) = r.train_gflops();
+    println!("  train effective          {performed:8.1} GFLOP/s  (reference-equivalent {equivalent:.1} GFLOP/s)");
+    println!(
+        "  epoch estimate           {:8.1} s  ({} train rows forward+backward, {} test rows forward)",
+        r.epoch_seconds(),
+        r.rows.0,
+        r.rows.1
+    );
+    println!(
+        "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
+        r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
+    );
+    Ok(())
+}
+
 fn report(dir: &std::path::Path) -> Result<()> {
     if !groklens::run::is_run_dir(dir) {
         bail!("{} is not a run directory (no config.toml); train one with `groklens train` or `groklens grok`", dir.display());
@@ -270,10 +304,9 @@ fn report(dir: &std::path::Path) -> Result<()> {
             "{}",
             groklens::report::sequence::write_sequence_report(dir)?.text()
         ),
-        groklens::tasks::TaskConfig::Compound(_) => bail!(
-            "{}: the report does not cover compound-expression runs yet (its Fourier analysis reads two \
-             operands); metrics.csv and the checkpoints hold the run",
-            dir.display()
+        groklens::tasks::TaskConfig::Compound(_) => println!(
+            "{}",
+            groklens::report::compound::write_compound_report(dir)?.text()
         ),
     }
     Ok(())

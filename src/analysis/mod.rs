@@ -3,6 +3,7 @@
 //! 000, 002 and 004; Nanda et al. 2023). [`analyze_run`] gathers all of it for a run directory; the
 //! functions it calls are usable on their own.
 
+pub mod compound;
 pub mod embedding;
 pub mod fourier;
 pub mod grid;
@@ -143,16 +144,26 @@ pub(crate) fn analysed_model(
     metrics: &[MetricsRow],
 ) -> Result<AnalysedModel> {
     let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
-    if run.final_path().exists() {
-        return Ok(AnalysedModel {
-            epoch: run.final_epoch().unwrap_or(last_evaluated),
-            params: Params::load(&run.final_path(), &cfg.model)?,
-            skipped: Vec::new(),
-            notes: Vec::new(),
-        });
-    }
-    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
     let unit = cfg.task.unit();
+    let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+    if run.final_path().exists() {
+        let epoch = run.final_epoch().unwrap_or(last_evaluated);
+        // A run extended with `--resume` past its first end keeps the old final model until it
+        // finishes again: then the checkpoints are newer.
+        let newest_checkpoint = epochs.last().copied().unwrap_or(0);
+        if epoch >= newest_checkpoint {
+            return Ok(AnalysedModel {
+                epoch,
+                params: Params::load(&run.final_path(), &cfg.model)?,
+                skipped,
+                notes,
+            });
+        }
+        notes.push(format!(
+            "final.safetensors holds {unit} {epoch}, but the run was extended past it (checkpoints reach \
+             {unit} {newest_checkpoint}); the newer checkpoint is analysed."
+        ));
+    }
     let newest = epochs.iter().rev().find_map(|&e| {
         match Params::load(
             &checkpoint::model_path(&run.checkpoint_dir(), e),
@@ -175,7 +186,7 @@ pub(crate) fn analysed_model(
     notes.insert(
         0,
         format!(
-            "Unfinished run: it has no final.safetensors; its metrics reach {unit} {last_evaluated} of \
+            "Unfinished run: its metrics reach {unit} {last_evaluated} of \
              {}, and the model analysed here is its newest complete checkpoint, {unit} {epoch}. \
              `groklens train --resume` continues it.",
             cfg.train.epochs

@@ -14,6 +14,7 @@ use crate::model::mlp::{LinearSlots, MlpConfig, MlpModel};
 use crate::model::params::{Init, ParamSpec, Params, Slot};
 use crate::model::transformer::{HookedTransformer, LogitPositions, TransformerConfig};
 use crate::rng::TorchGenerator;
+use crate::tasks::Target;
 
 /// A built model: its forward pass and its hook points.
 pub trait HookedModel {
@@ -203,17 +204,19 @@ impl ModelConfig {
         }
     }
 
-    /// FLOPs of one forward pass over `batch` rows: as computed by the fast engine when `fast`
-    /// (for the transformer: last block at the last position only, block 0's Q/K/V looked up), as
-    /// the reference computes it (every position) otherwise.
-    pub fn forward_flops(&self, batch: usize, fast: bool) -> f64 {
-        match self {
-            ModelConfig::Transformer(m) if fast => m.forward_flops_fast(batch),
-            ModelConfig::Transformer(m) => m.forward_flops_full(batch),
-            ModelConfig::Mlp(m) if fast => m.forward_flops_fast(batch),
-            ModelConfig::Mlp(m) => m.forward_flops(batch),
-            ModelConfig::BitNet(m) if fast => m.forward_flops_fast(batch),
-            ModelConfig::BitNet(m) => m.forward_flops(batch),
+    /// FLOPs of one forward pass over `batch` rows: as computed by the fast engine for a loss at
+    /// `fast`'s positions when given (for the transformer with a last-position loss: last block at
+    /// the last position only; block 0's Q/K/V looked up without LayerNorm), as the reference
+    /// computes it (every position) otherwise.
+    pub fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64 {
+        let per_position = fast == Some(Target::PreviousToken);
+        match (self, fast) {
+            (ModelConfig::Transformer(m), Some(_)) => m.forward_flops_fast(batch, per_position),
+            (ModelConfig::Transformer(m), None) => m.forward_flops_full(batch),
+            (ModelConfig::Mlp(m), Some(_)) => m.forward_flops_fast(batch),
+            (ModelConfig::Mlp(m), None) => m.forward_flops(batch),
+            (ModelConfig::BitNet(m), Some(_)) => m.forward_flops_fast(batch, per_position),
+            (ModelConfig::BitNet(m), None) => m.forward_flops(batch),
         }
     }
 

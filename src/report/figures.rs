@@ -9,6 +9,7 @@ use plotly::layout::{Annotation, Axis, AxisType, Legend, Margin, Shape, ShapeLin
 use plotly::{Bar, HeatMap, Layout, Plot, Scatter};
 
 use crate::linalg::Matrix;
+use crate::run::MetricsRow;
 
 /// Height of a figure in pixels.
 const HEIGHT: usize = 420;
@@ -137,6 +138,33 @@ pub fn with_styled_vlines(plot: &mut Plot, lines: &[VLine]) {
         .collect();
     let l = plot.layout().clone().shapes(shapes).annotations(notes);
     plot.set_layout(l);
+}
+
+/// Loss (log scale) and accuracy against `unit` for the train and test columns of `metrics`, the
+/// two series named `names`.
+pub fn training_curves(metrics: &[MetricsRow], unit: &str, names: [&str; 2]) -> Vec<Plot> {
+    let x: Vec<f64> = metrics.iter().map(|r| r.epoch as f64).collect();
+    let col =
+        |f: fn(&MetricsRow) -> f64| -> Vec<f32> { metrics.iter().map(|r| f(r) as f32).collect() };
+    let [train, test] = names;
+    vec![
+        lines(
+            "Loss",
+            unit,
+            "cross-entropy loss",
+            &x,
+            &[(train, col(|r| r.train_loss)), (test, col(|r| r.test_loss))],
+            true,
+        ),
+        lines(
+            "Accuracy",
+            unit,
+            "accuracy",
+            &x,
+            &[(train, col(|r| r.train_acc)), (test, col(|r| r.test_acc))],
+            false,
+        ),
+    ]
 }
 
 /// One or more named series over shared x values; `log_y` puts the y axis on a log scale.

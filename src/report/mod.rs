@@ -4,6 +4,7 @@
 //! `groklens compare`, one such page setting several runs side by side ([`compare`]).
 
 pub mod compare;
+pub mod compound;
 pub mod figures;
 pub mod page;
 pub mod sections;

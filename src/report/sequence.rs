@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::analysis::sequence::{analyze_sequence_run, SequenceAnalysis, CIRCUIT_TOKENS};
 use crate::error::Result;
 use crate::linalg::Matrix;
-use crate::report::figures::{bars, heatmap, lines};
+use crate::report::figures::{bars, heatmap, lines, training_curves};
 use crate::report::page::Section;
 use crate::report::{write_page, Written};
 
@@ -73,10 +73,6 @@ fn summary(a: &SequenceAnalysis) -> Vec<(String, String)> {
 fn sections(a: &SequenceAnalysis) -> Vec<Section> {
     let n_ctx = a.loss_by_position.len() + 1;
     let positions: Vec<f64> = (1..n_ctx).map(|p| p as f64).collect();
-    let steps: Vec<f64> = a.metrics.iter().map(|r| r.epoch as f64).collect();
-    let col = |f: fn(&crate::run::MetricsRow) -> f64| -> Vec<f32> {
-        a.metrics.iter().map(|r| f(r) as f32).collect()
-    };
     let training = Section {
         id: "training",
         title: "Training",
@@ -84,30 +80,7 @@ fn sections(a: &SequenceAnalysis) -> Vec<Section> {
             "Every step trains on a fresh batch of random sequences, so the batch loss is already \
                 a held-out loss; the evaluation set is a fixed batch drawn from its own seed."
                 .into(),
-        figures: vec![
-            lines(
-                "Loss",
-                "step",
-                "cross-entropy loss",
-                &steps,
-                &[
-                    ("batch", col(|r| r.train_loss)),
-                    ("evaluation", col(|r| r.test_loss)),
-                ],
-                true,
-            ),
-            lines(
-                "Accuracy",
-                "step",
-                "accuracy",
-                &steps,
-                &[
-                    ("batch", col(|r| r.train_acc)),
-                    ("evaluation", col(|r| r.test_acc)),
-                ],
-                false,
-            ),
-        ],
+        figures: training_curves(&a.metrics, "step", ["batch", "evaluation"]),
     };
     let per_position = Section {
         id: "positions",

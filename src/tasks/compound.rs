@@ -85,6 +85,11 @@ impl CompoundTask {
         [i / (p * p * p), i / (p * p) % p, i / p % p, i % p]
     }
 
+    /// The index of the row with operands (a, b, c, d).
+    pub fn index(&self, [a, b, c, d]: [usize; 4]) -> usize {
+        ((a * self.p + b) * self.p + c) * self.p + d
+    }
+
     /// (a·b + c)^d mod p.
     pub fn label(&self, [a, b, c, d]: [usize; 4]) -> u32 {
         let p = self.p as u64;
@@ -132,6 +137,7 @@ mod tests {
                 let y = t.write(i, &mut tokens);
                 let [a, b, c, d] = t.operands(i);
                 assert_eq!(i, ((a * p + b) * p + c) * p + d);
+                assert_eq!(t.index([a, b, c, d]), i);
                 let want = (0..d).fold(1 % p, |acc, _| acc * ((a * b + c) % p) % p);
                 assert_eq!(y as usize, want, "p={p} row {i}");
                 let (pu, v) = (p as u32, [a, b, c, d].map(|x| x as u32));

@@ -3,4 +3,4 @@
 pub mod shuffle;
 pub mod trainer;
 
-pub use trainer::{Outcome, Trainer};
+pub use trainer::{Outcome, SampleTiming, Trainer};

@@ -355,13 +355,22 @@ impl Trainer {
     /// measured on a sample of at most `sample` rows of the train and test sets and scaled by
     /// their sizes. Leaves the parameters and optimizer untouched.
     pub fn estimate_epoch_seconds(&mut self, sample: usize) -> Result<f64> {
-        let target = self.cfg.task.target();
+        let t = self.time_sample(sample)?;
         let (n_train, n_test) = self.rows();
-        let sample_rows = |rows: &SplitRows, n: usize, out: &mut Dataset| {
-            rows.write(0..n.min(rows.len()), out);
-        };
+        let eval_every = self.cfg.train.eval_every.max(1) as f64;
+        Ok(t.train_seconds_per_row() * n_train as f64
+            + t.test_seconds_per_row() * n_test as f64 / eval_every)
+    }
+
+    /// Times one forward and backward pass over the first `sample` train rows (for a stream, a
+    /// batch of `sample` rows at the current step) and one forward pass over the first `sample`
+    /// test rows. Leaves the parameters and optimizer untouched (the gradient buffers are
+    /// overwritten).
+    pub fn time_sample(&mut self, sample: usize) -> Result<SampleTiming> {
+        let target = self.cfg.task.target();
+        let (n_train, _) = self.rows();
         match &self.train {
-            TrainRows::Split(rows) => sample_rows(rows, sample, &mut self.pass),
+            TrainRows::Split(rows) => rows.write(0..sample.min(rows.len()), &mut self.pass),
             TrainRows::Stream(stream) => {
                 let task = self
                     .cfg
@@ -372,7 +381,7 @@ impl Trainer {
                     .next_batch(&mut self.pass);
             }
         }
-        let rows = self.pass.len().max(1);
+        let train_rows = self.pass.len();
         let started = Instant::now();
         self.engine.loss_and_grads(
             &self.params,
@@ -380,15 +389,19 @@ impl Trainer {
             Batch::of(&self.pass, target),
             &mut self.grads,
         )?;
-        let train_s = started.elapsed().as_secs_f64() * n_train as f64 / rows as f64;
-        sample_rows(&self.test, sample, &mut self.pass);
-        let rows = self.pass.len().max(1);
+        let train_seconds = started.elapsed().as_secs_f64();
+        self.test
+            .write(0..sample.min(self.test.len()), &mut self.pass);
+        let test_rows = self.pass.len();
         let started = Instant::now();
         self.engine
             .evaluate(&self.params, Batch::of(&self.pass, target))?;
-        let eval_every = self.cfg.train.eval_every.max(1) as f64;
-        let test_s = started.elapsed().as_secs_f64() * n_test as f64 / rows as f64 / eval_every;
-        Ok(train_s + test_s)
+        Ok(SampleTiming {
+            train_rows,
+            train_seconds,
+            test_rows,
+            test_seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Largest singular value of the output layer's weight now (warm-started power iteration).
@@ -558,4 +571,29 @@ fn check_resume_keeps_history(
             if dir.final_path().exists() { " and final.safetensors" } else { "" }
         ),
     ))
+}
+
+/// Seconds of one training pass (forward and backward) and one evaluation pass over samples.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleTiming {
+    /// Rows in the training pass.
+    pub train_rows: usize,
+    /// Its seconds.
+    pub train_seconds: f64,
+    /// Rows in the evaluation pass.
+    pub test_rows: usize,
+    /// Its seconds.
+    pub test_seconds: f64,
+}
+
+impl SampleTiming {
+    /// Forward and backward seconds per train row.
+    pub fn train_seconds_per_row(&self) -> f64 {
+        self.train_seconds / self.train_rows.max(1) as f64
+    }
+
+    /// Forward seconds per test row.
+    pub fn test_seconds_per_row(&self) -> f64 {
+        self.test_seconds / self.test_rows.max(1) as f64
+    }
 }

@@ -353,7 +353,7 @@ impl BitNetConfig {
 
     /// FLOPs of the fast engine's forward pass (the transformer engine's passes: block 0's Q/K/V
     /// looked up, the last block after attention at the last position only).
-    pub fn forward_flops_fast(&self, batch: usize) -> f64 {
+    pub fn forward_flops_fast(&self, batch: usize, per_position: bool) -> f64 {
         let shape = [
             self.n_layers,
             self.n_ctx,
@@ -362,7 +362,16 @@ impl BitNetConfig {
             self.d_head(),
             self.d_mlp,
         ];
-        crate::model::transformer::config::fast_forward_flops(shape, self.d_vocab_out, batch)
+        let passes = crate::model::transformer::config::FastPasses {
+            lookup: true,
+            per_position,
+        };
+        crate::model::transformer::config::fast_forward_flops(
+            shape,
+            self.d_vocab_out,
+            batch,
+            passes,
+        )
     }
 
     /// Multiply-add FLOPs of one forward pass over `batch` rows of `n_ctx` tokens, every position.
@@ -447,9 +456,14 @@ mod tests {
             ..crate::model::TransformerConfig::grokking_demo()
         };
         let bitnet = resolved();
-        assert_eq!(bitnet.forward_flops_fast(3830), tl.forward_flops_fast(3830));
+        for per_position in [false, true] {
+            assert_eq!(
+                bitnet.forward_flops_fast(3830, per_position),
+                tl.forward_flops_fast(3830, per_position)
+            );
+        }
         // The last position only, Q/K/V looked up: about a quarter of every position's work.
-        let ratio = bitnet.forward_flops(3830) / bitnet.forward_flops_fast(3830);
+        let ratio = bitnet.forward_flops(3830) / bitnet.forward_flops_fast(3830, false);
         assert!((3.0..4.5).contains(&ratio), "{ratio}");
     }
 
