@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cli (main.rs), bench   commands
+//! sweep                  many runs from one spec: local worker pool, Slurm arrays, the sweep page
 //! report                 HTML pages from analysis results
 //! analysis               Fourier features, key frequencies, clusters, progress measures, phases
 //! interp                 activation cache, hooks, ablation, patching, weight processing, circuits
@@ -35,6 +36,7 @@ pub mod presets;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod sweep;
 pub mod tasks;
 pub mod tensor_io;
 pub mod train;

@@ -113,6 +113,11 @@ enum Command {
         #[arg(long, default_value = "compare.html")]
         out: PathBuf,
     },
+    /// Many runs from one spec: on this machine's cores, or as a Slurm job array; one page over all.
+    Sweep {
+        #[command(subcommand)]
+        action: SweepAction,
+    },
     /// Time train steps and test forwards of a preset on this machine.
     Bench {
         /// Preset to time.
@@ -124,6 +129,74 @@ enum Command {
         /// Override one setting; repeatable (e.g. `--set train.engine=candle`).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SweepAction {
+    /// Run every point (or this shard's) with a pool of workers; finished points are skipped and
+    /// interrupted ones resumed from their last checkpoint.
+    Run {
+        /// A sweep spec file, or the name of a built-in spec (`groklens sweep list`).
+        spec: String,
+        /// The sweep directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Points trained at once (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Engine threads per point.
+        #[arg(long, default_value_t = 1)]
+        threads_per_run: usize,
+        /// Run only shard I of N (points I, I+N, …); under Slurm taken from the array task.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Skip each point's report.html.
+        #[arg(long)]
+        no_reports: bool,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Write an sbatch job-array script into the sweep directory and submit it.
+    Slurm {
+        /// A sweep spec file, or the name of a built-in spec.
+        spec: String,
+        /// The sweep directory (on a file system every node sees).
+        #[arg(long)]
+        out: PathBuf,
+        /// Array tasks (default: one per point).
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// Array tasks running at once.
+        #[arg(long)]
+        array_parallelism: Option<usize>,
+        /// CPUs per array task; each task runs that many points at once.
+        #[arg(long, default_value_t = 1)]
+        cpus_per_task: usize,
+        /// Slurm partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Time limit per task (e.g. 1:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// Write and print the script, do not submit it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until the array has ended (`sbatch --wait`).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Rebuild the index and write DIR/sweep.html.
+    Report {
+        /// The sweep directory.
+        dir: PathBuf,
+    },
+    /// List the built-in sweep specs, or print one.
+    List {
+        /// Print this spec.
+        #[arg(long, value_name = "NAME")]
+        show: Option<String>,
     },
 }
 
@@ -214,6 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             out,
         } => cli::inspect::ablate(&run, checkpoint.as_deref(), out.as_deref()),
+        Command::Sweep { action } => sweep(action),
         Command::Bench {
             preset: p,
             iters,
@@ -256,6 +330,139 @@ fn run(cli: Cli) -> Result<()> {
                 "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
                 r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
             );
+            Ok(())
+        }
+    }
+}
+
+fn sweep(action: SweepAction) -> Result<()> {
+    use groklens::sweep::{self, local, slurm, SweepDir};
+    match action {
+        SweepAction::Run {
+            spec,
+            out,
+            workers,
+            threads_per_run,
+            shard,
+            no_reports,
+            quiet,
+        } => {
+            let spec = sweep::load_spec(&spec)?;
+            let dir = SweepDir::new(out);
+            let points = dir.prepare(&spec)?;
+            let all = points.len();
+            let shard = sweep::shard_of(shard.as_deref())?;
+            let mine = match shard {
+                Some((i, n)) => sweep::shard(points.clone(), i, n),
+                None => points.clone(),
+            };
+            let opts = local::PoolOptions {
+                exe: std::env::current_exe().context("locating the groklens executable")?,
+                workers: workers.unwrap_or_else(local::default_workers),
+                threads_per_run,
+                reports: !no_reports,
+                progress: !quiet,
+            };
+            let o = local::run_points(&dir, &mine, &opts)?;
+            let which = shard.map_or(format!("{all} points"), |(i, n)| {
+                format!("shard {i}/{n}: {} of {all} points", mine.len())
+            });
+            println!(
+                "{}: {which}; {} finished now, {} already finished, {} failed, in {:.1}s ({} workers × {} thread(s))",
+                dir.root.display(),
+                o.finished,
+                o.skipped,
+                o.failed.len(),
+                o.seconds,
+                opts.workers,
+                threads_per_run
+            );
+            if shard.is_none() {
+                dir.write_index(&spec, &points)?;
+                println!("index: {}", dir.index_path().display());
+            }
+            if !o.failed.is_empty() {
+                for (name, why) in &o.failed {
+                    eprintln!("{name}: {why}");
+                }
+                bail!(
+                    "{} point(s) failed; fix the cause and run the same command again (finished points are kept)",
+                    o.failed.len()
+                );
+            }
+            Ok(())
+        }
+        SweepAction::Slurm {
+            spec,
+            out,
+            tasks,
+            array_parallelism,
+            cpus_per_task,
+            partition,
+            time,
+            dry_run,
+            wait,
+        } => {
+            let spec = sweep::load_spec(&spec)?;
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("resolving {}", out.display()))?;
+            let dir = SweepDir::new(&out);
+            let points = dir.prepare(&spec)?;
+            if tasks == Some(0) || cpus_per_task == 0 || array_parallelism == Some(0) {
+                bail!("--tasks, --cpus-per-task and --array-parallelism must be at least 1");
+            }
+            let job = slurm::ArrayJob {
+                exe: std::env::current_exe().context("locating the groklens executable")?,
+                dir: out,
+                name: spec.name.clone(),
+                tasks: tasks.unwrap_or(points.len()).min(points.len()),
+                parallelism: array_parallelism,
+                cpus_per_task,
+                partition,
+                time,
+            };
+            let script = job.write()?;
+            if dry_run {
+                print!("{}", job.script());
+                eprintln!("written to {} (not submitted)", script.display());
+                return Ok(());
+            }
+            println!("{}", job.submit(&script, wait)?);
+            println!(
+                "{} points in {} array task(s); `groklens sweep report {}` when they end",
+                points.len(),
+                job.tasks,
+                dir.root.display()
+            );
+            Ok(())
+        }
+        SweepAction::Report { dir } => {
+            let page = groklens::sweep::page::write_sweep_page(&SweepDir::new(dir))?;
+            let grokked = page.rows.iter().filter(|r| r.grokking_epoch.is_some()).count();
+            println!(
+                "sweep page: {} ({:.1} MB, {:.1} s); {} points, {grokked} grokked",
+                page.path.display(),
+                page.bytes as f64 / 1e6,
+                page.seconds,
+                page.rows.len()
+            );
+            Ok(())
+        }
+        SweepAction::List { show } => {
+            match show {
+                Some(name) => {
+                    let (_, _, text) = sweep::BUILT_IN
+                        .iter()
+                        .find(|(n, _, _)| *n == name)
+                        .with_context(|| format!("no built-in sweep spec named {name:?}"))?;
+                    print!("{text}");
+                }
+                None => {
+                    for (name, about, _) in sweep::BUILT_IN {
+                        println!("{name:<22} {about}");
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -1,0 +1,243 @@
+//! Runs a sweep's points on this machine: a pool of workers, each training one point at a time in
+//! its own `groklens train` process (single-threaded by default: for small models several runs at
+//! once use the cores better than one run on all of them) and then writing its report.
+//!
+//! Resumable: finished points are skipped, partial ones continue from their last checkpoint. Ctrl-C
+//! reaches the worker processes too (one process group); every file a run writes is written
+//! atomically, so an interrupted point resumes on the next call.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::error::{GrokError, Result};
+use crate::sweep::{Point, Status, SweepDir};
+
+/// How the pool runs.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    /// The `groklens` executable the workers start.
+    pub exe: PathBuf,
+    /// Points trained at once.
+    pub workers: usize,
+    /// Engine threads per point (`train.threads`).
+    pub threads_per_run: usize,
+    /// Write each finished point's report.html.
+    pub reports: bool,
+    /// Draw a progress line on stderr.
+    pub progress: bool,
+}
+
+/// What one call did.
+#[derive(Debug, Clone, Default)]
+pub struct PoolOutcome {
+    /// Points already finished before this call.
+    pub skipped: usize,
+    /// Points trained (or resumed) to the end now.
+    pub finished: usize,
+    /// Points that failed: name and the end of their log.
+    pub failed: Vec<(String, String)>,
+    /// Wall seconds.
+    pub seconds: f64,
+}
+
+/// The workers' default: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Runs `points` of the sweep in `dir` with a pool of workers.
+pub fn run_points(dir: &SweepDir, points: &[Point], opts: &PoolOptions) -> Result<PoolOutcome> {
+    if opts.workers == 0 {
+        return Err(GrokError::config(
+            "--workers",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let started = Instant::now();
+    let mut outcome = PoolOutcome::default();
+    let mut todo = VecDeque::new();
+    for p in points {
+        match dir.status(&p.name) {
+            Status::Finished if !opts.reports || dir.run(&p.name).root.join("report.html").exists() => {
+                outcome.skipped += 1
+            }
+            _ => todo.push_back(p.name.clone()),
+        }
+    }
+    let total = todo.len();
+    let state = Arc::new(Mutex::new(Progress {
+        queue: todo,
+        running: 0,
+        done: 0,
+        durations: Vec::new(),
+        failed: Vec::new(),
+    }));
+    let workers = opts.workers.min(total.max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let state = Arc::clone(&state);
+            s.spawn(move || loop {
+                let name = {
+                    let mut st = state.lock().expect("progress lock");
+                    match st.queue.pop_front() {
+                        Some(n) => {
+                            st.running += 1;
+                            n
+                        }
+                        None => return,
+                    }
+                };
+                let t = Instant::now();
+                let result = run_point(dir, &name, opts);
+                let mut st = state.lock().expect("progress lock");
+                st.running -= 1;
+                st.done += 1;
+                match result {
+                    Ok(()) => st.durations.push(t.elapsed().as_secs_f64()),
+                    Err(e) => st.failed.push((name, e)),
+                }
+            });
+        }
+        if opts.progress && total > 0 {
+            let state = Arc::clone(&state);
+            s.spawn(move || loop {
+                let line = {
+                    let st = state.lock().expect("progress lock");
+                    let line = st.line(total, workers, started.elapsed().as_secs_f64());
+                    if st.done == total {
+                        eprintln!("\r{line}");
+                        return;
+                    }
+                    line
+                };
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    let st = Arc::try_unwrap(state)
+        .map_err(|_| ())
+        .expect("workers joined")
+        .into_inner()
+        .expect("progress lock");
+    outcome.finished = st.durations.len();
+    outcome.failed = st.failed;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+/// The pool's shared state.
+struct Progress {
+    queue: VecDeque<String>,
+    running: usize,
+    done: usize,
+    durations: Vec<f64>,
+    failed: Vec<(String, String)>,
+}
+
+impl Progress {
+    /// `[#####-----] 7/21 points, 2 running, 1 failed | 3m10s, ETA 6m40s`.
+    fn line(&self, total: usize, workers: usize, elapsed: f64) -> String {
+        const WIDTH: usize = 30;
+        let filled = (WIDTH * self.done).checked_div(total).unwrap_or(WIDTH);
+        let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH - filled));
+        let eta = if self.durations.is_empty() {
+            "ETA after the first point".to_string()
+        } else {
+            let mean = self.durations.iter().sum::<f64>() / self.durations.len() as f64;
+            let left = (total - self.done) as f64 * mean / workers.max(1) as f64;
+            format!("ETA {}", clock(left))
+        };
+        let failed = match self.failed.len() {
+            0 => String::new(),
+            n => format!(", {n} failed"),
+        };
+        format!(
+            "[{bar}] {}/{total} points, {} running{failed} | {}, {eta}   ",
+            self.done,
+            self.running,
+            clock(elapsed)
+        )
+    }
+}
+
+/// `1h02m`, `3m10s`, `42s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Trains (or resumes) one point in its own process, then writes its report; on failure returns the
+/// end of its log.
+fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Result<(), String> {
+    let run = dir.run(name);
+    let log_path = dir.log_path(name);
+    let threads = format!("train.threads={}", opts.threads_per_run);
+    let mut steps: Vec<Vec<String>> = Vec::new();
+    match dir.status(name) {
+        Status::Finished => {}
+        Status::Partial => steps.push(vec![
+            "train".into(),
+            "--quiet".into(),
+            "--resume".into(),
+            path(&run.root),
+            "--set".into(),
+            threads,
+        ]),
+        Status::Pending => steps.push(vec![
+            "train".into(),
+            "--quiet".into(),
+            "--config".into(),
+            path(&dir.config_path(name)),
+            "--out".into(),
+            path(&run.root),
+            "--set".into(),
+            threads,
+        ]),
+    }
+    if opts.reports {
+        steps.push(vec!["report".into(), path(&run.root)]);
+    }
+    for args in steps {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let status = Command::new(&opts.exe)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .status()
+            .map_err(|e| format!("cannot start {}: {e}", opts.exe.display()))?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            return Err(format!(
+                "`groklens {}` failed ({status}); {}: {}",
+                args[0],
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,330 @@
+//! `groklens sweep`: many runs from one spec ([`spec`]), on this machine's cores ([`local`]) or as a
+//! Slurm job array ([`slurm`]), and one page over all of them ([`page`]).
+//!
+//! ```text
+//! SWEEP_DIR/sweep.toml          the spec (a later call must give the same one)
+//! SWEEP_DIR/configs/NAME.toml   each point's resolved config
+//! SWEEP_DIR/runs/NAME/          each point's ordinary run directory (and its report.html)
+//! SWEEP_DIR/logs/NAME.log       what the point's training and report printed
+//! SWEEP_DIR/index.csv           points, status and summary figures, rebuilt from the run directories
+//! SWEEP_DIR/sweep.html          the sweep's page (`groklens sweep report`)
+//! ```
+//! Points are disjoint directories, so shards (Slurm array tasks) never write the same file; the
+//! index is rebuilt from the run directories by one process, never appended to concurrently.
+
+pub mod local;
+pub mod page;
+pub mod slurm;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{GrokError, Result};
+use crate::run::{checkpoint, grokking_epoch, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
+use crate::tensor_io::write_bytes_atomic;
+pub use spec::{point_name, Point, Seeds, SweepSpec};
+
+/// Built-in specs: name, description, TOML.
+pub const BUILT_IN: [(&str, &str, &str); 1] = [(
+    "power-2022-fraction",
+    "Power et al. 2022: time to generalise against the training fraction, 7 fractions × 3 seeds",
+    include_str!("specs/power-2022-fraction.toml"),
+)];
+
+/// A spec from a file path or the name of a built-in spec.
+pub fn load_spec(spec: &str) -> Result<SweepSpec> {
+    if let Some((_, _, text)) = BUILT_IN.iter().find(|(n, _, _)| *n == spec) {
+        return SweepSpec::parse(text);
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(n, _, _)| *n).collect();
+        return Err(GrokError::file(
+            path,
+            format!(
+                "is neither a sweep spec file nor a built-in spec ({})",
+                names.join(", ")
+            ),
+        ));
+    }
+    SweepSpec::load(path)
+}
+
+/// Paths inside a sweep directory.
+#[derive(Debug, Clone)]
+pub struct SweepDir {
+    /// The directory itself.
+    pub root: PathBuf,
+}
+
+/// Where a point stands, read from its run directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not started.
+    Pending,
+    /// Started and not finished: resumable from its last checkpoint.
+    Partial,
+    /// Trained to the end (its final model is newer than every checkpoint).
+    Finished,
+}
+
+impl Status {
+    /// `pending`, `partial` or `finished`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Partial => "partial",
+            Status::Finished => "finished",
+        }
+    }
+}
+
+impl SweepDir {
+    /// A handle on `root` (nothing is created).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        SweepDir { root: root.into() }
+    }
+
+    /// `sweep.toml`.
+    pub fn spec_path(&self) -> PathBuf {
+        self.root.join("sweep.toml")
+    }
+
+    /// `configs/NAME.toml`.
+    pub fn config_path(&self, point: &str) -> PathBuf {
+        self.root.join("configs").join(format!("{point}.toml"))
+    }
+
+    /// `runs/NAME`.
+    pub fn run(&self, point: &str) -> RunDir {
+        RunDir::new(self.root.join("runs").join(point))
+    }
+
+    /// `logs/NAME.log`.
+    pub fn log_path(&self, point: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{point}.log"))
+    }
+
+    /// `index.csv`.
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("index.csv")
+    }
+
+    /// Creates the directory with the spec, or checks that the spec it holds is this one (a sweep
+    /// directory holds one sweep), and writes every point's config. Returns the points.
+    pub fn prepare(&self, spec: &SweepSpec) -> Result<Vec<Point>> {
+        let points = spec.points()?;
+        let text = spec.to_toml();
+        let path = self.spec_path();
+        match std::fs::read_to_string(&path) {
+            Ok(existing) => {
+                let held = SweepSpec::parse(&existing)?;
+                if held != *spec {
+                    return Err(GrokError::file(
+                        &path,
+                        "holds a different sweep spec: give the same spec to continue this sweep, or \
+                         another --out for a new one",
+                    ));
+                }
+            }
+            Err(_) => {
+                std::fs::create_dir_all(&self.root)
+                    .map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
+                write_bytes_atomic(&path, text.as_bytes())?;
+            }
+        }
+        for dir in ["configs", "runs", "logs"] {
+            let d = self.root.join(dir);
+            std::fs::create_dir_all(&d)
+                .map_err(|e| GrokError::file(&d, format!("cannot create: {e}")))?;
+        }
+        for p in &points {
+            let path = self.config_path(&p.name);
+            let text = p.config.to_toml();
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                write_bytes_atomic(&path, text.as_bytes())?;
+            }
+        }
+        Ok(points)
+    }
+
+    /// The spec this directory holds.
+    pub fn spec(&self) -> Result<SweepSpec> {
+        let path = self.spec_path();
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            GrokError::file(
+                &path,
+                format!("cannot read ({e}): is this a sweep directory? `groklens sweep run` makes one"),
+            )
+        })?;
+        SweepSpec::parse(&text)
+    }
+
+    /// Where `point` stands.
+    pub fn status(&self, point: &str) -> Status {
+        let run = self.run(point);
+        if !run.config_path().exists() {
+            return Status::Pending;
+        }
+        if !run.final_path().exists() {
+            return Status::Partial;
+        }
+        let newest = checkpoint::list_epochs(&run.checkpoint_dir())
+            .last()
+            .copied()
+            .unwrap_or(0);
+        match run.final_epoch() {
+            Some(e) if e >= newest => Status::Finished,
+            _ => Status::Partial,
+        }
+    }
+
+    /// One index row per point, read from the run directories.
+    pub fn index(&self, points: &[Point]) -> Vec<IndexRow> {
+        points
+            .iter()
+            .map(|p| {
+                let status = self.status(&p.name);
+                let history = metrics::read(&self.run(&p.name).metrics_path()).unwrap_or_default();
+                IndexRow::new(p, status, &history)
+            })
+            .collect()
+    }
+
+    /// Rebuilds `index.csv` from the run directories; returns its rows.
+    pub fn write_index(&self, spec: &SweepSpec, points: &[Point]) -> Result<Vec<IndexRow>> {
+        let rows = self.index(points);
+        let keys = spec.swept_keys();
+        let mut csv = String::from("point,status");
+        for k in &keys {
+            csv += &format!(",{k}");
+        }
+        csv += ",seed,epochs,train_acc,test_acc,test_loss,memorised_epoch,grokking_epoch,elapsed_s\n";
+        for (r, p) in rows.iter().zip(points) {
+            csv += &format!("{},{}", r.name, r.status.name());
+            for k in &keys {
+                let v = p
+                    .settings
+                    .iter()
+                    .find(|(pk, _)| pk == k)
+                    .map_or(String::new(), |(_, v)| v.to_string());
+                csv += &format!(",{}", v.replace(',', ";"));
+            }
+            let opt = |x: Option<usize>| x.map_or(String::new(), |e| e.to_string());
+            let f = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v}"));
+            csv += &format!(
+                ",{},{},{},{},{},{},{},{}\n",
+                p.seed.map_or(String::new(), |s| s.to_string()),
+                r.epochs,
+                f(r.train_acc),
+                f(r.test_acc),
+                f(r.test_loss),
+                opt(r.memorised_epoch),
+                opt(r.grokking_epoch),
+                f(r.elapsed_s),
+            );
+        }
+        write_bytes_atomic(&self.index_path(), csv.as_bytes())?;
+        Ok(rows)
+    }
+}
+
+/// A point's line in the index.
+#[derive(Debug, Clone)]
+pub struct IndexRow {
+    /// The point's name.
+    pub name: String,
+    /// Where it stands.
+    pub status: Status,
+    /// Last evaluated epoch (0 when not started).
+    pub epochs: usize,
+    /// Last evaluation's train accuracy.
+    pub train_acc: Option<f64>,
+    /// Last evaluation's test accuracy.
+    pub test_acc: Option<f64>,
+    /// Last evaluation's test loss.
+    pub test_loss: Option<f64>,
+    /// First evaluated epoch with train accuracy ≥ 99 %.
+    pub memorised_epoch: Option<usize>,
+    /// First evaluated epoch with test accuracy ≥ 99 %.
+    pub grokking_epoch: Option<usize>,
+    /// Seconds of training recorded.
+    pub elapsed_s: Option<f64>,
+}
+
+impl IndexRow {
+    fn new(point: &Point, status: Status, history: &[MetricsRow]) -> Self {
+        let last = history.last();
+        IndexRow {
+            name: point.name.clone(),
+            status,
+            epochs: last.map_or(0, |r| r.epoch),
+            train_acc: last.map(|r| r.train_acc),
+            test_acc: last.map(|r| r.test_acc),
+            test_loss: last.map(|r| r.test_loss),
+            memorised_epoch: history
+                .iter()
+                .find(|r| r.train_acc >= GROKKED_ACCURACY)
+                .map(|r| r.epoch),
+            grokking_epoch: grokking_epoch(history, GROKKED_ACCURACY),
+            elapsed_s: last.map(|r| r.elapsed_s),
+        }
+    }
+}
+
+/// The points shard `i` of `n` runs: every n-th point from the i-th, so shards are disjoint and
+/// together cover every point once.
+pub fn shard(points: Vec<Point>, i: usize, n: usize) -> Vec<Point> {
+    points
+        .into_iter()
+        .enumerate()
+        .filter(|(k, _)| k % n.max(1) == i)
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// `--shard I/N`, or under Slurm the array task's place (`SLURM_ARRAY_TASK_ID` − `SLURM_ARRAY_TASK_MIN`
+/// of `SLURM_ARRAY_TASK_COUNT`); `None` runs every point.
+pub fn shard_of(arg: Option<&str>) -> Result<Option<(usize, usize)>> {
+    if let Some(s) = arg {
+        let parsed = s
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        return match parsed {
+            Some((i, n)) if n > 0 && i < n => Ok(Some((i, n))),
+            _ => Err(GrokError::config(
+                "--shard",
+                s,
+                "expected I/N with 0 <= I < N, e.g. 0/4",
+            )),
+        };
+    }
+    let var = |name: &str| -> Result<Option<usize>> {
+        match std::env::var(name) {
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+                GrokError::config(name, &v, "must be a non-negative integer (set by Slurm)")
+            }),
+            Err(_) => Ok(None),
+        }
+    };
+    match (
+        var("SLURM_ARRAY_TASK_ID")?,
+        var("SLURM_ARRAY_TASK_COUNT")?,
+    ) {
+        (Some(id), Some(count)) if count > 0 => {
+            let i = id - var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0).min(id);
+            if i >= count {
+                return Err(GrokError::config(
+                    "SLURM_ARRAY_TASK_ID",
+                    id,
+                    format!(
+                        "is past SLURM_ARRAY_TASK_COUNT = {count}: submit the array as 0-{}",
+                        count - 1
+                    ),
+                ));
+            }
+            Ok(Some((i, count)))
+        }
+        _ => Ok(None),
+    }
+}
