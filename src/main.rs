@@ -438,7 +438,11 @@ fn sweep(action: SweepAction) -> Result<()> {
         }
         SweepAction::Report { dir } => {
             let page = groklens::sweep::page::write_sweep_page(&SweepDir::new(dir))?;
-            let grokked = page.rows.iter().filter(|r| r.grokking_epoch.is_some()).count();
+            let grokked = page
+                .rows
+                .iter()
+                .filter(|r| r.grokking_epoch.is_some())
+                .count();
             println!(
                 "sweep page: {} ({:.1} MB, {:.1} s); {} points, {grokked} grokked",
                 page.path.display(),

@@ -385,6 +385,95 @@ fn compound_report_reads_each_operand_and_renders() {
     assert!(a.scored_rows > 0);
 }
 
+/// `groklens sweep run` on two points that never grok (so they run to their last epoch), killed with
+/// its workers part-way: the second call skips nothing finished, resumes the interrupted points from
+/// their checkpoints (every evaluation recorded exactly once) and finishes; the sweep page draws.
+#[test]
+fn a_killed_sweep_resumes_and_its_page_renders() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        r#"
+        name = "resume-test"
+        preset = "quick"
+        set = { "train.epochs" = 1500, "train.checkpoint_every" = 100, "train.stop_at_test_acc" = 0.0 }
+        [grid]
+        "task.train_frac" = [0.3, 0.35]
+        "#,
+    )
+    .unwrap();
+    let dir = tmp.path().join("sweep");
+    let sweep = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_groklens"));
+        cmd.args(["sweep", "run"])
+            .arg(&spec)
+            .arg("--out")
+            .arg(&dir)
+            .args(["--workers", "2", "--quiet"]);
+        cmd
+    };
+    let mut first = sweep().process_group(0).spawn().unwrap();
+    let point = |frac: &str| RunDir::new(dir.join("runs").join(format!("task.train_frac-{frac}")));
+    let started = std::time::Instant::now();
+    // Kill once both points hold a checkpoint past epoch 200, before either is done.
+    while ["0.3", "0.35"].iter().any(|f| {
+        groklens::run::checkpoint::list_epochs(&point(f).checkpoint_dir())
+            .last()
+            .is_none_or(|&e| e < 300)
+    }) {
+        assert!(started.elapsed().as_secs() < 300, "no checkpoints appeared");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the sweep ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let group = first.id() as i32;
+    Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    for f in ["0.3", "0.35"] {
+        assert!(
+            !point(f).final_path().exists(),
+            "{f} finished before the kill"
+        );
+    }
+    let out = sweep().output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("2 finished now, 0 already finished"),
+        "{}",
+        text(&out.stdout)
+    );
+    let log = std::fs::read_to_string(dir.join("logs").join("task.train_frac-0.3.log")).unwrap();
+    assert!(log.contains("resuming"), "{log}");
+    for f in ["0.3", "0.35"] {
+        let history = metrics::read(&point(f).metrics_path()).unwrap();
+        let epochs: Vec<usize> = history.iter().map(|r| r.epoch).collect();
+        let expected: Vec<usize> = (1..=150).map(|i| 10 * i).collect();
+        assert_eq!(epochs[1..], expected[..], "{f}: every evaluation once");
+        assert!(point(f).root.join("report.html").exists());
+    }
+    let index = std::fs::read_to_string(dir.join("index.csv")).unwrap();
+    assert_eq!(index.matches(",finished,").count(), 2, "{index}");
+    // A third call has nothing to do.
+    let again = sweep().output().unwrap();
+    assert!(text(&again.stdout).contains("0 finished now, 2 already finished"));
+
+    let page = Command::new(env!("CARGO_BIN_EXE_groklens"))
+        .args(["sweep", "report"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(page.status.success(), "{}", text(&page.stderr));
+    check_in_browser(&dir.join("sweep.html"), 3, "sweep-screenshot.png");
+}
+
 fn chromium() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
         return Some(PathBuf::from(p));

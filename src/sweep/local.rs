@@ -52,18 +52,16 @@ pub fn default_workers() -> usize {
 /// Runs `points` of the sweep in `dir` with a pool of workers.
 pub fn run_points(dir: &SweepDir, points: &[Point], opts: &PoolOptions) -> Result<PoolOutcome> {
     if opts.workers == 0 {
-        return Err(GrokError::config(
-            "--workers",
-            0,
-            "must be at least 1",
-        ));
+        return Err(GrokError::config("--workers", 0, "must be at least 1"));
     }
     let started = Instant::now();
     let mut outcome = PoolOutcome::default();
     let mut todo = VecDeque::new();
     for p in points {
         match dir.status(&p.name) {
-            Status::Finished if !opts.reports || dir.run(&p.name).root.join("report.html").exists() => {
+            Status::Finished
+                if !opts.reports || dir.run(&p.name).root.join("report.html").exists() =>
+            {
                 outcome.skipped += 1
             }
             _ => todo.push_back(p.name.clone()),

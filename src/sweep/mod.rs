@@ -154,7 +154,9 @@ impl SweepDir {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             GrokError::file(
                 &path,
-                format!("cannot read ({e}): is this a sweep directory? `groklens sweep run` makes one"),
+                format!(
+                    "cannot read ({e}): is this a sweep directory? `groklens sweep run` makes one"
+                ),
             )
         })?;
         SweepSpec::parse(&text)
@@ -199,7 +201,8 @@ impl SweepDir {
         for k in &keys {
             csv += &format!(",{k}");
         }
-        csv += ",seed,epochs,train_acc,test_acc,test_loss,memorised_epoch,grokking_epoch,elapsed_s\n";
+        csv +=
+            ",seed,epochs,train_acc,test_acc,test_loss,memorised_epoch,grokking_epoch,elapsed_s\n";
         for (r, p) in rows.iter().zip(points) {
             csv += &format!("{},{}", r.name, r.status.name());
             for k in &keys {
@@ -307,10 +310,7 @@ pub fn shard_of(arg: Option<&str>) -> Result<Option<(usize, usize)>> {
             Err(_) => Ok(None),
         }
     };
-    match (
-        var("SLURM_ARRAY_TASK_ID")?,
-        var("SLURM_ARRAY_TASK_COUNT")?,
-    ) {
+    match (var("SLURM_ARRAY_TASK_ID")?, var("SLURM_ARRAY_TASK_COUNT")?) {
         (Some(id), Some(count)) if count > 0 => {
             let i = id - var("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0).min(id);
             if i >= count {
@@ -326,5 +326,56 @@ pub fn shard_of(arg: Option<&str>) -> Result<Option<(usize, usize)>> {
             Ok(Some((i, count)))
         }
         _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_point_exactly_once() {
+        let spec = load_spec("power-2022-fraction").unwrap();
+        let points = spec.points().unwrap();
+        assert_eq!(points.len(), 21);
+        for n in [1, 2, 4, 5, 21, 30] {
+            let mut seen: Vec<String> = (0..n)
+                .flat_map(|i| shard(points.clone(), i, n))
+                .map(|p| p.name)
+                .collect();
+            assert_eq!(seen.len(), points.len(), "n = {n}");
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), points.len(), "n = {n}: a point ran twice");
+        }
+    }
+
+    #[test]
+    fn shard_arguments_are_checked() {
+        assert_eq!(shard_of(Some("1/4")).unwrap(), Some((1, 4)));
+        for bad in ["4/4", "1", "a/b", "0/0"] {
+            let e = shard_of(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("--shard") && e.contains("I/N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_sweep_directory_holds_one_spec() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SweepDir::new(tmp.path().join("s"));
+        let spec = load_spec("power-2022-fraction").unwrap();
+        let points = dir.prepare(&spec).unwrap();
+        assert!(dir.config_path(&points[0].name).exists());
+        assert_eq!(dir.status(&points[0].name), Status::Pending);
+        dir.prepare(&spec).unwrap();
+        let mut other = spec.clone();
+        other.name = "other".into();
+        let e = dir.prepare(&other).unwrap_err().to_string();
+        assert!(
+            e.contains("sweep.toml") && e.contains("different sweep spec"),
+            "{e}"
+        );
+        let e = load_spec("no-such-spec").unwrap_err().to_string();
+        assert!(e.contains("power-2022-fraction"), "{e}");
     }
 }

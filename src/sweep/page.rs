@@ -73,7 +73,11 @@ pub fn write_sweep_page(dir: &SweepDir) -> Result<SweepPage> {
     let key_freqs: Vec<Option<Vec<usize>>> = points
         .iter()
         .zip(&rows)
-        .map(|(p, r)| (r.status == Status::Finished).then(|| point_key_freqs(dir, p)).flatten())
+        .map(|(p, r)| {
+            (r.status == Status::Finished)
+                .then(|| point_key_freqs(dir, p))
+                .flatten()
+        })
         .collect();
     let sections = sections(&spec, &points, &rows, &key_freqs);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -85,7 +89,11 @@ pub fn write_sweep_page(dir: &SweepDir) -> Result<SweepPage> {
         (
             "Base".to_string(),
             spec.preset.clone().map_or_else(
-                || spec.config.as_ref().map_or(String::new(), |c| c.display().to_string()),
+                || {
+                    spec.config
+                        .as_ref()
+                        .map_or(String::new(), |c| c.display().to_string())
+                },
                 |p| format!("preset {p}"),
             ),
         ),

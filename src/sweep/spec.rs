@@ -201,10 +201,14 @@ impl SweepSpec {
                 for &seed in &seeds {
                     let mut cfg = base.clone();
                     let mut settings: Vec<(String, toml::Value)> = Vec::new();
-                    for (k, v) in combo.iter().cloned().chain(
-                        listed_point.iter().map(|(k, v)| (k.clone(), v.clone())),
-                    ) {
-                        apply(&mut cfg, &k, &v, "point")?;
+                    let listed = listed_point.iter().map(|(k, v)| (k.clone(), v.clone()));
+                    for ((k, v), from) in combo
+                        .iter()
+                        .cloned()
+                        .map(|kv| (kv, "grid"))
+                        .chain(listed.map(|kv| (kv, "points")))
+                    {
+                        apply(&mut cfg, &k, &v, from)?;
                         settings.push((k, v));
                     }
                     if let (Some(s), Some(seed)) = (&self.seeds, seed) {
@@ -305,4 +309,124 @@ pub fn point_name(settings: &[(String, toml::Value)], seed: Option<i64>) -> Stri
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRID: &str = r#"
+        name = "t"
+        preset = "quick"
+        set = { "train.epochs" = 50 }
+        [grid]
+        "task.train_frac" = [0.3, 0.5]
+        "train.lr" = [1e-3, 3e-3, 1e-2]
+        [seeds]
+        count = 2
+        keys = ["model.seed", "task.data_seed"]
+    "#;
+
+    fn error(text: &str) -> String {
+        SweepSpec::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_grid_with_seeds_expands_to_every_combination_with_its_settings_applied() {
+        let points = SweepSpec::parse(GRID).unwrap().points().unwrap();
+        assert_eq!(points.len(), 2 * 3 * 2);
+        let p = &points[7]; // train_frac 0.5, lr 1e-3, seed 1
+        assert_eq!(p.name, "task.train_frac-0.5__train.lr-0.001__seed-1");
+        let task = p.config.task.modular().unwrap();
+        assert_eq!((task.train_frac, task.data_seed), (0.5, 1));
+        assert_eq!(p.config.train.lr, 1e-3);
+        assert_eq!(p.config.train.epochs, 50);
+        assert_eq!(p.config.model.transformer().unwrap().seed, 1);
+        let mut names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), points.len(), "names are distinct");
+    }
+
+    #[test]
+    fn point_names_are_stable_and_file_safe() {
+        let a = SweepSpec::parse(GRID).unwrap().points().unwrap();
+        let b = SweepSpec::parse(GRID).unwrap().points().unwrap();
+        let names = |p: &[Point]| p.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&b));
+        let odd = [(
+            "train.freeze".to_string(),
+            toml::Value::String("a/b c".into()),
+        )];
+        assert_eq!(point_name(&odd, None), "train.freeze-a_b_c");
+        assert_eq!(point_name(&[], Some(2)), "baseline__seed-2");
+    }
+
+    #[test]
+    fn listed_points_cross_the_grid() {
+        let spec = SweepSpec::parse(
+            r#"
+            name = "t"
+            preset = "quick"
+            points = [{ "train.weight_decay" = 1.0 }, { "train.weight_decay" = 0.0, "train.lr" = 1e-3 }]
+            [grid]
+            "task.train_frac" = [0.4, 0.6]
+            "#,
+        )
+        .unwrap();
+        let points = spec.points().unwrap();
+        assert_eq!(points.len(), 4);
+        assert_eq!(
+            spec.swept_keys(),
+            ["task.train_frac", "train.weight_decay", "train.lr"]
+        );
+        assert_eq!(
+            points[3].name,
+            "task.train_frac-0.6__train.lr-0.001__train.weight_decay-0.0"
+        );
+        assert_eq!(points[3].config.train.weight_decay, 0.0);
+    }
+
+    #[test]
+    fn bad_specs_name_the_key_and_the_fix() {
+        let unknown = error("name = \"t\"\npreset = \"quick\"\n[grid]\n\"train.nope\" = [1, 2]\n");
+        assert!(
+            unknown.contains("grid: train.nope") && unknown.contains("unknown field"),
+            "{unknown}"
+        );
+        let empty = error("name = \"t\"\npreset = \"quick\"\n[grid]\n\"train.lr\" = []\n");
+        assert!(
+            empty.contains("grid.\"train.lr\"") && empty.contains("at least one"),
+            "{empty}"
+        );
+        let scalar = error("name = \"t\"\npreset = \"quick\"\n[grid]\n\"train.lr\" = 0.1\n");
+        assert!(scalar.contains("must be a list"), "{scalar}");
+        let bad =
+            error("name = \"t\"\npreset = \"quick\"\n[grid]\n\"task.train_frac\" = [0.5, 1.5]\n");
+        assert!(
+            bad.contains("task.train_frac-1.5") && bad.contains("train_frac"),
+            "{bad}"
+        );
+        let wrong_type =
+            error("name = \"t\"\npreset = \"quick\"\n[grid]\n\"train.epochs\" = [\"many\"]\n");
+        assert!(wrong_type.contains("train.epochs"), "{wrong_type}");
+        let preset = error(
+            "name = \"t\"\npreset = \"nope\"\nseeds = { count = 2, keys = [\"model.seed\"] }\n",
+        );
+        assert!(preset.contains("unknown preset"), "{preset}");
+        let both = error("name = \"t\"\nseeds = { count = 2, keys = [\"model.seed\"] }\n");
+        assert!(both.contains("exactly one of"), "{both}");
+        let nothing = error("name = \"t\"\npreset = \"quick\"\n");
+        assert!(nothing.contains("sweep at least one key"), "{nothing}");
+        let seeds = error(
+            "name = \"t\"\npreset = \"quick\"\nseeds = { count = 0, keys = [\"model.seed\"] }\n",
+        );
+        assert!(seeds.contains("seeds.count"), "{seeds}");
+        let field = error("name = \"t\"\npreset = \"quick\"\ngird = {}\n");
+        assert!(field.contains("gird"), "{field}");
+        let twice = error(
+            "name = \"t\"\npreset = \"quick\"\npoints = [{ \"train.lr\" = 1e-3 }, { \"train.lr\" = 1e-3 }]\n",
+        );
+        assert!(twice.contains("same settings"), "{twice}");
+    }
 }
