@@ -54,12 +54,7 @@ fn engines(quant: Quant) -> Vec<Box<dyn Engine>> {
 }
 
 fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
-    Batch {
-        tokens,
-        labels,
-        seq_len: 3,
-        target: Target::LastPosition,
-    }
+    Batch::new(tokens, labels, 3, Target::LastPosition)
 }
 
 #[test]

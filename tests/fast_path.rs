@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use groklens::engine::FastEngine;
-use groklens::engine::{Batch, CandleEngine, Engine};
+use groklens::engine::{Batch, CandleEngine, Engine, LossKind};
 use groklens::model::transformer::config::Normalization;
 use groklens::model::{ActFn, ModelConfig, Params, PositionalEmbedding, TransformerConfig};
 use groklens::rng::RngKind;
@@ -24,12 +24,7 @@ fn fast_gradients_match_torch_on_the_grokking_fixture() {
     for threads in [1, 2, 3] {
         let mut grads = params.zeros_like();
         let mut engine = FastEngine::new(&cfg, threads);
-        let batch = Batch {
-            tokens: &tokens,
-            labels: &labels,
-            seq_len: 3,
-            target: Target::LastPosition,
-        };
+        let batch = Batch::new(&tokens, &labels, 3, Target::LastPosition);
         let stats = engine
             .loss_and_grads(&params, &trainable, batch, &mut grads)
             .unwrap();
@@ -99,6 +94,10 @@ fn compare(cfg: TransformerConfig, seq: usize) {
 }
 
 fn compare_on(cfg: TransformerConfig, seq: usize, target: Target) {
+    compare_scored(cfg, seq, target, LossKind::CrossEntropy)
+}
+
+fn compare_scored(cfg: TransformerConfig, seq: usize, target: Target, loss: LossKind) {
     let params = random_params(&cfg);
     // As the trainer does: W_pos without positional embeddings is fixed at zero, never trained.
     let trainable: Vec<bool> = params
@@ -112,12 +111,7 @@ fn compare_on(cfg: TransformerConfig, seq: usize, target: Target) {
     if target == Target::PreviousToken {
         labels.clear();
     }
-    let batch = Batch {
-        tokens: &tokens,
-        labels: &labels,
-        seq_len: seq,
-        target,
-    };
+    let batch = Batch::new(&tokens, &labels, seq, target).with_loss(loss);
     let mut g_fast = params.zeros_like();
     let mut g_ref = params.zeros_like();
     let fast = FastEngine::new(&cfg, 2)
@@ -181,6 +175,19 @@ fn small() -> TransformerConfig {
 #[test]
 fn fast_matches_candle_one_layer_relu() {
     compare(small(), 5);
+}
+
+/// StableMax cross-entropy: the fast engine's hand-written gradient equals candle's autodiff of the
+/// loss formula, at the last position and at every position.
+#[test]
+fn fast_matches_candle_under_stablemax() {
+    compare_scored(small(), 3, Target::LastPosition, LossKind::StableMax);
+    compare_scored(
+        previous_token_model(Some(Normalization::LN)),
+        5,
+        Target::PreviousToken,
+        LossKind::StableMax,
+    );
 }
 
 #[test]

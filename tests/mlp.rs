@@ -41,12 +41,7 @@ fn want(f: &TensorFile, name: &str) -> Vec<f32> {
 }
 
 fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
-    Batch {
-        tokens,
-        labels,
-        seq_len: 4,
-        target: Target::LastPosition,
-    }
+    Batch::new(tokens, labels, 4, Target::LastPosition)
 }
 
 #[test]

@@ -386,3 +386,46 @@ fn the_thread_count_changes_no_number_and_a_resume_may_change_it() {
     assert_eq!(weights(2), one);
     assert_eq!(weights(3), one);
 }
+
+/// Every intervention keeps resume exact: Grokfast's filter state (EMA μ, MA window) travels in the
+/// checkpoint, the fixed weight norm is recomputed from the seed, StableMax is a pure function. A run
+/// stopped at epoch 150 (its newest checkpoint at 100) and resumed equals the uninterrupted run, and
+/// each intervention changes the run (so the switch is live).
+#[test]
+fn interventions_resume_exactly() {
+    let plain = {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(tmp.path().join("plain"));
+        let mut t = Trainer::create(config(), &dir).unwrap();
+        t.run(&mut |_| {}).unwrap();
+        comparable(&t.history)
+    };
+    for sets in [
+        &["train.grokfast=\"ema\""][..],
+        &["train.grokfast=\"ma\"", "train.grokfast_window=30"],
+        &["train.orthogonal_grad=true"],
+        &["train.loss=\"stablemax\""],
+        &["train.weight_norm_scale=0.7", "train.weight_decay=0.0"],
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config();
+        for s in sets {
+            cfg.set(s).unwrap();
+        }
+        let straight = RunDir::new(tmp.path().join("straight"));
+        Trainer::create(cfg.clone(), &straight)
+            .unwrap()
+            .run(&mut |_| {})
+            .unwrap();
+        let dir = RunDir::new(tmp.path().join("stopped"));
+        let mut t = Trainer::create(cfg, &dir).unwrap();
+        t.run_until(150, &mut |_| {}).unwrap();
+        drop(t);
+        let (mut resumed, _) = Trainer::resume(&dir, &[]).unwrap();
+        assert_eq!(resumed.epoch, 100, "{sets:?}");
+        resumed.run(&mut |_| {}).unwrap();
+        assert_same_run(&straight, &dir);
+        let ran = comparable(&metrics::read(&dir.metrics_path()).unwrap());
+        assert_ne!(ran, plain, "{sets:?} changed nothing");
+    }
+}

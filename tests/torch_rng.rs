@@ -183,12 +183,7 @@ mod seeds {
         // The epoch-0 train loss TransformerLens computes (f64 cross-entropy of f32 logits).
         let train = data.select(&split.train);
         let mut e = engine::select(&cfg.model, Target::LastPosition, EngineKind::Auto, 2).unwrap();
-        let batch = Batch {
-            tokens: &train.tokens,
-            labels: &train.labels,
-            seq_len: 3,
-            target: Target::LastPosition,
-        };
+        let batch = Batch::new(&train.tokens, &train.labels, 3, Target::LastPosition);
         let loss = e.evaluate(&params, batch).unwrap().loss;
         let theirs = f
             .get("tl_demo999.epoch0_train_loss")

@@ -227,6 +227,7 @@ impl RunConfig {
         let t = &self.task;
         self.model
             .fill_from_task(t.vocab(), t.outputs(), t.seq_len());
+        self.train.resolve();
         self.validate()?;
         Ok(self)
     }

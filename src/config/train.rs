@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::EngineKind;
+use crate::engine::{EngineKind, LossKind};
 use crate::error::{GrokError, Result};
+use crate::optim::interventions::GrokfastKind;
 
 /// Every training knob, with the grokking defaults of the TransformerLens demo.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +61,37 @@ pub struct TrainConfig {
     /// Worker threads for the fast engine; 0 means one per core.
     #[serde(default)]
     pub threads: usize,
+    /// Grokfast gradient filter (Lee et al. 2024): `none`, `ema` or `ma`.
+    #[serde(default)]
+    pub grokfast: GrokfastKind,
+    /// Grokfast-EMA's α.
+    #[serde(default = "default_grokfast_alpha")]
+    pub grokfast_alpha: f64,
+    /// Grokfast-MA's window of gradients.
+    #[serde(default = "default_grokfast_window")]
+    pub grokfast_window: usize,
+    /// Grokfast's λ; 0 takes the filter's published value when the config is resolved (EMA 2, MA 5).
+    #[serde(default)]
+    pub grokfast_lambda: f64,
+    /// ⊥Grad (Prieto et al. 2025): per tensor, the gradient's component along the weights is removed
+    /// and the rest rescaled to the gradient's norm before the optimizer step.
+    #[serde(default)]
+    pub orthogonal_grad: bool,
+    /// The training loss: `cross_entropy` or `stablemax` (Prieto et al. 2025); metrics record it.
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Fixed weight norm (Omnigrok, Liu et al. 2023): the initial trainable weights are scaled by this
+    /// α and their total norm is projected back to that value after every step; 0 disables.
+    #[serde(default)]
+    pub weight_norm_scale: f64,
+}
+
+fn default_grokfast_alpha() -> f64 {
+    0.98
+}
+
+fn default_grokfast_window() -> usize {
+    100
 }
 
 /// A list of strings, or one string standing for a list of one.
@@ -110,6 +142,20 @@ impl TrainConfig {
             seed: 0,
             engine: EngineKind::Auto,
             threads: 0,
+            grokfast: GrokfastKind::None,
+            grokfast_alpha: default_grokfast_alpha(),
+            grokfast_window: default_grokfast_window(),
+            grokfast_lambda: 0.0,
+            orthogonal_grad: false,
+            loss: LossKind::CrossEntropy,
+            weight_norm_scale: 0.0,
+        }
+    }
+
+    /// Fills what the config leaves to defaults that depend on other settings (Grokfast's λ).
+    pub fn resolve(&mut self) {
+        if self.grokfast_lambda == 0.0 {
+            self.grokfast_lambda = self.grokfast.default_lambda();
         }
     }
 
@@ -198,6 +244,34 @@ impl TrainConfig {
                 "train.stop_at_test_loss",
                 self.stop_at_test_loss,
                 "must be >= 0 (0 disables)",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.grokfast_alpha) {
+            return Err(GrokError::config(
+                "train.grokfast_alpha",
+                self.grokfast_alpha,
+                "must be in [0, 1)",
+            ));
+        }
+        if self.grokfast_window == 0 {
+            return Err(GrokError::config(
+                "train.grokfast_window",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if !(self.grokfast_lambda >= 0.0 && self.grokfast_lambda.is_finite()) {
+            return Err(GrokError::config(
+                "train.grokfast_lambda",
+                self.grokfast_lambda,
+                "must be a finite number >= 0 (0 takes the filter's published value)",
+            ));
+        }
+        if !(self.weight_norm_scale >= 0.0 && self.weight_norm_scale.is_finite()) {
+            return Err(GrokError::config(
+                "train.weight_norm_scale",
+                self.weight_norm_scale,
+                "must be a finite number >= 0 (0 disables the fixed weight norm)",
             ));
         }
         if self.threads > 256 {

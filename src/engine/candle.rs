@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::engine::loss::{cross_entropy_f64, scored};
+use crate::engine::loss::{scored, scored_loss};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::model::{HookedModel, LogitPositions, ModelConfig, NoHooks, Params};
@@ -42,7 +42,10 @@ impl CandleEngine {
             .to_dtype(DType::U32)?
             .sum_all()?
             .to_scalar::<u32>()?;
-        Ok((cross_entropy_f64(&predictions, &targets)?, correct as usize))
+        Ok((
+            scored_loss(batch.loss, &predictions, &targets)?,
+            correct as usize,
+        ))
     }
 }
 

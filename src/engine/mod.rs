@@ -12,6 +12,7 @@ use crate::error::{GrokError, Result};
 use crate::model::ModelConfig;
 use crate::model::Params;
 use crate::tasks::{Dataset, Target};
+pub use loss::LossKind;
 
 pub use candle::CandleEngine;
 pub use fast::{FastEngine, FastMlpEngine};
@@ -41,17 +42,30 @@ pub struct Batch<'a> {
     pub seq_len: usize,
     /// What the loss reads.
     pub target: Target,
+    /// How a prediction is scored (cross-entropy unless a run trains with StableMax).
+    pub loss: LossKind,
 }
 
 impl<'a> Batch<'a> {
+    /// Rows of `seq_len` `tokens` (with `labels` where `target` reads them), scored by cross-entropy.
+    pub fn new(tokens: &'a [u32], labels: &'a [u32], seq_len: usize, target: Target) -> Self {
+        Batch {
+            tokens,
+            labels,
+            seq_len,
+            target,
+            loss: LossKind::CrossEntropy,
+        }
+    }
+
     /// The rows of `data` scored for `target`.
     pub fn of(data: &'a Dataset, target: Target) -> Self {
-        Batch {
-            tokens: &data.tokens,
-            labels: &data.labels,
-            seq_len: data.seq_len,
-            target,
-        }
+        Self::new(&data.tokens, &data.labels, data.seq_len, target)
+    }
+
+    /// The same rows scored by `loss`.
+    pub fn with_loss(self, loss: LossKind) -> Self {
+        Batch { loss, ..self }
     }
 
     /// Number of rows.

@@ -1,6 +1,8 @@
 //! The optimizer: AdamW exactly as `torch.optim.AdamW` computes it: decoupled weight decay, bias correction, eps outside
 //! the square root, and global-norm gradient clipping. Frozen parameters are skipped entirely, as torch skips parameters without a gradient.
 
+pub mod interventions;
+
 use crate::model::Params;
 
 /// AdamW hyper-parameters.

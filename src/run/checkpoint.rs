@@ -1,4 +1,5 @@
-//! Checkpoints: TransformerLens-named parameters plus AdamW state beside them.
+//! Checkpoints: TransformerLens-named parameters plus AdamW state (and a Grokfast filter's state, when
+//! the run has one) beside them.
 //!
 //! The optimizer file is written first and the model file last, each atomically, so a checkpoint is
 //! complete exactly when both files exist and parse; resume skips anything else.
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{GrokError, Result};
 use crate::model::{ModelConfig, Params};
+use crate::optim::interventions::{Grokfast, GrokfastKind};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::tensor_io;
 
@@ -20,6 +22,8 @@ pub struct Checkpoint {
     pub params: Params,
     /// Optimizer state.
     pub optimizer: AdamW,
+    /// The gradient filter's settings and state.
+    pub grokfast: Grokfast,
     /// Training wall time so far, in seconds.
     pub elapsed_s: f64,
 }
@@ -60,8 +64,22 @@ impl Checkpoint {
             ("step".to_string(), self.optimizer.step.to_string()),
             ("elapsed_s".to_string(), self.elapsed_s.to_string()),
         ]);
+        let mut meta = meta;
         let mut tensors = self.optimizer.exp_avg.to_host_tensors("exp_avg.");
         tensors.extend(self.optimizer.exp_avg_sq.to_host_tensors("exp_avg_sq."));
+        if let Some(mu) = &self.grokfast.ema {
+            tensors.extend(mu.to_host_tensors("grokfast.ema."));
+        }
+        if let Some(sum) = &self.grokfast.sum {
+            tensors.extend(sum.to_host_tensors("grokfast.ma_sum."));
+        }
+        for (i, g) in self.grokfast.history.iter().enumerate() {
+            tensors.extend(g.to_host_tensors(&format!("grokfast.ma.{i}.")));
+        }
+        meta.insert(
+            "grokfast_history".to_string(),
+            self.grokfast.history.len().to_string(),
+        );
         tensor_io::write_atomic(&optim_path(dir, self.epoch), &tensors, meta)?;
         let meta = BTreeMap::from([
             ("epoch".to_string(), self.epoch.to_string()),
@@ -70,8 +88,16 @@ impl Checkpoint {
         self.params.save(&model_path(dir, self.epoch), meta)
     }
 
-    /// Loads the checkpoint of `epoch`; any missing, truncated or mismatched file is an error naming it.
-    pub fn load(dir: &Path, epoch: usize, cfg: &ModelConfig, adam: AdamWConfig) -> Result<Self> {
+    /// Loads the checkpoint of `epoch` for a run with optimizer `adam` and gradient filter `filter`
+    /// (its settings; the state comes from the file); any missing, truncated or mismatched file is an
+    /// error naming it.
+    pub fn load(
+        dir: &Path,
+        epoch: usize,
+        cfg: &ModelConfig,
+        adam: AdamWConfig,
+        filter: &Grokfast,
+    ) -> Result<Self> {
         let params = Params::load(&model_path(dir, epoch), cfg)?;
         let opath = optim_path(dir, epoch);
         let f = tensor_io::read(&opath)?;
@@ -107,19 +133,66 @@ impl Checkpoint {
             exp_avg: moments("exp_avg.")?,
             exp_avg_sq: moments("exp_avg_sq.")?,
         };
+        let mut grokfast = Grokfast::new(filter.kind, filter.alpha, filter.window, filter.lambda);
+        let has = |prefix: &str| {
+            specs
+                .first()
+                .is_some_and(|s| f.get(&format!("{prefix}{}", s.name)).is_some())
+        };
+        let missing = |what: &str| {
+            GrokError::file(
+                &opath,
+                format!(
+                    "holds no {what} state, which this run's gradient filter needs to resume exactly \
+                     (the checkpoint was written without it)"
+                ),
+            )
+        };
+        match filter.kind {
+            GrokfastKind::None => {}
+            GrokfastKind::Ema if step == 0 => {}
+            GrokfastKind::Ema if has("grokfast.ema.") => {
+                grokfast.ema = Some(moments("grokfast.ema.")?)
+            }
+            GrokfastKind::Ema => return Err(missing("Grokfast-EMA")),
+            GrokfastKind::Ma => {
+                let n: usize = f
+                    .metadata
+                    .get("grokfast_history")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| missing("Grokfast-MA"))?;
+                if n != (step as usize).min(filter.window) {
+                    return Err(missing("complete Grokfast-MA"));
+                }
+                for i in 0..n {
+                    grokfast
+                        .history
+                        .push_back(moments(&format!("grokfast.ma.{i}."))?);
+                }
+                if n > 0 {
+                    grokfast.sum = Some(moments("grokfast.ma_sum.")?);
+                }
+            }
+        }
         Ok(Checkpoint {
             epoch,
             params,
             optimizer,
+            grokfast,
             elapsed_s,
         })
     }
 
     /// The newest complete checkpoint in `dir`, with the reasons newer ones were skipped.
-    pub fn latest(dir: &Path, cfg: &ModelConfig, adam: AdamWConfig) -> (Option<Self>, Vec<String>) {
+    pub fn latest(
+        dir: &Path,
+        cfg: &ModelConfig,
+        adam: AdamWConfig,
+        filter: &Grokfast,
+    ) -> (Option<Self>, Vec<String>) {
         let mut skipped = Vec::new();
         for epoch in list_epochs(dir).into_iter().rev() {
-            match Self::load(dir, epoch, cfg, adam) {
+            match Self::load(dir, epoch, cfg, adam, filter) {
                 Ok(c) => return (Some(c), skipped),
                 Err(e) => skipped.push(e.to_string()),
             }

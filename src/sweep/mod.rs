@@ -25,11 +25,18 @@ use crate::tensor_io::write_bytes_atomic;
 pub use spec::{point_name, Point, Seeds, SweepSpec};
 
 /// Built-in specs: name, description, TOML.
-pub const BUILT_IN: [(&str, &str, &str); 1] = [(
-    "power-2022-fraction",
-    "Power et al. 2022: time to generalise against the training fraction, 7 fractions × 3 seeds",
-    include_str!("specs/power-2022-fraction.toml"),
-)];
+pub const BUILT_IN: [(&str, &str, &str); 2] = [
+    (
+        "power-2022-fraction",
+        "Power et al. 2022: time to generalise against the training fraction, 7 fractions × 3 seeds",
+        include_str!("specs/power-2022-fraction.toml"),
+    ),
+    (
+        "interventions",
+        "each grokking intervention (Grokfast EMA/MA, ⊥Grad, StableMax, fixed weight norm) and none, 3 seeds each",
+        include_str!("specs/interventions.toml"),
+    ),
+];
 
 /// A spec from a file path or the name of a built-in spec.
 pub fn load_spec(spec: &str) -> Result<SweepSpec> {

@@ -11,7 +11,7 @@ use crate::analysis::fourier::FourierBasis;
 use crate::error::Result;
 use crate::linalg::Matrix;
 use crate::model::Params;
-use crate::report::figures::{bars, heatmap, lines};
+use crate::report::figures::{bars, grouped_bars, heatmap, lines};
 use crate::report::page::{escape, render, summary_table, Section};
 use crate::sweep::{IndexRow, Point, Status, SweepDir, SweepSpec};
 use crate::tensor_io::write_bytes_atomic;
@@ -173,9 +173,13 @@ fn sections(
     key_freqs: &[Option<Vec<usize>>],
 ) -> Vec<Section> {
     let keys = spec.swept_keys();
+    let grid_keys: Vec<String> = spec.grid.keys().cloned().collect();
     let mut out = Vec::new();
+    if !spec.points.is_empty() {
+        out.push(configurations(points, rows));
+    }
     let mut figures = Vec::new();
-    for key in &keys {
+    for key in &grid_keys {
         let values = values_of(points, key);
         let numeric: Option<Vec<f64>> = values.iter().map(|v| v.parse().ok()).collect();
         // Per value: (mean, min, max) over seeds of the grokking epoch (grokked points only) and of
@@ -214,9 +218,20 @@ fn sections(
         figures.push(lines(
             &format!("Grokking epoch (test acc ≥ 99%) against {key}"),
             &x_title,
-            "epoch",
+            "epoch (log scale)",
             &x,
             &[("mean over seeds", mean), ("min", lo), ("max", hi)],
+            true,
+        ));
+        let [share, ..] = stats(&|r| {
+            (r.status == Status::Finished).then(|| f64::from(u8::from(r.grokking_epoch.is_some())))
+        });
+        figures.push(lines(
+            &format!("Share of seeds that grokked against {key}"),
+            &x_title,
+            "share of finished runs",
+            &x,
+            &[("grokked", share)],
             false,
         ));
         let [mean, lo, hi] = stats(&|r| r.test_acc);
@@ -229,16 +244,19 @@ fn sections(
             false,
         ));
     }
-    out.push(Section {
+    if !figures.is_empty() {
+        out.push(Section {
         id: "trends",
         title: "Against each swept key",
         intro: "Grokking epoch (first evaluation with test accuracy ≥ 99 %, over the points that reach \
-                it) and final test accuracy for each value of each swept key: the mean over seeds and \
-                the spread (min, max)."
+                it), the share of seeds that reach it within the budget, and final test accuracy for \
+                each value of each swept key: the mean over seeds and the spread (min, max)."
             .into(),
         figures,
     });
-    if keys.len() == 2 {
+    }
+    if grid_keys.len() == 2 {
+        let keys = &grid_keys;
         let (xs, ys) = (values_of(points, &keys[0]), values_of(points, &keys[1]));
         let mut z = vec![f32::NAN; ys.len() * xs.len()];
         for (yi, yv) in ys.iter().enumerate() {
@@ -311,6 +329,81 @@ fn sections(
         figures: Vec::new(),
     });
     out
+}
+
+/// A point's settings without its seed: `k=v, k=v`, or `baseline`.
+fn configuration(point: &Point) -> String {
+    if point.settings.is_empty() {
+        return "baseline".into();
+    }
+    point
+        .settings
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One bar group per configuration (the listed points, over their seeds): grokking epoch and the
+/// share of seeds that grokked — the comparison an intervention sweep asks for.
+fn configurations(points: &[Point], rows: &[IndexRow]) -> Section {
+    let mut labels: Vec<String> = Vec::new();
+    for p in points {
+        let c = configuration(p);
+        if !labels.contains(&c) {
+            labels.push(c);
+        }
+    }
+    let of = |label: &str| -> Vec<&IndexRow> {
+        points
+            .iter()
+            .zip(rows)
+            .filter(|(p, r)| configuration(p) == label && r.status == Status::Finished)
+            .map(|(_, r)| r)
+            .collect()
+    };
+    let (mut mean, mut lo, mut hi, mut share) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for l in &labels {
+        let runs = of(l);
+        let epochs: Vec<f32> = runs
+            .iter()
+            .filter_map(|r| r.grokking_epoch.map(|e| e as f32))
+            .collect();
+        let n = epochs.len().max(1) as f32;
+        mean.push(if epochs.is_empty() {
+            f32::NAN
+        } else {
+            epochs.iter().sum::<f32>() / n
+        });
+        lo.push(epochs.iter().copied().fold(f32::NAN, f32::min));
+        hi.push(epochs.iter().copied().fold(f32::NAN, f32::max));
+        share.push(epochs.len() as f32 / runs.len().max(1) as f32);
+    }
+    Section {
+        id: "configurations",
+        title: "By configuration",
+        intro:
+            "Each listed configuration over its seeds: the grokking epoch (test accuracy ≥ 99 %; \
+                mean, min and max over the seeds that reach it) and the share of seeds that grok \
+                within the budget."
+                .into(),
+        figures: vec![
+            grouped_bars(
+                "Grokking epoch by configuration",
+                "configuration",
+                "epoch",
+                &labels,
+                &[("mean", mean), ("min", lo), ("max", hi)],
+            ),
+            bars(
+                "Share of seeds that grokked",
+                "configuration",
+                "share",
+                &labels,
+                &share,
+            ),
+        ],
+    }
 }
 
 /// The table of points, each linking to its report.

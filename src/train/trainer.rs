@@ -9,6 +9,7 @@ use crate::engine::{self, Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::spectral_norm;
 use crate::model::{Params, Slot};
+use crate::optim::interventions::{orthogonalise, project_norm, scale, total_norm, Grokfast};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use crate::run::{metrics, Checkpoint, MetricsRow, RunDir, RunLock};
 use crate::tasks::{Dataset, SequenceStream, Split, SplitRows};
@@ -40,6 +41,10 @@ pub struct Trainer {
     pub params: Params,
     /// Current optimizer state.
     pub optimizer: AdamW,
+    /// The Grokfast gradient filter (settings and state; a no-op unless `train.grokfast` is set).
+    pub grokfast: Grokfast,
+    /// The total trainable weight norm held fixed after every step (`train.weight_norm_scale`).
+    fixed_norm: Option<f64>,
     /// Epochs completed.
     pub epoch: usize,
     /// Every evaluation so far (including those before a resume).
@@ -65,6 +70,17 @@ pub struct Trainer {
     spectral_vector: Vec<f64>,
 }
 
+/// The run's Grokfast filter, with no state yet.
+fn grokfast_config(cfg: &RunConfig) -> Grokfast {
+    let t = &cfg.train;
+    Grokfast::new(
+        t.grokfast,
+        t.grokfast_alpha,
+        t.grokfast_window,
+        t.grokfast_lambda,
+    )
+}
+
 fn adam_config(cfg: &RunConfig) -> AdamWConfig {
     AdamWConfig {
         weight_decay: cfg.train.weight_decay,
@@ -81,7 +97,21 @@ impl Trainer {
         let split = cfg.task.split(cfg.rng);
         let params = Params::init(&cfg.model, cfg.rng);
         let optimizer = AdamW::new(adam_config(&cfg), &params);
-        Self::assemble(cfg, split, params, optimizer, 0, 0.0, Vec::new(), None)
+        let grokfast = grokfast_config(&cfg);
+        let mut t = Self::assemble(
+            cfg,
+            split,
+            params,
+            (optimizer, grokfast),
+            0,
+            0.0,
+            Vec::new(),
+            None,
+        )?;
+        if t.cfg.train.weight_norm_scale > 0.0 {
+            scale(&mut t.params, &t.trainable, t.cfg.train.weight_norm_scale);
+        }
+        Ok(t)
     }
 
     /// A fresh model whose run directory `dir` is created now (config, model config, split).
@@ -104,8 +134,12 @@ impl Trainer {
         let (cfg, mut notes) = dir.load_config_for_resume(sets)?;
         cfg.ensure_trainable()?;
         let split = dir.load_split()?;
-        let (latest, skipped) =
-            Checkpoint::latest(&dir.checkpoint_dir(), &cfg.model, adam_config(&cfg));
+        let (latest, skipped) = Checkpoint::latest(
+            &dir.checkpoint_dir(),
+            &cfg.model,
+            adam_config(&cfg),
+            &grokfast_config(&cfg),
+        );
         let recorded = if dir.metrics_path().exists() {
             metrics::read(&dir.metrics_path())?
         } else {
@@ -113,12 +147,12 @@ impl Trainer {
         };
         let resume_epoch = latest.as_ref().map_or(0, |c| c.epoch);
         check_resume_keeps_history(dir, &cfg, resume_epoch, &recorded, &skipped)?;
-        let (params, optimizer, epoch, elapsed) = match latest {
-            Some(c) => (c.params, c.optimizer, c.epoch, c.elapsed_s),
+        let (params, state, epoch, elapsed) = match latest {
+            Some(c) => (c.params, (c.optimizer, c.grokfast), c.epoch, c.elapsed_s),
             None => {
-                let p = Params::init(&cfg.model, cfg.rng);
-                let o = AdamW::new(adam_config(&cfg), &p);
-                (p, o, 0, 0.0)
+                // From scratch: exactly what `new` starts from.
+                let fresh = Self::new(cfg.clone())?;
+                (fresh.params, (fresh.optimizer, fresh.grokfast), 0, 0.0)
             }
         };
         if cfg.train.epochs < epoch {
@@ -141,7 +175,7 @@ impl Trainer {
             cfg,
             split,
             params,
-            optimizer,
+            state,
             epoch,
             elapsed,
             history,
@@ -156,7 +190,7 @@ impl Trainer {
         cfg: RunConfig,
         split: Split,
         params: Params,
-        optimizer: AdamW,
+        (optimizer, grokfast): (AdamW, Grokfast),
         epoch: usize,
         elapsed_before: f64,
         history: Vec<MetricsRow>,
@@ -207,7 +241,15 @@ impl Trainer {
             TrainRows::Split(rows) => rows.len(),
             TrainRows::Stream(_) => 0,
         };
+        let fixed_norm = (cfg.train.weight_norm_scale > 0.0).then(|| {
+            // The initial weights (a function of the seed) scaled by α: resume recomputes the same value.
+            let mut initial = Params::init(&cfg.model, cfg.rng);
+            scale(&mut initial, &trainable, cfg.train.weight_norm_scale);
+            total_norm(&initial, &trainable)
+        });
         Ok(Trainer {
+            grokfast,
+            fixed_norm,
             shuffle: Shuffle::new(&cfg, n_train, test.len(), epoch),
             grads: params.zeros_like(),
             micro_grads: (cfg.train.micro_batch > 0).then(|| params.zeros_like()),
@@ -312,7 +354,7 @@ impl Trainer {
         for lo in (0..n).step_by(micro.max(1)) {
             let hi = (lo + micro).min(n);
             write(lo, hi, &mut self.pass);
-            let batch = Batch::of(&self.pass, target);
+            let batch = Batch::of(&self.pass, target).with_loss(self.cfg.train.loss);
             let into = match (&mut self.micro_grads, hi - lo == n) {
                 (Some(g), false) => g,
                 _ => &mut self.grads,
@@ -342,12 +384,21 @@ impl Trainer {
             }
             stats = stats.merged(part);
         }
+        // Interventions, in their papers' order: filter the gradient, project it, clip, step, and
+        // put the weights back on their sphere.
+        self.grokfast.apply(&mut self.grads, &self.trainable);
+        if self.cfg.train.orthogonal_grad {
+            orthogonalise(&mut self.grads, &self.params, &self.trainable);
+        }
         if self.cfg.train.grad_clip > 0.0 {
             clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
         }
         let lr = self.cfg.train.lr_at(self.optimizer.step);
         self.optimizer
             .step(&mut self.params, &self.grads, &self.trainable, lr);
+        if let Some(norm) = self.fixed_norm {
+            project_norm(&mut self.params, &self.trainable, norm);
+        }
         Ok((stats, lr))
     }
 
@@ -386,7 +437,7 @@ impl Trainer {
         self.engine.loss_and_grads(
             &self.params,
             &self.trainable,
-            Batch::of(&self.pass, target),
+            Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
             &mut self.grads,
         )?;
         let train_seconds = started.elapsed().as_secs_f64();
@@ -394,8 +445,10 @@ impl Trainer {
             .write(0..sample.min(self.test.len()), &mut self.pass);
         let test_rows = self.pass.len();
         let started = Instant::now();
-        self.engine
-            .evaluate(&self.params, Batch::of(&self.pass, target))?;
+        self.engine.evaluate(
+            &self.params,
+            Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
+        )?;
         Ok(SampleTiming {
             train_rows,
             train_seconds,
@@ -421,9 +474,10 @@ impl Trainer {
         for lo in (0..self.test.len()).step_by(pass) {
             let hi = (lo + pass).min(self.test.len());
             self.test.write(lo..hi, &mut self.pass);
-            let part = self
-                .engine
-                .evaluate(&self.params, Batch::of(&self.pass, target))?;
+            let part = self.engine.evaluate(
+                &self.params,
+                Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
+            )?;
             stats = stats.merged(part);
         }
         Ok(stats)
@@ -441,6 +495,7 @@ impl Trainer {
                 epoch: self.epoch,
                 params: self.params.clone(),
                 optimizer: self.optimizer.clone(),
+                grokfast: self.grokfast.clone(),
                 elapsed_s,
             };
             c.save(&dir.checkpoint_dir())?;

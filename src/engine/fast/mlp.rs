@@ -17,6 +17,7 @@
 use rayon::prelude::*;
 
 use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats};
+use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
@@ -141,7 +142,7 @@ impl Engine for FastMlpEngine {
         let scratch = std::mem::take(&mut self.scratch);
         let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads, scratch);
         let stats = parallel_chunks(&mut self.train_ws, threads, batch, |ws, t, l| {
-            pass.run(ws, t, l, Some(n_total))
+            pass.run(ws, t, l, Some(n_total), batch.loss)
         });
         let chunks = stats.len();
         let (first, rest) = self.train_ws[..chunks].split_at_mut(1);
@@ -170,18 +171,16 @@ impl Engine for FastMlpEngine {
     }
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
-        let stats = self.map_eval(params, batch, |pass, ws, t, l| pass.run(ws, t, l, None))?;
+        let loss = batch.loss;
+        let stats = self.map_eval(params, batch, |pass, ws, t, l| {
+            pass.run(ws, t, l, None, loss)
+        })?;
         Ok(totals(&stats, batch.rows()))
     }
 
     fn logits(&mut self, params: &Params, tokens: &[u32], seq: usize) -> Result<Vec<f32>> {
         let labels = vec![0; tokens.len() / seq.max(1)];
-        let batch = Batch {
-            tokens,
-            labels: &labels,
-            seq_len: seq,
-            target: Target::LastPosition,
-        };
+        let batch = Batch::new(tokens, &labels, seq, Target::LastPosition);
         let vo = self.cfg.d_vocab_out;
         let chunks = self.map_eval(params, batch, |pass, ws, t, l| {
             pass.forward(ws, t, l.len());
@@ -290,11 +289,13 @@ impl<'a> Pass<'a> {
         tokens: &[u32],
         labels: &[u32],
         n_total: Option<usize>,
+        loss: LossKind,
     ) -> ChunkStats {
         let rows = labels.len();
         self.forward(ws, tokens, rows);
         let vo = self.cfg.d_vocab_out;
-        let (loss_sum, correct) = loss_and_dlogits(&mut ws.logits[..rows * vo], labels, n_total);
+        let (loss_sum, correct) =
+            loss_and_dlogits(&mut ws.logits[..rows * vo], labels, n_total, loss);
         if n_total.is_some() {
             self.backward(ws, tokens, rows);
         }

@@ -1,8 +1,9 @@
 //! The hand-written CPU engine for the training hot path.
 //!
-//! It computes exactly what the candle path computes for the last-position loss, for transformers
-//! without normalization and with ReLU or `gelu_new` MLPs (every grokking preset), seed 002's MLP
-//! and seed 004's BitNet (without activation quantization); the batch is split into
+//! It computes exactly what the candle path computes — the last-position and previous-token losses,
+//! cross-entropy or StableMax — for transformers with or without LayerNorm and with ReLU or
+//! `gelu_new` MLPs (every grokking preset and seed 003), seed 002's MLP and seed 004's BitNet
+//! (without activation quantization); the batch is split into
 //! chunks decided by its size alone ([`chunk_ranges`]), the threads share them out, and the chunks'
 //! sums are reduced in chunk order, so results are bit-identical on any number of threads. Other
 //! models use the candle engine.
@@ -15,6 +16,7 @@ pub use mlp::FastMlpEngine;
 
 use rayon::prelude::*;
 
+use crate::engine::loss::{stablemax_s, LossKind};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_f32;
@@ -23,7 +25,7 @@ use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
 use crate::tasks::Target;
 
-use transformer::{Dims, Prepared, Weights, Workspace};
+use transformer::{Dims, Prepared, Scoring, Weights, Workspace};
 
 /// Why the fast engines cannot run `cfg` scored on `target`, or `None` when one can.
 pub fn unsupported_reason(cfg: &ModelConfig, target: Target) -> Option<String> {
@@ -133,10 +135,13 @@ impl FastEngine {
         grads: bool,
     ) -> Result<Vec<ChunkStats>> {
         let n_total = grads.then_some(batch.predictions());
-        let seq = batch.seq_len;
-        let per_position = batch.target == Target::PreviousToken;
+        let scoring = Scoring {
+            seq: batch.seq_len,
+            per_position: batch.target == Target::PreviousToken,
+            loss: batch.loss,
+        };
         self.map_chunks(params, batch, grads, |p, ws, t, l| {
-            p.run(ws, t, l, seq, n_total, per_position)
+            p.run(ws, t, l, scoring, n_total)
         })
     }
 
@@ -303,12 +308,7 @@ impl Engine for FastEngine {
             ));
         }
         let labels = vec![0; tokens.len() / seq];
-        let batch = Batch {
-            tokens,
-            labels: &labels,
-            seq_len: seq,
-            target: Target::LastPosition,
-        };
+        let batch = Batch::new(tokens, &labels, seq, Target::LastPosition);
         let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
             p.logits(ws, t, seq).to_vec()
         })?;
@@ -347,12 +347,13 @@ pub(crate) fn loss_and_dlogits(
     logits: &mut [f32],
     labels: &[u32],
     n_total: Option<usize>,
+    loss_kind: LossKind,
 ) -> (f64, usize) {
     let vo = logits.len() / labels.len().max(1);
     let inv = n_total.map(|n| 1.0 / n as f32);
     let (mut loss, mut correct) = (0.0f64, 0);
     for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
-        let (l, hit) = row_loss(row, y, inv);
+        let (l, hit) = row_loss(row, y, inv, loss_kind);
         loss += l;
         correct += usize::from(hit);
     }
@@ -366,6 +367,7 @@ pub(crate) fn previous_token_loss(
     tokens: &[u32],
     seq: usize,
     n_total: Option<usize>,
+    loss_kind: LossKind,
 ) -> (f64, usize) {
     let vo = logits.len() / tokens.len().max(1);
     let inv = n_total.map(|n| 1.0 / n as f32);
@@ -375,16 +377,44 @@ pub(crate) fn previous_token_loss(
             row.fill(0.0);
             continue;
         }
-        let (l, hit) = row_loss(row, tokens[i - 1], inv);
+        let (l, hit) = row_loss(row, tokens[i - 1], inv, loss_kind);
         loss += l;
         correct += usize::from(hit);
     }
     (loss, correct)
 }
 
-/// One prediction's −log softmax(row)[y] and whether its arg-max is y; with `inv` = 1/n, turns
-/// `row` into d(mean loss)/d(row) in place.
-fn row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
+/// [`row_loss`] under StableMax, in f64: loss = ln Σ s(x_j) − ln s(x_y), and
+/// d/dx_i = s'(x_i)/Σ s − [i = y]·s'(x_y)/s(x_y).
+fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
+    let y = y as usize;
+    let best = row
+        .iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+        )
+        .0;
+    let total: f64 = row.iter().map(|&v| stablemax_s(v as f64).0).sum();
+    let (s_y, ds_y) = stablemax_s(row[y] as f64);
+    let loss = total.ln() - s_y.ln();
+    if let Some(inv) = inv {
+        let inv = inv as f64;
+        for v in row.iter_mut() {
+            *v = (inv * stablemax_s(*v as f64).1 / total) as f32;
+        }
+        row[y] -= (inv * ds_y / s_y) as f32;
+    }
+    (loss, best == y)
+}
+
+/// One prediction's loss (−log softmax(row)[y], or under StableMax −log s(row_y)/Σ s) and whether its
+/// arg-max is y; with `inv` = 1/n, turns `row` into d(mean loss)/d(row) in place.
+fn row_loss(row: &mut [f32], y: u32, inv: Option<f32>, loss_kind: LossKind) -> (f64, bool) {
+    if loss_kind == LossKind::StableMax {
+        return stablemax_row_loss(row, y, inv);
+    }
     let mut loss = 0.0f64;
     let mut correct = 0;
     {

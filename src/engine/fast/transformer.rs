@@ -11,6 +11,7 @@
 
 use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
+use crate::engine::loss::LossKind;
 use crate::linalg::kernels::exp_f32;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
@@ -506,6 +507,17 @@ pub struct Workspace {
     pub grads: Option<Weights>,
 }
 
+/// How a chunk's predictions are scored.
+#[derive(Debug, Clone, Copy)]
+pub struct Scoring {
+    /// Tokens per row.
+    pub seq: usize,
+    /// Every position predicts its previous token (else `labels` at the last position).
+    pub per_position: bool,
+    /// The loss.
+    pub loss: LossKind,
+}
+
 /// A model prepared for one optimizer step: weights in kernel layout plus block 0's lookup tables.
 pub struct Prepared<'a> {
     w: &'a Weights,
@@ -528,17 +540,21 @@ impl<'a> Prepared<'a> {
     }
 
     /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
-    /// leaving the gradients in `ws.grads`) on the chunk's rows; the loss reads `labels` at the last
-    /// position, or with `per_position` every position's previous token.
+    /// leaving the gradients in `ws.grads`) on the chunk's rows of `scoring.seq` tokens, scored as
+    /// `scoring` says.
     pub fn run(
         &self,
         ws: &mut Workspace,
         tokens: &[u32],
         labels: &[u32],
-        seq: usize,
+        scoring: Scoring,
         n_total: Option<usize>,
-        per_position: bool,
     ) -> ChunkStats {
+        let Scoring {
+            seq,
+            per_position,
+            loss,
+        } = scoring;
         let rows = tokens.len() / seq;
         let d = &self.d;
         let n_layers = self.w.blocks.len();
@@ -548,9 +564,9 @@ impl<'a> Prepared<'a> {
         let n_out = rows * out_positions;
         let logits = &mut ws.logits[..n_out * vo];
         let (loss_sum, correct) = if per_position {
-            previous_token_loss(logits, tokens, seq, n_total)
+            previous_token_loss(logits, tokens, seq, n_total, loss)
         } else {
-            loss_and_dlogits(logits, labels, n_total)
+            loss_and_dlogits(logits, labels, n_total, loss)
         };
         if n_total.is_none() {
             return ChunkStats { loss_sum, correct };
