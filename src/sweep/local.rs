@@ -183,7 +183,7 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
     let threads = format!("train.threads={}", opts.threads_per_run);
     let mut steps: Vec<Vec<String>> = Vec::new();
     match dir.status(name) {
-        Status::Finished => {}
+        Status::Finished | Status::Diverged => {}
         Status::Partial => steps.push(vec![
             "train".into(),
             "--quiet".into(),
@@ -225,6 +225,12 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
         if !status.success() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(3).collect();
+            if args[0] == "train" && tail.iter().any(|l| l.contains("training diverged")) {
+                // An outcome, recorded so later calls and the index see it.
+                std::fs::write(dir.diverged_marker(name), tail[0])
+                    .map_err(|e| format!("cannot mark {name} diverged: {e}"))?;
+                return Ok(());
+            }
             return Err(format!(
                 "`groklens {}` failed ({status}); {}: {}",
                 args[0],

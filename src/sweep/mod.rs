@@ -73,6 +73,8 @@ pub enum Status {
     Partial,
     /// Trained to the end (its final model is newer than every checkpoint).
     Finished,
+    /// Stopped by a non-finite loss: an outcome (a phase diagram's "diverged"), not a failure.
+    Diverged,
 }
 
 impl Status {
@@ -82,7 +84,13 @@ impl Status {
             Status::Pending => "pending",
             Status::Partial => "partial",
             Status::Finished => "finished",
+            Status::Diverged => "diverged",
         }
+    }
+
+    /// Whether the point has an outcome (nothing left to run).
+    pub fn ended(self) -> bool {
+        matches!(self, Status::Finished | Status::Diverged)
     }
 }
 
@@ -105,6 +113,11 @@ impl SweepDir {
     /// `runs/NAME`.
     pub fn run(&self, point: &str) -> RunDir {
         RunDir::new(self.root.join("runs").join(point))
+    }
+
+    /// `runs/NAME/DIVERGED`: written when the point's training stopped at a non-finite loss.
+    pub fn diverged_marker(&self, point: &str) -> PathBuf {
+        self.run(point).root.join("DIVERGED")
     }
 
     /// `logs/NAME.log`.
@@ -174,6 +187,9 @@ impl SweepDir {
         let run = self.run(point);
         if !run.config_path().exists() {
             return Status::Pending;
+        }
+        if self.diverged_marker(point).exists() {
+            return Status::Diverged;
         }
         if !run.final_path().exists() {
             return Status::Partial;

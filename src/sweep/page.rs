@@ -25,13 +25,16 @@ pub enum Phase {
     Memorised = 1,
     /// Test accuracy ≥ 99 %.
     Grokked = 2,
-    /// A non-finite loss.
+    /// A non-finite loss (training stopped there).
     Diverged = 3,
 }
 
 impl Phase {
     /// The phase of a point's last evaluation.
     pub fn of(row: &IndexRow) -> Option<Phase> {
+        if row.status == Status::Diverged {
+            return Some(Phase::Diverged);
+        }
         let (train, test, loss) = (row.train_acc?, row.test_acc?, row.test_loss?);
         Some(if !loss.is_finite() {
             Phase::Diverged
@@ -224,7 +227,9 @@ fn sections(
             true,
         ));
         let [share, ..] = stats(&|r| {
-            (r.status == Status::Finished).then(|| f64::from(u8::from(r.grokking_epoch.is_some())))
+            r.status
+                .ended()
+                .then(|| f64::from(u8::from(r.grokking_epoch.is_some())))
         });
         figures.push(lines(
             &format!("Share of seeds that grokked against {key}"),
@@ -358,7 +363,7 @@ fn configurations(points: &[Point], rows: &[IndexRow]) -> Section {
         points
             .iter()
             .zip(rows)
-            .filter(|(p, r)| configuration(p) == label && r.status == Status::Finished)
+            .filter(|(p, r)| configuration(p) == label && r.status.ended())
             .map(|(_, r)| r)
             .collect()
     };
@@ -443,4 +448,52 @@ fn points_table(
     }
     h += "</table><p>";
     h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(status: Status, train: f64, test: f64, loss: f64) -> IndexRow {
+        IndexRow {
+            name: "p".into(),
+            status,
+            epochs: 100,
+            train_acc: Some(train),
+            test_acc: Some(test),
+            test_loss: Some(loss),
+            memorised_epoch: None,
+            grokking_epoch: None,
+            elapsed_s: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn phases_follow_the_last_evaluation() {
+        let f = Status::Finished;
+        assert_eq!(Phase::of(&row(f, 0.5, 0.1, 2.0)), Some(Phase::Neither));
+        assert_eq!(Phase::of(&row(f, 1.0, 0.4, 3.0)), Some(Phase::Memorised));
+        assert_eq!(Phase::of(&row(f, 1.0, 0.995, 0.01)), Some(Phase::Grokked));
+        assert_eq!(Phase::of(&row(f, 0.1, 0.1, f64::NAN)), Some(Phase::Diverged));
+        assert_eq!(
+            Phase::of(&row(Status::Diverged, 1.0, 1.0, 0.0)),
+            Some(Phase::Diverged)
+        );
+        let mut pending = row(Status::Pending, 0.0, 0.0, 0.0);
+        pending.test_acc = None;
+        assert_eq!(Phase::of(&pending), None);
+    }
+
+    #[test]
+    fn a_diverged_marker_is_an_outcome() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SweepDir::new(tmp.path());
+        let run = dir.run("p");
+        std::fs::create_dir_all(&run.root).unwrap();
+        std::fs::write(run.config_path(), "").unwrap();
+        assert_eq!(dir.status("p"), Status::Partial);
+        std::fs::write(dir.diverged_marker("p"), "loss NaN").unwrap();
+        assert_eq!(dir.status("p"), Status::Diverged);
+        assert!(Status::Diverged.ended() && !Status::Partial.ended());
+    }
 }
