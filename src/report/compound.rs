@@ -8,7 +8,7 @@ use crate::analysis::compound::{analyze_compound_run, CompoundAnalysis, CONTEXTS
 use crate::error::Result;
 use crate::report::figures::{bars, grouped_bars, heatmap, training_curves, with_vlines};
 use crate::report::page::Section;
-use crate::report::{write_page, Written};
+use crate::report::{last_evaluation, write_page, Written};
 use crate::tasks::compound::{CompoundTask, SYMBOLS};
 
 /// What the compound report wrote and found.
@@ -58,17 +58,7 @@ fn summary(a: &CompoundAnalysis) -> Vec<(String, String)> {
     ];
     rows.extend(a.notes.iter().map(|n| ("Note".to_string(), n.clone())));
     if let Some(r) = a.metrics.last() {
-        rows.push((
-            "Last evaluation".to_string(),
-            format!(
-                "epoch {} · train loss {:.3e}, acc {:.2}% · test loss {:.3e}, acc {:.2}%",
-                r.epoch,
-                r.train_loss,
-                100.0 * r.train_acc,
-                r.test_loss,
-                100.0 * r.test_acc
-            ),
-        ));
+        rows.push(("Last evaluation".to_string(), last_evaluation(r)));
     }
     rows.push((
         "Grokking epoch (test acc ≥ 99%)".to_string(),

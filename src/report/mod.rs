@@ -120,6 +120,18 @@ fn epoch(e: Option<usize>) -> String {
     e.map_or("not reached".to_string(), |e| e.to_string())
 }
 
+/// A run's last evaluation in one line, for summary tables.
+pub(crate) fn last_evaluation(r: &crate::run::MetricsRow) -> String {
+    format!(
+        "epoch {} · train loss {:.3e}, acc {:.2}% · test loss {:.3e}, acc {:.2}%",
+        r.epoch,
+        r.train_loss,
+        100.0 * r.train_acc,
+        r.test_loss,
+        100.0 * r.test_acc
+    )
+}
+
 /// Analyses the run in `dir` and writes `dir/report.html`.
 pub fn write_report(dir: &Path) -> Result<ReportSummary> {
     write_page(dir, analyze_run, |a| (summary_rows(a), sections(a)))
@@ -136,17 +148,7 @@ fn summary_rows(a: &RunAnalysis) -> Vec<(String, String)> {
     ];
     rows.extend(a.notes.iter().map(|n| ("Note", n.clone())));
     if let Some(r) = last {
-        rows.push((
-            "Last evaluation",
-            format!(
-                "epoch {} · train loss {:.3e}, acc {:.2}% · test loss {:.3e}, acc {:.2}%",
-                r.epoch,
-                r.train_loss,
-                100.0 * r.train_acc,
-                r.test_loss,
-                100.0 * r.test_acc
-            ),
-        ));
+        rows.push(("Last evaluation", last_evaluation(r)));
     }
     rows.push(("Grokking epoch (test acc ≥ 99%)", epoch(a.grokking_epoch)));
     rows.push((

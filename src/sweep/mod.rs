@@ -401,4 +401,28 @@ mod tests {
         let e = load_spec("no-such-spec").unwrap_err().to_string();
         assert!(e.contains("power-2022-fraction"), "{e}");
     }
+
+    #[test]
+    fn a_config_base_is_found_from_the_spec_and_from_the_sweep_dirs_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let specs = tmp.path().join("specs");
+        std::fs::create_dir_all(&specs).unwrap();
+        let mut base = crate::presets::preset("quick").unwrap();
+        base.train.epochs = 77;
+        std::fs::write(specs.join("base.toml"), base.to_toml()).unwrap();
+        std::fs::write(
+            specs.join("s.toml"),
+            "name = \"c\"\nconfig = \"base.toml\"\n[grid]\n\"train.lr\" = [1e-3, 2e-3]\n",
+        )
+        .unwrap();
+        let spec = SweepSpec::load(&specs.join("s.toml")).unwrap();
+        let points = spec.points().unwrap();
+        assert_eq!(points[1].config.train.epochs, 77);
+        assert_eq!(points[1].config.train.lr, 2e-3);
+        let dir = SweepDir::new(tmp.path().join("out"));
+        dir.prepare(&spec).unwrap();
+        let copy = SweepSpec::load(&dir.spec_path()).unwrap();
+        assert_eq!(copy, spec);
+        dir.prepare(&copy).unwrap();
+    }
 }

@@ -474,7 +474,10 @@ mod tests {
         assert_eq!(Phase::of(&row(f, 0.5, 0.1, 2.0)), Some(Phase::Neither));
         assert_eq!(Phase::of(&row(f, 1.0, 0.4, 3.0)), Some(Phase::Memorised));
         assert_eq!(Phase::of(&row(f, 1.0, 0.995, 0.01)), Some(Phase::Grokked));
-        assert_eq!(Phase::of(&row(f, 0.1, 0.1, f64::NAN)), Some(Phase::Diverged));
+        assert_eq!(
+            Phase::of(&row(f, 0.1, 0.1, f64::NAN)),
+            Some(Phase::Diverged)
+        );
         assert_eq!(
             Phase::of(&row(Status::Diverged, 1.0, 1.0, 0.0)),
             Some(Phase::Diverged)

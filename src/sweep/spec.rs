@@ -87,7 +87,9 @@ impl SweepSpec {
             .map_err(|e| GrokError::file(path, format!("is not a valid sweep spec: {e}")))?;
         if let Some(c) = &spec.config {
             if c.is_relative() {
-                spec.config = Some(path.parent().unwrap_or(Path::new(".")).join(c));
+                // Absolute, so the copy a sweep directory keeps (and Slurm tasks read) still finds it.
+                let joined = path.parent().unwrap_or(Path::new(".")).join(c);
+                spec.config = Some(std::path::absolute(&joined).unwrap_or(joined));
             }
         }
         spec.points()?;
