@@ -63,7 +63,7 @@ pub struct SweepPage {
     pub seconds: f64,
     /// The index rows it read.
     pub rows: Vec<IndexRow>,
-    /// Per point (same order): key frequencies of its final embedding, for modular tasks.
+    /// Per point (same order): key frequencies of its final embedding, for grokked modular runs.
     pub key_freqs: Vec<Option<Vec<usize>>>,
 }
 
@@ -77,7 +77,8 @@ pub fn write_sweep_page(dir: &SweepDir) -> Result<SweepPage> {
         .iter()
         .zip(&rows)
         .map(|(p, r)| {
-            (r.status == Status::Finished)
+            // Only a grokked embedding is sparse in frequency; a memorising one has no key frequencies.
+            (r.status == Status::Finished && r.grokking_epoch.is_some())
                 .then(|| point_key_freqs(dir, p))
                 .flatten()
         })
@@ -315,8 +316,8 @@ fn sections(
             id: "frequencies",
             title: "Key frequencies over seeds",
             intro: format!(
-                "How many of the {runs} finished runs have each frequency among their embedding's key \
-                 frequencies (W_E in the Fourier basis, as each run's report finds them)."
+                "How many of the {runs} runs that grokked have each frequency among their embedding's \
+                 key frequencies (W_E in the Fourier basis, as each run's report finds them)."
             ),
             figures: vec![bars(
                 "Runs with each key frequency",
@@ -336,7 +337,8 @@ fn sections(
     out
 }
 
-/// A point's settings without its seed: `k=v, k=v`, or `baseline`.
+/// A point's settings without its seed, keys without their section: `grokfast=ema, lr=0.001`, or
+/// `baseline`.
 fn configuration(point: &Point) -> String {
     if point.settings.is_empty() {
         return "baseline".into();
@@ -344,7 +346,10 @@ fn configuration(point: &Point) -> String {
     point
         .settings
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, _)| {
+            let field = k.split_once('.').map_or(k.as_str(), |(_, f)| f);
+            format!("{field}={}", value(point, k))
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
