@@ -4,10 +4,10 @@
 //!
 //! ```text
 //! cli (main.rs), bench   commands
-//! sweep                  many runs from one spec: local worker pool, Slurm arrays, the sweep page
-//! report                 HTML pages from analysis results
+//! report                 HTML pages (per run, comparison, sweep) from analysis results
 //! analysis               Fourier features, key frequencies, clusters, progress measures, phases
 //! interp                 activation cache, hooks, ablation, patching, weight processing, circuits
+//! sweep                  specs, grid expansion, worker pool of training processes, shards, Slurm arrays, index
 //! train                  the training loop: epochs, evaluation, stop rules, checkpoints, resume
 //! run                    the run directory: config, split, metrics, checkpoints
 //! presets                named configurations

@@ -437,7 +437,7 @@ fn sweep(action: SweepAction) -> Result<()> {
             Ok(())
         }
         SweepAction::Report { dir } => {
-            let page = groklens::sweep::page::write_sweep_page(&SweepDir::new(dir))?;
+            let page = groklens::report::sweep::write_sweep_page(&SweepDir::new(dir))?;
             let grokked = page
                 .rows
                 .iter()

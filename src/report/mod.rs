@@ -1,7 +1,8 @@
 //! `groklens report RUN_DIR`: one self-contained HTML page per run (plotly.js embedded, works
 //! offline) with sections Training, Progress measures, Embedding, Neurons, Logits, Attention and, for
-//! quantized runs, Quantized weights, plus a short text summary for the terminal; and
-//! `groklens compare`, one such page setting several runs side by side ([`compare`]).
+//! quantized runs, Quantized weights, plus a short text summary for the terminal; the pages of the
+//! other task kinds ([`sequence`], [`compound`]); `groklens compare`, one page setting several runs
+//! side by side ([`compare`]); and `groklens sweep report`, one page over a sweep ([`sweep`]).
 
 pub mod compare;
 pub mod compound;
@@ -9,6 +10,7 @@ pub mod figures;
 pub mod page;
 pub mod sections;
 pub mod sequence;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

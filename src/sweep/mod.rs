@@ -1,5 +1,6 @@
 //! `groklens sweep`: many runs from one spec ([`spec`]), on this machine's cores ([`local`]) or as a
-//! Slurm job array ([`slurm`]), and one page over all of them ([`page`]).
+//! Slurm job array ([`slurm`]), and their index; the page over all of them is
+//! `report::sweep` (a layer above).
 //!
 //! ```text
 //! SWEEP_DIR/sweep.toml          the spec (a later call must give the same one)
@@ -13,7 +14,6 @@
 //! index is rebuilt from the run directories by one process, never appended to concurrently.
 
 pub mod local;
-pub mod page;
 pub mod slurm;
 pub mod spec;
 
