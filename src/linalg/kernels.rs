@@ -55,7 +55,23 @@ pub fn matmul(
     }
 }
 
+/// Whether this CPU has AVX2 and FMA, so the fast engines' loops may run their AVX2 builds (std
+/// checks once and caches the answer). Every result is the same either way: both builds do the same
+/// IEEE operations in the same order, only more lanes at a time.
+#[inline]
+pub fn has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Adds `bias[n]` to every row of `x[rows×n]`.
+#[inline(always)]
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
@@ -63,6 +79,7 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 }
 
 /// `out[n] += Σ_rows x[rows×n]`.
+#[inline(always)]
 pub fn add_column_sums(out: &mut [f32], x: &[f32]) {
     for row in x.chunks_exact(out.len()) {
         out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
@@ -99,11 +116,13 @@ pub fn exp_f32(x: f32) -> f32 {
 const GELU_C: f32 = 0.797_884_6; // √(2/π)
 
 /// GELU, tanh approximation (TransformerLens `gelu_new`).
+#[inline(always)]
 pub fn gelu_new(x: f32) -> f32 {
     0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh())
 }
 
 /// Derivative of [`gelu_new`].
+#[inline(always)]
 pub fn gelu_new_grad(x: f32) -> f32 {
     let u = GELU_C * (x + 0.044715 * x * x * x);
     let t = u.tanh();

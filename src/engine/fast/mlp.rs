@@ -20,6 +20,7 @@ use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, Chun
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
+use crate::linalg::kernels::has_avx2_fma;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::{ActFn, Params};
@@ -183,7 +184,7 @@ impl Engine for FastMlpEngine {
         let batch = Batch::new(tokens, &labels, seq, Target::LastPosition);
         let vo = self.cfg.d_vocab_out;
         let chunks = self.map_eval(params, batch, |pass, ws, t, l| {
-            pass.forward(ws, t, l.len());
+            pass.logits(ws, t, l.len());
             ws.logits[..l.len() * vo].to_vec()
         })?;
         Ok(chunks.concat())
@@ -291,6 +292,55 @@ impl<'a> Pass<'a> {
         n_total: Option<usize>,
         loss: LossKind,
     ) -> ChunkStats {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { self.run_avx2(ws, tokens, labels, n_total, loss) };
+        }
+        self.run_body(ws, tokens, labels, n_total, loss)
+    }
+
+    /// [`Pass::run`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
+        &self,
+        ws: &mut MlpWorkspace,
+        tokens: &[u32],
+        labels: &[u32],
+        n_total: Option<usize>,
+        loss: LossKind,
+    ) -> ChunkStats {
+        self.run_body(ws, tokens, labels, n_total, loss)
+    }
+
+    /// Logits of `rows` rows into the workspace (the forward pass alone), dispatched like
+    /// [`Pass::run`].
+    fn logits(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { self.forward_avx2(ws, tokens, rows) };
+        }
+        self.forward(ws, tokens, rows)
+    }
+
+    /// [`Pass::forward`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
+        self.forward(ws, tokens, rows)
+    }
+
+    #[inline(always)]
+    fn run_body(
+        &self,
+        ws: &mut MlpWorkspace,
+        tokens: &[u32],
+        labels: &[u32],
+        n_total: Option<usize>,
+        loss: LossKind,
+    ) -> ChunkStats {
         let rows = labels.len();
         self.forward(ws, tokens, rows);
         let vo = self.cfg.d_vocab_out;
@@ -303,6 +353,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Embeddings, hidden layers and logits of `rows` rows into the workspace.
+    #[inline(always)]
     fn forward(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
         let (c, p) = (self.cfg, self.params);
         let (de, dh) = (c.d_embed, c.d_hidden);
@@ -357,6 +408,7 @@ impl<'a> Pass<'a> {
     }
 
     /// `out[rows, d_out] = x[rows, d_in]·Wᵀ + b`.
+    #[inline(always)]
     fn linear(
         &self,
         out: &mut [f32],
@@ -372,6 +424,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Backward from `ws.logits` (holding d loss / d logits) into `ws.grads`.
+    #[inline(always)]
     fn backward(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
         let (c, p, tree) = (self.cfg, self.params, self.tree);
         let g = ws.grads.get_or_insert_with(|| p.zeros_like());
@@ -485,6 +538,7 @@ impl<'a> Pass<'a> {
 
 /// Runs `job(index, chunk)` on each `len`-sized chunk of `out`, the chunks spread over `threads`
 /// threads in contiguous groups.
+#[inline(always)]
 fn per_position(
     out: &mut [f32],
     len: usize,

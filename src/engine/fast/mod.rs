@@ -7,6 +7,10 @@
 //! chunks decided by its size alone ([`chunk_ranges`]), the threads share them out, and the chunks'
 //! sums are reduced in chunk order, so results are bit-identical on any number of threads. Other
 //! models use the candle engine.
+//!
+//! The build targets baseline x86-64; each chunk's pass has a second build for AVX2 + FMA, chosen at
+//! run time ([`crate::linalg::kernels::has_avx2_fma`]): the entry points (`run`, `logits`,
+//! `forward`) dispatch, and everything they call is `#[inline(always)]` so it is compiled into both.
 
 pub mod mlp;
 pub mod norm;
@@ -343,6 +347,7 @@ pub(crate) fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// Each row's loss is `(max − logit[label]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
 /// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
 /// keeps its digits instead of rounding to 0.
+#[inline(always)]
 pub(crate) fn loss_and_dlogits(
     logits: &mut [f32],
     labels: &[u32],
@@ -362,6 +367,7 @@ pub(crate) fn loss_and_dlogits(
 
 /// [`loss_and_dlogits`] for logits at every position of rows of `seq` tokens, position t ≥ 1
 /// predicting token t − 1; position 0's logits (no target) get a zero gradient.
+#[inline(always)]
 pub(crate) fn previous_token_loss(
     logits: &mut [f32],
     tokens: &[u32],
@@ -386,6 +392,7 @@ pub(crate) fn previous_token_loss(
 
 /// [`row_loss`] under StableMax, in f64: loss = ln Σ s(x_j) − ln s(x_y), and
 /// d/dx_i = s'(x_i)/Σ s − [i = y]·s'(x_y)/s(x_y).
+#[inline(always)]
 fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
     let y = y as usize;
     let best = row
@@ -411,6 +418,7 @@ fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) 
 
 /// One prediction's loss (−log softmax(row)[y], or under StableMax −log s(row_y)/Σ s) and whether its
 /// arg-max is y; with `inv` = 1/n, turns `row` into d(mean loss)/d(row) in place.
+#[inline(always)]
 fn row_loss(row: &mut [f32], y: u32, inv: Option<f32>, loss_kind: LossKind) -> (f64, bool) {
     if loss_kind == LossKind::StableMax {
         return stablemax_row_loss(row, y, inv);

@@ -17,6 +17,7 @@ pub struct NormCache {
 pub type Affine<'a> = Option<(&'a [f32], &'a [f32])>;
 
 /// Normalizes the rows of `x` (`d` wide) into `c`.
+#[inline(always)]
 pub fn forward(x: &[f32], d: usize, eps: f32, affine: Affine, c: &mut NormCache) {
     let rows = x.len() / d;
     c.xhat.resize(rows * d, 0.0);
@@ -44,6 +45,7 @@ pub fn forward(x: &[f32], d: usize, eps: f32, affine: Affine, c: &mut NormCache)
 
 /// Given d(loss)/dy in `dy`, adds d(loss)/dx to `dx` and, for an affine norm, Σ dy·x̂ and Σ dy to
 /// `grads = (dw, db)`. With u = dy·w: dx = rstd·(u − mean(u) − x̂·mean(u·x̂)).
+#[inline(always)]
 pub fn backward(
     dy: &[f32],
     c: &NormCache,

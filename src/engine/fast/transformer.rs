@@ -13,6 +13,7 @@ use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
 use crate::engine::loss::LossKind;
 use crate::linalg::kernels::exp_f32;
+use crate::linalg::kernels::has_avx2_fma;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
 use crate::model::transformer::config::Normalization;
@@ -550,6 +551,37 @@ impl<'a> Prepared<'a> {
         scoring: Scoring,
         n_total: Option<usize>,
     ) -> ChunkStats {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { self.run_avx2(ws, tokens, labels, scoring, n_total) };
+        }
+        self.run_body(ws, tokens, labels, scoring, n_total)
+    }
+
+    /// [`Prepared::run`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        labels: &[u32],
+        scoring: Scoring,
+        n_total: Option<usize>,
+    ) -> ChunkStats {
+        self.run_body(ws, tokens, labels, scoring, n_total)
+    }
+
+    #[inline(always)]
+    fn run_body(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        labels: &[u32],
+        scoring: Scoring,
+        n_total: Option<usize>,
+    ) -> ChunkStats {
         let Scoring {
             seq,
             per_position,
@@ -634,12 +666,33 @@ impl<'a> Prepared<'a> {
     /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
     pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
         let rows = tokens.len() / seq;
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe { self.forward_avx2(ws, tokens, rows, seq, 1) };
+            return &ws.logits[..rows * self.d.d_vocab_out];
+        }
         self.forward(ws, tokens, rows, seq, 1);
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
+    /// [`Prepared::forward`] compiled for AVX2 + FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        rows: usize,
+        seq: usize,
+        out_positions: usize,
+    ) {
+        self.forward(ws, tokens, rows, seq, out_positions)
+    }
+
     /// The forward pass: every block, then the unembedding at the last `out_positions` positions
     /// (1, or every position) into `ws.logits`.
+    #[inline(always)]
     fn forward(
         &self,
         ws: &mut Workspace,
@@ -713,6 +766,7 @@ impl<'a> Prepared<'a> {
     /// Backward through the final RMSNorm: `ws.dout` holds d(loss)/d(normed·γ) on entry and
     /// d(loss)/d(resid_post) on exit; dγ accumulates into `g`. With x̂ = x·√d/n and u = dout ⊙ γ:
     /// dx = (√d/n)·(u − x̂·(x̂·u)/d) (the projection term vanishes where n was clamped).
+    #[inline(always)]
     fn final_norm_backward(&self, ws: &mut Workspace, rows: usize, g: &mut Weights) {
         let dm = self.d.d_model;
         let root_d = (dm as f32).sqrt();
@@ -741,6 +795,7 @@ impl<'a> Prepared<'a> {
     /// Runs block `l` on its input `c.x` (written by the previous block; block 0 looks its input up)
     /// and writes resid_post at the `tq` query positions (`tq` = 1: the last position only) into `out`.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn block_forward(
         &self,
         l: usize,
@@ -882,6 +937,7 @@ impl<'a> Prepared<'a> {
     /// accumulates parameter gradients into `g` and leaves d(loss)/d(block input) at every position in
     /// `ws.dx` (block 0 folds it into the embedding gradients instead).
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn block_backward(
         &self,
         l: usize,
@@ -1048,6 +1104,7 @@ impl<'a> Prepared<'a> {
 
     /// Adds d(loss)/d(block 0's input) `dx` at every position to the rows of `W_E` (by token) and
     /// `W_pos` (by position) it was read from.
+    #[inline(always)]
     fn scatter_embedding_grads(dx: &[f32], tokens: &[u32], seq: usize, dm: usize, g: &mut Weights) {
         for (i, row) in dx.chunks_exact(dm).enumerate() {
             let (tok, t) = (tokens[i] as usize, i % seq);
@@ -1062,6 +1119,7 @@ const RMS_MIN_NORM: f32 = 1e-12;
 
 /// Row i of `out` (`width` wide) = row `tokens[i]` of `per_token` + row `i % seq` of `per_position`:
 /// block 0's input, or its looked-up Q/K/V.
+#[inline(always)]
 fn token_plus_position(
     out: &mut [f32],
     width: usize,
@@ -1092,6 +1150,7 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 /// Dot product with eight independent partial sums, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -1110,6 +1169,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += alpha · x`.
+#[inline(always)]
 fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
 }
