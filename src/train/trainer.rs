@@ -70,6 +70,31 @@ pub struct Trainer {
     spectral_vector: Vec<f64>,
 }
 
+/// Whether each parameter (state_dict order) is trained: neither fixed by its family nor frozen.
+fn trainable_slots(cfg: &RunConfig, params: &Params) -> Vec<bool> {
+    params
+        .iter()
+        .zip(cfg.model.param_specs())
+        .map(|(p, s)| !s.fixed && !cfg.train.is_frozen(&p.name))
+        .collect()
+}
+
+/// The weights a run starts from: the family's init from the seed, the trainable ones scaled by
+/// `train.weight_norm_scale` when it is set (Omnigrok's α).
+fn initial_params(cfg: &RunConfig) -> Params {
+    let mut params = Params::init(&cfg.model, cfg.rng);
+    if cfg.train.weight_norm_scale > 0.0 {
+        let trainable = trainable_slots(cfg, &params);
+        scale(&mut params, &trainable, cfg.train.weight_norm_scale);
+    }
+    params
+}
+
+/// How a run scores the rows of `data`: its task's target, its training loss.
+fn scored<'a>(data: &'a Dataset, cfg: &RunConfig) -> Batch<'a> {
+    Batch::of(data, cfg.task.target()).with_loss(cfg.train.loss)
+}
+
 /// The run's Grokfast filter, with no state yet.
 fn grokfast_config(cfg: &RunConfig) -> Grokfast {
     let t = &cfg.train;
@@ -95,23 +120,12 @@ impl Trainer {
         let cfg = cfg.resolve()?;
         cfg.ensure_trainable()?;
         let split = cfg.task.split(cfg.rng);
-        let params = Params::init(&cfg.model, cfg.rng);
-        let optimizer = AdamW::new(adam_config(&cfg), &params);
-        let grokfast = grokfast_config(&cfg);
-        let mut t = Self::assemble(
-            cfg,
-            split,
-            params,
-            (optimizer, grokfast),
-            0,
-            0.0,
-            Vec::new(),
-            None,
-        )?;
-        if t.cfg.train.weight_norm_scale > 0.0 {
-            scale(&mut t.params, &t.trainable, t.cfg.train.weight_norm_scale);
-        }
-        Ok(t)
+        let params = initial_params(&cfg);
+        let state = (
+            AdamW::new(adam_config(&cfg), &params),
+            grokfast_config(&cfg),
+        );
+        Self::assemble(cfg, split, params, state, 0, 0.0, Vec::new(), None)
     }
 
     /// A fresh model whose run directory `dir` is created now (config, model config, split).
@@ -150,9 +164,9 @@ impl Trainer {
         let (params, state, epoch, elapsed) = match latest {
             Some(c) => (c.params, (c.optimizer, c.grokfast), c.epoch, c.elapsed_s),
             None => {
-                // From scratch: exactly what `new` starts from.
-                let fresh = Self::new(cfg.clone())?;
-                (fresh.params, (fresh.optimizer, fresh.grokfast), 0, 0.0)
+                let p = initial_params(&cfg);
+                let state = (AdamW::new(adam_config(&cfg), &p), grokfast_config(&cfg));
+                (p, state, 0, 0.0)
             }
         };
         if cfg.train.epochs < epoch {
@@ -226,11 +240,7 @@ impl Trainer {
                 ),
             ));
         }
-        let trainable: Vec<bool> = params
-            .iter()
-            .zip(cfg.model.param_specs())
-            .map(|(p, s)| !s.fixed && !cfg.train.is_frozen(&p.name))
-            .collect();
+        let trainable = trainable_slots(&cfg, &params);
         let engine = engine::select(
             &cfg.model,
             cfg.task.target(),
@@ -241,12 +251,9 @@ impl Trainer {
             TrainRows::Split(rows) => rows.len(),
             TrainRows::Stream(_) => 0,
         };
-        let fixed_norm = (cfg.train.weight_norm_scale > 0.0).then(|| {
-            // The initial weights (a function of the seed) scaled by α: resume recomputes the same value.
-            let mut initial = Params::init(&cfg.model, cfg.rng);
-            scale(&mut initial, &trainable, cfg.train.weight_norm_scale);
-            total_norm(&initial, &trainable)
-        });
+        // The initial weights are a function of the seed, so a resumed run recomputes the same norm.
+        let fixed_norm = (cfg.train.weight_norm_scale > 0.0)
+            .then(|| total_norm(&initial_params(&cfg), &trainable));
         Ok(Trainer {
             grokfast,
             fixed_norm,
@@ -354,7 +361,7 @@ impl Trainer {
         for lo in (0..n).step_by(micro.max(1)) {
             let hi = (lo + micro).min(n);
             write(lo, hi, &mut self.pass);
-            let batch = Batch::of(&self.pass, target).with_loss(self.cfg.train.loss);
+            let batch = scored(&self.pass, &self.cfg);
             let into = match (&mut self.micro_grads, hi - lo == n) {
                 (Some(g), false) => g,
                 _ => &mut self.grads,
@@ -418,7 +425,6 @@ impl Trainer {
     /// test rows. Leaves the parameters and optimizer untouched (the gradient buffers are
     /// overwritten).
     pub fn time_sample(&mut self, sample: usize) -> Result<SampleTiming> {
-        let target = self.cfg.task.target();
         let (n_train, _) = self.rows();
         match &self.train {
             TrainRows::Split(rows) => rows.write(0..sample.min(rows.len()), &mut self.pass),
@@ -437,7 +443,7 @@ impl Trainer {
         self.engine.loss_and_grads(
             &self.params,
             &self.trainable,
-            Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
+            scored(&self.pass, &self.cfg),
             &mut self.grads,
         )?;
         let train_seconds = started.elapsed().as_secs_f64();
@@ -445,10 +451,8 @@ impl Trainer {
             .write(0..sample.min(self.test.len()), &mut self.pass);
         let test_rows = self.pass.len();
         let started = Instant::now();
-        self.engine.evaluate(
-            &self.params,
-            Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
-        )?;
+        self.engine
+            .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
         Ok(SampleTiming {
             train_rows,
             train_seconds,
@@ -468,16 +472,14 @@ impl Trainer {
     ///
     /// [`TrainConfig::eval_pass_rows`]: crate::config::TrainConfig::eval_pass_rows
     pub fn evaluate_test(&mut self) -> Result<BatchStats> {
-        let target = self.cfg.task.target();
         let pass = self.cfg.train.eval_pass_rows();
         let mut stats = BatchStats::default();
         for lo in (0..self.test.len()).step_by(pass) {
             let hi = (lo + pass).min(self.test.len());
             self.test.write(lo..hi, &mut self.pass);
-            let part = self.engine.evaluate(
-                &self.params,
-                Batch::of(&self.pass, target).with_loss(self.cfg.train.loss),
-            )?;
+            let part = self
+                .engine
+                .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
             stats = stats.merged(part);
         }
         Ok(stats)
