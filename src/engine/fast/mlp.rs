@@ -20,7 +20,6 @@ use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, Chun
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
-use crate::linalg::kernels::has_avx2_fma;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::{ActFn, Params};
@@ -282,54 +281,28 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// Forward, loss, and (with `n_total`, the batch size the loss is averaged over) backward into
-    /// `ws.grads`.
-    fn run(
-        &self,
-        ws: &mut MlpWorkspace,
-        tokens: &[u32],
-        labels: &[u32],
-        n_total: Option<usize>,
-        loss: LossKind,
-    ) -> ChunkStats {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { self.run_avx2(ws, tokens, labels, n_total, loss) };
-        }
-        self.run_body(ws, tokens, labels, n_total, loss)
+    avx2_dispatch! {
+        /// Forward, loss, and (with `n_total`, the batch size the loss is averaged over) backward into
+        /// `ws.grads`.
+        fn run / run_avx2 => run_body(
+            &self,
+            ws: &mut MlpWorkspace,
+            tokens: &[u32],
+            labels: &[u32],
+            n_total: Option<usize>,
+            loss: LossKind,
+        ) -> ChunkStats
     }
 
-    /// [`Pass::run`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(
-        &self,
-        ws: &mut MlpWorkspace,
-        tokens: &[u32],
-        labels: &[u32],
-        n_total: Option<usize>,
-        loss: LossKind,
-    ) -> ChunkStats {
-        self.run_body(ws, tokens, labels, n_total, loss)
-    }
-
-    /// Logits of `rows` rows into the workspace (the forward pass alone), dispatched like
-    /// [`Pass::run`].
-    fn logits(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { self.forward_avx2(ws, tokens, rows) };
-        }
-        self.forward(ws, tokens, rows)
-    }
-
-    /// [`Pass::forward`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, ws: &mut MlpWorkspace, tokens: &[u32], rows: usize) {
-        self.forward(ws, tokens, rows)
+    avx2_dispatch! {
+        /// Logits of `rows` rows into the workspace (the forward pass alone), on this CPU's best
+        /// build.
+        fn logits / forward_avx2 => forward(
+            &self,
+            ws: &mut MlpWorkspace,
+            tokens: &[u32],
+            rows: usize,
+        )
     }
 
     #[inline(always)]

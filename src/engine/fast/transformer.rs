@@ -13,7 +13,6 @@ use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
 use crate::engine::loss::LossKind;
 use crate::linalg::kernels::exp_f32;
-use crate::linalg::kernels::has_avx2_fma;
 use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
 use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
 use crate::model::transformer::config::Normalization;
@@ -540,37 +539,18 @@ impl<'a> Prepared<'a> {
         Prepared { lookup, w, d }
     }
 
-    /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
-    /// leaving the gradients in `ws.grads`) on the chunk's rows of `scoring.seq` tokens, scored as
-    /// `scoring` says.
-    pub fn run(
-        &self,
-        ws: &mut Workspace,
-        tokens: &[u32],
-        labels: &[u32],
-        scoring: Scoring,
-        n_total: Option<usize>,
-    ) -> ChunkStats {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { self.run_avx2(ws, tokens, labels, scoring, n_total) };
-        }
-        self.run_body(ws, tokens, labels, scoring, n_total)
-    }
-
-    /// [`Prepared::run`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(
-        &self,
-        ws: &mut Workspace,
-        tokens: &[u32],
-        labels: &[u32],
-        scoring: Scoring,
-        n_total: Option<usize>,
-    ) -> ChunkStats {
-        self.run_body(ws, tokens, labels, scoring, n_total)
+    avx2_dispatch! {
+        /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
+        /// leaving the gradients in `ws.grads`) on the chunk's rows of `scoring.seq` tokens, scored as
+        /// `scoring` says.
+        pub fn run / run_avx2 => run_body(
+            &self,
+            ws: &mut Workspace,
+            tokens: &[u32],
+            labels: &[u32],
+            scoring: Scoring,
+            n_total: Option<usize>,
+        ) -> ChunkStats
     }
 
     #[inline(always)]
@@ -666,28 +646,20 @@ impl<'a> Prepared<'a> {
     /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
     pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
         let rows = tokens.len() / seq;
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            unsafe { self.forward_avx2(ws, tokens, rows, seq, 1) };
-            return &ws.logits[..rows * self.d.d_vocab_out];
-        }
-        self.forward(ws, tokens, rows, seq, 1);
+        self.dispatch_forward(ws, tokens, rows, seq, 1);
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
-    /// [`Prepared::forward`] compiled for AVX2 + FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(
-        &self,
-        ws: &mut Workspace,
-        tokens: &[u32],
-        rows: usize,
-        seq: usize,
-        out_positions: usize,
-    ) {
-        self.forward(ws, tokens, rows, seq, out_positions)
+    avx2_dispatch! {
+        /// [`Prepared::forward`] on this CPU's best build.
+        fn dispatch_forward / forward_avx2 => forward(
+            &self,
+            ws: &mut Workspace,
+            tokens: &[u32],
+            rows: usize,
+            seq: usize,
+            out_positions: usize,
+        )
     }
 
     /// The forward pass: every block, then the unembedding at the last `out_positions` positions
