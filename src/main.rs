@@ -439,6 +439,7 @@ fn sweep(action: SweepAction) -> Result<()> {
         SweepAction::Report { dir } => {
             let page = groklens::report::sweep::write_sweep_page(&SweepDir::new(dir))?;
             let grokked = page
+                .analysis
                 .rows
                 .iter()
                 .filter(|r| r.grokking_epoch.is_some())
@@ -448,7 +449,7 @@ fn sweep(action: SweepAction) -> Result<()> {
                 page.path.display(),
                 page.bytes as f64 / 1e6,
                 page.seconds,
-                page.rows.len()
+                page.analysis.rows.len()
             );
             Ok(())
         }

@@ -63,15 +63,27 @@ pub(crate) fn write_page<A>(
             .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into())
     );
     let (rows, sections) = page(&analysis);
-    let html = page::render(&escape(&title), &page::summary_table(&rows), &sections);
     let path = dir.join("report.html");
-    write_bytes_atomic(&path, html.as_bytes())?;
+    let bytes = write_html(&path, &title, &rows, &sections)?;
     Ok(Written {
         path,
-        bytes: html.len(),
+        bytes,
         seconds: started.elapsed().as_secs_f64(),
         analysis,
     })
+}
+
+/// Renders a page (title, summary rows, sections) and writes it to `path` atomically; returns its
+/// size in bytes.
+pub(crate) fn write_html(
+    path: &Path,
+    title: &str,
+    rows: &[(String, String)],
+    sections: &[page::Section],
+) -> Result<usize> {
+    let html = page::render(&escape(title), &page::summary_table(rows), sections);
+    write_bytes_atomic(path, html.as_bytes())?;
+    Ok(html.len())
 }
 
 impl ReportSummary {

@@ -3,7 +3,6 @@
 //! key frequencies over seeds, and a table linking every point's own report.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::analysis::embedding::embedding_fourier;
@@ -12,9 +11,10 @@ use crate::error::Result;
 use crate::linalg::Matrix;
 use crate::model::Params;
 use crate::report::figures::{bars, grouped_bars, heatmap, lines};
-use crate::report::page::{escape, render, summary_table, Section};
+use crate::report::page::{escape, Section};
+use crate::report::{write_html, Written};
+use crate::sweep::spec::value_text;
 use crate::sweep::{IndexRow, Point, Status, SweepDir, SweepSpec};
-use crate::tensor_io::write_bytes_atomic;
 
 /// A point's outcome class, as Omnigrok and Doshi et al. draw phase diagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,14 +53,11 @@ impl Phase {
     }
 }
 
-/// What the sweep page wrote.
-pub struct SweepPage {
-    /// Path of `sweep.html`.
-    pub path: PathBuf,
-    /// Bytes written.
-    pub bytes: usize,
-    /// Seconds taken.
-    pub seconds: f64,
+/// What the sweep page wrote and read.
+pub type SweepPage = Written<SweepOutcome>;
+
+/// The points' outcomes behind the page.
+pub struct SweepOutcome {
     /// The index rows it read.
     pub rows: Vec<IndexRow>,
     /// Per point (same order): key frequencies of its final embedding, for grokked modular runs.
@@ -121,19 +118,14 @@ pub fn write_sweep_page(dir: &SweepDir) -> Result<SweepPage> {
             ),
         ),
     ];
-    let html = render(
-        &escape(&format!("groklens sweep — {}", spec.name)),
-        &summary_table(&summary),
-        &sections,
-    );
     let path = dir.root.join("sweep.html");
-    write_bytes_atomic(&path, html.as_bytes())?;
-    Ok(SweepPage {
+    let title = format!("groklens sweep — {}", spec.name);
+    let bytes = write_html(&path, &title, &summary, &sections)?;
+    Ok(Written {
         path,
-        bytes: html.len(),
+        bytes,
         seconds: started.elapsed().as_secs_f64(),
-        rows,
-        key_freqs,
+        analysis: SweepOutcome { rows, key_freqs },
     })
 }
 
@@ -148,14 +140,7 @@ fn point_key_freqs(dir: &SweepDir, point: &Point) -> Option<Vec<usize>> {
 
 /// The swept value of `key` at a point, as text.
 fn value(point: &Point, key: &str) -> String {
-    point
-        .settings
-        .iter()
-        .find(|(k, _)| k == key)
-        .map_or(String::new(), |(_, v)| match v {
-            toml::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
+    point.setting(key).map_or(String::new(), value_text)
 }
 
 /// A key's distinct values in first-seen order.
@@ -346,9 +331,9 @@ fn configuration(point: &Point) -> String {
     point
         .settings
         .iter()
-        .map(|(k, _)| {
+        .map(|(k, v)| {
             let field = k.split_once('.').map_or(k.as_str(), |(_, f)| f);
-            format!("{field}={}", value(point, k))
+            format!("{field}={}", value_text(v))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -357,18 +342,18 @@ fn configuration(point: &Point) -> String {
 /// One bar group per configuration (the listed points, over their seeds): grokking epoch and the
 /// share of seeds that grokked — the comparison an intervention sweep asks for.
 fn configurations(points: &[Point], rows: &[IndexRow]) -> Section {
+    let of_point: Vec<String> = points.iter().map(configuration).collect();
     let mut labels: Vec<String> = Vec::new();
-    for p in points {
-        let c = configuration(p);
-        if !labels.contains(&c) {
-            labels.push(c);
+    for c in &of_point {
+        if !labels.contains(c) {
+            labels.push(c.clone());
         }
     }
     let of = |label: &str| -> Vec<&IndexRow> {
-        points
+        of_point
             .iter()
             .zip(rows)
-            .filter(|(p, r)| configuration(p) == label && r.status.ended())
+            .filter(|(c, r)| *c == label && r.status.ended())
             .map(|(_, r)| r)
             .collect()
     };

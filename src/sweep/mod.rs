@@ -229,11 +229,7 @@ impl SweepDir {
         for (r, p) in rows.iter().zip(points) {
             csv += &format!("{},{}", r.name, r.status.name());
             for k in &keys {
-                let v = p
-                    .settings
-                    .iter()
-                    .find(|(pk, _)| pk == k)
-                    .map_or(String::new(), |(_, v)| v.to_string());
+                let v = p.setting(k).map_or(String::new(), |v| v.to_string());
                 csv += &format!(",{}", v.replace(',', ";"));
             }
             let opt = |x: Option<usize>| x.map_or(String::new(), |e| e.to_string());

@@ -78,8 +78,15 @@ pub struct Point {
     pub config: RunConfig,
 }
 
+impl Point {
+    /// The value this point gives `key`, if it sweeps it.
+    pub fn setting(&self, key: &str) -> Option<&toml::Value> {
+        self.settings.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
 impl SweepSpec {
-    /// Reads and checks a spec file.
+    /// Reads a spec file; its settings are checked when it is expanded ([`SweepSpec::points`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| GrokError::file(path, format!("cannot read the sweep spec: {e}")))?;
@@ -92,16 +99,12 @@ impl SweepSpec {
                 spec.config = Some(std::path::absolute(&joined).unwrap_or(joined));
             }
         }
-        spec.points()?;
         Ok(spec)
     }
 
     /// Parses a spec from TOML text (a config path in it is taken as given).
     pub fn parse(text: &str) -> Result<Self> {
-        let spec: SweepSpec = toml::from_str(text)
-            .map_err(|e| GrokError::config("sweep spec", "(toml)", e.to_string()))?;
-        spec.points()?;
-        Ok(spec)
+        toml::from_str(text).map_err(|e| GrokError::config("sweep spec", "(toml)", e.to_string()))
     }
 
     /// The spec as TOML.
@@ -281,18 +284,20 @@ fn product(axes: &[(String, Vec<toml::Value>)]) -> Vec<Vec<(String, toml::Value)
     })
 }
 
+/// A setting's value as text: a string without its quotes, anything else as TOML writes it.
+pub fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `task.train_frac-0.3__seed-1`: each swept key and its value (`baseline` when none), then the seed;
 /// characters a file name should not hold become `_`. The same settings always give the same name.
 pub fn point_name(settings: &[(String, toml::Value)], seed: Option<i64>) -> String {
     let mut parts: Vec<String> = settings
         .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                toml::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            format!("{k}-{value}")
-        })
+        .map(|(k, v)| format!("{k}-{}", value_text(v)))
         .collect();
     if parts.is_empty() {
         parts.push("baseline".into());
@@ -330,7 +335,10 @@ mod tests {
     "#;
 
     fn error(text: &str) -> String {
-        SweepSpec::parse(text).unwrap_err().to_string()
+        SweepSpec::parse(text)
+            .and_then(|s| s.points())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
