@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, D};
 
 use crate::analysis::embedding::{embedding_fourier, key_frequencies, EmbeddingFourier};
 use crate::analysis::fourier::{freq_norms, row_norms, FourierBasis};
-use crate::analysis::{analysed_model, AnalysedModel};
+use crate::analysis::{analysed_model, checked_split, AnalysedModel};
 use crate::error::{GrokError, Result};
 use crate::interp::{Interp, Names};
 use crate::linalg::Matrix;
@@ -180,7 +180,8 @@ pub fn analyze_compound_run(dir: &Path) -> Result<CompoundAnalysis> {
         .flat_map(|l| (0..n_heads).map(move |h| format!("L{l}H{h}")))
         .collect();
 
-    let (accuracy_by_exponent, scored_rows) = accuracy_by_exponent(&cfg, &task, model.as_ref())?;
+    let test = checked_split(&run, task.rows())?.test;
+    let (accuracy_by_exponent, scored_rows) = accuracy_by_exponent(&test, &task, model.as_ref())?;
     Ok(CompoundAnalysis {
         grokking_epoch: grokking_epoch(&metrics, GROKKED_ACCURACY),
         cfg,
@@ -254,14 +255,14 @@ fn forward_last(
     Ok(out)
 }
 
-/// Accuracy on the first [`SCORED_TEST_ROWS`] rows of the shuffled test split, by exponent d.
+/// Accuracy on the first [`SCORED_TEST_ROWS`] rows of the run's (shuffled) test split `test`, by
+/// exponent d.
 fn accuracy_by_exponent(
-    cfg: &RunConfig,
+    test: &[usize],
     task: &CompoundTask,
     model: &dyn HookedModel,
 ) -> Result<(Vec<f32>, usize)> {
-    let split = cfg.task.split(cfg.rng);
-    let rows: Vec<usize> = split.test.into_iter().take(SCORED_TEST_ROWS).collect();
+    let rows = &test[..test.len().min(SCORED_TEST_ROWS)];
     let n_ctx = CompoundTask::LEN;
     let (mut right, mut seen) = (vec![0usize; task.p], vec![0usize; task.p]);
     let mut tokens = Vec::new();

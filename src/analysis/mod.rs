@@ -13,7 +13,7 @@ pub mod quantized;
 pub mod sequence;
 pub mod stats;
 
-use crate::tasks::Target;
+use crate::tasks::{Split, Target};
 use std::path::Path;
 use std::time::Instant;
 
@@ -123,6 +123,25 @@ pub fn memory_needed(cfg: &RunConfig) -> Estimate {
         .floats("parameters", m.n_params() * 4.0)
 }
 
+/// The run's stored split, refused (naming the file) when a row index is outside the task's `n_rows`.
+pub(crate) fn checked_split(run: &RunDir, n_rows: usize) -> Result<Split> {
+    let split = run.load_split()?;
+    if let Some(bad) = split
+        .train
+        .iter()
+        .chain(&split.test)
+        .find(|&&i| i >= n_rows)
+    {
+        return Err(GrokError::file(
+            run.split_path(),
+            format!(
+                "row index {bad} is outside the task's {n_rows} examples: the split does not belong to this config"
+            ),
+        ));
+    }
+    Ok(split)
+}
+
 /// The model a report analyses, with what the reader must know about it.
 pub(crate) struct AnalysedModel {
     /// Its epoch (step for a stream).
@@ -227,21 +246,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         "analyse it on a machine with more memory",
     )?;
     let metrics = metrics::read(&run.metrics_path())?;
-    let split = run.load_split()?;
-    let n_examples = task.rows();
-    if let Some(bad) = split
-        .train
-        .iter()
-        .chain(&split.test)
-        .find(|&&i| i >= n_examples)
-    {
-        return Err(GrokError::file(
-            run.split_path(),
-            format!(
-                "row index {bad} is outside the task's {n_examples} examples: the split does not belong to this config"
-            ),
-        ));
-    }
+    let split = checked_split(&run, task.rows())?;
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
     let load_checkpoint = |epoch: usize| {
         Params::load(
