@@ -70,6 +70,51 @@ pub fn has_avx2_fma() -> bool {
     }
 }
 
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` method whose callees are inlined too)
+/// compiled for AVX2 + FMA when this CPU has them and as built otherwise, plus `$avx2`, that
+/// AVX2 + FMA copy.
+macro_rules! avx2_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident => $body:ident(
+        &self $(, $arg:ident: $ty:ty)* $(,)?
+    ) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        $vis fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::linalg::kernels::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { self.$avx2($($arg),*) };
+            }
+            self.$body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2(&self $(, $arg: $ty)*) $(-> $ret)? {
+            self.$body($($arg),*)
+        }
+    };
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident => $body:ident(
+        &mut self $(, $arg:ident: $ty:ty)* $(,)?
+    ) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        $vis fn $name(&mut self $(, $arg: $ty)*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            if $crate::linalg::kernels::has_avx2_fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                return unsafe { self.$avx2($($arg),*) };
+            }
+            self.$body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2(&mut self $(, $arg: $ty)*) $(-> $ret)? {
+            self.$body($($arg),*)
+        }
+    };
+}
+pub(crate) use avx2_dispatch;
+
 /// Adds `bias[n]` to every row of `x[rows×n]`.
 #[inline(always)]
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {

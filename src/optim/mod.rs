@@ -40,8 +40,19 @@ impl AdamW {
         }
     }
 
-    /// One update of every parameter whose `trainable[i]` is true, at learning rate `lr`.
-    pub fn step(&mut self, params: &mut Params, grads: &Params, trainable: &[bool], lr: f64) {
+    crate::linalg::kernels::avx2_dispatch! {
+        /// One update of every parameter whose `trainable[i]` is true, at learning rate `lr`.
+        pub fn step / step_avx2 => step_body(
+            &mut self,
+            params: &mut Params,
+            grads: &Params,
+            trainable: &[bool],
+            lr: f64,
+        )
+    }
+
+    #[inline(always)]
+    fn step_body(&mut self, params: &mut Params, grads: &Params, trainable: &[bool], lr: f64) {
         self.step += 1;
         let (b1, b2) = self.cfg.betas;
         let bias1 = 1.0 - b1.powi(self.step as i32);

@@ -281,7 +281,7 @@ impl<'a> Pass<'a> {
         }
     }
 
-    avx2_dispatch! {
+    crate::linalg::kernels::avx2_dispatch! {
         /// Forward, loss, and (with `n_total`, the batch size the loss is averaged over) backward into
         /// `ws.grads`.
         fn run / run_avx2 => run_body(
@@ -294,7 +294,7 @@ impl<'a> Pass<'a> {
         ) -> ChunkStats
     }
 
-    avx2_dispatch! {
+    crate::linalg::kernels::avx2_dispatch! {
         /// Logits of `rows` rows into the workspace (the forward pass alone), on this CPU's best
         /// build.
         fn logits / forward_avx2 => forward(

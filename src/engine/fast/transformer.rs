@@ -360,8 +360,13 @@ impl Weights {
         v
     }
 
-    /// `self += other`, buffer by buffer.
-    pub fn add_assign(&mut self, other: &mut Weights) {
+    crate::linalg::kernels::avx2_dispatch! {
+        /// `self += other`, buffer by buffer (the chunks' gradients summed).
+        pub fn add_assign / add_assign_avx2 => add_assign_body(&mut self, other: &mut Weights)
+    }
+
+    #[inline(always)]
+    fn add_assign_body(&mut self, other: &mut Weights) {
         for (a, b) in self.buffers_mut().into_iter().zip(other.buffers_mut()) {
             a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
         }
@@ -539,7 +544,7 @@ impl<'a> Prepared<'a> {
         Prepared { lookup, w, d }
     }
 
-    avx2_dispatch! {
+    crate::linalg::kernels::avx2_dispatch! {
         /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
         /// leaving the gradients in `ws.grads`) on the chunk's rows of `scoring.seq` tokens, scored as
         /// `scoring` says.
@@ -650,7 +655,7 @@ impl<'a> Prepared<'a> {
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
-    avx2_dispatch! {
+    crate::linalg::kernels::avx2_dispatch! {
         /// [`Prepared::forward`] on this CPU's best build.
         fn dispatch_forward / forward_avx2 => forward(
             &self,
