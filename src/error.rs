@@ -34,10 +34,23 @@ pub enum GrokError {
     /// A job would need more memory than the machine has (the estimate, its parts and the fix).
     #[error("not enough memory: {0}")]
     Resources(String),
+    /// Training met a non-finite loss: an outcome of the settings, not a fault (exit code
+    /// [`EXIT_DIVERGED`], which a sweep records as a diverged point).
+    #[error("training diverged: {0}")]
+    Diverged(String),
+    /// SIGINT or SIGTERM stopped training after a checkpoint was written (exit code
+    /// [`EXIT_INTERRUPTED`]).
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// An error from the candle tensor library.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
 }
+
+/// Exit code of `groklens train` when training diverged ([`GrokError::Diverged`]).
+pub const EXIT_DIVERGED: u8 = 3;
+/// Exit code of a command stopped by SIGINT or SIGTERM ([`GrokError::Interrupted`]), as shells use.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// Result alias used throughout the library.
 pub type Result<T> = std::result::Result<T, GrokError>;
@@ -57,6 +70,15 @@ impl GrokError {
         GrokError::File {
             path: path.into(),
             message: message.into(),
+        }
+    }
+
+    /// The process exit code for this error: [`EXIT_DIVERGED`], [`EXIT_INTERRUPTED`] or 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GrokError::Diverged(_) => EXIT_DIVERGED,
+            GrokError::Interrupted(_) => EXIT_INTERRUPTED,
+            _ => 1,
         }
     }
 

@@ -204,8 +204,11 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code = e
+                .downcast_ref::<groklens::GrokError>()
+                .map_or(1, groklens::GrokError::exit_code);
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }
@@ -349,9 +352,10 @@ fn sweep(action: SweepAction) -> Result<()> {
         } => {
             let spec = sweep::load_spec(&spec)?;
             let dir = SweepDir::new(out);
+            let shard = sweep::shard_of(shard.as_deref())?;
+            let _lock = dir.lock(shard.is_some())?;
             let points = dir.prepare(&spec)?;
             let all = points.len();
-            let shard = sweep::shard_of(shard.as_deref())?;
             let mine = match shard {
                 Some((i, n)) => sweep::shard(points.clone(), i, n),
                 None => points.clone(),
@@ -368,14 +372,17 @@ fn sweep(action: SweepAction) -> Result<()> {
                 format!("shard {i}/{n}: {} of {all} points", mine.len())
             });
             println!(
-                "{}: {which}; {} finished now, {} already finished, {} failed, in {:.1}s ({} workers × {} thread(s))",
+                "{}: {which}; {} finished now, {} already finished, {} failed, in {:.1}s ({} workers × {})",
                 dir.root.display(),
                 o.finished,
                 o.skipped,
                 o.failed.len(),
                 o.seconds,
                 opts.workers,
-                threads_per_run
+                match threads_per_run {
+                    0 => "one thread per core each".to_string(),
+                    n => format!("{n} thread(s)"),
+                }
             );
             if shard.is_none() {
                 dir.write_index(&spec, &points)?;
@@ -535,6 +542,24 @@ fn grok_comparison(
     let mut dirs = Vec::new();
     for member in members {
         let dir = RunDir::new(root.join(member));
+        if groklens::run::is_run_dir(&dir.root) {
+            let wanted = build_config(Some(member), None, sets)?;
+            let changes = wanted.changes_since(&dir.load_config()?);
+            if !changes.is_empty() {
+                let listed: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                bail!(
+                    "{} already holds a run of {member} with other settings ({}, on disk → asked): \
+                     it is neither reused nor overwritten. Pass another --out for a new comparison{}",
+                    dir.root.display(),
+                    listed.join(", "),
+                    if changes.iter().all(|c| c.is_resumable()) {
+                        format!(", or continue it with `groklens train --resume {} --set …`", dir.root.display())
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
         if dir.final_path().exists() {
             eprintln!("{}: already trained, reusing it", dir.root.display());
         } else if groklens::run::is_run_dir(&dir.root) {
@@ -627,10 +652,19 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         );
         let _ = std::io::stderr().flush();
     };
-    let outcome = trainer.run(&mut draw)?;
+    groklens::train::interrupt::install();
+    let outcome = trainer.run(&mut draw);
     if !quiet {
         eprintln!();
     }
+    let outcome = outcome.map_err(|e| match e {
+        groklens::GrokError::Interrupted(_) => anyhow::Error::new(e).context(format!(
+            "{}: continue it with `groklens train --resume {}`",
+            dir.root.display(),
+            dir.root.display()
+        )),
+        e => e.into(),
+    })?;
     let secs = start.elapsed().as_secs_f64();
     let last = outcome.last.context("no evaluation was recorded")?;
     let epochs = match first_epoch {
@@ -650,6 +684,15 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         last.test_loss,
         100.0 * last.test_acc
     );
+    let first_loss = trainer.history.first().map_or(f64::NAN, |r| r.train_loss);
+    if last.train_loss > 100.0 * first_loss.max(1e-3) {
+        eprintln!(
+            "warning: the train loss grew from {first_loss:.3e} to {:.3e}: training is unstable; \
+             {}",
+            last.train_loss,
+            trainer.cfg.train.divergence_suspects().join(", ")
+        );
+    }
     if trainer.cfg.task.is_streamed() {
         // Every batch is fresh: there is no train/test gap to close, so no grokking epoch.
         return Ok(());

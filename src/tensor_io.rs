@@ -133,6 +133,55 @@ pub fn read(path: &Path) -> Result<TensorFile> {
     parse(&bytes, path)
 }
 
+/// The file name an atomic write's temp file `name` stands for (`NAME.PID.tmp`, or an older
+/// groklens's `NAME.tmp`); `None` for any other name.
+pub fn temp_file_target(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".tmp")?;
+    match stem.rsplit_once('.') {
+        Some((target, pid)) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(target)
+        }
+        _ => Some(stem),
+    }
+}
+
+/// Only the `__metadata__` map of a safetensors file, read from its header (the tensors are not read).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    let corrupt = |e: String| {
+        GrokError::file(
+            path,
+            format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+        )
+    };
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| corrupt(format!("no header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > 100_000_000 || len + 8 > size {
+        return Err(corrupt(format!(
+            "header length {len} does not fit the file"
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| corrupt(format!("short header: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header: {e}")))?;
+    Ok(json
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile> {
     let corrupt = |e: String| {
         GrokError::file(
@@ -255,10 +304,13 @@ pub fn write_atomic(
 }
 
 /// Writes bytes atomically: a crash leaves either the old file or the new one, never a partial file.
+/// The temp file beside it is `NAME.PID.tmp` ([`temp_file_target`] reads it back), so two processes
+/// writing the same file never share one.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+        "{}.{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
     ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;

@@ -180,7 +180,7 @@ pub fn analyze_compound_run(dir: &Path) -> Result<CompoundAnalysis> {
         .flat_map(|l| (0..n_heads).map(move |h| format!("L{l}H{h}")))
         .collect();
 
-    let test = checked_split(&run, task.rows())?.test;
+    let test = checked_split(&run, &cfg, task.rows())?.test;
     let (accuracy_by_exponent, scored_rows) = accuracy_by_exponent(&test, &task, model.as_ref())?;
     Ok(CompoundAnalysis {
         grokking_epoch: grokking_epoch(&metrics, GROKKED_ACCURACY),

@@ -124,8 +124,8 @@ pub fn memory_needed(cfg: &RunConfig) -> Estimate {
 }
 
 /// The run's stored split, refused (naming the file) when a row index is outside the task's `n_rows`.
-pub(crate) fn checked_split(run: &RunDir, n_rows: usize) -> Result<Split> {
-    let split = run.load_split()?;
+pub(crate) fn checked_split(run: &RunDir, cfg: &RunConfig, n_rows: usize) -> Result<Split> {
+    let split = run.load_split(cfg)?;
     if let Some(bad) = split
         .train
         .iter()
@@ -154,6 +154,12 @@ pub(crate) struct AnalysedModel {
     pub notes: Vec<String>,
 }
 
+/// Weights no trained model holds (|w| above 10¹², or not finite): what a diverged run leaves, on
+/// which the analyses' SVDs and Fourier transforms would only fail or mislead.
+fn overflowed(params: &Params) -> bool {
+    params.largest_magnitude() > 1e12
+}
+
 /// The run's `final.safetensors`, or for an unfinished run the newest of its checkpoints `epochs`
 /// that loads (saying which were skipped and why).
 pub(crate) fn analysed_model(
@@ -165,29 +171,47 @@ pub(crate) fn analysed_model(
     let last_evaluated = metrics.last().map_or(0, |r| r.epoch);
     let unit = cfg.task.unit();
     let (mut skipped, mut notes) = (Vec::new(), Vec::new());
+    notes.extend(run.sync_model_config(cfg)?);
     if run.final_path().exists() {
         let epoch = run.final_epoch().unwrap_or(last_evaluated);
         // A run extended with `--resume` past its first end keeps the old final model until it
         // finishes again: then the checkpoints are newer.
         let newest_checkpoint = epochs.last().copied().unwrap_or(0);
-        if epoch >= newest_checkpoint {
+        let params = run.load_params(&run.final_path(), cfg)?;
+        if epoch >= newest_checkpoint && !overflowed(&params) {
             return Ok(AnalysedModel {
                 epoch,
-                params: Params::load(&run.final_path(), &cfg.model)?,
+                params,
                 skipped,
                 notes,
             });
         }
-        notes.push(format!(
-            "final.safetensors holds {unit} {epoch}, but the run was extended past it (checkpoints reach \
-             {unit} {newest_checkpoint}); the newer checkpoint is analysed."
-        ));
+        notes.push(if overflowed(&params) {
+            format!(
+                "{}: its weights reach {:e}, far beyond a trained model's (the run diverged); the \
+                 newest checkpoint with finite, bounded weights is analysed instead.",
+                run.final_path().display(),
+                params.largest_magnitude()
+            )
+        } else {
+            format!(
+                "final.safetensors holds {unit} {epoch}, but the run was extended past it (checkpoints reach \
+                 {unit} {newest_checkpoint}); the newer checkpoint is analysed."
+            )
+        });
     }
     let newest = epochs.iter().rev().find_map(|&e| {
-        match Params::load(
-            &checkpoint::model_path(&run.checkpoint_dir(), e),
-            &cfg.model,
-        ) {
+        let path = checkpoint::model_path(&run.checkpoint_dir(), e);
+        match run.load_params(&path, cfg) {
+            Ok(params) if overflowed(&params) => {
+                skipped.push(e);
+                notes.push(format!(
+                    "Checkpoint of {unit} {e} skipped: {}: its weights reach {:e} (the run diverged there)",
+                    path.display(),
+                    params.largest_magnitude()
+                ));
+                None
+            }
             Ok(params) => Some((e, params)),
             Err(err) => {
                 skipped.push(e);
@@ -246,14 +270,10 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         "analyse it on a machine with more memory",
     )?;
     let metrics = metrics::read(&run.metrics_path())?;
-    let split = checked_split(&run, task.rows())?;
+    let split = checked_split(&run, &cfg, task.rows())?;
     let epochs = checkpoint::list_epochs(&run.checkpoint_dir());
-    let load_checkpoint = |epoch: usize| {
-        Params::load(
-            &checkpoint::model_path(&run.checkpoint_dir(), epoch),
-            model_cfg,
-        )
-    };
+    let load_checkpoint =
+        |epoch: usize| run.load_params(&checkpoint::model_path(&run.checkpoint_dir(), epoch), &cfg);
     let AnalysedModel {
         epoch: final_epoch,
         params,

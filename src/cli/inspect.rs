@@ -32,21 +32,6 @@ fn load_model(
     Ok((cfg, model))
 }
 
-/// Refuses an output path that is one of the command's inputs (or a file of the run it reads).
-fn refuse_overwriting(out: &Path, inputs: &[&Path]) -> Result<()> {
-    let canon = |p: &Path| std::fs::canonicalize(p).ok();
-    if let Some(o) = canon(out) {
-        if let Some(input) = inputs.iter().find(|i| canon(i).as_ref() == Some(&o)) {
-            bail!(
-                "--out {} is an input of this command ({}); write the result to another file",
-                out.display(),
-                input.display()
-            );
-        }
-    }
-    Ok(())
-}
-
 /// Writes `logits` and `cache.<hook>` for the int64 `tokens` tensor of `tokens_file`.
 pub fn cache(
     checkpoint: &Path,
@@ -55,7 +40,7 @@ pub fn cache(
     out: &Path,
     names: &[String],
 ) -> Result<()> {
-    refuse_overwriting(out, &[checkpoint, model_config, tokens_file])?;
+    groklens::run::check_output(out, &[checkpoint, model_config, tokens_file], &[])?;
     let (cfg, model) = load_model(checkpoint, model_config)?;
     let f = tensor_io::read(tokens_file)?;
     let t = f.require("tokens", tokens_file)?;
@@ -136,10 +121,30 @@ fn ablation_rows(cfg: &RunConfig, dir: &RunDir, split: Split) -> Result<(Dataset
 pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Result<()> {
     let dir = RunDir::new(run);
     let cfg = dir.load_config()?;
-    let split = dir.load_split()?;
+    if let Some(note) = dir.sync_model_config(&cfg)? {
+        eprintln!("note: {note}");
+    }
+    let split = dir.load_split(&cfg)?;
     let ckpt = checkpoint
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.final_path());
+    if checkpoint.is_none() && !ckpt.exists() {
+        let newest = groklens::run::checkpoint::list_epochs(&dir.checkpoint_dir())
+            .last()
+            .copied();
+        bail!(
+            "{}: not found: the run is unfinished; {}",
+            ckpt.display(),
+            match newest {
+                Some(e) => format!(
+                    "ablate one of its checkpoints with --checkpoint {}, or finish it with `groklens train --resume {}`",
+                    groklens::run::checkpoint::model_path(&dir.checkpoint_dir(), e).display(),
+                    dir.root.display()
+                ),
+                None => format!("train it first (`groklens train --resume {}`)", dir.root.display()),
+            }
+        );
+    }
     let (means_rows, scored_rows) = ablation_rows(&cfg, &dir, split)?;
     Estimate::new()
         .floats(
@@ -149,7 +154,7 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
                 * 2.0,
         )
         .ensure_fits("the ablation sweep", "run it on a machine with more memory")?;
-    let params = Params::load(&ckpt, &cfg.model)?;
+    let params = dir.load_params(&ckpt, &cfg)?;
     let model = cfg.model.build(&params)?;
     let train_tokens = model.tokens_tensor(&means_rows.tokens, means_rows.len())?;
     let test_tokens = model.tokens_tensor(&scored_rows.tokens, scored_rows.len())?;
@@ -162,6 +167,15 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
         )
     };
     let rows = mean_ablation_sweep(model.as_ref(), &train_tokens, &test_tokens, &loss)?;
+    if let Some(bad) = rows.iter().find(|r| !r.loss.is_finite()) {
+        bail!(
+            "{}: the loss with {} ablated is {}: the model's outputs overflow (a diverged run?); \
+             ablate an earlier checkpoint with --checkpoint",
+            ckpt.display(),
+            bad.hook,
+            bad.loss
+        );
+    }
     let out = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.root.join("ablation.csv"));
@@ -172,9 +186,10 @@ pub fn ablate(run: &Path, checkpoint: Option<&Path>, out: Option<&Path>) -> Resu
         dir.final_path(),
         ckpt.clone(),
     ];
-    refuse_overwriting(
+    groklens::run::check_output(
         &out,
         &run_files.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        &["ablation.csv"],
     )?;
     tensor_io::write_bytes_atomic(&out, to_csv(&rows).as_bytes())?;
     for r in &rows {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{GrokError, Result};
 use crate::memory::Estimate;
 use crate::model::ModelConfig;
+use crate::optim::interventions::GrokfastKind;
 use crate::rng::RngKind;
 use crate::tasks::{Target, TaskConfig};
 pub mod train;
@@ -99,6 +100,12 @@ impl RunConfig {
             TaskConfig::PreviousToken(_) => rows * seq,
         };
         let grad_copies = crate::engine::fast::MAX_CHUNKS + usize::from(self.train.micro_batch > 0);
+        // Grokfast keeps one filtered gradient (EMA) or a window of them plus their sum (MA).
+        let filter_copies = match self.train.grokfast {
+            GrokfastKind::None => 0,
+            GrokfastKind::Ema => 1,
+            GrokfastKind::Ma => self.train.grokfast_window.min(self.total_steps()) + 1,
+        };
         Estimate::new()
             .floats("dataset", data)
             .floats(
@@ -109,6 +116,22 @@ impl RunConfig {
                 "activations",
                 self.largest_pass_rows() as f64 * self.model.activation_floats_per_row() * 2.0,
             )
+            .floats(
+                "Grokfast filter state",
+                self.model.n_params() * filter_copies as f64,
+            )
+    }
+
+    /// Optimizer steps in the whole run: `train.epochs` × steps per epoch (an epoch of a stream is
+    /// one step).
+    pub fn total_steps(&self) -> usize {
+        let (train, _) = self.task.split_sizes(self.train.batch_size);
+        let per_epoch = if self.task.is_streamed() {
+            1
+        } else {
+            train.div_ceil(self.train.batch_rows(train).max(1))
+        };
+        self.train.epochs.saturating_mul(per_epoch)
     }
 
     /// Rows in the largest single forward pass of training: a step's batch (or micro-batch) or an
@@ -125,10 +148,16 @@ impl RunConfig {
 
     /// Refuses a run that would not fit in memory ([`RunConfig::training_memory`]).
     pub fn ensure_trainable(&self) -> Result<()> {
+        let task_keys = match &self.task {
+            TaskConfig::PreviousToken(_) => "task.n_ctx, task.eval_rows",
+            _ => "task.p",
+        };
         self.training_memory().ensure_fits(
             "training this run",
-            "make task.p, the model's widths (model.d_model, d_mlp, n_heads × d_head, n_layers, n_ctx) \
-             or train.batch_size smaller",
+            &format!(
+                "make {task_keys}, the model's widths (model.d_model, d_mlp, n_heads × d_head, \
+                 n_layers, n_ctx) or train.batch_size smaller"
+            ),
         )
     }
 
@@ -148,6 +177,23 @@ impl RunConfig {
             }
         }
         out
+    }
+
+    /// The run's identity: a digest (FNV-1a, 64 bits, hex) of every setting except
+    /// [`RESUMABLE_KEYS`]. Two configs have the same identity exactly when they train the same numbers;
+    /// each piece of a run directory (split, checkpoints, final model) carries it as `run_id`.
+    pub fn run_id(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for (key, value) in self.flat() {
+            if RESUMABLE_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            for b in format!("{key}={value}\n").bytes() {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{hash:016x}")
     }
 
     /// The settings that differ from `before`, as `key: old → new` (keys missing on one side show `-`).
@@ -190,6 +236,25 @@ impl RunConfig {
             }
             None => toml::Value::String(raw.to_string()),
         };
+        if value.as_float().is_some_and(|f| !f.is_finite()) {
+            return Err(GrokError::config(
+                key,
+                raw,
+                "must be a finite number (NaN and infinity are never valid settings)",
+            ));
+        }
+        if key == "model.family" && value.as_str() != Some(self.model.family()) {
+            return Err(GrokError::config(
+                key,
+                raw,
+                format!(
+                    "cannot switch a {} config to another family with --set: each family has its own \
+                     model fields. Start from a preset of that family (`groklens presets` lists them, \
+                     e.g. quick-mlp or quick-bitnet-binary) or a config file",
+                    self.model.family()
+                ),
+            ));
+        }
         let mut doc = toml::Value::try_from(&*self).expect("config serialises");
         let unknown = || {
             GrokError::config(
@@ -278,6 +343,20 @@ impl RunConfig {
                 "model.family",
                 self.model.family(),
                 "the previous-token task reads a prediction at every position: use family = \"transformer\"",
+            ));
+        }
+        if self.train.grokfast == GrokfastKind::Ma
+            && self.train.grokfast_window > self.total_steps()
+        {
+            return Err(GrokError::config(
+                "train.grokfast_window",
+                self.train.grokfast_window,
+                format!(
+                    "is longer than the run ({} optimizer steps): Grokfast-MA averages the last \
+                     window gradients and would never fill its window; use at most {}",
+                    self.total_steps(),
+                    self.total_steps()
+                ),
             ));
         }
         if self.task.is_streamed() && self.train.batch_size == 0 {

@@ -168,6 +168,30 @@ impl TrainConfig {
         }
     }
 
+    /// The settings that can make training diverge, with their values and what to try, most likely
+    /// first: a weight-norm scale far from 1, the learning rate, an unset or loose gradient clip,
+    /// Grokfast's amplification.
+    pub fn divergence_suspects(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.weight_norm_scale > 0.0 && !(0.01..=100.0).contains(&self.weight_norm_scale) {
+            out.push(format!(
+                "train.weight_norm_scale = {} (scales the initial weights; try 1 to 10)",
+                self.weight_norm_scale
+            ));
+        }
+        out.push(format!("train.lr = {} (lower it)", self.lr));
+        if self.grad_clip == 0.0 {
+            out.push("train.grad_clip = 0 (unset; try 1.0)".to_string());
+        }
+        if self.grokfast != GrokfastKind::None {
+            out.push(format!(
+                "train.grokfast_lambda = {} (amplifies the slow gradient; lower it)",
+                self.grokfast_lambda
+            ));
+        }
+        out
+    }
+
     /// Rows per optimizer step over a train set of `n_train` rows (all of them for full batch).
     pub fn batch_rows(&self, n_train: usize) -> usize {
         match self.batch_size {

@@ -285,6 +285,20 @@ impl Params {
         self.entries.iter().map(|p| p.data.len()).sum()
     }
 
+    /// The largest |w| over every parameter (NaN counts as infinite).
+    pub fn largest_magnitude(&self) -> f32 {
+        self.entries
+            .iter()
+            .flat_map(|p| p.data.iter())
+            .fold(0.0f32, |m, &x| {
+                if x.is_nan() {
+                    f32::INFINITY
+                } else {
+                    m.max(x.abs())
+                }
+            })
+    }
+
     /// Sum of squares of every parameter (the "total weight norm" grokking plots track), in f64.
     pub fn sum_of_squares(&self) -> f64 {
         self.entries

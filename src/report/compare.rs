@@ -105,6 +105,8 @@ pub fn write_comparison(dirs: &[PathBuf], out: &Path) -> Result<Comparison> {
             "is not a run directory (no config.toml): train it with `groklens train` or `groklens grok`",
         ));
     }
+    let inputs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    crate::run::check_output(out, &inputs, &[])?;
     let runs: Vec<ComparedRun> = labels(dirs)
         .into_iter()
         .zip(dirs)

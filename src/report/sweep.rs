@@ -9,7 +9,6 @@ use crate::analysis::embedding::embedding_fourier;
 use crate::analysis::fourier::FourierBasis;
 use crate::error::Result;
 use crate::linalg::Matrix;
-use crate::model::Params;
 use crate::report::figures::{bars, grouped_bars, heatmap, lines};
 use crate::report::page::{escape, Section};
 use crate::report::{write_html, Written};
@@ -133,7 +132,7 @@ pub fn write_sweep_page(dir: &SweepDir) -> Result<SweepPage> {
 fn point_key_freqs(dir: &SweepDir, point: &Point) -> Option<Vec<usize>> {
     let task = point.config.task.modular()?;
     let run = dir.run(&point.name);
-    let params = Params::load(&run.final_path(), &point.config.model).ok()?;
+    let params = run.load_params(&run.final_path(), &point.config).ok()?;
     let basis = FourierBasis::new(task.p);
     Some(embedding_fourier(&basis, &point.config.model.embedding(&params)).key_freqs)
 }

@@ -11,6 +11,7 @@ use crate::error::{GrokError, Result};
 use crate::model::{ModelConfig, Params};
 use crate::optim::interventions::{Grokfast, GrokfastKind};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::run::RUN_ID_KEY;
 use crate::tensor_io;
 
 /// A model and optimizer snapshot after `epoch` completed epochs.
@@ -26,6 +27,9 @@ pub struct Checkpoint {
     pub grokfast: Grokfast,
     /// Training wall time so far, in seconds.
     pub elapsed_s: f64,
+    /// The warm-started power iteration's vector for the output layer's spectral norm, so a resumed
+    /// run's `output_spectral_norm` column matches an uninterrupted run's to the last digit.
+    pub spectral_vector: Vec<f64>,
 }
 
 /// Model file for `epoch` in `dir`.
@@ -38,31 +42,46 @@ pub fn optim_path(dir: &Path, epoch: usize) -> PathBuf {
     dir.join(format!("epoch_{epoch:06}.optim.safetensors"))
 }
 
+/// The epoch of a checkpoint file name groklens writes (`epoch_NNNNNN.safetensors` or
+/// `epoch_NNNNNN.optim.safetensors`), and whether it is the optimizer file.
+pub fn parse_file_name(name: &str) -> Option<(usize, bool)> {
+    let stem = name.strip_prefix("epoch_")?.strip_suffix(".safetensors")?;
+    let (digits, optim) = match stem.strip_suffix(".optim") {
+        Some(d) => (d, true),
+        None => (stem, false),
+    };
+    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(|e| (e, optim)))
+        .flatten()
+}
+
 /// Epochs of every model file in `dir`, ascending (complete or not).
 pub fn list_epochs(dir: &Path) -> Vec<usize> {
     let mut epochs: Vec<usize> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("epoch_")?
-                .strip_suffix(".safetensors")?
-                .parse()
-                .ok()
-        })
+        .filter_map(
+            |e| match parse_file_name(&e.file_name().into_string().ok()?)? {
+                (epoch, false) => Some(epoch),
+                _ => None,
+            },
+        )
         .collect();
     epochs.sort_unstable();
     epochs
 }
 
 impl Checkpoint {
-    /// Writes the optimizer file, then the model file.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// Writes the optimizer file, then the model file, both marked with the run's `run_id`.
+    pub fn save(&self, dir: &Path, run_id: &str) -> Result<()> {
+        let spectral: Vec<String> = self.spectral_vector.iter().map(f64::to_string).collect();
         let meta = BTreeMap::from([
             ("epoch".to_string(), self.epoch.to_string()),
             ("step".to_string(), self.optimizer.step.to_string()),
             ("elapsed_s".to_string(), self.elapsed_s.to_string()),
+            ("spectral_vector".to_string(), spectral.join(",")),
+            (RUN_ID_KEY.to_string(), run_id.to_string()),
         ]);
         let mut meta = meta;
         let mut tensors = self.optimizer.exp_avg.to_host_tensors("exp_avg.");
@@ -84,6 +103,7 @@ impl Checkpoint {
         let meta = BTreeMap::from([
             ("epoch".to_string(), self.epoch.to_string()),
             ("format".to_string(), "pt".to_string()),
+            (RUN_ID_KEY.to_string(), run_id.to_string()),
         ]);
         self.params.save(&model_path(dir, self.epoch), meta)
     }
@@ -121,6 +141,19 @@ impl Checkpoint {
             .parse()
             .map_err(|_| GrokError::file(&opath, "metadata `step` is not an integer"))?;
         let elapsed_s = meta("elapsed_s")?.parse().unwrap_or(0.0);
+        let spectral_vector = match f.metadata.get("spectral_vector").map(String::as_str) {
+            None | Some("") => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(|x| x.parse::<f64>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| {
+                    GrokError::file(
+                        &opath,
+                        "metadata `spectral_vector` is not a list of numbers",
+                    )
+                })?,
+        };
         if meta("epoch")?.parse::<usize>().ok() != Some(epoch) {
             return Err(GrokError::file(
                 &opath,
@@ -180,23 +213,43 @@ impl Checkpoint {
             optimizer,
             grokfast,
             elapsed_s,
+            spectral_vector,
         })
     }
 
-    /// The newest complete checkpoint in `dir`, with the reasons newer ones were skipped.
+    /// The newest complete checkpoint in `dir`, with the reasons newer ones were skipped. A
+    /// checkpoint whose `run_id` is not `run_id` (copied in from another run) is an error naming it,
+    /// not skipped: resuming past it would splice two histories.
     pub fn latest(
         dir: &Path,
         cfg: &ModelConfig,
         adam: AdamWConfig,
         filter: &Grokfast,
-    ) -> (Option<Self>, Vec<String>) {
+        run_id: &str,
+    ) -> Result<(Option<Self>, Vec<String>)> {
         let mut skipped = Vec::new();
         for epoch in list_epochs(dir).into_iter().rev() {
+            for path in [model_path(dir, epoch), optim_path(dir, epoch)] {
+                if let Ok(meta) = tensor_io::read_metadata(&path) {
+                    match meta.get(RUN_ID_KEY) {
+                        Some(id) if id != run_id => {
+                            return Err(GrokError::file(
+                                &path,
+                                format!(
+                                    "belongs to another run (run_id {id}, this run's is {run_id}): it was \
+                                     copied in from elsewhere. Remove it (and its companion file) to resume"
+                                ),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+            }
             match Self::load(dir, epoch, cfg, adam, filter) {
-                Ok(c) => return (Some(c), skipped),
+                Ok(c) => return Ok((Some(c), skipped)),
                 Err(e) => skipped.push(e.to_string()),
             }
         }
-        (None, skipped)
+        Ok((None, skipped))
     }
 }

@@ -60,6 +60,29 @@ impl RunLock {
         }
     }
 
+    /// Waits up to `wait` for `root`'s lock to be free (a process that was told to stop is still
+    /// writing its last checkpoint), returning at once when `root` holds no lock file; false when it
+    /// is still held after `wait`.
+    pub fn wait_until_free(root: &Path, wait: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if !root.join(LOCK_FILE).exists() {
+                return true;
+            }
+            if let Ok(file) = OpenOptions::new().read(true).open(root.join(LOCK_FILE)) {
+                match file.try_lock() {
+                    Ok(()) => return true,
+                    Err(TryLockError::Error(_)) => return true,
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path

@@ -78,11 +78,33 @@ pub fn read(path: &Path) -> Result<Vec<MetricsRow>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| GrokError::file(path, format!("cannot read: {e}")))?;
     let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
-    Ok(complete
-        .lines()
-        .skip(1)
-        .filter_map(MetricsRow::from_csv)
-        .collect())
+    let mut rows = Vec::new();
+    for (i, line) in complete.lines().enumerate().skip(1) {
+        let bad = |why: &str| {
+            GrokError::file(
+                path,
+                format!(
+                    "line {}: {why} ({line:?}); restore the file, or remove the run to train it again",
+                    i + 1
+                ),
+            )
+        };
+        let row = MetricsRow::from_csv(line).ok_or_else(|| bad("not a metrics row"))?;
+        let values = [
+            row.train_loss,
+            row.train_acc,
+            row.test_loss,
+            row.test_acc,
+            row.lr,
+            row.weight_norm_sq,
+            row.elapsed_s,
+        ];
+        if values.iter().any(|v| v.is_nan()) {
+            return Err(bad("holds NaN, which training never records"));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
 }
 
 /// Replaces the file with `rows`, atomically.

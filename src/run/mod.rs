@@ -78,6 +78,59 @@ impl RunDir {
         self.root.join("split.safetensors")
     }
 
+    /// Refuses to start a new run in `root` unless it is missing, empty, or what an interrupted
+    /// `create` left (its lock file and nothing but the files groklens names there, no checkpoint):
+    /// files of the user's, or of another run, are never overwritten, deleted or read as this run's.
+    /// Call before taking the lock (which creates the directory).
+    pub fn check_new(&self) -> Result<()> {
+        if self.config_path().exists() {
+            return Err(GrokError::file(
+                &self.root,
+                "already holds a run (config.toml exists); use `groklens train --resume` to continue it or pick another --out",
+            ));
+        }
+        if self.root.exists() && !self.root.is_dir() {
+            return Err(GrokError::file(
+                &self.root,
+                "exists and is not a directory; pick another --out",
+            ));
+        }
+        let entries: Vec<String> = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let checkpoints_empty = std::fs::read_dir(self.checkpoint_dir())
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(!self.checkpoint_dir().exists());
+        let interrupted_create = entries.iter().any(|e| e == lock::LOCK_FILE)
+            && checkpoints_empty
+            && entries.iter().all(|e| {
+                e == "checkpoints"
+                    || e == lock::LOCK_FILE
+                    || CREATED_FILES.iter().any(|f| is_own_file(e, f))
+            });
+        if interrupted_create {
+            return Ok(());
+        }
+        let mut shown: Vec<&str> = entries.iter().map(String::as_str).collect();
+        shown.sort_unstable();
+        shown.truncate(5);
+        Err(GrokError::file(
+            &self.root,
+            format!(
+                "exists, is not empty ({}{}) and holds no groklens run: a new run is never written \
+                 over other files; pick a new or empty --out directory",
+                shown.join(", "),
+                if entries.len() > 5 { ", …" } else { "" }
+            ),
+        ))
+    }
+
     /// Creates the directory and writes config, model config and split for a new run. Refuses a
     /// directory that already holds a run, so a finished run is never overwritten by accident.
     pub fn create(&self, cfg: &RunConfig, split: &Split) -> Result<()> {
@@ -92,31 +145,100 @@ impl RunDir {
         self.remove_temp_files();
         // config.toml is what makes a directory a run, so it is written last: a process killed
         // part-way leaves no config.toml, and the same `train --out` simply starts again.
-        let json = serde_json::to_string_pretty(&cfg.model.to_json()).expect("json");
-        tensor_io::write_bytes_atomic(&self.root.join("model_config.json"), json.as_bytes())?;
+        tensor_io::write_bytes_atomic(
+            &self.model_config_path(),
+            model_config_json(cfg).as_bytes(),
+        )?;
         let idx =
             |v: &[usize]| HostTensor::i64(vec![v.len()], v.iter().map(|&i| i as i64).collect());
         let tensors = vec![
             ("train".to_string(), idx(&split.train)),
             ("test".to_string(), idx(&split.test)),
         ];
-        let meta = BTreeMap::from([("data_seed".to_string(), cfg.task.data_seed().to_string())]);
+        let meta = BTreeMap::from([
+            ("data_seed".to_string(), cfg.task.data_seed().to_string()),
+            (RUN_ID_KEY.to_string(), cfg.run_id()),
+        ]);
         tensor_io::write_atomic(&self.split_path(), &tensors, meta)?;
         metrics::write_all(&self.metrics_path(), &[])?;
         tensor_io::write_bytes_atomic(&self.identity_path(), cfg.to_toml().as_bytes())?;
         tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())
     }
 
-    /// Removes `*.tmp` files that an interrupted atomic write left in the run or its checkpoints
-    /// (on a full disk they would hold the space the next write needs). Call with the run's lock.
+    /// Removes the temp files that an interrupted atomic write of groklens's own files left in the run
+    /// or its checkpoints (on a full disk they would hold the space the next write needs); any other
+    /// `*.tmp` is not groklens's and stays. Call with the run's lock.
     pub fn remove_temp_files(&self) {
-        for folder in [self.root.clone(), self.checkpoint_dir()] {
-            for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
-                if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
+        let own_temp = |name: &str, own: &dyn Fn(&str) -> bool| {
+            tensor_io::temp_file_target(name).is_some_and(own)
+        };
+        for entry in std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if own_temp(&name, &|stem| RUN_FILES.contains(&stem)) {
+                let _ = std::fs::remove_file(entry.path());
             }
         }
+        for entry in std::fs::read_dir(self.checkpoint_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if own_temp(&name, &|stem| checkpoint::parse_file_name(stem).is_some()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// `model_config.json`.
+    pub fn model_config_path(&self) -> PathBuf {
+        self.root.join("model_config.json")
+    }
+
+    /// Rewrites `model_config.json` from the run's config when it is missing or differs (it is
+    /// derived, never a source: an edited copy would export a wrong model); says so in the note.
+    pub fn sync_model_config(&self, cfg: &RunConfig) -> Result<Option<String>> {
+        let path = self.model_config_path();
+        let want = model_config_json(cfg);
+        let note = match std::fs::read_to_string(&path) {
+            Ok(have) if have == want => return Ok(None),
+            Ok(_) => "differed from the run's config.toml (edited by hand?)",
+            Err(_) => "was missing",
+        };
+        tensor_io::write_bytes_atomic(&path, want.as_bytes())?;
+        Ok(Some(format!(
+            "{}: {note}; rewritten from config.toml",
+            path.display()
+        )))
+    }
+
+    /// Refuses `path` (a split, checkpoint or final model) when its `run_id` metadata names another
+    /// run than `cfg`'s; a file without one predates run identities and is accepted.
+    pub fn check_belongs(&self, path: &Path, cfg: &RunConfig) -> Result<()> {
+        let meta = tensor_io::read_metadata(path)?;
+        match meta.get(RUN_ID_KEY) {
+            Some(id) if *id != cfg.run_id() => Err(GrokError::file(
+                path,
+                format!(
+                    "belongs to another run (run_id {id}; this run, {}, is {}): it was copied in \
+                     from elsewhere. Remove it, or put it back in the run it came from",
+                    self.root.display(),
+                    cfg.run_id()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads parameters from `path` (a checkpoint or the final model of this run), refusing a file
+    /// of another run.
+    pub fn load_params(&self, path: &Path, cfg: &RunConfig) -> Result<crate::model::Params> {
+        self.check_belongs(path, cfg)?;
+        crate::model::Params::load(path, &cfg.model)
     }
 
     /// The config of an existing run.
@@ -138,10 +260,21 @@ impl RunDir {
     /// `config.toml`.
     pub fn load_config_for_resume(&self, sets: &[String]) -> Result<(RunConfig, Vec<String>)> {
         let mut cfg = self.load_config()?;
+        let known: Vec<String> = cfg.flat().into_iter().map(|(k, _)| k).collect();
         for assignment in sets {
             let key = assignment
                 .split_once('=')
                 .map_or(assignment.as_str(), |(k, _)| k.trim());
+            if !known.iter().any(|k| k == key) {
+                return Err(GrokError::config(
+                    key,
+                    assignment,
+                    format!(
+                        "unknown key; on resume only {} may change",
+                        RESUMABLE_KEYS.join(", ")
+                    ),
+                ));
+            }
             if !RESUMABLE_KEYS.contains(&key) {
                 return Err(GrokError::config(
                     key,
@@ -159,11 +292,11 @@ impl RunDir {
         let mut notes = Vec::new();
         let path = self.identity_path();
         if !path.exists() {
-            tensor_io::write_bytes_atomic(&path, cfg.to_toml().as_bytes())?;
             notes.push(format!(
                 "{} recorded from config.toml (this run predates identity records)",
                 path.display()
             ));
+            return Ok((cfg, notes));
         }
         let identity = RunConfig::load(&path)?.resolve()?;
         let changes = cfg.changes_since(&identity);
@@ -189,16 +322,32 @@ impl RunDir {
                 .iter()
                 .map(|c| format!("changed since creation: {c}")),
         );
-        if !sets.is_empty() {
-            tensor_io::write_bytes_atomic(&self.config_path(), cfg.to_toml().as_bytes())?;
-        }
         Ok((cfg, notes))
     }
 
-    /// The split saved with the run.
-    pub fn load_split(&self) -> Result<Split> {
+    /// Writes the config a resume accepted ([`RunDir::load_config_for_resume`]) to `config.toml`
+    /// (and `identity.toml` for a run that predates it) once every check has passed: a refused
+    /// resume changes nothing.
+    pub fn commit_resume_config(&self, cfg: &RunConfig) -> Result<()> {
+        if !self.identity_path().exists() {
+            tensor_io::write_bytes_atomic(&self.identity_path(), cfg.to_toml().as_bytes())?;
+        }
+        let text = cfg.to_toml();
+        if std::fs::read_to_string(self.config_path()).ok().as_deref() != Some(text.as_str()) {
+            tensor_io::write_bytes_atomic(&self.config_path(), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The split saved with the run whose config is `cfg` (refused when it belongs to another run).
+    pub fn load_split(&self, cfg: &RunConfig) -> Result<Split> {
         let path = self.split_path();
         let f = tensor_io::read(&path)?;
+        if let Some(id) = f.metadata.get(RUN_ID_KEY) {
+            if *id != cfg.run_id() {
+                self.check_belongs(&path, cfg)?;
+            }
+        }
         let get = |name: &str| -> Result<Vec<usize>> {
             Ok(f.require(name, &path)?
                 .to_i64(name)?
@@ -211,6 +360,86 @@ impl RunDir {
             test: get("test")?,
         })
     }
+}
+
+/// The metadata key of a run's identity ([`RunConfig::run_id`]) in its safetensors files.
+pub const RUN_ID_KEY: &str = "run_id";
+
+/// Files a run directory's creation writes (besides the lock and `checkpoints/`).
+const CREATED_FILES: &[&str] = &[
+    "config.toml",
+    "identity.toml",
+    "model_config.json",
+    "split.safetensors",
+    "metrics.csv",
+];
+
+/// Every file groklens writes at the top of a run directory.
+pub const RUN_FILES: &[&str] = &[
+    "config.toml",
+    "identity.toml",
+    "model_config.json",
+    "split.safetensors",
+    "metrics.csv",
+    "final.safetensors",
+    "report.html",
+    "ablation.csv",
+];
+
+/// True for `own` itself and for the temp file an atomic write of it leaves.
+fn is_own_file(name: &str, own: &str) -> bool {
+    name == own || tensor_io::temp_file_target(name) == Some(own)
+}
+
+/// `model_config.json`'s text for `cfg`.
+fn model_config_json(cfg: &RunConfig) -> String {
+    serde_json::to_string_pretty(&cfg.model.to_json()).expect("json")
+}
+
+/// Refuses an output path that is one of the command's `inputs`, or a file inside a run directory
+/// (or its `checkpoints/`) other than the ones named in `own` that this command writes there: the one
+/// rule every command that writes a file follows, so no command replaces a run's weights, metrics or
+/// config, or a file of the user's it was given to read.
+pub fn check_output(out: &Path, inputs: &[&Path], own: &[&str]) -> Result<()> {
+    let canon = |p: &Path| std::fs::canonicalize(p).ok();
+    if let Some(o) = canon(out) {
+        if let Some(input) = inputs.iter().find(|i| canon(i).as_ref() == Some(&o)) {
+            return Err(GrokError::file(
+                out,
+                format!(
+                    "is an input of this command ({}); write the result to another file",
+                    input.display()
+                ),
+            ));
+        }
+    }
+    if out.is_dir() {
+        return Err(GrokError::file(
+            out,
+            "is a directory; give a file path to write",
+        ));
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let in_checkpoints = parent.file_name().is_some_and(|n| n == "checkpoints")
+        && parent.parent().is_some_and(is_run_dir);
+    if in_checkpoints || (is_run_dir(&parent) && !own.contains(&name.as_str())) {
+        return Err(GrokError::file(
+            out,
+            format!(
+                "is inside the run directory {}, whose files groklens manages; write it outside the run{}",
+                if in_checkpoints { parent.parent().unwrap_or(&parent).display() } else { parent.display() },
+                if own.is_empty() { String::new() } else { format!(" (or as {} there)", own.join(" or ")) }
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// True when `path` exists as a directory containing a run.

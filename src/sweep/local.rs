@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::error::{GrokError, Result};
+use crate::error::{GrokError, Result, EXIT_DIVERGED};
 use crate::sweep::{Point, Status, SweepDir};
 
 /// How the pool runs.
@@ -181,8 +181,23 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
     let run = dir.run(name);
     let log_path = dir.log_path(name);
     let threads = format!("train.threads={}", opts.threads_per_run);
+    // A worker of a sweep that was just killed may still be writing its last checkpoint.
+    if !crate::run::RunLock::wait_until_free(&run.root, Duration::from_secs(60)) {
+        return Err(format!(
+            "{} is in use by another process (it holds its lock) after waiting 60 s",
+            run.root.display()
+        ));
+    }
     let mut steps: Vec<Vec<String>> = Vec::new();
     match dir.status(name) {
+        Status::Damaged => {
+            return Err(format!(
+                "damaged: {} is missing or unreadable, so the point is neither finished nor \
+                 resumable; remove {} to train it again",
+                run.metrics_path().display(),
+                run.root.display()
+            ))
+        }
         Status::Finished | Status::Diverged => {}
         Status::Partial => steps.push(vec![
             "train".into(),
@@ -215,20 +230,26 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
         let err = log
             .try_clone()
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let status = Command::new(&opts.exe)
+        let mut command = Command::new(&opts.exe);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(err)
+            .stderr(err);
+        die_with_parent(&mut command);
+        let status = command
             .status()
             .map_err(|e| format!("cannot start {}: {e}", opts.exe.display()))?;
         if !status.success() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(3).collect();
-            if args[0] == "train" && tail.iter().any(|l| l.contains("training diverged")) {
+            if args[0] == "train" && status.code() == Some(i32::from(EXIT_DIVERGED)) {
                 // An outcome, recorded so later calls and the index see it.
-                std::fs::write(dir.diverged_marker(name), tail[0])
-                    .map_err(|e| format!("cannot mark {name} diverged: {e}"))?;
+                std::fs::write(
+                    dir.diverged_marker(name),
+                    tail.first().unwrap_or(&"diverged"),
+                )
+                .map_err(|e| format!("cannot mark {name} diverged: {e}"))?;
                 return Ok(());
             }
             return Err(format!(
@@ -240,6 +261,30 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
         }
     }
     Ok(())
+}
+
+/// Makes the worker receive SIGTERM when the thread that started it dies (the sweep killed by any
+/// signal, SIGKILL included): it then checkpoints and exits (see [`crate::train::interrupt`]) instead
+/// of training on, unseen, holding its run's lock. Linux only (`PR_SET_PDEATHSIG`).
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec the closure calls only async-signal-safe functions.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 fn path(p: &Path) -> String {

@@ -75,16 +75,19 @@ pub enum Status {
     Finished,
     /// Stopped by a non-finite loss: an outcome (a phase diagram's "diverged"), not a failure.
     Diverged,
+    /// Its history (`metrics.csv`) is missing or unreadable: neither finished nor resumable.
+    Damaged,
 }
 
 impl Status {
-    /// `pending`, `partial` or `finished`.
+    /// `pending`, `partial`, `finished`, `diverged` or `damaged`.
     pub fn name(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::Partial => "partial",
             Status::Finished => "finished",
             Status::Diverged => "diverged",
+            Status::Damaged => "damaged",
         }
     }
 
@@ -128,6 +131,39 @@ impl SweepDir {
     /// `index.csv`.
     pub fn index_path(&self) -> PathBuf {
         self.root.join("index.csv")
+    }
+
+    /// Takes the sweep directory's lock (`sweep.lock`, creating the directory): exclusive for a run
+    /// of the whole sweep, shared for a shard (a Slurm array's shards run at once, each on its own
+    /// points). A second whole-sweep run, or a whole-sweep run beside shards, is refused as in use.
+    /// Held until the returned file is dropped.
+    pub fn lock(&self, shared: bool) -> Result<std::fs::File> {
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| GrokError::file(&self.root, format!("cannot create: {e}")))?;
+        let path = self.root.join("sweep.lock");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| GrokError::file(&path, format!("cannot use the lock file: {e}")))?;
+        let taken = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match taken {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(GrokError::file(
+                &self.root,
+                "is in use by another `groklens sweep run` (it holds sweep.lock); wait for it to \
+                 finish or stop it, or give another --out",
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(GrokError::file(&path, format!("cannot lock: {e}")))
+            }
+        }
     }
 
     /// Creates the directory with the spec, or checks that the spec it holds is this one (a sweep
@@ -190,6 +226,9 @@ impl SweepDir {
         }
         if self.diverged_marker(point).exists() {
             return Status::Diverged;
+        }
+        if metrics::read(&run.metrics_path()).is_err() {
+            return Status::Damaged;
         }
         if !run.final_path().exists() {
             return Status::Partial;

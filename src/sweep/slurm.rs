@@ -43,9 +43,12 @@ impl ArrayJob {
         if let Some(t) = &self.time {
             s += &format!("#SBATCH --time={t}\n");
         }
+        // Relative to the job's working directory, the sweep directory sbatch is started in (see
+        // `submit`): a path with spaces or quotes cannot be written into an #SBATCH line reliably.
+        s += "#SBATCH --output=logs/slurm-%A_%a.out\n";
         s += &format!(
-            "#SBATCH --output={}\n",
-            self.dir.join("logs").join("slurm-%A_%a.out").display()
+            "# submit from the sweep directory: cd {} && sbatch slurm.sh\n",
+            q(&self.dir)
         );
         s += "set -euo pipefail\n";
         s += &format!(
@@ -72,7 +75,8 @@ impl ArrayJob {
         if wait {
             cmd.arg("--wait");
         }
-        let out = cmd.arg(script).output().map_err(|e| {
+        let script = &std::path::absolute(script).unwrap_or_else(|_| script.to_path_buf());
+        let out = cmd.arg(script).current_dir(&self.dir).output().map_err(|e| {
             GrokError::file(
                 script,
                 format!("cannot run sbatch ({e}): is Slurm's client installed here? `--dry-run` writes and prints the script only"),

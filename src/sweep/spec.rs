@@ -151,6 +151,31 @@ impl SweepSpec {
             return Err(GrokError::config("name", "\"\"", "give the sweep a name"));
         }
         let base = self.base()?;
+        let swept: Vec<(&str, String)> = self
+            .grid
+            .keys()
+            .map(|k| ("grid", k.clone()))
+            .chain(
+                self.points
+                    .iter()
+                    .flat_map(|p| p.keys().map(|k| ("points", k.clone()))),
+            )
+            .chain(
+                self.seeds
+                    .iter()
+                    .flat_map(|s| s.keys.iter().map(|k| ("seeds.keys", k.clone()))),
+            )
+            .collect();
+        if let Some((from, key)) = swept.iter().find(|(_, k)| self.set.contains_key(k)) {
+            return Err(GrokError::config(
+                &format!("set.\"{key}\""),
+                &self.set[key],
+                format!(
+                    "is also swept by `{from}`, which would silently override it: give the key in \
+                     one place only"
+                ),
+            ));
+        }
         let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
         for (k, v) in &self.grid {
             let values = match v {
@@ -234,6 +259,18 @@ impl SweepSpec {
                             "points",
                             &name,
                             "two points have the same settings; list each point once",
+                        ));
+                    }
+                    if let Some(twin) = out.iter().find(|p| p.config == config) {
+                        return Err(GrokError::config(
+                            "points",
+                            &name,
+                            format!(
+                                "resolves to the same config as point {} (a value equal to the base's, \
+                                 or a listed point the grid also makes): it would train the same run \
+                                 twice; list each point once",
+                                twin.name
+                            ),
                         ));
                     }
                     out.push(Point {

@@ -131,6 +131,7 @@ impl Trainer {
     /// A fresh model whose run directory `dir` is created now (config, model config, split).
     pub fn create(cfg: RunConfig, dir: &RunDir) -> Result<Self> {
         let mut t = Self::new(cfg)?;
+        dir.check_new()?;
         let lock = RunLock::acquire(&dir.root)?;
         dir.create(&t.cfg, &t.cfg.task.split(t.cfg.rng))?;
         t.run_dir = Some(dir.clone());
@@ -147,13 +148,14 @@ impl Trainer {
         dir.remove_temp_files();
         let (cfg, mut notes) = dir.load_config_for_resume(sets)?;
         cfg.ensure_trainable()?;
-        let split = dir.load_split()?;
+        let split = dir.load_split(&cfg)?;
         let (latest, skipped) = Checkpoint::latest(
             &dir.checkpoint_dir(),
             &cfg.model,
             adam_config(&cfg),
             &grokfast_config(&cfg),
-        );
+            &cfg.run_id(),
+        )?;
         let recorded = if dir.metrics_path().exists() {
             metrics::read(&dir.metrics_path())?
         } else {
@@ -161,12 +163,18 @@ impl Trainer {
         };
         let resume_epoch = latest.as_ref().map_or(0, |c| c.epoch);
         check_resume_keeps_history(dir, &cfg, resume_epoch, &recorded, &skipped)?;
-        let (params, state, epoch, elapsed) = match latest {
-            Some(c) => (c.params, (c.optimizer, c.grokfast), c.epoch, c.elapsed_s),
+        let (params, state, epoch, elapsed, spectral_vector) = match latest {
+            Some(c) => (
+                c.params,
+                (c.optimizer, c.grokfast),
+                c.epoch,
+                c.elapsed_s,
+                c.spectral_vector,
+            ),
             None => {
                 let p = initial_params(&cfg);
                 let state = (AdamW::new(adam_config(&cfg), &p), grokfast_config(&cfg));
-                (p, state, 0, 0.0)
+                (p, state, 0, 0.0, Vec::new())
             }
         };
         if cfg.train.epochs < epoch {
@@ -183,6 +191,9 @@ impl Trainer {
                 .iter()
                 .map(|s| format!("skipped incomplete checkpoint: {s}")),
         );
+        // Every check has passed: only now does the run directory change.
+        dir.commit_resume_config(&cfg)?;
+        notes.extend(dir.sync_model_config(&cfg)?);
         let history: Vec<MetricsRow> = recorded.into_iter().filter(|r| r.epoch <= epoch).collect();
         metrics::write_all(&dir.metrics_path(), &history)?;
         let mut t = Self::assemble(
@@ -196,6 +207,7 @@ impl Trainer {
             Some(dir.clone()),
         )?;
         t._lock = Some(lock);
+        t.spectral_vector = spectral_vector;
         Ok((t, notes))
     }
 
@@ -370,11 +382,13 @@ impl Trainer {
                 .engine
                 .loss_and_grads(&self.params, &self.trainable, batch, into)?;
             if !part.loss.is_finite() {
-                return Err(GrokError::config(
-                    "train.lr",
-                    self.cfg.train.lr,
-                    format!("training diverged at {} {} (loss {}); lower the learning rate or set train.grad_clip", self.cfg.task.unit(), self.epoch + 1, part.loss),
-                ));
+                return Err(GrokError::Diverged(format!(
+                    "the loss became {} at {} {}; the settings that can cause it: {}",
+                    part.loss,
+                    self.cfg.task.unit(),
+                    self.epoch + 1,
+                    self.cfg.train.divergence_suspects().join(", ")
+                )));
             }
             if let (Some(g), false) = (&self.micro_grads, hi - lo == n) {
                 let share =
@@ -413,6 +427,8 @@ impl Trainer {
     /// measured on a sample of at most `sample` rows of the train and test sets and scaled by
     /// their sizes. Leaves the parameters and optimizer untouched.
     pub fn estimate_epoch_seconds(&mut self, sample: usize) -> Result<f64> {
+        // The first pass pays for workspaces and page faults that training pays once: time the second.
+        self.time_sample(sample)?;
         let t = self.time_sample(sample)?;
         let (n_train, n_test) = self.rows();
         let eval_every = self.cfg.train.eval_every.max(1) as f64;
@@ -499,8 +515,9 @@ impl Trainer {
                 optimizer: self.optimizer.clone(),
                 grokfast: self.grokfast.clone(),
                 elapsed_s,
+                spectral_vector: self.spectral_vector.clone(),
             };
-            c.save(&dir.checkpoint_dir())?;
+            c.save(&dir.checkpoint_dir(), &self.cfg.run_id())?;
         }
         Ok(())
     }
@@ -513,6 +530,7 @@ impl Trainer {
             let meta = [
                 ("epoch".to_string(), self.epoch.to_string()),
                 ("format".to_string(), "pt".to_string()),
+                (crate::run::RUN_ID_KEY.to_string(), self.cfg.run_id()),
             ];
             self.params
                 .save(&dir.final_path(), meta.into_iter().collect())?;
@@ -539,6 +557,14 @@ impl Trainer {
             let elapsed_s = self.elapsed_before + start.elapsed().as_secs_f64();
             if e.is_multiple_of(self.cfg.train.eval_every) || e == total || e == 1 {
                 let test = self.evaluate_test()?;
+                if !test.loss.is_finite() {
+                    return Err(GrokError::Diverged(format!(
+                        "the test loss became {} at {} {e}; the settings that can cause it: {}",
+                        test.loss,
+                        self.cfg.task.unit(),
+                        self.cfg.train.divergence_suspects().join(", ")
+                    )));
+                }
                 let row = MetricsRow {
                     epoch: e,
                     train_loss: train.loss,
@@ -556,6 +582,14 @@ impl Trainer {
                 self.history.push(row);
                 on_eval(&row);
                 stopped_early = self.stop_reached(&row);
+            }
+            if super::interrupt::requested() && e < total && !stopped_early {
+                self.checkpoint(elapsed_s)?;
+                self.elapsed_before += start.elapsed().as_secs_f64();
+                return Err(GrokError::Interrupted(format!(
+                    "stopped at {} {e} of {total} with a checkpoint written",
+                    self.cfg.task.unit()
+                )));
             }
             if e.is_multiple_of(self.cfg.train.checkpoint_every) || e == total || stopped_early {
                 self.checkpoint(elapsed_s)?;

@@ -343,6 +343,14 @@ impl BitNetConfig {
                 "must be 0 (off) or 2 to 16 (BitNet b1.58 uses 8)",
             ));
         }
+        if self.weight_scale && self.quant == Quant::Ternary {
+            return Err(GrokError::config(
+                "model.weight_scale",
+                true,
+                "applies to binary weights only (model.quant = \"binary\"): ternary weights are always \
+                 scaled by their absmean γ, so the setting would change nothing; remove it",
+            ));
+        }
         Ok(())
     }
 

@@ -1,0 +1,473 @@
+//! Probes of a hostile-but-fair user (issue 21): each either works correctly or is refused with an
+//! error naming the file or key, a non-zero exit, and no file changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use groklens::sweep::spec::SweepSpec;
+
+fn groklens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_groklens"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn succeeds(args: &[&str]) -> String {
+    let out = groklens(args);
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+    text(&out)
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let out = groklens(args);
+    let t = text(&out);
+    assert!(!out.status.success(), "{args:?} should fail: {t}");
+    for n in needles {
+        assert!(t.contains(n), "{args:?}: output lacks {n:?}: {t}");
+    }
+    assert!(!t.contains("panicked"), "{args:?} panicked: {t}");
+    t
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A small quick run of `epochs` (checkpoints every 10), with extra `--set`s.
+fn small_run(dir: &Path, epochs: usize, sets: &[&str]) {
+    let epochs = format!("train.epochs={epochs}");
+    let mut args = vec![
+        "train",
+        "--preset",
+        "quick",
+        "--quiet",
+        "--out",
+        dir.to_str().unwrap(),
+    ];
+    for s in [
+        epochs.as_str(),
+        "train.eval_every=10",
+        "train.checkpoint_every=10",
+        "train.stop_at_test_acc=0",
+        "model.d_model=32",
+        "model.d_head=8",
+        "model.d_mlp=64",
+    ]
+    .iter()
+    .chain(sets)
+    {
+        args.extend(["--set", s]);
+    }
+    succeeds(&args);
+}
+
+#[test]
+fn a_new_run_never_writes_into_a_directory_of_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("D");
+    std::fs::create_dir_all(d.join("checkpoints")).unwrap();
+    std::fs::write(d.join("metrics.csv"), "keep\n").unwrap();
+    std::fs::write(d.join("data.tmp"), "x").unwrap();
+    let before = snapshot(&d);
+    let t = fails_with(
+        &[
+            "train",
+            "--preset",
+            "quick",
+            "--quiet",
+            "--out",
+            d.to_str().unwrap(),
+        ],
+        &["is not empty", "metrics.csv", "--out"],
+    );
+    assert!(t.contains(d.to_str().unwrap()), "{t}");
+    assert_eq!(snapshot(&d), before, "a refused run changed the directory");
+
+    // Foreign checkpoints alone are refused too.
+    let c = tmp.path().join("C");
+    std::fs::create_dir_all(c.join("checkpoints")).unwrap();
+    std::fs::write(c.join("checkpoints/epoch_000300.safetensors"), "x").unwrap();
+    fails_with(
+        &[
+            "train",
+            "--preset",
+            "quick",
+            "--quiet",
+            "--out",
+            c.to_str().unwrap(),
+        ],
+        &["is not empty", "checkpoints"],
+    );
+    // An existing empty directory is fine.
+    let e = tmp.path().join("E");
+    std::fs::create_dir_all(&e).unwrap();
+    small_run(&e, 10, &[]);
+    assert!(e.join("final.safetensors").is_file());
+}
+
+#[test]
+fn writers_refuse_their_inputs_and_files_inside_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r1, r2) = (tmp.path().join("R1"), tmp.path().join("R2"));
+    small_run(&r1, 20, &[]);
+    small_run(&r2, 20, &["model.seed=7"]);
+    let (a, b) = (r1.to_str().unwrap(), r2.to_str().unwrap());
+    let before = snapshot(&r1);
+    for target in [
+        "final.safetensors",
+        "metrics.csv",
+        "checkpoints/epoch_000010.safetensors",
+        "notes.html",
+    ] {
+        let out = r1.join(target);
+        fails_with(
+            &["compare", a, b, "--out", out.to_str().unwrap()],
+            &["inside the run directory", "R1"],
+        );
+    }
+    let tokens = r1.join("split.safetensors");
+    fails_with(
+        &[
+            "cache",
+            "--checkpoint",
+            r1.join("final.safetensors").to_str().unwrap(),
+            "--model-config",
+            r1.join("model_config.json").to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--out",
+            r1.join("config.toml").to_str().unwrap(),
+        ],
+        &["config.toml"],
+    );
+    fails_with(
+        &[
+            "ablate",
+            a,
+            "--out",
+            r1.join("metrics.csv").to_str().unwrap(),
+        ],
+        &["metrics.csv"],
+    );
+    assert_eq!(snapshot(&r1), before, "a refused write changed the run");
+    // Outside the run, compare writes its page.
+    let page = tmp.path().join("cmp.html");
+    succeeds(&["compare", a, b, "--out", page.to_str().unwrap()]);
+    assert!(page.is_file());
+}
+
+#[test]
+fn a_run_is_one_run_refusing_foreign_pieces_and_restoring_derived_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, other, seeded) = (
+        tmp.path().join("R"),
+        tmp.path().join("OTHER"),
+        tmp.path().join("SEEDED"),
+    );
+    small_run(&r, 20, &[]);
+    small_run(&other, 20, &["task.data_seed=5"]);
+    small_run(&seeded, 30, &["model.seed=9"]);
+    let rs = r.to_str().unwrap();
+
+    // A refused resume changes nothing, config.toml included.
+    let before = snapshot(&r);
+    fails_with(
+        &[
+            "train",
+            "--resume",
+            rs,
+            "--set",
+            "train.epochs=5",
+            "--quiet",
+        ],
+        &["train.epochs", "at least 20"],
+    );
+    assert_eq!(snapshot(&r), before, "a refused resume changed the run");
+
+    // A split of another run.
+    let split = std::fs::read(r.join("split.safetensors")).unwrap();
+    std::fs::copy(other.join("split.safetensors"), r.join("split.safetensors")).unwrap();
+    let before = snapshot(&r);
+    fails_with(
+        &[
+            "train",
+            "--resume",
+            rs,
+            "--set",
+            "train.epochs=40",
+            "--quiet",
+        ],
+        &["split.safetensors", "belongs to another run"],
+    );
+    fails_with(
+        &["report", rs],
+        &["split.safetensors", "belongs to another run"],
+    );
+    assert_eq!(snapshot(&r), before);
+    std::fs::write(r.join("split.safetensors"), split).unwrap();
+
+    // A checkpoint of another run, newer than the run's own.
+    for f in ["epoch_000030.safetensors", "epoch_000030.optim.safetensors"] {
+        std::fs::copy(
+            seeded.join("checkpoints").join(f),
+            r.join("checkpoints").join(f),
+        )
+        .unwrap();
+    }
+    let before = snapshot(&r);
+    fails_with(
+        &[
+            "train",
+            "--resume",
+            rs,
+            "--set",
+            "train.epochs=40",
+            "--quiet",
+        ],
+        &["epoch_000030", "belongs to another run"],
+    );
+    assert_eq!(snapshot(&r), before);
+    for f in ["epoch_000030.safetensors", "epoch_000030.optim.safetensors"] {
+        std::fs::remove_file(r.join("checkpoints").join(f)).unwrap();
+    }
+
+    // model_config.json is derived: rewritten when missing or edited.
+    let json = std::fs::read_to_string(r.join("model_config.json")).unwrap();
+    std::fs::remove_file(r.join("model_config.json")).unwrap();
+    let t = succeeds(&[
+        "train",
+        "--resume",
+        rs,
+        "--set",
+        "train.epochs=30",
+        "--quiet",
+    ]);
+    assert!(
+        t.contains("model_config.json") && t.contains("missing"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.join("model_config.json")).unwrap(),
+        json
+    );
+    std::fs::write(
+        r.join("model_config.json"),
+        json.replace("\"d_model\": 32", "\"d_model\": 64"),
+    )
+    .unwrap();
+    let t = succeeds(&["report", rs]);
+    assert!(t.contains("model_config.json"), "{t}");
+    assert_eq!(
+        std::fs::read_to_string(r.join("model_config.json")).unwrap(),
+        json
+    );
+
+    // The resumed run's pieces all carry its identity.
+    let id = groklens::run::RunDir::new(&r)
+        .load_config()
+        .unwrap()
+        .run_id();
+    for f in [
+        "split.safetensors",
+        "final.safetensors",
+        "checkpoints/epoch_000030.safetensors",
+        "checkpoints/epoch_000030.optim.safetensors",
+    ] {
+        let meta = groklens::tensor_io::read_metadata(&r.join(f)).unwrap();
+        assert_eq!(meta.get("run_id"), Some(&id), "{f}");
+    }
+}
+
+#[test]
+fn settings_that_would_do_nothing_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("run");
+    let o = d.to_str().unwrap();
+    fails_with(
+        &[
+            "train",
+            "--preset",
+            "quick-bitnet-ternary",
+            "--set",
+            "model.weight_scale=true",
+            "--out",
+            o,
+        ],
+        &["model.weight_scale", "binary weights only"],
+    );
+    fails_with(
+        &[
+            "train",
+            "--preset",
+            "quick",
+            "--set",
+            "train.grokfast=ma",
+            "--set",
+            "train.grokfast_window=1000000000",
+            "--out",
+            o,
+        ],
+        &["train.grokfast_window", "longer than the run"],
+    );
+    assert!(!d.exists(), "a refused config created the run directory");
+
+    // A comparison member trained with other settings is neither reused nor retrained over.
+    let g = tmp.path().join("G");
+    small_run(&g.join("quick"), 10, &[]);
+    let before = snapshot(&g);
+    fails_with(
+        &[
+            "grok",
+            "--preset",
+            "quick-seed-004",
+            "--set",
+            "train.lr=0.01",
+            "--out",
+            g.to_str().unwrap(),
+            "--quiet",
+        ],
+        &["other settings", "train.lr", "model.d_model", "quick"],
+    );
+    assert_eq!(snapshot(&g), before);
+}
+
+#[test]
+fn sweep_specs_with_overridden_or_duplicate_points_are_refused() {
+    let err = |spec: &str| {
+        SweepSpec::parse(spec)
+            .unwrap()
+            .points()
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(
+        "name = \"s\"\npreset = \"quick\"\n[set]\n\"train.lr\" = 0.001\n[grid]\n\"train.lr\" = [0.003, 0.01]\n",
+    );
+    assert!(e.contains("train.lr") && e.contains("also swept"), "{e}");
+    let e = err(
+        "name = \"s\"\npreset = \"quick\"\npoints = [{ \"task.train_frac\" = 0.5 }, {}]\n[grid]\n\"task.train_frac\" = [0.5]\n",
+    );
+    assert!(e.contains("same config"), "{e}");
+    let e = err("name = \"s\"\npreset = \"quick\"\npoints = [{}, { \"train.lr\" = 0.003 }]\n");
+    assert!(e.contains("same config"), "{e}");
+    // Distinct points still expand.
+    let ok = SweepSpec::parse(
+        "name = \"s\"\npreset = \"quick\"\npoints = [{}, { \"train.lr\" = 0.01 }]\n",
+    )
+    .unwrap()
+    .points()
+    .unwrap();
+    assert_eq!(ok.len(), 2);
+}
+
+#[test]
+fn workers_die_with_a_killed_sweep_after_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "name = \"orphans\"\npreset = \"quick\"\n\
+         set = { \"train.epochs\" = 100000, \"train.checkpoint_every\" = 50, \"train.stop_at_test_acc\" = 0.0 }\n\
+         [grid]\n\"task.train_frac\" = [0.3]\n",
+    )
+    .unwrap();
+    let dir = tmp.path().join("sweep");
+    let mut sweep = Command::new(env!("CARGO_BIN_EXE_groklens"))
+        .args(["sweep", "run"])
+        .arg(&spec)
+        .arg("--out")
+        .arg(&dir)
+        .args(["--workers", "1", "--quiet", "--no-reports"])
+        .spawn()
+        .unwrap();
+    let run = groklens::run::RunDir::new(dir.join("runs").join("task.train_frac-0.3"));
+    let started = std::time::Instant::now();
+    while groklens::run::checkpoint::list_epochs(&run.checkpoint_dir()).is_empty() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SIGKILL of the sweep's own PID only, as a scheduler or a closed terminal does.
+    sweep.kill().unwrap();
+    sweep.wait().unwrap();
+    assert!(
+        groklens::run::RunLock::wait_until_free(&run.root, std::time::Duration::from_secs(60)),
+        "the worker kept training after its sweep died"
+    );
+    let log = std::fs::read_to_string(dir.join("logs").join("task.train_frac-0.3.log")).unwrap();
+    assert!(
+        log.contains("interrupted") && log.contains("--resume"),
+        "{log}"
+    );
+    // Its last checkpoint is where it stopped, off the every-50 schedule unless by chance.
+    let last = *groklens::run::checkpoint::list_epochs(&run.checkpoint_dir())
+        .last()
+        .unwrap();
+    let history = groklens::run::metrics::read(&run.metrics_path()).unwrap();
+    assert!(last >= history.last().unwrap().epoch, "{last}");
+    // A second sweep of the same directory is refused while one runs, not spliced.
+    let hold = groklens::sweep::SweepDir::new(&dir).lock(false).unwrap();
+    fails_with(
+        &[
+            "sweep",
+            "run",
+            spec.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+            "--quiet",
+        ],
+        &["in use", "sweep.lock"],
+    );
+    drop(hold);
+}
+
+#[test]
+fn a_sweep_point_without_its_history_is_damaged_not_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = tmp.path().join("spec.toml");
+    std::fs::write(
+        &spec,
+        "name = \"damaged\"\npreset = \"quick\"\n\
+         set = { \"train.epochs\" = 20, \"model.d_model\" = 32, \"model.d_head\" = 8, \"model.d_mlp\" = 64 }\n\
+         [grid]\n\"task.train_frac\" = [0.3]\n",
+    )
+    .unwrap();
+    let dir = tmp.path().join("sweep");
+    let (s, d) = (spec.to_str().unwrap(), dir.to_str().unwrap());
+    succeeds(&["sweep", "run", s, "--out", d, "--quiet", "--no-reports"]);
+    let run = dir.join("runs").join("task.train_frac-0.3");
+    std::fs::remove_file(run.join("metrics.csv")).unwrap();
+    succeeds(&["sweep", "report", d]);
+    let index = std::fs::read_to_string(dir.join("index.csv")).unwrap();
+    assert!(
+        index.contains(",damaged,") && !index.contains(",finished,"),
+        "{index}"
+    );
+    let t = fails_with(
+        &["sweep", "run", s, "--out", d, "--quiet", "--no-reports"],
+        &["damaged", "metrics.csv"],
+    );
+    assert!(t.contains("1 failed"), "{t}");
+}
