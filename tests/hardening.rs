@@ -39,7 +39,18 @@ fn fails_with(args: &[&str], needles: &[&str]) -> String {
     t
 }
 
-/// Every file under `dir` with its bytes.
+/// Asserts `dir` holds exactly the files of `before`, byte for byte, naming those that differ.
+fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
+    let after = snapshot(dir);
+    let differ: Vec<&PathBuf> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|p| before.get(*p) != after.get(*p))
+        .collect();
+    assert!(differ.is_empty(), "{what} changed {differ:?}");
+}
+
+/// Every file under `dir` with its bytes (but the lock file, which holds its last holder's PID).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -48,7 +59,7 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if p.file_name().is_some_and(|n| n != "lock") {
                 out.insert(p.clone(), std::fs::read(&p).unwrap());
             }
         }
@@ -104,7 +115,7 @@ fn a_new_run_never_writes_into_a_directory_of_other_files() {
         &["is not empty", "metrics.csv", "--out"],
     );
     assert!(t.contains(d.to_str().unwrap()), "{t}");
-    assert_eq!(snapshot(&d), before, "a refused run changed the directory");
+    assert_unchanged(&d, &before, "a refused run");
 
     // Foreign checkpoints alone are refused too.
     let c = tmp.path().join("C");
@@ -172,7 +183,7 @@ fn writers_refuse_their_inputs_and_files_inside_runs() {
         ],
         &["metrics.csv"],
     );
-    assert_eq!(snapshot(&r1), before, "a refused write changed the run");
+    assert_unchanged(&r1, &before, "a refused write");
     // Outside the run, compare writes its page.
     let page = tmp.path().join("cmp.html");
     succeeds(&["compare", a, b, "--out", page.to_str().unwrap()]);
@@ -205,7 +216,7 @@ fn a_run_is_one_run_refusing_foreign_pieces_and_restoring_derived_ones() {
         ],
         &["train.epochs", "at least 20"],
     );
-    assert_eq!(snapshot(&r), before, "a refused resume changed the run");
+    assert_unchanged(&r, &before, "a refused resume");
 
     // A split of another run.
     let split = std::fs::read(r.join("split.safetensors")).unwrap();
@@ -226,7 +237,7 @@ fn a_run_is_one_run_refusing_foreign_pieces_and_restoring_derived_ones() {
         &["report", rs],
         &["split.safetensors", "belongs to another run"],
     );
-    assert_eq!(snapshot(&r), before);
+    assert_unchanged(&r, &before, "a refused resume");
     std::fs::write(r.join("split.safetensors"), split).unwrap();
 
     // A checkpoint of another run, newer than the run's own.
@@ -249,7 +260,7 @@ fn a_run_is_one_run_refusing_foreign_pieces_and_restoring_derived_ones() {
         ],
         &["epoch_000030", "belongs to another run"],
     );
-    assert_eq!(snapshot(&r), before);
+    assert_unchanged(&r, &before, "a refused resume");
     for f in ["epoch_000030.safetensors", "epoch_000030.optim.safetensors"] {
         std::fs::remove_file(r.join("checkpoints").join(f)).unwrap();
     }
@@ -351,7 +362,7 @@ fn settings_that_would_do_nothing_are_refused() {
         ],
         &["other settings", "train.lr", "model.d_model", "quick"],
     );
-    assert_eq!(snapshot(&g), before);
+    assert_unchanged(&g, &before, "a refused comparison");
 }
 
 #[test]

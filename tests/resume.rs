@@ -153,7 +153,7 @@ fn one_process_writes_a_run_at_a_time() {
     let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
     assert!(e.contains("in use") && e.contains(&pid), "{e}");
     let e = Trainer::create(cfg, &dir).err().unwrap().to_string();
-    assert!(e.contains("in use"), "{e}");
+    assert!(e.contains("already holds a run"), "{e}");
     let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
         .args(["train", "--resume", dir.root.to_str().unwrap(), "--quiet"])
         .output()
@@ -222,10 +222,14 @@ fn resume_never_restarts_over_a_history_it_cannot_rebuild() {
         "{e}"
     );
     unchanged();
-    // Edited in the identity record too: no checkpoint fits, and that is an error, not a restart.
+    // Edited in the identity record too: the run's pieces carry the old identity, and that is an
+    // error, not a restart.
     std::fs::write(dir.identity_path(), &wider).unwrap();
     let e = Trainer::resume(&dir, &[]).err().unwrap().to_string();
-    assert!(e.contains("did not load") && e.contains("shape"), "{e}");
+    assert!(
+        e.contains("belongs to another run") && e.contains("edited"),
+        "{e}"
+    );
     unchanged();
     assert!(std::fs::read_to_string(dir.root.join("model_config.json"))
         .unwrap()
@@ -243,7 +247,7 @@ fn a_run_keeps_its_identity_and_may_train_longer() {
         .run(&mut |_| {})
         .unwrap();
     // Identity keys cannot be set on resume, whatever the value.
-    for set in ["train.lr=0.01", "model.d_model=48", "task.frac_train=0.5"] {
+    for set in ["train.lr=0.01", "model.d_model=48", "task.train_frac=0.5"] {
         let e = Trainer::resume(&dir, &[set.to_string()])
             .err()
             .unwrap()
@@ -251,6 +255,15 @@ fn a_run_keeps_its_identity_and_may_train_longer() {
         let key = set.split('=').next().unwrap();
         assert!(e.contains(key) && e.contains("identity"), "{e}");
     }
+    // A misspelt key is called unknown, not part of the identity.
+    let e = Trainer::resume(&dir, &["task.frac_train=0.5".to_string()])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("task.frac_train") && e.contains("unknown key"),
+        "{e}"
+    );
     // Nor edited in config.toml; the error lists every changed key.
     let toml = std::fs::read_to_string(dir.config_path()).unwrap();
     let edited = toml
@@ -461,6 +474,7 @@ fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
     let err = String::from_utf8_lossy(&done.stderr);
     if out.join("final.safetensors").exists() {
         // The run ended before the signal arrived: nothing was interrupted (rare on a fast machine).
+        eprintln!("NOT INTERRUPTED: the run finished first");
         assert!(done.status.success(), "{err}");
         return;
     }

@@ -51,6 +51,13 @@ pub fn cache(
             t.shape
         );
     }
+    if t.shape.contains(&0) {
+        bail!(
+            "{}: `tokens` has shape {:?}: give at least one row and one position",
+            tokens_file.display(),
+            t.shape
+        );
+    }
     let ids = t.to_i64("tokens")?;
     if let Some(bad) = ids.iter().find(|&&x| u32::try_from(x).is_err()) {
         bail!(

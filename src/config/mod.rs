@@ -243,7 +243,12 @@ impl RunConfig {
                 "must be a finite number (NaN and infinity are never valid settings)",
             ));
         }
-        if key == "model.family" && value.as_str() != Some(self.model.family()) {
+        let families = ["transformer", "mlp", "bitnet"];
+        if key == "model.family"
+            && value
+                .as_str()
+                .is_some_and(|f| families.contains(&f) && f != self.model.family())
+        {
             return Err(GrokError::config(
                 key,
                 raw,

@@ -113,7 +113,8 @@ pub fn write_comparison(dirs: &[PathBuf], out: &Path) -> Result<Comparison> {
         .map(|(label, d)| {
             Ok(ComparedRun {
                 label,
-                analysis: analyze_run(d)?,
+                analysis: analyze_run(d)
+                    .map_err(|e| GrokError::file(d, format!("cannot be compared: {e}")))?,
             })
         })
         .collect::<Result<_>>()?;

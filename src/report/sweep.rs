@@ -483,6 +483,8 @@ mod tests {
         let run = dir.run("p");
         std::fs::create_dir_all(&run.root).unwrap();
         std::fs::write(run.config_path(), "").unwrap();
+        assert_eq!(dir.status("p"), Status::Damaged, "no metrics.csv");
+        crate::run::metrics::write_all(&run.metrics_path(), &[]).unwrap();
         assert_eq!(dir.status("p"), Status::Partial);
         std::fs::write(dir.diverged_marker("p"), "loss NaN").unwrap();
         assert_eq!(dir.status("p"), Status::Diverged);

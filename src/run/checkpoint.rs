@@ -237,7 +237,8 @@ impl Checkpoint {
                                 &path,
                                 format!(
                                     "belongs to another run (run_id {id}, this run's is {run_id}): it was \
-                                     copied in from elsewhere. Remove it (and its companion file) to resume"
+                                     copied in from elsewhere, or config.toml and identity.toml were both \
+                                     edited. Remove it (and its companion file) to resume"
                                 ),
                             ))
                         }

@@ -225,7 +225,8 @@ impl RunDir {
                 path,
                 format!(
                     "belongs to another run (run_id {id}; this run, {}, is {}): it was copied in \
-                     from elsewhere. Remove it, or put it back in the run it came from",
+                     from elsewhere, or config.toml and identity.toml were both edited. Remove it, or \
+                     put it back in the run it came from",
                     self.root.display(),
                     cfg.run_id()
                 ),
@@ -407,7 +408,7 @@ pub fn check_output(out: &Path, inputs: &[&Path], own: &[&str]) -> Result<()> {
             return Err(GrokError::file(
                 out,
                 format!(
-                    "is an input of this command ({}); write the result to another file",
+                    "is an input of this command ({}); give --out another file",
                     input.display()
                 ),
             ));
@@ -433,7 +434,7 @@ pub fn check_output(out: &Path, inputs: &[&Path], own: &[&str]) -> Result<()> {
         return Err(GrokError::file(
             out,
             format!(
-                "is inside the run directory {}, whose files groklens manages; write it outside the run{}",
+                "is inside the run directory {}, whose files groklens manages; give --out a path outside the run{}",
                 if in_checkpoints { parent.parent().unwrap_or(&parent).display() } else { parent.display() },
                 if own.is_empty() { String::new() } else { format!(" (or as {} there)", own.join(" or ")) }
             ),
