@@ -658,12 +658,12 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
         eprintln!();
     }
     let outcome = outcome.map_err(|e| match e {
-        groklens::GrokError::Interrupted(_) => anyhow::Error::new(e).context(format!(
-            "{}: continue it with `groklens train --resume {}`",
+        groklens::GrokError::Interrupted(what) => groklens::GrokError::Interrupted(format!(
+            "{}: {what}; continue it with `groklens train --resume {}`",
             dir.root.display(),
             dir.root.display()
         )),
-        e => e.into(),
+        e => e,
     })?;
     let secs = start.elapsed().as_secs_f64();
     let last = outcome.last.context("no evaluation was recorded")?;
