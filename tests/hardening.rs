@@ -67,6 +67,10 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// A small quick run of `epochs` (checkpoints every 10), with extra `--set`s.
 fn small_run(dir: &Path, epochs: usize, sets: &[&str]) {
     let epochs = format!("train.epochs={epochs}");
@@ -481,4 +485,129 @@ fn a_sweep_point_without_its_history_is_damaged_not_finished() {
         &["damaged", "metrics.csv"],
     );
     assert!(t.contains("1 failed"), "{t}");
+}
+
+#[test]
+fn small_mistakes_get_messages_that_name_the_key_and_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x");
+    let o = out.to_str().unwrap();
+    let quick = |sets: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--preset", "quick", "--quiet", "--out", o]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for s in sets {
+            a.extend(["--set".to_string(), s.to_string()]);
+        }
+        a
+    };
+    fails_with(
+        &args(&quick(&["task.train_frac=nan"])),
+        &["task.train_frac", "finite"],
+    );
+    fails_with(
+        &args(&quick(&["model.family=mlp"])),
+        &["model.family", "cannot switch", "quick-mlp"],
+    );
+    // A diverging run exits with its own code and names the setting that made it diverge.
+    let diverged = groklens(&args(&quick(&["train.weight_norm_scale=1e30"])));
+    assert_eq!(diverged.status.code(), Some(3), "{}", text(&diverged));
+    assert!(
+        text(&diverged).contains("train.weight_norm_scale"),
+        "{}",
+        text(&diverged)
+    );
+    std::fs::remove_dir_all(&out).ok();
+    // A loss that explodes without becoming infinite is warned about.
+    let t = succeeds(&args(&quick(&[
+        "train.lr=1e3",
+        "train.weight_decay=0",
+        "train.epochs=50",
+        "model.d_model=32",
+        "model.d_head=8",
+        "model.d_mlp=64",
+    ])));
+    assert!(t.contains("warning") && t.contains("train.lr"), "{t}");
+
+    let r = tmp.path().join("R");
+    small_run(&r, 20, &[]);
+    let rs = r.to_str().unwrap();
+    // An empty tokens tensor.
+    let tokens = tmp.path().join("tokens.safetensors");
+    groklens::tensor_io::write_atomic(
+        &tokens,
+        &[(
+            "tokens".to_string(),
+            groklens::tensor_io::HostTensor::i64(vec![0, 3], vec![]),
+        )],
+        BTreeMap::new(),
+    )
+    .unwrap();
+    fails_with(
+        &[
+            "cache",
+            "--checkpoint",
+            r.join("final.safetensors").to_str().unwrap(),
+            "--model-config",
+            r.join("model_config.json").to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--out",
+            tmp.path().join("cache.safetensors").to_str().unwrap(),
+        ],
+        &["tokens", "[0, 3]", "at least one row"],
+    );
+    // Ablating an unfinished run points at its checkpoints.
+    std::fs::rename(r.join("final.safetensors"), tmp.path().join("final.bak")).unwrap();
+    fails_with(
+        &["ablate", rs],
+        &["unfinished", "--checkpoint", "epoch_000020"],
+    );
+    std::fs::rename(tmp.path().join("final.bak"), r.join("final.safetensors")).unwrap();
+    // A NaN typed into metrics.csv is refused by line, not carried through resume.
+    let metrics = std::fs::read_to_string(r.join("metrics.csv")).unwrap();
+    let mut lines: Vec<String> = metrics.lines().map(str::to_string).collect();
+    let mut fields: Vec<String> = lines[2].split(',').map(str::to_string).collect();
+    fields[3] = "NaN".into();
+    lines[2] = fields.join(",");
+    std::fs::write(r.join("metrics.csv"), lines.join("\n") + "\n").unwrap();
+    fails_with(
+        &[
+            "train",
+            "--resume",
+            rs,
+            "--set",
+            "train.epochs=30",
+            "--quiet",
+        ],
+        &["metrics.csv", "line 3", "NaN"],
+    );
+}
+
+#[test]
+fn a_diverged_final_model_is_reported_from_the_last_bounded_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = tmp.path().join("R");
+    small_run(&r, 20, &[]);
+    // What a run whose weights blew up (finite but huge) leaves as its final model.
+    let f = groklens::tensor_io::read(&r.join("final.safetensors")).unwrap();
+    let tensors: Vec<(String, groklens::tensor_io::HostTensor)> = f
+        .tensors
+        .iter()
+        .map(|(n, t)| {
+            let data = t.to_f32(n).unwrap().iter().map(|x| x * 1e25).collect();
+            (
+                n.clone(),
+                groklens::tensor_io::HostTensor::f32(t.shape.clone(), data),
+            )
+        })
+        .collect();
+    let meta = f.metadata.clone().into_iter().collect();
+    groklens::tensor_io::write_atomic(&r.join("final.safetensors"), &tensors, meta).unwrap();
+    let t = succeeds(&["report", r.to_str().unwrap()]);
+    assert!(
+        t.contains("final.safetensors") && t.contains("diverged") && t.contains("checkpoint"),
+        "{t}"
+    );
 }

@@ -226,15 +226,17 @@ pub(crate) fn analysed_model(
             "holds neither final.safetensors nor a loadable checkpoint: train (or resume) the run first",
         ));
     };
-    notes.insert(
-        0,
-        format!(
-            "Unfinished run: its metrics reach {unit} {last_evaluated} of \
+    if !run.final_path().exists() {
+        notes.insert(
+            0,
+            format!(
+                "Unfinished run: its metrics reach {unit} {last_evaluated} of \
              {}, and the model analysed here is its newest complete checkpoint, {unit} {epoch}. \
              `groklens train --resume` continues it.",
-            cfg.train.epochs
-        ),
-    );
+                cfg.train.epochs
+            ),
+        );
+    }
     Ok(AnalysedModel {
         epoch,
         params,
