@@ -654,6 +654,7 @@ fn train(mut trainer: Trainer, dir: &RunDir, quiet: bool) -> Result<()> {
     };
     groklens::train::interrupt::install();
     let outcome = trainer.run(&mut draw);
+    groklens::train::interrupt::uninstall();
     if !quiet {
         eprintln!();
     }

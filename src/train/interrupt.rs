@@ -21,6 +21,17 @@ pub fn install() {
     }
 }
 
+/// Gives SIGINT and SIGTERM back their default (the process ends), for the work after training
+/// (a report) that does not check for a stop request.
+pub fn uninstall() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+}
+
 /// True once SIGINT or SIGTERM arrived after [`install`].
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
