@@ -434,7 +434,8 @@ fn interventions_resume_exactly() {
             .unwrap();
         let dir = RunDir::new(tmp.path().join("stopped"));
         let mut t = Trainer::create(cfg, &dir).unwrap();
-        t.run_until(150, &mut |_| {}).unwrap();
+        t.run_until(150, &mut |_| {})
+            .unwrap_or_else(|e| panic!("{sets:?}: training to epoch 150 failed: {e}"));
         drop(t);
         let (mut resumed, _) = Trainer::resume(&dir, &[]).unwrap();
         assert_eq!(resumed.epoch, 100, "{sets:?}");
