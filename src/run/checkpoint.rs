@@ -231,19 +231,7 @@ impl Checkpoint {
         for epoch in list_epochs(dir).into_iter().rev() {
             for path in [model_path(dir, epoch), optim_path(dir, epoch)] {
                 if let Ok(meta) = tensor_io::read_metadata(&path) {
-                    match meta.get(RUN_ID_KEY) {
-                        Some(id) if id != run_id => {
-                            return Err(GrokError::file(
-                                &path,
-                                format!(
-                                    "belongs to another run (run_id {id}, this run's is {run_id}): it was \
-                                     copied in from elsewhere, or config.toml and identity.toml were both \
-                                     edited. Remove it (and its companion file) to resume"
-                                ),
-                            ))
-                        }
-                        _ => {}
-                    }
+                    crate::run::check_run_id(&path, &meta, run_id)?;
                 }
             }
             match Self::load(dir, epoch, cfg, adam, filter) {

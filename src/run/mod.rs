@@ -219,20 +219,7 @@ impl RunDir {
     /// Refuses `path` (a split, checkpoint or final model) when its `run_id` metadata names another
     /// run than `cfg`'s; a file without one predates run identities and is accepted.
     pub fn check_belongs(&self, path: &Path, cfg: &RunConfig) -> Result<()> {
-        let meta = tensor_io::read_metadata(path)?;
-        match meta.get(RUN_ID_KEY) {
-            Some(id) if *id != cfg.run_id() => Err(GrokError::file(
-                path,
-                format!(
-                    "belongs to another run (run_id {id}; this run, {}, is {}): it was copied in \
-                     from elsewhere, or config.toml and identity.toml were both edited. Remove it, or \
-                     put it back in the run it came from",
-                    self.root.display(),
-                    cfg.run_id()
-                ),
-            )),
-            _ => Ok(()),
-        }
+        check_run_id(path, &tensor_io::read_metadata(path)?, &cfg.run_id())
     }
 
     /// Loads parameters from `path` (a checkpoint or the final model of this run), refusing a file
@@ -344,11 +331,7 @@ impl RunDir {
     pub fn load_split(&self, cfg: &RunConfig) -> Result<Split> {
         let path = self.split_path();
         let f = tensor_io::read(&path)?;
-        if let Some(id) = f.metadata.get(RUN_ID_KEY) {
-            if *id != cfg.run_id() {
-                self.check_belongs(&path, cfg)?;
-            }
-        }
+        check_run_id(&path, &f.metadata, &cfg.run_id())?;
         let get = |name: &str| -> Result<Vec<usize>> {
             Ok(f.require(name, &path)?
                 .to_i64(name)?
@@ -365,6 +348,27 @@ impl RunDir {
 
 /// The metadata key of a run's identity ([`RunConfig::run_id`]) in its safetensors files.
 pub const RUN_ID_KEY: &str = "run_id";
+
+/// Refuses the file at `path` when its safetensors metadata `meta` carries a `run_id` other than
+/// `expected`; a file without one predates run identities and is accepted. The one identity check
+/// that splits, checkpoints and final models share.
+pub(crate) fn check_run_id(
+    path: &Path,
+    meta: &std::collections::HashMap<String, String>,
+    expected: &str,
+) -> Result<()> {
+    match meta.get(RUN_ID_KEY) {
+        Some(id) if id != expected => Err(GrokError::file(
+            path,
+            format!(
+                "belongs to another run (run_id {id}; this run's is {expected}): it was copied in \
+                 from elsewhere, or config.toml and identity.toml were both edited. Remove it (a \
+                 checkpoint with its companion file), or put it back in the run it came from"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// Files a run directory's creation writes (besides the lock and `checkpoints/`).
 const CREATED_FILES: &[&str] = &[
