@@ -1,23 +1,7 @@
 //! The `groklens` binary: bad input is a clear error with a non-zero exit; a small run writes every file.
 
-use std::process::{Command, Output};
-
-fn groklens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_groklens"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = groklens(args);
-    assert!(!out.status.success(), "{args:?} should fail");
-    let err = String::from_utf8_lossy(&out.stderr);
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
-    }
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-}
+mod common;
+use common::bin::{fails_with, output as groklens, succeeds};
 
 #[test]
 fn bad_input_is_a_clear_error() {
@@ -574,18 +558,6 @@ fn freeze_patterns_and_bench_iterations_are_checked() {
         String::from_utf8_lossy(&ok.stderr)
     );
     fails_with(&["bench", "--iters", "0"], &["--iters", "at least 1"]);
-}
-
-/// Succeeds, returning stdout and stderr together.
-fn succeeds(args: &[&str]) -> String {
-    let out = groklens(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{args:?}: {text}");
-    text
 }
 
 #[test]

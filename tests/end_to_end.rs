@@ -12,6 +12,9 @@ use groklens::report::write_report;
 use groklens::run::{grokking_epoch, metrics, MetricsRow, RunDir};
 use groklens::train::Trainer;
 
+mod common;
+use common::bin::{groklens, wait_until};
+
 #[test]
 fn quick_preset_groks_and_its_report_renders() {
     let tmp = tempfile::tempdir().unwrap();
@@ -129,7 +132,7 @@ fn quick_seed_004_compares_a_grokking_binary_bitnet_with_a_transformer() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("q4");
     let grok = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+        let out = groklens()
             .args(["grok", "--preset", "quick-seed-004", "--quiet", "--out"])
             .arg(&root)
             .output()
@@ -234,7 +237,7 @@ fn quick_seed_004_compares_a_grokking_binary_bitnet_with_a_transformer() {
 fn quick_prev_token_learns_the_previous_token_and_its_report_renders() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("qp");
-    let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+    let out = groklens()
         .args(["grok", "--preset", "quick-prev-token", "--quiet", "--out"])
         .arg(&dir)
         .output()
@@ -316,7 +319,7 @@ fn compound_report_reads_each_operand_and_renders() {
         "train.eval_every=5",
         "train.checkpoint_every=10",
     ];
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_groklens"));
+    let mut cmd = groklens();
     cmd.args(["grok", "--preset", "compound-small", "--quiet", "--out"])
         .arg(&dir);
     for s in sets {
@@ -406,7 +409,7 @@ fn a_killed_sweep_resumes_and_its_page_renders() {
     .unwrap();
     let dir = tmp.path().join("sweep");
     let sweep = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_groklens"));
+        let mut cmd = groklens();
         cmd.args(["sweep", "run"])
             .arg(&spec)
             .arg("--out")
@@ -416,20 +419,22 @@ fn a_killed_sweep_resumes_and_its_page_renders() {
     };
     let mut first = sweep().process_group(0).spawn().unwrap();
     let point = |frac: &str| RunDir::new(dir.join("runs").join(format!("task.train_frac-{frac}")));
-    let started = std::time::Instant::now();
-    // Kill once both points hold a checkpoint past epoch 200, before either is done.
-    while ["0.3", "0.35"].iter().any(|f| {
-        groklens::run::checkpoint::list_epochs(&point(f).checkpoint_dir())
-            .last()
-            .is_none_or(|&e| e < 300)
-    }) {
-        assert!(started.elapsed().as_secs() < 300, "no checkpoints appeared");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "the sweep ended before it was killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // Kill once both points hold a checkpoint past epoch 300, before either is done.
+    wait_until(
+        "checkpoints past 300",
+        std::time::Duration::from_secs(300),
+        || {
+            assert!(
+                first.try_wait().unwrap().is_none(),
+                "the sweep ended before it was killed"
+            );
+            ["0.3", "0.35"].iter().all(|f| {
+                groklens::run::checkpoint::list_epochs(&point(f).checkpoint_dir())
+                    .last()
+                    .is_some_and(|&e| e >= 300)
+            })
+        },
+    );
     let group = first.id() as i32;
     Command::new("kill")
         .args(["-KILL", "--", &format!("-{group}")])
@@ -465,7 +470,7 @@ fn a_killed_sweep_resumes_and_its_page_renders() {
     let again = sweep().output().unwrap();
     assert!(text(&again.stdout).contains("0 finished now, 2 already finished"));
 
-    let page = Command::new(env!("CARGO_BIN_EXE_groklens"))
+    let page = groklens()
         .args(["sweep", "report"])
         .arg(&dir)
         .output()

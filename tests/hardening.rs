@@ -3,41 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use groklens::sweep::spec::SweepSpec;
 
-fn groklens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_groklens"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn succeeds(args: &[&str]) -> String {
-    let out = groklens(args);
-    assert!(out.status.success(), "{args:?}: {}", text(&out));
-    text(&out)
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) -> String {
-    let out = groklens(args);
-    let t = text(&out);
-    assert!(!out.status.success(), "{args:?} should fail: {t}");
-    for n in needles {
-        assert!(t.contains(n), "{args:?}: output lacks {n:?}: {t}");
-    }
-    assert!(!t.contains("panicked"), "{args:?} panicked: {t}");
-    t
-}
+mod common;
+use common::bin::{fails_with, groklens, output, succeeds, text, wait_until};
 
 /// Asserts `dir` holds exactly the files of `before`, byte for byte, naming those that differ.
 fn assert_unchanged(dir: &Path, before: &BTreeMap<PathBuf, Vec<u8>>, what: &str) {
@@ -69,6 +39,23 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 
 fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// `groklens cache` of run `r`'s final model on `tokens` into `out`, which must fail naming `needles`.
+fn cache_fails_with(r: &Path, tokens: &Path, out: &Path, needles: &[&str]) {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let list = [
+        "cache".to_string(),
+        "--checkpoint".into(),
+        path(&r.join("final.safetensors")),
+        "--model-config".into(),
+        path(&r.join("model_config.json")),
+        "--tokens".into(),
+        path(tokens),
+        "--out".into(),
+        path(out),
+    ];
+    fails_with(&args(&list), needles);
 }
 
 /// A small quick run of `epochs` (checkpoints every 10), with extra `--set`s.
@@ -164,20 +151,7 @@ fn writers_refuse_their_inputs_and_files_inside_runs() {
         );
     }
     let tokens = r1.join("split.safetensors");
-    fails_with(
-        &[
-            "cache",
-            "--checkpoint",
-            r1.join("final.safetensors").to_str().unwrap(),
-            "--model-config",
-            r1.join("model_config.json").to_str().unwrap(),
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--out",
-            r1.join("config.toml").to_str().unwrap(),
-        ],
-        &["config.toml"],
-    );
+    cache_fails_with(&r1, &tokens, &r1.join("config.toml"), &["config.toml"]);
     fails_with(
         &[
             "ablate",
@@ -410,7 +384,7 @@ fn workers_die_with_a_killed_sweep_after_a_checkpoint() {
     )
     .unwrap();
     let dir = tmp.path().join("sweep");
-    let mut sweep = Command::new(env!("CARGO_BIN_EXE_groklens"))
+    let mut sweep = groklens()
         .args(["sweep", "run"])
         .arg(&spec)
         .arg("--out")
@@ -419,11 +393,9 @@ fn workers_die_with_a_killed_sweep_after_a_checkpoint() {
         .spawn()
         .unwrap();
     let run = groklens::run::RunDir::new(dir.join("runs").join("task.train_frac-0.3"));
-    let started = std::time::Instant::now();
-    while groklens::run::checkpoint::list_epochs(&run.checkpoint_dir()).is_empty() {
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("a checkpoint", std::time::Duration::from_secs(120), || {
+        !groklens::run::checkpoint::list_epochs(&run.checkpoint_dir()).is_empty()
+    });
     // SIGKILL of the sweep's own PID only, as a scheduler or a closed terminal does.
     sweep.kill().unwrap();
     sweep.wait().unwrap();
@@ -511,7 +483,7 @@ fn small_mistakes_get_messages_that_name_the_key_and_the_fix() {
         &["model.family", "cannot switch", "quick-mlp"],
     );
     // A diverging run exits with its own code and names the setting that made it diverge.
-    let diverged = groklens(&args(&quick(&["train.weight_norm_scale=1e30"])));
+    let diverged = output(&args(&quick(&["train.weight_norm_scale=1e30"])));
     assert_eq!(diverged.status.code(), Some(3), "{}", text(&diverged));
     assert!(
         text(&diverged).contains("train.weight_norm_scale"),
@@ -544,18 +516,10 @@ fn small_mistakes_get_messages_that_name_the_key_and_the_fix() {
         BTreeMap::new(),
     )
     .unwrap();
-    fails_with(
-        &[
-            "cache",
-            "--checkpoint",
-            r.join("final.safetensors").to_str().unwrap(),
-            "--model-config",
-            r.join("model_config.json").to_str().unwrap(),
-            "--tokens",
-            tokens.to_str().unwrap(),
-            "--out",
-            tmp.path().join("cache.safetensors").to_str().unwrap(),
-        ],
+    cache_fails_with(
+        &r,
+        &tokens,
+        &tmp.path().join("cache.safetensors"),
         &["tokens", "[0, 3]", "at least one row"],
     );
     // Ablating an unfinished run points at its checkpoints.
@@ -610,4 +574,60 @@ fn a_diverged_final_model_is_reported_from_the_last_bounded_checkpoint() {
         t.contains("final.safetensors") && t.contains("diverged") && t.contains("checkpoint"),
         "{t}"
     );
+}
+
+#[test]
+fn compare_sets_runs_of_any_task_kind_side_by_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    let modular = tmp.path().join("modular");
+    small_run(&modular, 20, &[]);
+    let seq = tmp.path().join("prev");
+    let seq_s = seq.to_str().unwrap();
+    succeeds(&[
+        "train",
+        "--preset",
+        "quick-prev-token",
+        "--quiet",
+        "--out",
+        seq_s,
+        "--set",
+        "train.epochs=20",
+    ]);
+    let page = tmp.path().join("both.html");
+    let t = succeeds(&[
+        "compare",
+        modular.to_str().unwrap(),
+        seq_s,
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(
+        t.contains("prev: grokked at") && t.contains("training curves only"),
+        "{t}"
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    // Both runs' curves are drawn; the Fourier sections hold the modular run only, and the note
+    // names the run they leave out.
+    assert!(html.contains("prev train") && html.contains("modular train"));
+    assert!(html.contains("id=\"frequencies\"") && html.contains("id=\"progress\""));
+    assert!(
+        html.contains("Note (prev)") && html.contains("task.kind = previous_token"),
+        "note missing"
+    );
+    // Two runs of a task the Fourier sections cannot read: curves and milestones only.
+    let seq2 = tmp.path().join("prev2");
+    std::fs::create_dir(&seq2).unwrap();
+    for f in ["config.toml", "metrics.csv"] {
+        std::fs::copy(seq.join(f), seq2.join(f)).unwrap();
+    }
+    let page2 = tmp.path().join("seq.html");
+    succeeds(&[
+        "compare",
+        seq_s,
+        seq2.to_str().unwrap(),
+        "--out",
+        page2.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page2).unwrap();
+    assert!(html.contains("id=\"training\"") && !html.contains("id=\"frequencies\""));
 }

@@ -3,13 +3,16 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use groklens::presets::preset;
 use groklens::run::{checkpoint, metrics, MetricsRow, RunDir};
 use groklens::tensor_io;
 use groklens::train::Trainer;
 use groklens::RunConfig;
+
+mod common;
+use common::bin::{groklens, wait_until};
 
 fn config() -> RunConfig {
     let mut c = preset("quick").unwrap();
@@ -108,8 +111,7 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
     let cfg_path = tmp.path().join("cfg.toml");
     std::fs::write(&cfg_path, config().to_toml()).unwrap();
     let out = tmp.path().join("killed");
-    let bin = env!("CARGO_BIN_EXE_groklens");
-    let mut child = Command::new(bin)
+    let mut child = groklens()
         .args([
             "train",
             "--config",
@@ -121,18 +123,16 @@ fn resume_after_sigkill_matches_an_uninterrupted_run() {
         .spawn()
         .unwrap();
     let first = checkpoint::model_path(&out.join("checkpoints"), 100);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !first.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("the first checkpoint", Duration::from_secs(120), || {
+        first.exists()
+    });
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(first.exists(), "the run never wrote its first checkpoint");
     assert!(
         !out.join("final.safetensors").exists(),
         "the run finished before it was killed; make it longer"
     );
-    let status = Command::new(bin)
+    let status = groklens()
         .args(["train", "--resume", out.to_str().unwrap(), "--quiet"])
         .status()
         .unwrap();
@@ -154,7 +154,7 @@ fn one_process_writes_a_run_at_a_time() {
     assert!(e.contains("in use") && e.contains(&pid), "{e}");
     let e = Trainer::create(cfg, &dir).err().unwrap().to_string();
     assert!(e.contains("already holds a run"), "{e}");
-    let out = Command::new(env!("CARGO_BIN_EXE_groklens"))
+    let out = groklens()
         .args(["train", "--resume", dir.root.to_str().unwrap(), "--quiet"])
         .output()
         .unwrap();
@@ -453,8 +453,7 @@ fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
     let cfg_path = tmp.path().join("cfg.toml");
     std::fs::write(&cfg_path, config().to_toml()).unwrap();
     let out = tmp.path().join("interrupted");
-    let bin = env!("CARGO_BIN_EXE_groklens");
-    let child = Command::new(bin)
+    let child = groklens()
         .args(["train", "--config", cfg_path.to_str().unwrap(), "--out"])
         .arg(&out)
         .stderr(std::process::Stdio::piped())
@@ -462,23 +461,19 @@ fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
         .spawn()
         .unwrap();
     let first = checkpoint::model_path(&out.join("checkpoints"), 100);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !first.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(first.exists(), "the run never wrote its first checkpoint");
+    wait_until("the first checkpoint", Duration::from_secs(120), || {
+        first.exists()
+    });
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     let done = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&done.stderr);
-    if out.join("final.safetensors").exists() {
-        // The run ended before the signal arrived: nothing was interrupted (rare on a fast machine).
-        eprintln!("NOT INTERRUPTED: the run finished first");
-        assert!(done.status.success(), "{err}");
-        return;
-    }
+    assert!(
+        !out.join("final.safetensors").exists(),
+        "the run finished before the signal arrived; make it longer: {err}"
+    );
     assert_eq!(done.status.code(), Some(130), "{err}");
     assert!(
         err.contains("interrupted")
@@ -487,7 +482,7 @@ fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
         "{err}"
     );
     assert!(!err.contains("panicked"), "{err}");
-    let status = Command::new(bin)
+    let status = groklens()
         .args(["train", "--resume", out.to_str().unwrap(), "--quiet"])
         .status()
         .unwrap();

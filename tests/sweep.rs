@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use groklens::run::RunDir;
 
+mod common;
+use common::bin::groklens;
+
 /// The two daemons, stopped (by PID) when dropped.
 struct Cluster {
     daemons: Vec<Child>,
@@ -166,7 +169,7 @@ fn a_sweep_runs_as_a_slurm_job_array() {
     .unwrap();
     let dir = tmp.path().join("a b'c — ü").join("sweep dir");
     let groklens = || {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_groklens"));
+        let mut cmd = groklens();
         cmd.env("SLURM_CONF", &cluster.conf);
         cmd
     };

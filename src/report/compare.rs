@@ -1,16 +1,19 @@
 //! `groklens compare RUN RUN… [--out page.html]`: one offline page that sets runs side by side — any
-//! mix of families — so "does the 1-bit network learn the same clock algorithm, and when?" has one
-//! answer: overlaid loss and accuracy curves with each run's grokking epoch and phases marked, the
-//! embedding's per-frequency norms and the neuron clusters next to each other, the progress measures
-//! overlaid, and a table of milestones, key frequencies, cluster sizes and final metrics.
+//! mix of families and task kinds — so "does the 1-bit network learn the same clock algorithm, and
+//! when?" has one answer: overlaid loss and accuracy curves with each run's grokking epoch and phases
+//! marked, and a table of milestones and final metrics, for every run; for the modular runs also the
+//! embedding's per-frequency norms and the neuron clusters next to each other and the progress
+//! measures overlaid. A run those sections cannot read (a compound or previous-token task) is named in
+//! a note and left out of them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::analysis::{analyze_run, RunAnalysis};
+use crate::analysis::{analyze_run, progress, Phases, RunAnalysis};
+use crate::config::RunConfig;
 use crate::error::{GrokError, Result};
-use crate::run::{is_run_dir, MetricsRow};
+use crate::run::{grokking_epoch, is_run_dir, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
 use crate::tensor_io::write_bytes_atomic;
 
 use plotly::common::DashType;
@@ -18,12 +21,60 @@ use plotly::common::DashType;
 use super::figures::{grouped_bars, overlay, run_colour, with_styled_vlines, Trace, VLine};
 use super::page::{escape, render, Section};
 
-/// One run of a comparison: its label and its analysis.
+/// One run of a comparison: what every task kind has (config, history, milestones) and, for a
+/// modular run, the Fourier analysis its report shows.
 pub struct ComparedRun {
     /// The run directory's name (its path when names repeat).
     pub label: String,
-    /// The run's analysis, as its report shows it.
-    pub analysis: RunAnalysis,
+    /// The run's resolved config.
+    pub cfg: RunConfig,
+    /// Every metrics row.
+    pub metrics: Vec<MetricsRow>,
+    /// First evaluated epoch with test accuracy ≥ 99 %.
+    pub grokking_epoch: Option<usize>,
+    /// Phase boundaries from the metrics.
+    pub phases: Phases,
+    /// The modular analysis; `None` for task kinds it does not read.
+    pub analysis: Option<RunAnalysis>,
+    /// What the reader must know about this run's column.
+    pub notes: Vec<String>,
+}
+
+impl ComparedRun {
+    /// Reads the run in `dir`: the full analysis for a modular task, config and history otherwise.
+    pub fn open(label: String, dir: &Path) -> Result<Self> {
+        let cfg = RunDir::new(dir).load_config()?;
+        if cfg.task.modular().is_some() {
+            let a = analyze_run(dir)?;
+            return Ok(ComparedRun {
+                label,
+                cfg: a.cfg.clone(),
+                metrics: a.metrics.clone(),
+                grokking_epoch: a.grokking_epoch,
+                phases: a.phases,
+                notes: a.notes.clone(),
+                analysis: Some(a),
+            });
+        }
+        let metrics = metrics::read(&RunDir::new(dir).metrics_path())?;
+        let notes = vec![format!(
+            "{} has task.kind = {}: key frequencies, neuron clusters and progress measures read functions of \
+             two operands mod p, so this run has training curves and milestones only (its own report, \
+             `groklens report {}`, has the sections for its task)",
+            dir.display(),
+            cfg.task.kind(),
+            dir.display()
+        )];
+        Ok(ComparedRun {
+            label,
+            grokking_epoch: grokking_epoch(&metrics, GROKKED_ACCURACY),
+            phases: progress::phases(&metrics),
+            cfg,
+            metrics,
+            analysis: None,
+            notes,
+        })
+    }
 }
 
 /// What `compare` wrote.
@@ -48,14 +99,17 @@ impl Comparison {
             self.seconds
         );
         for r in &self.runs {
-            let a = &r.analysis;
-            out += &format!(
-                "{}: grokked at {}, key frequencies {:?}, clusters {}\n",
-                r.label,
-                epoch(a.grokking_epoch),
-                a.embed.key_freqs,
-                clusters(a)
-            );
+            out += &format!("{}: grokked at {}", r.label, epoch(r.grokking_epoch));
+            match &r.analysis {
+                Some(a) => {
+                    out += &format!(
+                        ", key frequencies {:?}, clusters {}\n",
+                        a.embed.key_freqs,
+                        clusters(a)
+                    )
+                }
+                None => out += &format!(" ({} task: training curves only)\n", r.cfg.task.kind()),
+            }
         }
         out.trim_end().to_string()
     }
@@ -111,22 +165,15 @@ pub fn write_comparison(dirs: &[PathBuf], out: &Path) -> Result<Comparison> {
         .into_iter()
         .zip(dirs)
         .map(|(label, d)| {
-            Ok(ComparedRun {
-                label,
-                analysis: analyze_run(d)
-                    .map_err(|e| GrokError::file(d, format!("cannot be compared: {e}")))?,
-            })
+            ComparedRun::open(label, d)
+                .map_err(|e| GrokError::file(d, format!("cannot be compared: {e}")))
         })
         .collect::<Result<_>>()?;
     let names: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
     let html = render(
         &escape(&format!("groklens comparison — {}", names.join(" vs "))),
         &table(&runs),
-        &[
-            training_section(&runs),
-            frequencies_section(&runs),
-            progress_section(&runs),
-        ],
+        &sections(&runs),
     );
     write_bytes_atomic(out, html.as_bytes())?;
     Ok(Comparison {
@@ -137,37 +184,55 @@ pub fn write_comparison(dirs: &[PathBuf], out: &Path) -> Result<Comparison> {
     })
 }
 
+/// The training section for every run; the Fourier sections over the modular runs, when there are any.
+fn sections(runs: &[ComparedRun]) -> Vec<Section> {
+    let mut sections = vec![training_section(runs)];
+    let modular: Vec<(usize, &ComparedRun, &RunAnalysis)> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.analysis.as_ref().map(|a| (i, r, a)))
+        .collect();
+    if !modular.is_empty() {
+        sections.push(frequencies_section(&modular));
+        sections.push(progress_section(runs, &modular));
+    }
+    sections
+}
+
 /// One run's column of the table: `(row name, value)` in row order.
-fn column(a: &RunAnalysis) -> Vec<(&'static str, String)> {
-    let t = &a.cfg.task;
-    let last = a.metrics.last();
+fn column(r: &ComparedRun) -> Vec<(&'static str, String)> {
+    let t = &r.cfg.task;
+    let last = r.metrics.last();
     let at_end = |f: &dyn Fn(&MetricsRow) -> String| last.map_or("—".to_string(), f);
+    let modular = |f: &dyn Fn(&RunAnalysis) -> String| r.analysis.as_ref().map_or("—".into(), f);
     vec![
-        ("Model", a.cfg.model.describe()),
+        ("Model", r.cfg.model.describe()),
         ("Task", t.describe()),
         (
             "Epochs trained (wall time)",
             at_end(&|r| format!("{} ({:.0} s)", r.epoch, r.elapsed_s)),
         ),
-        ("Grokking epoch (test acc ≥ 99%)", epoch(a.grokking_epoch)),
+        ("Grokking epoch (test acc ≥ 99%)", epoch(r.grokking_epoch)),
         (
             "Memorisation ends (train acc ≥ 99%)",
-            epoch(a.phases.memorisation_end),
+            epoch(r.phases.memorisation_end),
         ),
         (
             "Circuit formation ends",
-            epoch(a.phases.circuit_formation_end),
+            epoch(r.phases.circuit_formation_end),
         ),
-        ("Cleanup ends", epoch(a.phases.cleanup_end)),
+        ("Cleanup ends", epoch(r.phases.cleanup_end)),
         (
             "Key frequencies (embedding)",
-            format!("{:?}", a.embed.key_freqs),
+            modular(&|a| format!("{:?}", a.embed.key_freqs)),
         ),
-        ("Neuron clusters (frequency: neurons)", clusters(a)),
+        ("Neuron clusters (frequency: neurons)", modular(&clusters)),
         (
             "Neurons in a cluster",
-            a.neurons.as_ref().map_or("—".into(), |n| {
-                format!("{:.1}%", 100.0 * n.fourier.clustered_fraction())
+            modular(&|a| {
+                a.neurons.as_ref().map_or("—".into(), |n| {
+                    format!("{:.1}%", 100.0 * n.fourier.clustered_fraction())
+                })
             }),
         ),
         (
@@ -180,10 +245,12 @@ fn column(a: &RunAnalysis) -> Vec<(&'static str, String)> {
         ),
         (
             "Quantized weights settle",
-            a.quantized.as_ref().map_or("full precision".into(), |q| {
-                q.trajectory
-                    .settled_epoch()
-                    .map_or("still changing at the end".into(), |e| e.to_string())
+            modular(&|a| {
+                a.quantized.as_ref().map_or("full precision".into(), |q| {
+                    q.trajectory
+                        .settled_epoch()
+                        .map_or("still changing at the end".into(), |e| e.to_string())
+                })
             }),
         ),
     ]
@@ -191,7 +258,7 @@ fn column(a: &RunAnalysis) -> Vec<(&'static str, String)> {
 
 /// The table: one column per run, then each run's notes.
 fn table(runs: &[ComparedRun]) -> String {
-    let columns: Vec<_> = runs.iter().map(|r| column(&r.analysis)).collect();
+    let columns: Vec<_> = runs.iter().map(column).collect();
     let mut html = String::from("<table class=\"summary\"><tr><td></td>");
     for (i, r) in runs.iter().enumerate() {
         html += &format!(
@@ -209,7 +276,7 @@ fn table(runs: &[ComparedRun]) -> String {
         html += "</tr>";
     }
     for (i, r) in runs.iter().enumerate() {
-        for note in &r.analysis.notes {
+        for note in &r.notes {
             html += &format!(
                 "<tr><td>Note ({})</td><td colspan=\"{}\" style=\"color:{}\">{}</td></tr>",
                 escape(&r.label),
@@ -227,15 +294,14 @@ fn table(runs: &[ComparedRun]) -> String {
 fn milestones(runs: &[ComparedRun]) -> Vec<VLine> {
     let mut lines = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let a = &r.analysis;
         for (e, dash, label) in [
-            (a.phases.memorisation_end, DashType::Dot, String::new()),
+            (r.phases.memorisation_end, DashType::Dot, String::new()),
             (
-                a.grokking_epoch,
+                r.grokking_epoch,
                 DashType::Dash,
                 format!("{} grokked", r.label),
             ),
-            (a.phases.cleanup_end, DashType::DashDot, String::new()),
+            (r.phases.cleanup_end, DashType::DashDot, String::new()),
         ] {
             if let Some(e) = e {
                 lines.push(VLine {
@@ -294,7 +360,7 @@ fn split_traces(
 ) -> Vec<Trace> {
     let mut traces = Vec::new();
     for (i, r) in runs.iter().enumerate() {
-        let m = &r.analysis.metrics;
+        let m = &r.metrics;
         let x: Vec<f64> = m.iter().map(|row| row.epoch as f64).collect();
         for (split, dashed, column) in [("train", false, train), ("test", true, test)] {
             traces.push(Trace {
@@ -309,14 +375,16 @@ fn split_traces(
     traces
 }
 
-fn frequencies_section(runs: &[ComparedRun]) -> Section {
+/// `(colour index, run, its analysis)` of each modular run.
+type Modular<'a> = [(usize, &'a ComparedRun, &'a RunAnalysis)];
+
+fn frequencies_section(runs: &Modular) -> Section {
     // Per-frequency embedding norms, each run scaled to its largest, so runs of different widths
     // and weight norms share an axis.
     let traces: Vec<Trace> = runs
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let norms = &r.analysis.embed.freq_norms;
+        .map(|&(i, r, a)| {
+            let norms = &a.embed.freq_norms;
             let max = norms
                 .iter()
                 .fold(0f32, |m, &v| m.max(v))
@@ -339,19 +407,18 @@ fn frequencies_section(runs: &[ComparedRun]) -> Section {
     )];
     let freqs: BTreeSet<usize> = runs
         .iter()
-        .filter_map(|r| r.analysis.neurons.as_ref())
+        .filter_map(|(_, _, a)| a.neurons.as_ref())
         .flat_map(|n| n.fourier.clusters.iter().map(|c| c.freq))
         .collect();
     if !freqs.is_empty() {
         let categories: Vec<String> = freqs.iter().map(|k| format!("freq {k}")).collect();
         let series: Vec<(&str, Vec<f32>)> = runs
             .iter()
-            .map(|r| {
+            .map(|&(_, r, a)| {
                 let sizes = freqs
                     .iter()
                     .map(|&k| {
-                        r.analysis
-                            .neurons
+                        a.neurons
                             .as_ref()
                             .map_or(0.0, |n| n.fourier.usage(k).clustered as f32)
                     })
@@ -369,14 +436,7 @@ fn frequencies_section(runs: &[ComparedRun]) -> Section {
     }
     let shared: Vec<usize> = runs
         .iter()
-        .map(|r| {
-            r.analysis
-                .embed
-                .key_freqs
-                .iter()
-                .copied()
-                .collect::<BTreeSet<_>>()
-        })
+        .map(|(_, _, a)| a.embed.key_freqs.iter().copied().collect::<BTreeSet<_>>())
         .reduce(|a, b| a.intersection(&b).copied().collect())
         .unwrap_or_default()
         .into_iter()
@@ -400,18 +460,16 @@ fn frequencies_section(runs: &[ComparedRun]) -> Section {
     }
 }
 
-fn progress_section(runs: &[ComparedRun]) -> Section {
-    let marks = milestones(runs);
+fn progress_section(all: &[ComparedRun], runs: &Modular) -> Section {
+    let marks = milestones(all);
     let point_traces =
         |f: &dyn Fn(&crate::analysis::ProgressPoint) -> Option<f64>, dashed: bool, what: &str| {
             runs.iter()
-                .enumerate()
-                .filter(|(_, r)| r.analysis.progress.iter().any(|p| f(p).is_some()))
-                .map(|(i, r)| Trace {
+                .filter(|(_, _, a)| a.progress.iter().any(|p| f(p).is_some()))
+                .map(|&(i, r, a)| Trace {
                     name: format!("{} {what}", r.label),
-                    x: r.analysis.progress.iter().map(|p| p.epoch as f64).collect(),
-                    y: r.analysis
-                        .progress
+                    x: a.progress.iter().map(|p| p.epoch as f64).collect(),
+                    y: a.progress
                         .iter()
                         .map(|p| f(p).map_or(f32::NAN, |v| v as f32))
                         .collect(),

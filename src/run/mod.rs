@@ -216,16 +216,11 @@ impl RunDir {
         )))
     }
 
-    /// Refuses `path` (a split, checkpoint or final model) when its `run_id` metadata names another
-    /// run than `cfg`'s; a file without one predates run identities and is accepted.
-    pub fn check_belongs(&self, path: &Path, cfg: &RunConfig) -> Result<()> {
-        check_run_id(path, &tensor_io::read_metadata(path)?, &cfg.run_id())
-    }
-
     /// Loads parameters from `path` (a checkpoint or the final model of this run), refusing a file
-    /// of another run.
+    /// whose `run_id` metadata names another run than `cfg`'s (one without predates run identities
+    /// and is accepted).
     pub fn load_params(&self, path: &Path, cfg: &RunConfig) -> Result<crate::model::Params> {
-        self.check_belongs(path, cfg)?;
+        check_run_id(path, &tensor_io::read_metadata(path)?, &cfg.run_id())?;
         crate::model::Params::load(path, &cfg.model)
     }
 

@@ -1,5 +1,8 @@
-//! Helpers shared by the integration tests: loading the TransformerLens fixtures.
+//! Helpers shared by the integration tests: loading the TransformerLens fixtures, and running the
+//! binary ([`bin`]).
 #![allow(dead_code)]
+
+pub mod bin;
 
 use std::path::PathBuf;
 
