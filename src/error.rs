@@ -42,6 +42,9 @@ pub enum GrokError {
     /// [`EXIT_INTERRUPTED`]).
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// A command used wrongly (a missing or contradictory option), with what to type instead.
+    #[error("{0}")]
+    Usage(String),
     /// An error from the candle tensor library.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

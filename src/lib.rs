@@ -3,8 +3,11 @@
 //! Layers, from the bottom; each module imports only modules listed below it:
 //!
 //! ```text
-//! cli (main.rs), bench   commands
+//! cli (main.rs)          parses arguments, calls `api`, prints
+//! api                    one API for every front end: the Run facade (any family, any task kind),
+//!                        grok, cache/ablate, bench, sweeps (pool, Slurm, page, worker)
 //! report                 HTML pages (per run, comparison, sweep) from analysis results
+//! bench                  timing a preset's epoch and the machine's matmul peak
 //! analysis               Fourier features, key frequencies, clusters, progress measures, phases
 //! interp                 activation cache, hooks, ablation, patching, weight processing, circuits
 //! sweep                  specs, grid expansion, worker pool of training processes, shards, Slurm arrays, index
@@ -23,6 +26,7 @@
 //! ```
 
 pub mod analysis;
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod engine;

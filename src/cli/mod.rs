@@ -1,3 +1,4 @@
-//! Command implementations that are more than a few lines.
+//! The command line's parts: its grammar ([`args`]) and how it shows a run's progress ([`print`]).
 
-pub mod inspect;
+pub mod args;
+pub mod print;

@@ -1,5 +1,5 @@
 //! Runs a sweep's points on this machine: a pool of workers, each training one point at a time in
-//! its own `groklens train` process (single-threaded by default: for small models several runs at
+//! its own `groklens sweep worker` process ([`WorkerArgs`]) (single-threaded by default: for small models several runs at
 //! once use the cores better than one run on all of them) and then writing its report.
 //!
 //! Resumable: finished points are skipped, partial ones continue from their last checkpoint. Ctrl-C
@@ -8,12 +8,13 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{GrokError, Result, EXIT_DIVERGED};
+use crate::sweep::worker::WorkerArgs;
 use crate::sweep::{Point, Status, SweepDir};
 
 /// How the pool runs.
@@ -180,7 +181,6 @@ fn clock(seconds: f64) -> String {
 fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Result<(), String> {
     let run = dir.run(name);
     let log_path = dir.log_path(name);
-    let threads = format!("train.threads={}", opts.threads_per_run);
     // A worker of a sweep that was just killed may still be writing its last checkpoint.
     if !crate::run::RunLock::wait_until_free(&run.root, Duration::from_secs(60)) {
         return Err(format!(
@@ -188,79 +188,57 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
             run.root.display()
         ));
     }
-    let mut steps: Vec<Vec<String>> = Vec::new();
-    match dir.status(name) {
-        Status::Damaged => {
-            return Err(format!(
-                "damaged: {} is missing or unreadable, so the point is neither finished nor \
-                 resumable; remove {} to train it again",
-                run.metrics_path().display(),
-                run.root.display()
-            ))
-        }
-        Status::Finished | Status::Diverged => {}
-        Status::Partial => steps.push(vec![
-            "train".into(),
-            "--quiet".into(),
-            "--resume".into(),
-            path(&run.root),
-            "--set".into(),
-            threads,
-        ]),
-        Status::Pending => steps.push(vec![
-            "train".into(),
-            "--quiet".into(),
-            "--config".into(),
-            path(&dir.config_path(name)),
-            "--out".into(),
-            path(&run.root),
-            "--set".into(),
-            threads,
-        ]),
+    if dir.status(name) == Status::Damaged {
+        return Err(format!(
+            "damaged: {} is missing or unreadable, so the point is neither finished nor \
+             resumable; remove {} to train it again",
+            run.metrics_path().display(),
+            run.root.display()
+        ));
     }
-    if opts.reports {
-        steps.push(vec!["report".into(), path(&run.root)]);
+    let args = WorkerArgs {
+        sweep: dir.root.clone(),
+        point: name.to_string(),
+        threads: opts.threads_per_run,
+        report: opts.reports,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let err = log
+        .try_clone()
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let mut command = Command::new(&opts.exe);
+    command
+        .args(args.to_args())
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    die_with_parent(&mut command);
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {}: {e}", opts.exe.display()))?;
+    if status.success() {
+        return Ok(());
     }
-    for args in steps {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let mut command = Command::new(&opts.exe);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err);
-        die_with_parent(&mut command);
-        let status = command
-            .status()
-            .map_err(|e| format!("cannot start {}: {e}", opts.exe.display()))?;
-        if !status.success() {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(3).collect();
-            if args[0] == "train" && status.code() == Some(i32::from(EXIT_DIVERGED)) {
-                // An outcome, recorded so later calls and the index see it.
-                std::fs::write(
-                    dir.diverged_marker(name),
-                    tail.first().unwrap_or(&"diverged"),
-                )
-                .map_err(|e| format!("cannot mark {name} diverged: {e}"))?;
-                return Ok(());
-            }
-            return Err(format!(
-                "`groklens {}` failed ({status}); {}: {}",
-                args[0],
-                log_path.display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ));
-        }
+    let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(3).collect();
+    if status.code() == Some(i32::from(EXIT_DIVERGED)) {
+        // An outcome, recorded so later calls and the index see it.
+        std::fs::write(
+            dir.diverged_marker(name),
+            tail.first().unwrap_or(&"diverged"),
+        )
+        .map_err(|e| format!("cannot mark {name} diverged: {e}"))?;
+        return Ok(());
     }
-    Ok(())
+    Err(format!(
+        "the worker failed ({status}); {}: {}",
+        log_path.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
 }
 
 /// Makes the worker receive SIGTERM when the thread that started it dies (the sweep killed by any
@@ -285,8 +263,4 @@ fn die_with_parent(command: &mut Command) {
             });
         }
     }
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
 }

@@ -16,6 +16,7 @@
 pub mod local;
 pub mod slurm;
 pub mod spec;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,92 @@
+//! `groklens bench`: times a preset's training on this machine and says how close it runs to the
+//! measured f32 matmul peak.
+
+use super::build_config;
+use crate::bench::{self, WHOLE_EPOCH_ROWS};
+use crate::error::{GrokError, Result};
+
+/// Times preset `preset` (with `sets`), the median of `iters` passes, and returns the figures as
+/// text: whole epochs where they are short enough, figures per million rows otherwise.
+pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<String> {
+    if iters == 0 {
+        return Err(GrokError::Usage(
+            "--iters must be at least 1 (the median of no timings is undefined)".into(),
+        ));
+    }
+    let cfg = build_config(Some(preset), None, sets)?;
+    let (n_train, _) = cfg.task.split_sizes(cfg.train.batch_size);
+    if n_train > WHOLE_EPOCH_ROWS {
+        return rows_text(preset, &cfg, iters);
+    }
+    let r = bench::bench(&cfg, iters)?;
+    let mut out = format!(
+        "preset {preset}: engine {}, {} thread(s), median of {iters}\n",
+        r.engine, r.threads
+    );
+    out += &format!(
+        "  train steps ({} × {} rows) {:7.2} ms\n",
+        r.steps, r.batch, r.train_step_ms
+    );
+    out += &format!("  test-set forward         {:8.2} ms\n", r.test_forward_ms);
+    out += &format!(
+        "  epoch                    {:8.2} ms  ({:.1} epochs/s)\n",
+        r.epoch_ms(),
+        1e3 / r.epoch_ms()
+    );
+    out += &format!(
+        "  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch performed)\n",
+        r.effective_gflops(),
+        r.epoch_flops_performed / 1e9
+    );
+    out += &format!(
+        "  reference-equivalent     {:8.1} GFLOP/s  ({:.2} GFLOP/epoch as the Python reference computes it)\n",
+        r.equivalent_gflops(),
+        r.epoch_flops_full / 1e9
+    );
+    if cfg.task.modular().is_some() {
+        let (secs, rows, hooks) = bench::run_with_cache_seconds(&cfg, 5)?;
+        out += &format!(
+            "  run_with_cache           {:8.1} ms  ({rows} inputs, {hooks} hook points, candle path)\n",
+            secs * 1e3
+        );
+    }
+    out += &format!(
+        "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
+        r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
+    );
+    Ok(out)
+}
+
+/// `bench` for a task whose epoch is too long to time whole: figures per million rows.
+fn rows_text(preset: &str, cfg: &crate::RunConfig, iters: usize) -> Result<String> {
+    let r = bench::bench_rows(cfg, iters)?;
+    let (performed, equivalent) = r.train_gflops();
+    Ok([
+        format!(
+            "preset {preset}: engine {}, {} thread(s), median of {iters} passes of {} rows",
+            r.engine, r.threads, r.pass_rows
+        ),
+        format!(
+            "  train forward+backward   {:8.1} ms per million rows",
+            r.train_ms_per_million
+        ),
+        format!(
+            "  test forward             {:8.1} ms per million rows",
+            r.test_ms_per_million
+        ),
+        format!(
+            "  train effective          {performed:8.1} GFLOP/s  (reference-equivalent {equivalent:.1} GFLOP/s)"
+        ),
+        format!(
+            "  epoch estimate           {:8.1} s  ({} train rows forward+backward, {} test rows forward)",
+            r.epoch_seconds(),
+            r.rows.0,
+            r.rows.1
+        ),
+        format!(
+            "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
+            r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
+        ),
+    ]
+    .join("\n"))
+}
