@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use groklens::analysis::analyze_run;
+use groklens::analysis::analyze_modular_run;
 use groklens::presets::preset;
-use groklens::report::write_report;
+use groklens::report::write_modular_report;
 use groklens::run::{grokking_epoch, metrics, MetricsRow, RunDir};
 use groklens::train::Trainer;
 
@@ -40,7 +40,7 @@ fn quick_preset_groks_and_its_report_renders() {
         "train accuracy should saturate before test accuracy ({memorised} vs {generalised})"
     );
 
-    let summary = write_report(&dir.root).unwrap();
+    let summary = write_modular_report(&dir.root).unwrap();
     let a = &summary.analysis;
     let neurons = a.neurons.as_ref().unwrap();
     assert!(!a.embed.key_freqs.is_empty());
@@ -95,7 +95,7 @@ fn quick_mlp_groks_and_its_report_renders_without_attention() {
     let last = t.run(&mut |_| {}).unwrap().last.unwrap();
     assert!(last.test_acc >= 0.99, "{last:?}");
     assert!(last.output_spectral_norm > 0.0);
-    let summary = write_report(&dir.root).unwrap();
+    let summary = write_modular_report(&dir.root).unwrap();
     let a = &summary.analysis;
     let neurons = a.neurons.as_ref().unwrap();
     assert_eq!(neurons.acts.cols, 128, "the hidden layer's neurons");
@@ -160,7 +160,7 @@ fn quick_seed_004_compares_a_grokking_binary_bitnet_with_a_transformer() {
     );
     assert!(metrics.last().unwrap().test_acc >= 0.999);
 
-    let a = analyze_run(&bitnet).unwrap();
+    let a = analyze_modular_run(&bitnet).unwrap();
     let q = a
         .quantized
         .as_ref()

@@ -1,6 +1,6 @@
 //! What a grokked network learned and when: Fourier features of the embedding, neurons and logits,
 //! attention, the embedding's SVD and PCA, and progress measures over every checkpoint (seed notebooks
-//! 000, 002 and 004; Nanda et al. 2023). [`analyze_run`] gathers all of it for a run directory; the
+//! 000, 002 and 004; Nanda et al. 2023). [`analyze_modular_run`] gathers all of it for a run directory; the
 //! functions it calls are usable on their own.
 
 pub mod compound;
@@ -55,7 +55,7 @@ pub struct NeuronAnalysis {
 }
 
 /// Everything the report shows about one run.
-pub struct RunAnalysis {
+pub struct ModularAnalysis {
     /// The run's resolved config.
     pub cfg: RunConfig,
     /// Every metrics row.
@@ -246,7 +246,7 @@ pub(crate) fn analysed_model(
 }
 
 /// Analyses the run in `dir`: its final model (or latest checkpoint) and every checkpoint.
-pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
+pub fn analyze_modular_run(dir: &Path) -> Result<ModularAnalysis> {
     let run = RunDir::new(dir);
     let cfg = run.load_config()?;
     let Some(task) = cfg.task.modular() else {
@@ -389,7 +389,7 @@ pub fn analyze_run(dir: &Path) -> Result<RunAnalysis> {
         _ => None,
     };
 
-    Ok(RunAnalysis {
+    Ok(ModularAnalysis {
         phases: progress::phases(&metrics),
         grokking_epoch: grokking_epoch(&metrics, GROKKED_ACCURACY),
         cfg,

@@ -16,14 +16,14 @@ use std::time::Instant;
 
 use crate::analysis::compound::{analyze_compound_run, CompoundAnalysis};
 use crate::analysis::sequence::{analyze_sequence_run, SequenceAnalysis};
-use crate::analysis::{analyze_run, RunAnalysis};
+use crate::analysis::{analyze_modular_run, ModularAnalysis};
 use crate::config::RunConfig;
 use crate::error::{GrokError, Result};
 use crate::model::Params;
 use crate::presets::preset_template;
 use crate::report::compound::{write_compound_report, CompoundReport};
 use crate::report::sequence::{write_sequence_report, SequenceReport};
-use crate::report::{write_report, ReportSummary};
+use crate::report::{write_modular_report, ModularReport};
 use crate::run::{checkpoint, grokking_epoch, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
 use crate::tasks::{Split, TaskConfig};
 use crate::train::interrupt::StopOnSignal;
@@ -312,7 +312,7 @@ impl Run {
     pub fn analyze(&self) -> Result<Analysis> {
         let root = &self.dir.root;
         Ok(match self.cfg.task {
-            TaskConfig::Modular(_) => Analysis::Modular(Box::new(analyze_run(root)?)),
+            TaskConfig::Modular(_) => Analysis::Modular(Box::new(analyze_modular_run(root)?)),
             TaskConfig::Compound(_) => Analysis::Compound(Box::new(analyze_compound_run(root)?)),
             TaskConfig::PreviousToken(_) => {
                 Analysis::Sequence(Box::new(analyze_sequence_run(root)?))
@@ -324,7 +324,7 @@ impl Run {
     pub fn write_report(&self) -> Result<Report> {
         let root = &self.dir.root;
         Ok(match self.cfg.task {
-            TaskConfig::Modular(_) => Report::Modular(Box::new(write_report(root)?)),
+            TaskConfig::Modular(_) => Report::Modular(Box::new(write_modular_report(root)?)),
             TaskConfig::Compound(_) => Report::Compound(Box::new(write_compound_report(root)?)),
             TaskConfig::PreviousToken(_) => {
                 Report::Sequence(Box::new(write_sequence_report(root)?))
@@ -391,7 +391,7 @@ impl Trained {
 /// What a run's analysis found, by task kind.
 pub enum Analysis {
     /// A modular run: Fourier features, key frequencies, clusters, progress measures, phases.
-    Modular(Box<RunAnalysis>),
+    Modular(Box<ModularAnalysis>),
     /// A compound expression: each operand's spectrum, attention from `=`, accuracy by exponent.
     Compound(Box<CompoundAnalysis>),
     /// A previous-token sequence run: attention, ablations, the learned shift.
@@ -401,7 +401,7 @@ pub enum Analysis {
 /// What a report wrote, by task kind.
 pub enum Report {
     /// A modular run's page.
-    Modular(Box<ReportSummary>),
+    Modular(Box<ModularReport>),
     /// A compound run's page.
     Compound(Box<CompoundReport>),
     /// A sequence run's page.

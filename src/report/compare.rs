@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::analysis::{analyze_run, progress, Phases, RunAnalysis};
+use crate::analysis::{analyze_modular_run, progress, ModularAnalysis, Phases};
 use crate::config::RunConfig;
 use crate::error::{GrokError, Result};
 use crate::run::{grokking_epoch, is_run_dir, metrics, MetricsRow, RunDir, GROKKED_ACCURACY};
@@ -35,7 +35,7 @@ pub struct ComparedRun {
     /// Phase boundaries from the metrics.
     pub phases: Phases,
     /// The modular analysis; `None` for task kinds it does not read.
-    pub analysis: Option<RunAnalysis>,
+    pub analysis: Option<ModularAnalysis>,
     /// What the reader must know about this run's column.
     pub notes: Vec<String>,
 }
@@ -45,7 +45,7 @@ impl ComparedRun {
     pub fn open(label: String, dir: &Path) -> Result<Self> {
         let cfg = RunDir::new(dir).load_config()?;
         if cfg.task.modular().is_some() {
-            let a = analyze_run(dir)?;
+            let a = analyze_modular_run(dir)?;
             return Ok(ComparedRun {
                 label,
                 cfg: a.cfg.clone(),
@@ -120,7 +120,7 @@ fn epoch(e: Option<usize>) -> String {
 }
 
 /// `freq: neurons` per cluster, or "no MLP".
-fn clusters(a: &RunAnalysis) -> String {
+fn clusters(a: &ModularAnalysis) -> String {
     match &a.neurons {
         None => "no MLP".into(),
         Some(n) if n.fourier.clusters.is_empty() => "none".into(),
@@ -187,7 +187,7 @@ pub fn write_comparison(dirs: &[PathBuf], out: &Path) -> Result<Comparison> {
 /// The training section for every run; the Fourier sections over the modular runs, when there are any.
 fn sections(runs: &[ComparedRun]) -> Vec<Section> {
     let mut sections = vec![training_section(runs)];
-    let modular: Vec<(usize, &ComparedRun, &RunAnalysis)> = runs
+    let modular: Vec<(usize, &ComparedRun, &ModularAnalysis)> = runs
         .iter()
         .enumerate()
         .filter_map(|(i, r)| r.analysis.as_ref().map(|a| (i, r, a)))
@@ -204,7 +204,8 @@ fn column(r: &ComparedRun) -> Vec<(&'static str, String)> {
     let t = &r.cfg.task;
     let last = r.metrics.last();
     let at_end = |f: &dyn Fn(&MetricsRow) -> String| last.map_or("—".to_string(), f);
-    let modular = |f: &dyn Fn(&RunAnalysis) -> String| r.analysis.as_ref().map_or("—".into(), f);
+    let modular =
+        |f: &dyn Fn(&ModularAnalysis) -> String| r.analysis.as_ref().map_or("—".into(), f);
     vec![
         ("Model", r.cfg.model.describe()),
         ("Task", t.describe()),
@@ -376,7 +377,7 @@ fn split_traces(
 }
 
 /// `(colour index, run, its analysis)` of each modular run.
-type Modular<'a> = [(usize, &'a ComparedRun, &'a RunAnalysis)];
+type Modular<'a> = [(usize, &'a ComparedRun, &'a ModularAnalysis)];
 
 fn frequencies_section(runs: &Modular) -> Section {
     // Per-frequency embedding norms, each run scaled to its largest, so runs of different widths

@@ -15,7 +15,9 @@ pub mod sweep;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::analysis::{analyze_run, quantized::SETTLED_FRACTION, RunAnalysis, CLUSTER_THRESHOLD};
+use crate::analysis::{
+    analyze_modular_run, quantized::SETTLED_FRACTION, ModularAnalysis, CLUSTER_THRESHOLD,
+};
 use crate::error::Result;
 use crate::tensor_io::write_bytes_atomic;
 use page::escape;
@@ -34,7 +36,7 @@ pub struct Written<A> {
 }
 
 /// What `report` wrote and found for a modular run.
-pub type ReportSummary = Written<RunAnalysis>;
+pub type ModularReport = Written<ModularAnalysis>;
 
 impl<A> Written<A> {
     /// The first line of the terminal summary: where the page is, its size and time.
@@ -86,7 +88,7 @@ pub(crate) fn write_html(
     Ok(html.len())
 }
 
-impl ReportSummary {
+impl ModularReport {
     /// A few lines for the terminal: grokking epoch, key frequencies, clusters, phase boundaries.
     pub fn text(&self) -> String {
         let a = &self.analysis;
@@ -147,12 +149,12 @@ pub(crate) fn last_evaluation(r: &crate::run::MetricsRow) -> String {
 }
 
 /// Analyses the run in `dir` and writes `dir/report.html`.
-pub fn write_report(dir: &Path) -> Result<ReportSummary> {
-    write_page(dir, analyze_run, |a| (summary_rows(a), sections(a)))
+pub fn write_modular_report(dir: &Path) -> Result<ModularReport> {
+    write_page(dir, analyze_modular_run, |a| (summary_rows(a), sections(a)))
 }
 
 /// The summary table's rows.
-fn summary_rows(a: &RunAnalysis) -> Vec<(String, String)> {
+fn summary_rows(a: &ModularAnalysis) -> Vec<(String, String)> {
     let t = &a.cfg.task;
     let last = a.metrics.last();
     let mut rows = vec![

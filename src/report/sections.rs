@@ -1,8 +1,8 @@
 //! The report's sections, one function each, in page order: Training, Progress measures, Embedding,
-//! Neurons, Logits, Attention. Each turns part of a [`RunAnalysis`] into a paragraph and figures.
+//! Neurons, Logits, Attention. Each turns part of a [`ModularAnalysis`] into a paragraph and figures.
 
 use crate::analysis::{
-    embedding, neurons::neuron_map, quantized::SETTLED_FRACTION, ProgressPoint, RunAnalysis,
+    embedding, neurons::neuron_map, quantized::SETTLED_FRACTION, ModularAnalysis, ProgressPoint,
     CLUSTER_THRESHOLD, PCA_SECOND_OPERAND,
 };
 use crate::linalg::Matrix;
@@ -14,7 +14,7 @@ use super::page::Section;
 
 /// The report's sections in page order; those that do not apply to the model (neurons without an
 /// MLP, attention without attention layers) are left out.
-pub fn sections(a: &RunAnalysis) -> Vec<Section> {
+pub fn sections(a: &ModularAnalysis) -> Vec<Section> {
     [
         Some(training_section(a)),
         Some(progress_section(a)),
@@ -29,7 +29,7 @@ pub fn sections(a: &RunAnalysis) -> Vec<Section> {
     .collect()
 }
 
-fn phase_lines(a: &RunAnalysis) -> Vec<(String, f64)> {
+fn phase_lines(a: &ModularAnalysis) -> Vec<(String, f64)> {
     [
         ("memorisation ends", a.phases.memorisation_end),
         ("circuit formation ends", a.phases.circuit_formation_end),
@@ -44,7 +44,7 @@ fn column(rows: &[MetricsRow], f: impl Fn(&MetricsRow) -> f64) -> Vec<f32> {
     rows.iter().map(|r| f(r) as f32).collect()
 }
 
-fn training_section(a: &RunAnalysis) -> Section {
+fn training_section(a: &ModularAnalysis) -> Section {
     let m = &a.metrics;
     let x: Vec<f64> = m.iter().map(|r| r.epoch as f64).collect();
     let loss = lines(
@@ -109,7 +109,7 @@ fn training_section(a: &RunAnalysis) -> Section {
     }
 }
 
-fn progress_section(a: &RunAnalysis) -> Section {
+fn progress_section(a: &ModularAnalysis) -> Section {
     let x: Vec<f64> = a.progress.iter().map(|p| p.epoch as f64).collect();
     let vlines = phase_lines(a);
     // One value per checkpoint; `None` (a measure this model does not have) is drawn as a gap.
@@ -198,7 +198,7 @@ fn freq_labels(n: usize) -> Vec<String> {
     (1..=n).map(|k| format!("freq {k}")).collect()
 }
 
-fn embedding_section(a: &RunAnalysis) -> Section {
+fn embedding_section(a: &ModularAnalysis) -> Section {
     let b = &a.basis;
     let p = b.p();
     let names = b.names();
@@ -346,7 +346,7 @@ fn embedding_section(a: &RunAnalysis) -> Section {
     }
 }
 
-fn neurons_section(a: &RunAnalysis) -> Option<Section> {
+fn neurons_section(a: &ModularAnalysis) -> Option<Section> {
     let n = a.neurons.as_ref()?;
     let p = a.basis.p();
     let names = a.basis.names();
@@ -444,7 +444,7 @@ fn neurons_section(a: &RunAnalysis) -> Option<Section> {
     })
 }
 
-fn logits_section(a: &RunAnalysis) -> Option<Section> {
+fn logits_section(a: &ModularAnalysis) -> Option<Section> {
     let n = a.neurons.as_ref()?;
     let names = a.basis.names();
     let mut figures = vec![category_lines(
@@ -486,7 +486,7 @@ fn logits_section(a: &RunAnalysis) -> Option<Section> {
     })
 }
 
-fn attention_section(a: &RunAnalysis) -> Option<Section> {
+fn attention_section(a: &ModularAnalysis) -> Option<Section> {
     if a.attention.is_empty() {
         return None;
     }
@@ -542,7 +542,7 @@ fn attention_map(
     )
 }
 
-fn quantized_section(a: &RunAnalysis) -> Option<Section> {
+fn quantized_section(a: &ModularAnalysis) -> Option<Section> {
     let q = a.quantized.as_ref()?;
     let t = &q.trajectory;
     let x: Vec<f64> = t.epochs.iter().map(|&e| e as f64).collect();
