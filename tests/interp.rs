@@ -319,9 +319,10 @@ fn mean_ablation_sweep_covers_every_hook_point() {
     let rows = mean_ablation_sweep(&model, &a, &b, &prev_loss).unwrap();
     let expected = model
         .cfg
-        .hook_names()
+        .hooks()
+        .points()
         .iter()
-        .filter(|n| *n != "hook_pos_embed" && !n.ends_with("hook_result"))
+        .filter(|p| p.name != "hook_pos_embed" && !p.optional)
         .count();
     assert_eq!(rows.len(), 1 + expected);
     assert_eq!(rows[0].hook, "baseline");
@@ -374,4 +375,46 @@ fn weight_processing_matches_transformer_lens() {
         .unwrap();
     let want = f.get("processed.logits").unwrap().to_f32("logits").unwrap();
     assert!(max_abs_diff(&values(&logits), &want) < 1e-5);
+}
+
+/// Every family's hook tree is what its forward pass runs through: the cache of a plain run holds
+/// exactly the tree's points (but the on-request `hook_result`), in the tree's order, each with as
+/// many axes as its activation has dimensions.
+#[test]
+fn each_familys_hook_tree_is_its_forward_pass() {
+    use groklens::model::Params;
+    use groklens::rng::RngKind;
+    for name in [
+        "quick",
+        "quick-mlp",
+        "quick-bitnet-binary",
+        "quick-prev-token",
+    ] {
+        let cfg = groklens::presets::preset(name).unwrap();
+        let params = Params::init(&cfg.model, RngKind::Chacha);
+        let model = cfg.model.build(&params).unwrap();
+        let rows = 3;
+        let n_ctx = cfg.task.seq_len();
+        let tokens: Vec<u32> = (0..rows * n_ctx).map(|i| (i % 5) as u32).collect();
+        let t = model.tokens_tensor(&tokens, rows).unwrap();
+        let (_, cache) = model.run_with_cache(&t, &Names::All).unwrap();
+        let tree = model.hook_tree();
+        let wanted: Vec<&str> = tree
+            .points()
+            .iter()
+            .filter(|p| !p.optional)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(cache.names().collect::<Vec<_>>(), wanted, "{name}");
+        for p in tree.points().iter().filter(|p| !p.optional) {
+            let act = cache.get(p.name.as_str()).unwrap();
+            assert_eq!(
+                act.rank(),
+                p.axes.len(),
+                "{name}: {} is {:?}",
+                p.name,
+                act.dims()
+            );
+        }
+    }
 }

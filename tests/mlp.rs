@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor};
 use common::{fixture, fixture_labels, fixture_tokens, max_abs_diff, values};
 use groklens::engine::loss::cross_entropy_f64;
 use groklens::engine::{Batch, CandleEngine, Engine, FastMlpEngine};
-use groklens::interp::{Interp, Names};
+use groklens::interp::{HookSet, Interp, Names};
 use groklens::model::{HookedModel, MlpConfig, MlpModel, ModelConfig, NoHooks, Params};
 use groklens::optim::{AdamW, AdamWConfig};
 use groklens::presets::preset;
@@ -282,4 +282,54 @@ fn the_lookup_path_matches_candle_on_batches_larger_than_the_vocabulary() {
         let want_logits = values(&model.forward(&t, Default::default(), &mut NoHooks).unwrap());
         assert!(max_abs_diff(&logits, &want_logits) < 1e-4);
     }
+}
+
+/// The MLP's `hook_embed` is `[batch, n_ctx·d_embed]` with no position axis: patching position p
+/// there replaces position p's whole embedding (its d_embed columns), so the patched run equals the
+/// clean run on inputs whose token p is the other run's. The hook tree says so with its axes.
+#[test]
+fn patching_a_position_of_the_mlp_input_patches_that_tokens_embedding() {
+    use groklens::interp::hooks::patch_position;
+    use groklens::model::hooks::Axis;
+    let f = fixture(FILE);
+    let cfg = config();
+    let model = MlpModel::new(&cfg, &params(&f, "param.")).unwrap();
+    let embed = &model.hook_tree.points()[0];
+    assert_eq!(embed.name, "hook_embed");
+    assert_eq!(embed.axes, [Axis::Batch, Axis::PosFeatures(cfg.d_embed)]);
+    let (a, b) = (vec![3u32, 97, 5, 98], vec![11u32, 97, 20, 98]);
+    let ta = model.tokens_tensor(&a, 1).unwrap();
+    let tb = model.tokens_tensor(&b, 1).unwrap();
+    let (_, cache_b) = model.run_with_cache(&tb, &Names::All).unwrap();
+    for position in [0, 2] {
+        let mut mixed = a.clone();
+        mixed[position] = b[position];
+        let want = model
+            .run_with_hooks(
+                &model.tokens_tensor(&mixed, 1).unwrap(),
+                &mut HookSet::new(&model),
+            )
+            .unwrap();
+        let source = cache_b.get("hook_embed").unwrap().clone();
+        let mut hooks = HookSet::new(&model)
+            .add("hook_embed", patch_position(source, position))
+            .unwrap();
+        let got = model.run_with_hooks(&ta, &mut hooks).unwrap();
+        let d = max_abs_diff(&values(&got), &values(&want));
+        assert!(d < 1e-6, "position {position}: differs by {d}");
+    }
+    // Past the last position is an error naming the hook point, not a silent no-op.
+    let source = cache_b.get("hook_embed").unwrap().clone();
+    let mut hooks = HookSet::new(&model)
+        .add("hook_embed", patch_position(source, 4))
+        .unwrap();
+    let e = model
+        .run_with_hooks(&ta, &mut hooks)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("hook_embed") && e.contains("out of range"),
+        "{e}"
+    );
 }

@@ -108,12 +108,13 @@ pub fn analyze_compound_run(dir: &Path) -> Result<CompoundAnalysis> {
     let embed = embedding_fourier(&basis, &cfg.model.embedding(&params));
     let layers = cfg.model.attention_layers();
     let n_heads = cfg.model.n_heads();
-    let response_hook = cfg
-        .model
-        .neuron_hook()
-        .unwrap_or_else(|| format!("blocks.{}.hook_resid_post", layers.max(1) - 1));
+    let hooks = cfg.model.hooks();
+    let response_hook = cfg.model.neuron_hook().unwrap_or_else(|| {
+        let post = hooks.last_block().resid_post;
+        post.map_or("hook_embed", |h| hooks.name(h)).to_string()
+    });
     let mut names = vec![response_hook.clone()];
-    names.extend((0..layers).map(|l| format!("blocks.{l}.attn.hook_pattern")));
+    names.extend(cfg.model.pattern_hooks());
     let names = Names::List(names);
 
     // Per operand: p values × CONTEXTS random contexts, the operand substituted.

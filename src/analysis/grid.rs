@@ -37,9 +37,7 @@ pub fn grid_activations(
     let rows = tokens.len() / seq;
     let layers = cfg.attention_layers();
     let neuron_hook = cfg.neuron_hook();
-    let mut names: Vec<String> = (0..layers)
-        .map(|l| format!("blocks.{l}.attn.hook_pattern"))
-        .collect();
+    let mut names = cfg.pattern_hooks();
     names.extend(neuron_hook.clone());
     let names = Names::List(names);
     // The last position of `[rows, pos, d]`; `[rows, d]` (the MLP) is already per row.

@@ -61,7 +61,7 @@ impl QuantizedTrajectory {
             .bit_linears()
             .map(|(l, role, slot)| {
                 (
-                    format!("blocks.{l}.{role}"),
+                    crate::model::bitnet::BitNetTree::linear_label(l, role),
                     tree.specs[slot.index()].shape.iter().product::<usize>(),
                 )
             })

@@ -107,8 +107,9 @@ pub fn analyze_sequence_run(dir: &Path) -> Result<SequenceAnalysis> {
     // Attention.
     let (mut heads, mut mean_patterns, mut example_patterns) = (Vec::new(), Vec::new(), Vec::new());
     let (mut previous_token_share, mut bos_attention) = (Vec::new(), Vec::new());
-    for l in 0..model_cfg.n_layers {
-        let pattern = cache.get(format!("blocks.{l}.attn.hook_pattern").as_str())?;
+    let hooks = model_cfg.hooks();
+    for (l, b) in hooks.blocks.iter().enumerate() {
+        let pattern = cache.at(&hooks, b.attn.map(|a| a.pattern))?;
         let mean = pattern.mean(0)?; // [head, q, k]
         for h in 0..model_cfg.n_heads {
             heads.push(format!("L{l}H{h}"));
@@ -164,8 +165,8 @@ pub fn analyze_sequence_run(dir: &Path) -> Result<SequenceAnalysis> {
     // MLP activations by position.
     let (mut neuron_acts, mut active_share) = (Vec::new(), Vec::new());
     if !model_cfg.attn_only {
-        for l in 0..model_cfg.n_layers {
-            let post = cache.get(format!("blocks.{l}.mlp.hook_post").as_str())?;
+        for b in &hooks.blocks {
+            let post = cache.at(&hooks, b.mlp.map(|m| m.post))?;
             let m = post.mean(0)?;
             neuron_acts.push(Matrix::new(
                 n_ctx,

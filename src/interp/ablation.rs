@@ -33,8 +33,10 @@ pub fn mean_ablation_sweep(
         hook: "baseline".into(),
         loss: baseline,
     }];
+    let tree = model.hook_tree();
     for (name, act) in cache.iter() {
-        if name == "hook_pos_embed" || name.ends_with("hook_result") {
+        // W_pos is not a function of the input, so its mean is itself.
+        if tree.pos_embed.is_some_and(|h| tree.name(h) == name) {
             continue;
         }
         let mut hooks = HookSet::new(model).add(name, mean_ablate(act.mean_keepdim(0)?))?;

@@ -1,6 +1,7 @@
 //! `run_with_cache`: every (or a chosen set of) hook point's activation, addressed by TransformerLens
 //! names or shorthands; optionally with gradients of a scalar with respect to each.
 
+use crate::model::hooks::{Hook, HookTree};
 use candle_core::{Tensor, Var};
 
 use crate::error::{GrokError, Result};
@@ -31,7 +32,16 @@ impl Names {
     /// A predicate over full names, with unknown shorthands in a list reported as errors.
     fn resolve<M: HookedModel + ?Sized>(&self, model: &M) -> Result<NameFilter<'_>> {
         match self {
-            Names::All => Ok(Box::new(|n: &str| !n.ends_with("hook_result"))),
+            Names::All => {
+                let optional: Vec<String> = model
+                    .hook_tree()
+                    .points()
+                    .iter()
+                    .filter(|p| p.optional)
+                    .map(|p| p.name.clone())
+                    .collect();
+                Ok(Box::new(move |n: &str| !optional.iter().any(|o| o == n)))
+            }
             Names::Filter(f) => Ok(Box::new(move |n: &str| f(n))),
             Names::List(list) => {
                 let known = model.hook_names();
@@ -75,6 +85,14 @@ impl ActivationCache {
     /// A cache of `entries` for a model with `n_layers` blocks.
     pub fn new(n_layers: usize, entries: Vec<(String, Tensor)>) -> Self {
         ActivationCache { n_layers, entries }
+    }
+
+    /// The activation at hook point `hook` of `tree` (`None`: a point the model does not have),
+    /// or an error naming the point.
+    pub fn at(&self, tree: &HookTree, hook: Option<Hook>) -> Result<&Tensor> {
+        let hook = hook
+            .ok_or_else(|| GrokError::tensor("hook point", "this model has no such hook point"))?;
+        self.get(tree.name(hook))
     }
 
     /// The activation for a full name or shorthand: `"blocks.0.attn.hook_pattern"`, `("pattern", 0)`,

@@ -6,10 +6,12 @@ use candle_core::{DType, Tensor};
 use crate::error::{GrokError, Result};
 use crate::interp::cache::{resolve_known, ActivationCache};
 use crate::interp::names::ActKey;
+use crate::model::hooks::{Axis, HookPoint};
 use crate::model::{HookedModel, Hooks};
 
-/// A hook: sees the activation and its full hook name; returns a replacement or `None` to keep it.
-pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &str) -> Result<Option<Tensor>> + 'a>;
+/// A hook: sees the activation and its hook point (full name and axes); returns a replacement or
+/// `None` to keep it.
+pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookPoint) -> Result<Option<Tensor>> + 'a>;
 
 enum Matcher<'a> {
     Name(String),
@@ -18,6 +20,7 @@ enum Matcher<'a> {
 
 /// Hooks for one forward pass, applied in the order they were added.
 pub struct HookSet<'a> {
+    points: Vec<HookPoint>,
     known: Vec<String>,
     n_layers: usize,
     hooks: Vec<(Matcher<'a>, HookFn<'a>)>,
@@ -27,6 +30,7 @@ impl<'a> HookSet<'a> {
     /// An empty set for `model`'s hook points.
     pub fn new<M: HookedModel + ?Sized>(model: &M) -> Self {
         HookSet {
+            points: model.hook_tree().points().to_vec(),
             known: model.hook_names(),
             n_layers: model.n_layers(),
             hooks: Vec::new(),
@@ -49,6 +53,9 @@ impl<'a> HookSet<'a> {
 
 impl Hooks for HookSet<'_> {
     fn hook(&mut self, name: &str, mut value: Tensor) -> Result<Tensor> {
+        let Some(point) = self.points.iter().find(|p| p.name == name) else {
+            return Err(GrokError::tensor(name, "is not a hook point of this model"));
+        };
         for (m, f) in &mut self.hooks {
             let hit = match m {
                 Matcher::Name(n) => n == name,
@@ -57,7 +64,7 @@ impl Hooks for HookSet<'_> {
             if !hit {
                 continue;
             }
-            if let Some(new) = f(&value, name)? {
+            if let Some(new) = f(&value, point)? {
                 if new.dims() != value.dims() {
                     return Err(GrokError::tensor(
                         name,
@@ -82,50 +89,55 @@ impl Hooks for HookSet<'_> {
     }
 }
 
-/// The axis of the head index in a hook's activation, if it has one.
-pub fn head_axis(name: &str) -> Option<usize> {
-    if name.ends_with("hook_pattern") || name.ends_with("hook_attn_scores") {
-        Some(1) // [batch, head, query, key]
-    } else if ["hook_q", "hook_k", "hook_v", "hook_z", "hook_result"]
-        .iter()
-        .any(|h| name.ends_with(h))
-    {
-        Some(2) // [batch, pos, head, ...]
-    } else {
-        None
+/// Where position `position` sits in `point`'s activation: `(axis, first index, length)` — one index
+/// of the (query) position axis, or for the MLP's flattened input the `width` columns of that
+/// position's embedding.
+fn position_range(point: &HookPoint, position: usize) -> Result<(usize, usize, usize)> {
+    if let Some(axis) = point.axis(Axis::Pos).or(point.axis(Axis::QueryPos)) {
+        return Ok((axis, position, 1));
     }
+    for (axis, a) in point.axes.iter().enumerate() {
+        if let Axis::PosFeatures(width) = *a {
+            return Ok((axis, position * width, width));
+        }
+    }
+    Err(GrokError::tensor(&point.name, "has no position axis"))
 }
 
-/// The axis of the (query) position in a hook's activation.
-pub fn position_axis(name: &str) -> usize {
-    if name.ends_with("hook_pattern") || name.ends_with("hook_attn_scores") {
-        2
-    } else {
-        1
-    }
-}
-
-/// `value` with index `index` along `axis` replaced by the same slice of `source`.
-fn replace_slice(
+/// `value` with indices `start..start + len` along `axis` replaced by the same slice of `source`.
+fn replace_range(
     value: &Tensor,
     source: &Tensor,
-    axis: usize,
-    index: usize,
+    (axis, start, len): (usize, usize, usize),
     name: &str,
 ) -> Result<Tensor> {
     let n = value.dim(axis)?;
-    if index >= n {
+    if start + len > n {
         return Err(GrokError::tensor(
             name,
-            format!("index {index} is out of range for axis {axis} of size {n}"),
+            format!(
+                "index {} is out of range for axis {axis} of size {}",
+                start / len.max(1),
+                n / len.max(1)
+            ),
         ));
     }
     let mut shape = vec![1; value.rank()];
     shape[axis] = n;
-    let mask: Vec<u8> = (0..n).map(|i| u8::from(i == index)).collect();
+    let mask: Vec<u8> = (0..n)
+        .map(|i| u8::from((start..start + len).contains(&i)))
+        .collect();
     let mask =
         Tensor::from_slice(&mask, shape.as_slice(), value.device())?.broadcast_as(value.shape())?;
     Ok(mask.where_cond(&source.broadcast_as(value.shape())?, value)?)
+}
+
+/// The head axis of `point`, or an error naming it.
+fn head_axis(point: &HookPoint, head: usize) -> Result<(usize, usize, usize)> {
+    let axis = point
+        .axis(Axis::Head)
+        .ok_or_else(|| GrokError::tensor(&point.name, "has no head axis"))?;
+    Ok((axis, head, 1))
 }
 
 /// Replaces the activation by zeros.
@@ -145,30 +157,26 @@ pub fn patch<'a>(source: Tensor) -> HookFn<'a> {
 
 /// Zeroes one head of an activation that has a head axis (`q`, `k`, `v`, `z`, `result`, `pattern`, `attn_scores`).
 pub fn zero_ablate_head<'a>(head: usize) -> HookFn<'a> {
-    Box::new(move |t, name| {
-        let axis = head_axis(name).ok_or_else(|| GrokError::tensor(name, "has no head axis"))?;
-        Ok(Some(replace_slice(t, &t.zeros_like()?, axis, head, name)?))
+    Box::new(move |t, point| {
+        let at = head_axis(point, head)?;
+        Ok(Some(replace_range(t, &t.zeros_like()?, at, &point.name)?))
     })
 }
 
 /// Patches one head from `source` (same hook point of another run).
 pub fn patch_head<'a>(source: Tensor, head: usize) -> HookFn<'a> {
-    Box::new(move |t, name| {
-        let axis = head_axis(name).ok_or_else(|| GrokError::tensor(name, "has no head axis"))?;
-        Ok(Some(replace_slice(t, &source, axis, head, name)?))
+    Box::new(move |t, point| {
+        let at = head_axis(point, head)?;
+        Ok(Some(replace_range(t, &source, at, &point.name)?))
     })
 }
 
-/// Patches one (query) position from `source`.
+/// Patches one (query) position from `source`; at the MLP's flattened input, that position's
+/// embedding columns.
 pub fn patch_position<'a>(source: Tensor, position: usize) -> HookFn<'a> {
-    Box::new(move |t, name| {
-        Ok(Some(replace_slice(
-            t,
-            &source,
-            position_axis(name),
-            position,
-            name,
-        )?))
+    Box::new(move |t, point| {
+        let at = position_range(point, position)?;
+        Ok(Some(replace_range(t, &source, at, &point.name)?))
     })
 }
 

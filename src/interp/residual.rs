@@ -56,18 +56,18 @@ impl ActivationCache {
     ) -> Result<ResidualStack> {
         let n = model.cfg.n_layers;
         let layer = check_layer("layer", layer, n)?;
+        let h = &model.hook_tree;
         let mut parts = Vec::new();
         for l in 0..=layer {
             if l == n {
-                let name = format!("blocks.{}.hook_resid_post", n - 1);
-                parts.push(("final_post".to_string(), self.get(name.as_str())?.clone()));
+                let post = h.last_block().resid_post;
+                parts.push(("final_post".to_string(), self.at(h, post)?.clone()));
                 break;
             }
-            let pre = format!("blocks.{l}.hook_resid_pre");
-            parts.push((format!("{l}_pre"), self.get(pre.as_str())?.clone()));
+            let b = &h.blocks[l];
+            parts.push((format!("{l}_pre"), self.at(h, b.resid_pre)?.clone()));
             if incl_mid && l < layer && !model.cfg.attn_only {
-                let mid = format!("blocks.{l}.hook_resid_mid");
-                parts.push((format!("{l}_mid"), self.get(mid.as_str())?.clone()));
+                parts.push((format!("{l}_mid"), self.at(h, b.resid_mid)?.clone()));
             }
         }
         ResidualStack::new(parts)
@@ -86,27 +86,23 @@ impl ActivationCache {
     ) -> Result<ResidualStack> {
         let cfg = &model.cfg;
         let layer = check_layer("layer", layer, cfg.n_layers)?;
+        let h = &model.hook_tree;
         let mut parts = Vec::new();
         if incl_embeds {
-            parts.push(("embed".to_string(), self.get("hook_embed")?.clone()));
+            parts.push(("embed".to_string(), self.at(h, Some(h.embed))?.clone()));
             if cfg.positional_embedding_type == PositionalEmbedding::Standard {
-                parts.push(("pos_embed".to_string(), self.get("hook_pos_embed")?.clone()));
+                parts.push(("pos_embed".to_string(), self.at(h, h.pos_embed)?.clone()));
             }
         }
-        for l in 0..layer.min(cfg.n_layers) {
-            let attn = format!("blocks.{l}.hook_attn_out");
-            parts.push((format!("{l}_attn_out"), self.get(attn.as_str())?.clone()));
+        for (l, b) in h.blocks.iter().enumerate().take(layer) {
+            parts.push((format!("{l}_attn_out"), self.at(h, b.attn_out)?.clone()));
             if !cfg.attn_only {
-                let mlp = format!("blocks.{l}.hook_mlp_out");
-                parts.push((format!("{l}_mlp_out"), self.get(mlp.as_str())?.clone()));
+                parts.push((format!("{l}_mlp_out"), self.at(h, b.mlp_out)?.clone()));
             }
         }
         if mlp_input && layer < cfg.n_layers {
-            let attn = format!("blocks.{layer}.hook_attn_out");
-            parts.push((
-                format!("{layer}_attn_out"),
-                self.get(attn.as_str())?.clone(),
-            ));
+            let attn = self.at(h, h.blocks[layer].attn_out)?;
+            parts.push((format!("{layer}_attn_out"), attn.clone()));
         }
         if parts.is_empty() {
             return Err(GrokError::config(
@@ -138,12 +134,11 @@ impl ActivationCache {
             }
         }
         if incl_remainder {
+            let h = &model.hook_tree;
             let total = if layer == cfg.n_layers {
-                self.get(format!("blocks.{}.hook_resid_post", layer - 1).as_str())?
-                    .clone()
+                self.at(h, h.last_block().resid_post)?.clone()
             } else {
-                self.get(format!("blocks.{layer}.hook_resid_pre").as_str())?
-                    .clone()
+                self.at(h, h.blocks[layer].resid_pre)?.clone()
             };
             let mut rest = total;
             for (_, t) in &parts {
@@ -163,10 +158,12 @@ impl ActivationCache {
 
     /// `[batch, pos, n_heads, d_model]` per-head outputs of block `layer` (without `b_O`).
     fn head_results(&self, model: &HookedTransformer, layer: usize) -> Result<Tensor> {
-        if let Ok(r) = self.get(format!("blocks.{layer}.attn.hook_result").as_str()) {
+        let h = &model.hook_tree;
+        let attn = h.blocks[layer].attn;
+        if let Ok(r) = self.at(h, attn.map(|a| a.result)) {
             return Ok(r.clone());
         }
-        let z = self.get(format!("blocks.{layer}.attn.hook_z").as_str())?;
+        let z = self.at(h, attn.map(|a| a.z))?;
         head_results(z, model.w(model.tree.blocks[layer].attn.w_o))
     }
 
@@ -187,12 +184,15 @@ impl ActivationCache {
         if model.cfg.normalization_type.is_none() {
             return Ok(stack.clone());
         }
-        let scale_name = match (layer == n, mlp_input) {
-            (true, _) => "ln_final.hook_scale".to_string(),
-            (false, true) => format!("blocks.{layer}.ln2.hook_scale"),
-            (false, false) => format!("blocks.{layer}.ln1.hook_scale"),
+        let h = &model.hook_tree;
+        let norm = match (layer == n, mlp_input) {
+            (true, _) => h.ln_final,
+            (false, true) => h.blocks[layer].ln2,
+            (false, false) => h.blocks[layer].ln1,
         };
-        let scale = self.get(scale_name.as_str())?;
+        let scale_hook = norm.map(|n| n.scale);
+        let scale_name = scale_hook.map_or("hook_scale", |s| h.name(s)).to_string();
+        let scale = self.at(h, scale_hook)?;
         let x = &stack.stack;
         let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let scaled = centred.broadcast_div(&scale.unsqueeze(0)?).map_err(|_| {

@@ -18,8 +18,13 @@ use crate::tasks::Target;
 
 /// A built model: its forward pass and its hook points.
 pub trait HookedModel {
-    /// Every hook point the forward pass passes through, in order.
-    fn hook_names(&self) -> Vec<String>;
+    /// Every hook point the forward pass passes through, in order, with its axes.
+    fn hook_tree(&self) -> &crate::model::hooks::HookTree;
+
+    /// Every hook point's name, in forward order.
+    fn hook_names(&self) -> Vec<String> {
+        self.hook_tree().names()
+    }
 
     /// Number of layers that shorthands such as `("post", -1)` count (blocks, or hidden layers).
     fn n_layers(&self) -> usize;
@@ -321,15 +326,31 @@ impl ModelConfig {
             .expect("the embedding has d_vocab rows")
     }
 
+    /// Every hook point of the family's forward pass, with its axes.
+    pub fn hooks(&self) -> crate::model::hooks::HookTree {
+        match self {
+            ModelConfig::Transformer(c) => c.hooks(),
+            ModelConfig::Mlp(c) => c.hooks(),
+            ModelConfig::BitNet(c) => c.hooks(),
+        }
+    }
+
     /// The hook point holding the neurons the analysis reads: the last block's `mlp.hook_post`, or
     /// the MLP's last hidden layer; `None` for attention-only transformers.
     pub fn neuron_hook(&self) -> Option<String> {
-        match self {
-            ModelConfig::Transformer(c) if c.attn_only => None,
-            ModelConfig::Transformer(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_layers - 1)),
-            ModelConfig::Mlp(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_hidden - 1)),
-            ModelConfig::BitNet(c) => Some(format!("blocks.{}.mlp.hook_post", c.n_layers - 1)),
-        }
+        let tree = self.hooks();
+        let post = tree.last_block().mlp?.post;
+        Some(tree.name(post).to_string())
+    }
+
+    /// Each attention layer's `hook_pattern`, in order (none for the MLP).
+    pub fn pattern_hooks(&self) -> Vec<String> {
+        let tree = self.hooks();
+        tree.blocks
+            .iter()
+            .filter_map(|b| b.attn)
+            .map(|a| tree.name(a.pattern).to_string())
+            .collect()
     }
 
     /// How those neurons write to the logits, `[neurons, d_vocab_out]`, and its name: the last

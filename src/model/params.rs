@@ -88,10 +88,7 @@ impl ParamList {
 
     /// The root scope (no name prefix).
     pub fn root(&mut self) -> Scope<'_> {
-        Scope {
-            list: self,
-            prefix: String::new(),
-        }
+        Scope::root(&mut self.specs)
     }
 
     /// The specs in the order they were declared.
@@ -100,27 +97,50 @@ impl ParamList {
     }
 }
 
-/// A named position in the tree being built: `scope.pp("blocks").pp(0).pp("attn").leaf("W_Q", ..)`
-/// declares `blocks.0.attn.W_Q`.
-pub struct Scope<'a> {
-    list: &'a mut ParamList,
+/// A named position in a tree being built — the parameter tree (`T` = [`ParamSpec`]) or the hook
+/// tree (`T` = [`crate::model::hooks::HookPoint`]): `scope.pp("blocks").pp(0).pp("attn").leaf("W_Q",
+/// ..)` declares `blocks.0.attn.W_Q`, and `….pp("attn").hook("hook_q", ..)` declares
+/// `blocks.0.attn.hook_q`. Names are built here and nowhere else.
+pub struct Scope<'a, T = ParamSpec> {
+    list: &'a mut Vec<T>,
     prefix: String,
 }
 
-impl Scope<'_> {
+impl<'a, T> Scope<'a, T> {
+    /// The root scope of `list` (no name prefix).
+    pub fn root(list: &'a mut Vec<T>) -> Self {
+        Scope {
+            list,
+            prefix: String::new(),
+        }
+    }
+
     /// A child scope named `name`.
-    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_> {
-        let prefix = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
+    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, T> {
+        let prefix = self.path(&name.to_string());
         Scope {
             list: self.list,
             prefix,
         }
     }
 
+    /// The full name of `name` in this scope.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Appends an item; returns its index.
+    pub(crate) fn push_item(&mut self, item: T) -> usize {
+        self.list.push(item);
+        self.list.len() - 1
+    }
+}
+
+impl Scope<'_, ParamSpec> {
     /// Declares a trainable parameter `name` in this scope.
     pub fn leaf(&mut self, name: &str, shape: Vec<usize>, init: Init) -> Slot {
         self.push(name, shape, init, false)
@@ -132,18 +152,13 @@ impl Scope<'_> {
     }
 
     fn push(&mut self, name: &str, shape: Vec<usize>, init: Init, fixed: bool) -> Slot {
-        let name = if self.prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{}.{name}", self.prefix)
-        };
-        self.list.specs.push(ParamSpec {
+        let name = self.path(name);
+        Slot(self.push_item(ParamSpec {
             name,
             shape,
             init,
             fixed,
-        });
-        Slot(self.list.specs.len() - 1)
+        }))
     }
 }
 

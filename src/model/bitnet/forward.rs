@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, Var, D};
 
 use crate::error::Result;
 use crate::model::bitnet::{quant, BitBlockSlots, BitNetConfig, BitNetTree, Residual};
-use crate::model::hooks::{Hooks, ATTN_HOOKS};
+use crate::model::hooks::{AttnHooks, Hook, HookTree, Hooks};
 use crate::model::params::{CandleWeights, Params, Slot};
 use crate::model::transformer::forward::{apply_causal_mask, head_results, softmax_last};
 use crate::model::{HookedModel, LogitPositions};
@@ -19,6 +19,8 @@ pub struct BitNetModel {
     pub cfg: BitNetConfig,
     /// Where each parameter sits.
     pub tree: BitNetTree,
+    /// Every hook point, with its axes.
+    pub hook_tree: HookTree,
     weights: Vec<Tensor>,
     /// The weight each BitLinear uses, per slot (`None` for the full-precision parameters).
     quantized: Vec<Option<Tensor>>,
@@ -50,6 +52,7 @@ impl BitNetModel {
         let model = BitNetModel {
             cfg: cfg.clone(),
             tree,
+            hook_tree: cfg.hooks(),
             weights: tensors,
             quantized,
             device,
@@ -105,18 +108,18 @@ impl BitNetModel {
     fn attention(
         &self,
         slots: &BitBlockSlots,
-        block: &str,
+        at: &AttnHooks,
         x: &Tensor,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let a = format!("{block}.attn");
+        let h = &self.hook_tree;
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head());
         let x_in = self.quantize_input(x)?;
         let mut heads = Vec::with_capacity(3);
-        for (&slot, name) in slots.qkv.iter().zip(ATTN_HOOKS) {
+        for (&slot, hook) in slots.qkv.iter().zip([at.q, at.k, at.v]) {
             let y = self.project(&x_in, slot)?.reshape((batch, pos, nh, dh))?;
-            heads.push(hooks.hook(&format!("{a}.{name}"), y)?);
+            heads.push(h.apply(hooks, hook, y)?);
         }
         let q = heads[0].permute((0, 2, 1, 3))?.contiguous()?;
         let k = heads[1].permute((0, 2, 3, 1))?.contiguous()?;
@@ -125,20 +128,19 @@ impl BitNetModel {
         if self.cfg.causal {
             scores = apply_causal_mask(&scores)?;
         }
-        let scores = hooks.hook(&format!("{a}.hook_attn_scores"), scores)?;
+        let scores = h.apply(hooks, at.attn_scores, scores)?;
         let pattern = softmax_last(&scores)?;
-        let pattern = hooks.hook(&format!("{a}.hook_pattern"), pattern)?;
+        let pattern = h.apply(hooks, at.pattern, pattern)?;
         let z = pattern.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let z = hooks.hook(&format!("{a}.hook_z"), z)?;
+        let z = h.apply(hooks, at.z, z)?;
         let z_in = self.quantize_input(&z.reshape((batch, pos, nh * dh))?)?;
-        let result_name = format!("{a}.hook_result");
-        if hooks.wants(&result_name) {
+        if h.wanted(hooks, at.result) {
             let w_o = self
                 .bit_weight(slots.out)?
                 .t()?
                 .reshape((nh, dh, d_model))?;
             let z_in = z_in.reshape((batch, pos, nh, dh))?;
-            let result = hooks.hook(&result_name, head_results(&z_in, &w_o)?)?;
+            let result = h.apply(hooks, at.result, head_results(&z_in, &w_o)?)?;
             return Ok(result.sum(2)?);
         }
         self.project(&z_in, slots.out)
@@ -157,13 +159,16 @@ impl BitNetModel {
             .w(self.tree.embed)
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, pos, d_model))?;
-        let embed = hooks.hook("hook_embed", embed)?;
+        let h = &self.hook_tree;
+        let embed = h.apply(hooks, h.embed, embed)?;
         let mut resid = embed.clone();
-        for (l, slots) in self.tree.blocks.iter().enumerate() {
-            let b = format!("blocks.{l}");
-            let resid_pre = hooks.hook(&format!("{b}.hook_resid_pre"), resid)?;
-            let attn_out = self.attention(slots, &b, &resid_pre, hooks)?;
-            let mut attn_out = hooks.hook(&format!("{b}.hook_attn_out"), attn_out)?;
+        // Every point a BitNet block has (declared by `BitNetConfig::hooks`).
+        let point = |p: Option<Hook>| p.expect("a BitNet block's hook point");
+        for (l, (slots, bh)) in self.tree.blocks.iter().zip(&h.blocks).enumerate() {
+            let resid_pre = h.apply(hooks, point(bh.resid_pre), resid)?;
+            let attn_hooks = bh.attn.expect("a BitNet block has attention");
+            let attn_out = self.attention(slots, &attn_hooks, &resid_pre, hooks)?;
+            let mut attn_out = h.apply(hooks, point(bh.attn_out), attn_out)?;
             let mut skip = match self.cfg.residual {
                 Residual::Embed => embed.clone(),
                 Residual::Stream => resid_pre,
@@ -172,13 +177,14 @@ impl BitNetModel {
                 let last = |t: &Tensor| t.narrow(1, pos - 1, 1);
                 (attn_out, skip) = (last(&attn_out)?, last(&skip)?);
             }
-            let resid_mid = hooks.hook(&format!("{b}.hook_resid_mid"), (attn_out + skip)?)?;
+            let resid_mid = h.apply(hooks, point(bh.resid_mid), (attn_out + skip)?)?;
+            let mlp = bh.mlp.expect("a BitNet block has an MLP");
             let pre = self.bit_linear(&resid_mid, slots.ff_in)?;
-            let pre = hooks.hook(&format!("{b}.mlp.hook_pre"), pre)?;
-            let post = hooks.hook(&format!("{b}.mlp.hook_post"), crate::model::relu(&pre)?)?;
+            let pre = h.apply(hooks, mlp.pre, pre)?;
+            let post = h.apply(hooks, mlp.post, crate::model::relu(&pre)?)?;
             let mlp_out = self.bit_linear(&post, slots.ff_out)?;
-            let mlp_out = hooks.hook(&format!("{b}.hook_mlp_out"), mlp_out)?;
-            resid = hooks.hook(&format!("{b}.hook_resid_post"), (resid_mid + mlp_out)?)?;
+            let mlp_out = h.apply(hooks, point(bh.mlp_out), mlp_out)?;
+            resid = h.apply(hooks, point(bh.resid_post), (resid_mid + mlp_out)?)?;
         }
         Ok(resid)
     }
@@ -191,8 +197,8 @@ fn straight_through(x: &Tensor) -> Result<Tensor> {
 }
 
 impl HookedModel for BitNetModel {
-    fn hook_names(&self) -> Vec<String> {
-        self.cfg.hook_names()
+    fn hook_tree(&self) -> &HookTree {
+        &self.hook_tree
     }
 
     fn n_layers(&self) -> usize {
@@ -215,8 +221,10 @@ impl HookedModel for BitNetModel {
         let x = self.residual(tokens, at, hooks)?;
         let (b, t, d) = x.dims3()?;
         let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-        let scale = hooks.hook("ln_final.hook_scale", (norm / (d as f64).sqrt())?)?;
-        let normalized = hooks.hook("ln_final.hook_normalized", x.broadcast_div(&scale)?)?;
+        let h = &self.hook_tree;
+        let ln = h.ln_final.expect("BitNet's final RMSNorm has hook points");
+        let scale = h.apply(hooks, ln.scale, (norm / (d as f64).sqrt())?)?;
+        let normalized = h.apply(hooks, ln.normalized, x.broadcast_div(&scale)?)?;
         let logits = normalized
             .broadcast_mul(self.w(self.tree.gamma))?
             .reshape((b * t, d))?

@@ -18,6 +18,7 @@
 pub mod forward;
 pub mod quant;
 
+use crate::model::hooks::{axes, hook_tree, BlockHooks, HookTree};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
@@ -142,6 +143,12 @@ pub struct BitNetTree {
 }
 
 impl BitNetTree {
+    /// The label a BitLinear weight goes by in the analysis, `blocks.{layer}.{role}` (TransformerLens's
+    /// names for the same matrices).
+    pub fn linear_label(layer: usize, role: &str) -> String {
+        format!("blocks.{layer}.{role}")
+    }
+
     /// Every BitLinear weight with its block and role, block by block.
     pub fn bit_linears(&self) -> impl Iterator<Item = (usize, &'static str, Slot)> + '_ {
         self.blocks
@@ -265,30 +272,30 @@ impl BitNetConfig {
         values
     }
 
-    /// Every hook point in forward order, under TransformerLens's names; the final RMSNorm is
-    /// `ln_final` (`hook_scale` = max(‖x‖, 1e-12)/√d_model, `hook_normalized` = x / scale).
-    pub fn hook_names(&self) -> Vec<String> {
-        let mut names = vec!["hook_embed".to_string()];
-        for l in 0..self.n_layers {
-            let b = format!("blocks.{l}");
-            names.push(format!("{b}.hook_resid_pre"));
-            for h in crate::model::hooks::ATTN_HOOKS {
-                names.push(format!("{b}.attn.{h}"));
-            }
-            for h in [
-                "hook_attn_out",
-                "hook_resid_mid",
-                "mlp.hook_pre",
-                "mlp.hook_post",
-                "hook_mlp_out",
-                "hook_resid_post",
-            ] {
-                names.push(format!("{b}.{h}"));
-            }
-        }
-        names.push("ln_final.hook_scale".into());
-        names.push("ln_final.hook_normalized".into());
-        names
+    /// Every hook point in forward order, under TransformerLens's names, with its axes; the final
+    /// RMSNorm is `ln_final` (`hook_scale` = max(‖x‖, 1e-12)/√d_model, `hook_normalized` = x / scale).
+    pub fn hooks(&self) -> HookTree {
+        hook_tree(|root| {
+            let embed = root.hook("hook_embed", axes::RESID);
+            let blocks = (0..self.n_layers)
+                .map(|l| {
+                    let mut blocks = root.pp("blocks");
+                    let mut b = blocks.pp(l);
+                    BlockHooks {
+                        resid_pre: Some(b.hook("hook_resid_pre", axes::RESID)),
+                        attn: Some(HookTree::declare_attn(&mut b.pp("attn"))),
+                        attn_out: Some(b.hook("hook_attn_out", axes::RESID)),
+                        resid_mid: Some(b.hook("hook_resid_mid", axes::RESID)),
+                        mlp: Some(HookTree::declare_mlp(&mut b.pp("mlp"), axes::NEURONS)),
+                        mlp_out: Some(b.hook("hook_mlp_out", axes::RESID)),
+                        resid_post: Some(b.hook("hook_resid_post", axes::RESID)),
+                        ..BlockHooks::default()
+                    }
+                })
+                .collect();
+            let ln_final = Some(HookTree::declare_norm(&mut root.pp("ln_final")));
+            (embed, None, blocks, ln_final)
+        })
     }
 
     /// Every BitLinear weight as the forward pass uses it, `(name, [out, in], quantized)`, named by

@@ -3,7 +3,7 @@
 use candle_core::{Device, Tensor, Var};
 
 use crate::error::{GrokError, Result};
-use crate::model::hooks::Hooks;
+use crate::model::hooks::{HookTree, Hooks};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::params::{CandleWeights, Params, Slot};
 use crate::model::transformer::config::ActFn;
@@ -16,6 +16,8 @@ pub struct MlpModel {
     pub cfg: MlpConfig,
     /// Where each parameter sits.
     pub tree: MlpTree,
+    /// Every hook point, with its axes.
+    pub hook_tree: HookTree,
     weights: Vec<Tensor>,
     device: Device,
 }
@@ -39,6 +41,7 @@ impl MlpModel {
         let model = MlpModel {
             cfg: cfg.clone(),
             tree,
+            hook_tree: cfg.hooks(),
             weights: tensors,
             device,
         };
@@ -58,8 +61,8 @@ impl MlpModel {
 }
 
 impl HookedModel for MlpModel {
-    fn hook_names(&self) -> Vec<String> {
-        self.cfg.hook_names()
+    fn hook_tree(&self) -> &HookTree {
+        &self.hook_tree
     }
 
     fn n_layers(&self) -> usize {
@@ -93,15 +96,19 @@ impl HookedModel for MlpModel {
             .w(self.tree.embed)
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, self.cfg.d_input()))?;
-        let mut x = hooks.hook("hook_embed", embed)?;
-        for (i, layer) in self.tree.hidden.iter().enumerate() {
-            let pre = hooks.hook(&format!("blocks.{i}.mlp.hook_pre"), self.linear(&x, layer)?)?;
+        let h = &self.hook_tree;
+        let mut x = h.apply(hooks, h.embed, embed)?;
+        for (layer, block) in self.tree.hidden.iter().zip(&h.blocks) {
+            let at = block
+                .mlp
+                .expect("every hidden layer has its MLP hook points");
+            let pre = h.apply(hooks, at.pre, self.linear(&x, layer)?)?;
             let post = match self.cfg.act_fn {
                 ActFn::Relu => crate::model::relu(&pre)?,
                 ActFn::Gelu => pre.gelu_erf()?,
                 ActFn::GeluNew => pre.gelu()?,
             };
-            x = hooks.hook(&format!("blocks.{i}.mlp.hook_post"), post)?;
+            x = h.apply(hooks, at.post, post)?;
         }
         let logits = self.linear(&x, &self.tree.out)?;
         Ok(logits.reshape((batch, 1, self.cfg.d_vocab_out))?)

@@ -8,6 +8,7 @@ pub mod forward;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
+use crate::model::hooks::{hook_tree, BlockHooks, HookTree};
 use crate::model::params::{Init, ParamList, ParamSpec, Slot};
 use crate::model::transformer::config::ActFn;
 use crate::model::{check_at_most, check_positive, check_vocab};
@@ -123,16 +124,25 @@ impl MlpConfig {
         }
     }
 
-    /// Every hook point in forward order: `hook_embed` (the concatenated input), then per hidden
-    /// layer `blocks.{i}.mlp.hook_pre` and `blocks.{i}.mlp.hook_post`, so TransformerLens shorthands
+    /// Every hook point in forward order: `hook_embed` (the concatenated input, `[batch, features]`
+    /// — every position's embedding side by side, so it has no position axis), then per hidden layer
+    /// `blocks.{i}.mlp.hook_pre` and `hook_post` (`[batch, d_mlp]`), so TransformerLens shorthands
     /// such as `"post0"` or `("pre", -1)` address them.
-    pub fn hook_names(&self) -> Vec<String> {
-        let mut names = vec!["hook_embed".to_string()];
-        for i in 0..self.n_hidden {
-            names.push(format!("blocks.{i}.mlp.hook_pre"));
-            names.push(format!("blocks.{i}.mlp.hook_post"));
-        }
-        names
+    pub fn hooks(&self) -> HookTree {
+        use crate::model::hooks::Axis::{Batch, DMlp, PosFeatures};
+        hook_tree(|root| {
+            let embed = root.hook("hook_embed", &[Batch, PosFeatures(self.d_embed)]);
+            let blocks = (0..self.n_hidden)
+                .map(|i| BlockHooks {
+                    mlp: Some(HookTree::declare_mlp(
+                        &mut root.pp("blocks").pp(i).pp("mlp"),
+                        &[Batch, DMlp],
+                    )),
+                    ..BlockHooks::default()
+                })
+                .collect();
+            (embed, None, blocks, None)
+        })
     }
 
     /// Checks every field; `d_vocab`, `d_vocab_out` and `n_ctx` must already be resolved.

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{GrokError, Result};
-use crate::model::hooks::ATTN_HOOKS;
+use crate::model::hooks::{axes, hook_tree, BlockHooks, HookPoint, HookTree};
 use crate::model::params::ParamSpec;
+use crate::model::params::Scope;
 use crate::model::transformer::tree::TransformerTree;
 use crate::model::{check_at_most, check_positive, check_rows};
 
@@ -193,36 +194,45 @@ impl TransformerConfig {
         check_rows(tokens, batch, self.n_ctx, self.d_vocab)
     }
 
-    /// Every hook point the forward pass passes through, in order (`attn.hook_result` included; it is
-    /// computed only when asked for).
-    pub fn hook_names(&self) -> Vec<String> {
-        let cfg = self;
-        let mut names = vec!["hook_embed".to_string(), "hook_pos_embed".to_string()];
-        let ln = |names: &mut Vec<String>, prefix: &str| {
-            if cfg.normalization_type.is_some() {
-                names.push(format!("{prefix}.hook_scale"));
-                names.push(format!("{prefix}.hook_normalized"));
-            }
+    /// Every hook point the forward pass passes through, in order, with its axes
+    /// (`attn.hook_result` included; it is computed only when asked for).
+    pub fn hooks(&self) -> HookTree {
+        let norm = |s: &mut Scope<'_, HookPoint>, name: &str| {
+            self.normalization_type
+                .is_some()
+                .then(|| HookTree::declare_norm(&mut s.pp(name)))
         };
-        for l in 0..cfg.n_layers {
-            let b = format!("blocks.{l}");
-            names.push(format!("{b}.hook_resid_pre"));
-            ln(&mut names, &format!("{b}.ln1"));
-            for h in ATTN_HOOKS {
-                names.push(format!("{b}.attn.{h}"));
-            }
-            names.push(format!("{b}.hook_attn_out"));
-            if !cfg.attn_only {
-                names.push(format!("{b}.hook_resid_mid"));
-                ln(&mut names, &format!("{b}.ln2"));
-                names.push(format!("{b}.mlp.hook_pre"));
-                names.push(format!("{b}.mlp.hook_post"));
-                names.push(format!("{b}.hook_mlp_out"));
-            }
-            names.push(format!("{b}.hook_resid_post"));
-        }
-        ln(&mut names, "ln_final");
-        names
+        hook_tree(|root| {
+            let embed = root.hook("hook_embed", axes::RESID);
+            let pos_embed = Some(root.hook("hook_pos_embed", axes::RESID));
+            let blocks = (0..self.n_layers)
+                .map(|l| {
+                    let mut blocks = root.pp("blocks");
+                    let mut b = blocks.pp(l);
+                    let resid_pre = Some(b.hook("hook_resid_pre", axes::RESID));
+                    let ln1 = norm(&mut b, "ln1");
+                    let attn = Some(HookTree::declare_attn(&mut b.pp("attn")));
+                    let attn_out = Some(b.hook("hook_attn_out", axes::RESID));
+                    let mut block = BlockHooks {
+                        resid_pre,
+                        ln1,
+                        attn,
+                        attn_out,
+                        ..BlockHooks::default()
+                    };
+                    if !self.attn_only {
+                        block.resid_mid = Some(b.hook("hook_resid_mid", axes::RESID));
+                        block.ln2 = norm(&mut b, "ln2");
+                        block.mlp = Some(HookTree::declare_mlp(&mut b.pp("mlp"), axes::NEURONS));
+                        block.mlp_out = Some(b.hook("hook_mlp_out", axes::RESID));
+                    }
+                    block.resid_post = Some(b.hook("hook_resid_post", axes::RESID));
+                    block
+                })
+                .collect();
+            let ln_final = norm(root, "ln_final");
+            (embed, pos_embed, blocks, ln_final)
+        })
     }
 
     /// The typed parameter tree (TransformerLens state_dict names, shapes, init).

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{GrokError, Result};
-use crate::model::hooks::Hooks;
+use crate::model::hooks::{AttnHooks, HookTree, Hooks, MlpHooks, NormHooks};
 use crate::model::params::{CandleWeights, Params, Slot};
 use crate::model::transformer::config::{
     ActFn, Normalization, PositionalEmbedding, TransformerConfig,
@@ -29,6 +29,8 @@ pub struct HookedTransformer {
     pub cfg: TransformerConfig,
     /// Where each parameter sits.
     pub tree: TransformerTree,
+    /// Every hook point, with its axes.
+    pub hook_tree: HookTree,
     weights: Vec<Tensor>,
     device: Device,
 }
@@ -53,6 +55,7 @@ impl HookedTransformer {
         let model = HookedTransformer {
             cfg: cfg.clone(),
             tree,
+            hook_tree: cfg.hooks(),
             weights: tensors,
             device,
         };
@@ -88,7 +91,12 @@ impl HookedTransformer {
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
         let resid = self.residual(tokens, self.cfg.n_layers, at, hooks)?;
-        let x = self.norm(self.tree.ln_final.as_ref(), "ln_final", resid, hooks)?;
+        let x = self.norm(
+            self.tree.ln_final.as_ref(),
+            self.hook_tree.ln_final.as_ref(),
+            resid,
+            hooks,
+        )?;
         let (b, t, d_model) = x.dims3()?;
         let logits = x
             .reshape((b * t, d_model))?
@@ -128,7 +136,8 @@ impl HookedTransformer {
             .w(self.tree.embed)
             .index_select(&tokens.flatten_all()?, 0)?
             .reshape((batch, pos, d_model))?;
-        let embed = hooks.hook("hook_embed", embed)?;
+        let h = &self.hook_tree;
+        let embed = h.apply(hooks, h.embed, embed)?;
         let pos_embed = match self.cfg.positional_embedding_type {
             PositionalEmbedding::Standard => self.w(self.tree.pos).narrow(0, 0, pos)?,
             PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, &self.device)?,
@@ -137,7 +146,10 @@ impl HookedTransformer {
             .unsqueeze(0)?
             .broadcast_as((batch, pos, d_model))?
             .contiguous()?;
-        let pos_embed = hooks.hook("hook_pos_embed", pos_embed)?;
+        let pos_embed = match h.pos_embed {
+            Some(hook) => h.apply(hooks, hook, pos_embed)?,
+            None => pos_embed,
+        };
         let mut resid = (embed + pos_embed)?;
         for layer in 0..n_blocks {
             let last = layer + 1 == self.cfg.n_layers && at == LogitPositions::Last;
@@ -153,17 +165,21 @@ impl HookedTransformer {
         only_last: bool,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let b = format!("blocks.{layer}");
         let slots = self.tree.blocks[layer];
-        let resid_pre = hooks.hook(&format!("{b}.hook_resid_pre"), resid_pre)?;
+        let (h, at) = (&self.hook_tree, &self.hook_tree.blocks[layer]);
+        // Every point a transformer block has (declared by `TransformerConfig::hooks`).
+        let point =
+            |p: Option<crate::model::hooks::Hook>| p.expect("a transformer block's hook point");
+        let resid_pre = h.apply(hooks, point(at.resid_pre), resid_pre)?;
         let x = self.norm(
             slots.ln1.as_ref(),
-            &format!("{b}.ln1"),
+            at.ln1.as_ref(),
             resid_pre.clone(),
             hooks,
         )?;
-        let attn_out = self.attention(&slots.attn, &b, &x, hooks)?;
-        let attn_out = hooks.hook(&format!("{b}.hook_attn_out"), attn_out)?;
+        let attn_hooks = at.attn.expect("a transformer block has attention");
+        let attn_out = self.attention(&slots.attn, &attn_hooks, &x, hooks)?;
+        let attn_out = h.apply(hooks, point(at.attn_out), attn_out)?;
         let (resid, attn_out) = if only_last {
             let t = resid_pre.dim(1)?;
             (
@@ -173,40 +189,41 @@ impl HookedTransformer {
         } else {
             (resid_pre, attn_out)
         };
-        let Some(mlp) = slots.mlp else {
-            return hooks.hook(&format!("{b}.hook_resid_post"), (resid + attn_out)?);
+        let (Some(mlp), Some(mlp_hooks)) = (slots.mlp, at.mlp) else {
+            return h.apply(hooks, point(at.resid_post), (resid + attn_out)?);
         };
-        let resid_mid = hooks.hook(&format!("{b}.hook_resid_mid"), (resid + attn_out)?)?;
+        let resid_mid = h.apply(hooks, point(at.resid_mid), (resid + attn_out)?)?;
         let x = self.norm(
             slots.ln2.as_ref(),
-            &format!("{b}.ln2"),
+            at.ln2.as_ref(),
             resid_mid.clone(),
             hooks,
         )?;
-        let mlp_out = self.mlp(&mlp, &b, &x, hooks)?;
-        let mlp_out = hooks.hook(&format!("{b}.hook_mlp_out"), mlp_out)?;
-        hooks.hook(&format!("{b}.hook_resid_post"), (resid_mid + mlp_out)?)
+        let mlp_out = self.mlp(&mlp, &mlp_hooks, &x, hooks)?;
+        let mlp_out = h.apply(hooks, point(at.mlp_out), mlp_out)?;
+        h.apply(hooks, point(at.resid_post), (resid_mid + mlp_out)?)
     }
 
     /// LayerNorm / LNPre as TransformerLens computes it; identity without normalization.
     fn norm(
         &self,
         slots: Option<&NormSlots>,
-        prefix: &str,
+        at: Option<&NormHooks>,
         x: Tensor,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let Some(kind) = self.cfg.normalization_type else {
+        let (Some(kind), Some(at)) = (self.cfg.normalization_type, at) else {
             return Ok(x);
         };
+        let h = &self.hook_tree;
         let x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.cfg.eps)?.sqrt()?;
-        let scale = hooks.hook(&format!("{prefix}.hook_scale"), scale)?;
+        let scale = h.apply(hooks, at.scale, scale)?;
         let mut x = x.broadcast_div(&scale)?;
         if let (Normalization::LN, Some(ln)) = (kind, slots) {
             x = x.broadcast_mul(self.w(ln.w))?.broadcast_add(self.w(ln.b))?;
         }
-        hooks.hook(&format!("{prefix}.hook_normalized"), x)
+        h.apply(hooks, at.normalized, x)
     }
 
     /// `[batch, pos, d_model] @ W [n_heads, d_model, d_head] + b` → `[batch, pos, n_heads, d_head]`.
@@ -222,32 +239,28 @@ impl HookedTransformer {
     fn attention(
         &self,
         slots: &AttnSlots,
-        block: &str,
+        at: &AttnHooks,
         x: &Tensor,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let a = format!("{block}.attn");
+        let h = &self.hook_tree;
         let [q, k, v] = slots.qkv();
         let (batch, pos, d_model) = x.dims3()?;
         let (nh, dh) = (self.cfg.n_heads, self.cfg.d_head);
-        let q = hooks.hook(&format!("{a}.hook_q"), self.head_projection(x, q)?)?;
-        let k = hooks.hook(&format!("{a}.hook_k"), self.head_projection(x, k)?)?;
-        let v = hooks.hook(&format!("{a}.hook_v"), self.head_projection(x, v)?)?;
+        let q = h.apply(hooks, at.q, self.head_projection(x, q)?)?;
+        let k = h.apply(hooks, at.k, self.head_projection(x, k)?)?;
+        let v = h.apply(hooks, at.v, self.head_projection(x, v)?)?;
         let q = q.permute((0, 2, 1, 3))?.contiguous()?;
         let k = k.permute((0, 2, 3, 1))?.contiguous()?;
         let v = v.permute((0, 2, 1, 3))?.contiguous()?;
         let scores = (q.matmul(&k)? / (dh as f64).sqrt())?;
-        let scores = hooks.hook(
-            &format!("{a}.hook_attn_scores"),
-            apply_causal_mask(&scores)?,
-        )?;
-        let pattern = hooks.hook(&format!("{a}.hook_pattern"), softmax_last(&scores)?)?;
+        let scores = h.apply(hooks, at.attn_scores, apply_causal_mask(&scores)?)?;
+        let pattern = h.apply(hooks, at.pattern, softmax_last(&scores)?)?;
         let z = pattern.matmul(&v)?.permute((0, 2, 1, 3))?.contiguous()?;
-        let z = hooks.hook(&format!("{a}.hook_z"), z)?;
+        let z = h.apply(hooks, at.z, z)?;
         let (w_o, b_o) = (self.w(slots.w_o), self.w(slots.b_o));
-        let result_name = format!("{a}.hook_result");
-        if hooks.wants(&result_name) {
-            let result = hooks.hook(&result_name, head_results(&z, w_o)?)?;
+        if h.wanted(hooks, at.result) {
+            let result = h.apply(hooks, at.result, head_results(&z, w_o)?)?;
             return Ok(result.sum(2)?.broadcast_add(b_o)?);
         }
         let out = z
@@ -259,11 +272,11 @@ impl HookedTransformer {
     fn mlp(
         &self,
         slots: &MlpSlots,
-        block: &str,
+        at: &MlpHooks,
         x: &Tensor,
         hooks: &mut dyn Hooks,
     ) -> Result<Tensor> {
-        let m = format!("{block}.mlp");
+        let h = &self.hook_tree;
         let (batch, pos, d_model) = x.dims3()?;
         let d_mlp = self.cfg.d_mlp;
         let pre = x
@@ -272,13 +285,13 @@ impl HookedTransformer {
         let pre = pre
             .broadcast_add(self.w(slots.b_in))?
             .reshape((batch, pos, d_mlp))?;
-        let pre = hooks.hook(&format!("{m}.hook_pre"), pre)?;
+        let pre = h.apply(hooks, at.pre, pre)?;
         let post = match self.cfg.act_fn {
             ActFn::Relu => crate::model::relu(&pre)?,
             ActFn::Gelu => pre.gelu_erf()?,
             ActFn::GeluNew => pre.gelu()?,
         };
-        let post = hooks.hook(&format!("{m}.hook_post"), post)?;
+        let post = h.apply(hooks, at.post, post)?;
         let out = post
             .reshape((batch * pos, d_mlp))?
             .matmul(self.w(slots.w_out))?;
@@ -289,8 +302,8 @@ impl HookedTransformer {
 }
 
 impl HookedModel for HookedTransformer {
-    fn hook_names(&self) -> Vec<String> {
-        self.cfg.hook_names()
+    fn hook_tree(&self) -> &HookTree {
+        &self.hook_tree
     }
 
     fn n_layers(&self) -> usize {
