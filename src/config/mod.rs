@@ -247,7 +247,7 @@ impl RunConfig {
         if key == "model.family"
             && value
                 .as_str()
-                .is_some_and(|f| families.contains(&f) && f != self.model.family())
+                .is_some_and(|f| families.contains(&f) && f != self.model.family_name())
         {
             return Err(GrokError::config(
                 key,
@@ -256,7 +256,7 @@ impl RunConfig {
                     "cannot switch a {} config to another family with --set: each family has its own \
                      model fields. Start from a preset of that family (`groklens presets` lists them, \
                      e.g. quick-mlp or quick-bitnet-binary) or a config file",
-                    self.model.family()
+                    self.model.family_name()
                 ),
             ));
         }
@@ -346,7 +346,7 @@ impl RunConfig {
         if self.task.target() == Target::PreviousToken && self.model.transformer().is_none() {
             return Err(GrokError::config(
                 "model.family",
-                self.model.family(),
+                self.model.family_name(),
                 "the previous-token task reads a prediction at every position: use family = \"transformer\"",
             ));
         }

@@ -141,22 +141,18 @@ pub fn select(
     kind: EngineKind,
     threads: usize,
 ) -> Result<Box<dyn Engine>> {
-    match (kind, fast::unsupported_reason(cfg, target)) {
-        (EngineKind::Candle, _) | (EngineKind::Auto, Some(_)) => {
+    match (kind, fast::plan(cfg, target)) {
+        (EngineKind::Candle, _) | (EngineKind::Auto, Err(_)) => {
             Ok(Box::new(CandleEngine::new(cfg)))
         }
-        (EngineKind::Fast, Some(why)) => Err(GrokError::config(
+        (EngineKind::Fast, Err(why)) => Err(GrokError::config(
             "train.engine",
             "fast",
             format!(
                 "this model is not supported by the fast engine: {why}; use \"auto\" or \"candle\""
             ),
         )),
-        (_, None) => Ok(match cfg {
-            ModelConfig::Transformer(c) => Box::new(FastEngine::new(c, thread_count(threads))),
-            ModelConfig::Mlp(c) => Box::new(FastMlpEngine::new(c, thread_count(threads))?),
-            ModelConfig::BitNet(c) => Box::new(FastEngine::bitnet(c, thread_count(threads))),
-        }),
+        (_, Ok(plan)) => plan.build(thread_count(threads)),
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod bitnet;
 pub mod config;
+pub mod family;
 pub mod hooks;
 pub mod mlp;
 pub mod params;
@@ -12,6 +13,7 @@ pub mod transformer;
 
 pub use bitnet::{BitNetConfig, BitNetModel, Quant};
 pub use config::{HookedModel, ModelConfig};
+pub use family::{Family, ModelWithVars};
 pub use hooks::{Hooks, NoHooks, Recorder};
 pub use mlp::{MlpConfig, MlpModel};
 pub use params::{Init, Param, ParamList, ParamSpec, Params, Scope, Slot};

@@ -26,34 +26,61 @@ use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_f32;
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
-use crate::model::{ActFn, ModelConfig, Params, TransformerConfig};
+use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
 use crate::tasks::Target;
 
 use transformer::{Dims, Prepared, Scoring, Weights, Workspace};
 
-/// Why the fast engines cannot run `cfg` scored on `target`, or `None` when one can.
-pub fn unsupported_reason(cfg: &ModelConfig, target: Target) -> Option<String> {
+/// What the fast engines run for a model: the one place that decides whether a hand-written pass
+/// covers a config (and [`FastPlan::build`] the one place that builds it).
+pub enum FastPlan<'a> {
+    /// The transformer passes on a TransformerLens model.
+    Transformer(&'a TransformerConfig),
+    /// The MLP passes.
+    Mlp(&'a MlpConfig),
+    /// The transformer passes on BitNet's quantized weights.
+    BitNet(&'a BitNetConfig),
+}
+
+/// The fast plan for `cfg` scored on `target`, or why none covers it.
+pub fn plan(cfg: &ModelConfig, target: Target) -> std::result::Result<FastPlan<'_>, String> {
     if target != Target::LastPosition && cfg.transformer().is_none() {
-        return Some(format!(
+        return Err(format!(
             "its {} passes score the last position only (per-position targets run on candle)",
-            cfg.family()
+            cfg.family_name()
         ));
     }
-    let act = match cfg {
-        ModelConfig::Transformer(c) => c.act_fn,
-        ModelConfig::Mlp(c) => c.act_fn,
-        ModelConfig::BitNet(c) => {
-            if c.act_bits > 0 {
-                return Some("act_bits must be 0 (activation quantization runs on candle)".into());
-            }
-            if c.residual == Residual::Embed && c.n_layers > 1 {
-                return Some("residual = \"embed\" with more than one layer runs on candle".into());
-            }
-            return None;
+    let exact_gelu =
+        || "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".to_string();
+    match cfg {
+        ModelConfig::Transformer(c) if c.act_fn == ActFn::Gelu => Err(exact_gelu()),
+        ModelConfig::Transformer(c) => Ok(FastPlan::Transformer(c)),
+        ModelConfig::Mlp(c) if c.act_fn == ActFn::Gelu => Err(exact_gelu()),
+        ModelConfig::Mlp(c) => Ok(FastPlan::Mlp(c)),
+        ModelConfig::BitNet(c) if c.act_bits > 0 => {
+            Err("act_bits must be 0 (activation quantization runs on candle)".into())
         }
-    };
-    (act == ActFn::Gelu)
-        .then(|| "act_fn must be relu or gelu_new (exact gelu runs on the candle engine)".into())
+        ModelConfig::BitNet(c) if c.residual == Residual::Embed && c.n_layers > 1 => {
+            Err("residual = \"embed\" with more than one layer runs on candle".into())
+        }
+        ModelConfig::BitNet(c) => Ok(FastPlan::BitNet(c)),
+    }
+}
+
+/// Why the fast engines cannot run `cfg` scored on `target`, or `None` when one can.
+pub fn unsupported_reason(cfg: &ModelConfig, target: Target) -> Option<String> {
+    plan(cfg, target).err()
+}
+
+impl FastPlan<'_> {
+    /// The engine, with `threads` worker threads.
+    pub fn build(self, threads: usize) -> Result<Box<dyn Engine>> {
+        Ok(match self {
+            FastPlan::Transformer(c) => Box::new(FastEngine::new(c, threads)),
+            FastPlan::Mlp(c) => Box::new(FastMlpEngine::new(c, threads)?),
+            FastPlan::BitNet(c) => Box::new(FastEngine::bitnet(c, threads)),
+        })
+    }
 }
 
 /// The families the hand-written transformer passes run, with their parameter trees (built once,
@@ -111,12 +138,12 @@ pub struct FastEngine {
 }
 
 impl FastEngine {
-    /// An engine for `cfg` (which must pass [`unsupported_reason`]) using `threads` threads.
+    /// An engine for `cfg` (from [`plan`]) using `threads` threads.
     pub fn new(cfg: &TransformerConfig, threads: usize) -> Self {
         Self::with_family(Family::Transformer(cfg.clone(), cfg.tree()), threads)
     }
 
-    /// An engine for the BitNet model `cfg` (which must pass [`unsupported_reason`]).
+    /// An engine for the BitNet model `cfg` (from [`plan`]).
     pub fn bitnet(cfg: &BitNetConfig, threads: usize) -> Self {
         Self::with_family(Family::BitNet(cfg.clone(), cfg.tree()), threads)
     }

@@ -15,6 +15,7 @@
 //! a checkpoint loads into the seed's class with `strict=False` (the unused outer `weight` of each
 //! BitLinear, and the ternary layers' unused LayerNorm, are not stored).
 
+pub mod family;
 pub mod forward;
 pub mod quant;
 

@@ -3,6 +3,7 @@
 //! seed's PyTorch `state_dict` names (`net.0.weight`, `net.2.weight`, …), so a checkpoint loads into
 //! the seed's own `nn.Sequential` class.
 
+pub mod family;
 pub mod forward;
 
 use serde::{Deserialize, Serialize};

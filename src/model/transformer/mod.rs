@@ -2,6 +2,7 @@
 //! forward pass.
 
 pub mod config;
+pub mod family;
 pub mod forward;
 pub mod tree;
 
