@@ -16,13 +16,16 @@
 
 use rayon::prelude::*;
 
+use crate::engine::fast::ops::{
+    activation_backward, activation_forward, mm_nn, mm_nt, mm_tn, FastAct,
+};
 use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats};
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
-use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
+use crate::linalg::kernels::{add_bias, add_column_sums};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
-use crate::model::{ActFn, Params};
+use crate::model::Params;
 use crate::tasks::Target;
 
 /// Buffers one chunk reuses from step to step.
@@ -69,7 +72,7 @@ pub struct FastMlpEngine {
 impl FastMlpEngine {
     /// An engine for `cfg` on `threads` threads; exact GELU is refused (the candle engine runs it).
     pub fn new(cfg: &MlpConfig, threads: usize) -> Result<Self> {
-        if cfg.act_fn == ActFn::Gelu {
+        if FastAct::of(cfg.act_fn).is_none() {
             return Err(GrokError::config(
                 "model.act_fn",
                 "gelu",
@@ -194,6 +197,7 @@ impl Engine for FastMlpEngine {
 struct Pass<'a> {
     cfg: &'a MlpConfig,
     tree: &'a MlpTree,
+    act: FastAct,
     params: &'a Params,
     /// Whether the first hidden layer runs from the lookup tables in `scratch`.
     use_tables: bool,
@@ -214,6 +218,7 @@ impl<'a> Pass<'a> {
         let mut pass = Pass {
             cfg,
             tree,
+            act: FastAct::of(cfg.act_fn).expect("FastMlpEngine::new refuses exact GELU"),
             params,
             use_tables: false,
             scratch,
@@ -240,7 +245,7 @@ impl<'a> Pass<'a> {
         let w_e = &params[tree.embed];
         per_position(tables, nv * dh, threads, |pos, table| {
             let block = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
-            matmul(table, w_e, block, nv, dh, de, false, true, false);
+            mm_nt(table, w_e, block, nv, dh, de);
         });
         pass.use_tables = true;
         pass
@@ -261,9 +266,9 @@ impl<'a> Pass<'a> {
         per_position(parts, dw_len + de_len, threads, |pos, out| {
             let (dw, d_emb) = out.split_at_mut(dw_len);
             let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
-            matmul(dw, g_pos, w_e, dh, de, nv, true, false, false);
+            mm_tn(dw, g_pos, w_e, dh, de, nv);
             let w_pos = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
-            matmul(d_emb, g_pos, w_pos, nv, de, dh, false, false, false);
+            mm_nn(d_emb, g_pos, w_pos, nv, de, dh);
         });
         let first = tree.hidden[0];
         g[tree.embed].fill(0.0);
@@ -363,16 +368,7 @@ impl<'a> Pass<'a> {
                 }
             }
             let post = sized(&mut this[0], rows * dh);
-            match c.act_fn {
-                ActFn::Relu => post
-                    .iter_mut()
-                    .zip(pre.iter())
-                    .for_each(|(o, &v)| *o = v.max(0.0)),
-                ActFn::GeluNew | ActFn::Gelu => post
-                    .iter_mut()
-                    .zip(pre.iter())
-                    .for_each(|(o, &v)| *o = gelu_new(v)),
-            }
+            activation_forward(self.act, pre, post);
             d_in = dh;
         }
         let x = ws.post.last().unwrap_or(&ws.x0);
@@ -392,7 +388,7 @@ impl<'a> Pass<'a> {
         d_out: usize,
     ) {
         let p = self.params;
-        matmul(out, x, &p[l.weight], rows, d_out, d_in, false, true, false);
+        mm_nt(out, x, &p[l.weight], rows, d_out, d_in);
         add_bias(out, &p[l.bias]);
     }
 
@@ -408,49 +404,18 @@ impl<'a> Pass<'a> {
         let d_last = if n == 0 { c.d_input() } else { dh };
         let vo = c.d_vocab_out;
         let dlogits = &ws.logits[..rows * vo];
-        matmul(
-            &mut g[tree.out.weight],
-            dlogits,
-            x_last,
-            vo,
-            d_last,
-            rows,
-            true,
-            false,
-            false,
-        );
+        mm_tn(&mut g[tree.out.weight], dlogits, x_last, vo, d_last, rows);
         g[tree.out.bias].fill(0.0);
         add_column_sums(&mut g[tree.out.bias], dlogits);
         let dx = sized(&mut ws.dx, rows * d_last);
-        matmul(
-            dx,
-            dlogits,
-            &p[tree.out.weight],
-            rows,
-            d_last,
-            vo,
-            false,
-            false,
-            false,
-        );
+        mm_nn(dx, dlogits, &p[tree.out.weight], rows, d_last, vo);
         // Hidden layers, last to first.
         for i in (0..n).rev() {
             let layer = &tree.hidden[i];
             let d_in = if i == 0 { c.d_input() } else { dh };
             let dpre = sized(&mut ws.dpre, rows * dh);
-            let pre = &ws.pre[i];
-            match c.act_fn {
-                ActFn::Relu => {
-                    for ((o, &d), &v) in dpre.iter_mut().zip(ws.dx.iter()).zip(pre) {
-                        *o = if v > 0.0 { d } else { 0.0 };
-                    }
-                }
-                ActFn::GeluNew | ActFn::Gelu => {
-                    for ((o, &d), &v) in dpre.iter_mut().zip(ws.dx.iter()).zip(pre) {
-                        *o = d * gelu_new_grad(v);
-                    }
-                }
-            }
+            dpre.copy_from_slice(&ws.dx[..rows * dh]);
+            activation_backward(self.act, &ws.pre[i], &ws.post[i], dpre);
             if i == 0 && self.use_tables {
                 // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
                 let nv = c.d_vocab;
@@ -470,31 +435,11 @@ impl<'a> Pass<'a> {
                 return;
             }
             let x = if i == 0 { &ws.x0 } else { &ws.post[i - 1] };
-            matmul(
-                &mut g[layer.weight],
-                dpre,
-                x,
-                dh,
-                d_in,
-                rows,
-                true,
-                false,
-                false,
-            );
+            mm_tn(&mut g[layer.weight], dpre, x, dh, d_in, rows);
             g[layer.bias].fill(0.0);
             add_column_sums(&mut g[layer.bias], dpre);
             let dx = sized(&mut ws.dx, rows * d_in);
-            matmul(
-                dx,
-                dpre,
-                &p[layer.weight],
-                rows,
-                d_in,
-                dh,
-                false,
-                false,
-                false,
-            );
+            mm_nn(dx, dpre, &p[layer.weight], rows, d_in, dh);
         }
         // Embedding: each position's slice of d x0 goes to its token's row.
         let de = c.d_embed;

@@ -12,8 +12,10 @@
 //! run time ([`crate::linalg::kernels::has_avx2_fma`]): the entry points (`run`, `logits`,
 //! `forward`) dispatch, and everything they call is `#[inline(always)]` so it is compiled into both.
 
+pub mod bitnet;
 pub mod mlp;
 pub mod norm;
+pub mod ops;
 pub mod transformer;
 
 pub use mlp::FastMlpEngine;

@@ -10,14 +10,18 @@
 //!   from `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (the backward pass mirrors it).
 
 use crate::engine::fast::norm::{self, NormCache};
+use crate::engine::fast::ops::{
+    activation_backward, activation_forward, attention_backward, attention_forward, dot,
+    embed_backward, embed_forward, mm_nn, mm_nn_acc, mm_nt, mm_nt_acc, mm_tn, mm_tn_acc, AttnShape,
+    FastAct,
+};
 use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
 use crate::engine::loss::LossKind;
-use crate::linalg::kernels::exp_f32;
-use crate::linalg::kernels::{add_bias, add_column_sums, gelu_new, gelu_new_grad, matmul};
-use crate::model::bitnet::{quant, BitNetConfig, BitNetTree};
+use crate::linalg::kernels::{add_bias, add_column_sums};
+use crate::model::bitnet::BitNetConfig;
 use crate::model::transformer::config::Normalization;
 use crate::model::transformer::{MlpSlots, NormSlots, TransformerTree};
-use crate::model::{ActFn, Params, Slot, TransformerConfig};
+use crate::model::{Params, Slot, TransformerConfig};
 
 /// Weights of one block in the layouts the kernels want.
 #[derive(Clone)]
@@ -77,7 +81,7 @@ pub struct Dims {
     d_vocab: usize,
     d_vocab_out: usize,
     n_ctx: usize,
-    act: ActFn,
+    act: FastAct,
     attn_only: bool,
     /// Factor on the attention scores.
     scale: f32,
@@ -102,7 +106,7 @@ impl Dims {
             d_vocab: cfg.d_vocab,
             d_vocab_out: cfg.d_vocab_out,
             n_ctx: cfg.n_ctx,
-            act: cfg.act_fn,
+            act: FastAct::of(cfg.act_fn).expect("fast::plan refuses exact GELU"),
             attn_only: cfg.attn_only,
             scale: 1.0 / (cfg.d_head as f32).sqrt(),
             causal: true,
@@ -122,7 +126,7 @@ impl Dims {
             d_vocab: cfg.d_vocab,
             d_vocab_out: cfg.d_vocab_out,
             n_ctx: cfg.n_ctx,
-            act: ActFn::Relu,
+            act: FastAct::Relu,
             attn_only: false,
             scale: cfg.score_scale() as f32,
             causal: cfg.causal,
@@ -132,12 +136,16 @@ impl Dims {
         }
     }
 
-    /// Keys query position `i` of `seq` attends to: `0..keys`.
-    fn keys(&self, i: usize, seq: usize) -> usize {
-        if self.causal {
-            i + 1
-        } else {
-            seq
+    /// The attention op's shape for a chunk of `rows` rows of `seq` tokens with `tq` queries.
+    fn attn(&self, rows: usize, seq: usize, tq: usize) -> AttnShape {
+        AttnShape {
+            rows,
+            seq,
+            tq,
+            n_heads: self.n_heads,
+            d_head: self.d_head,
+            scale: self.scale,
+            causal: self.causal,
         }
     }
 
@@ -221,84 +229,6 @@ impl Weights {
             b_u: params[tree.unembed_b].to_vec(),
             gamma: Vec::new(),
             ln_final: norm_params(tree.ln_final, params),
-        }
-    }
-
-    /// A BitNet model's weights as its forward uses them: every BitLinear quantized
-    /// ([`quant::effective`]) and transposed into kernel layout, no positional embedding, zero
-    /// biases, the unembedding transposed, γ kept for the final norm.
-    pub fn from_bitnet(cfg: &BitNetConfig, tree: &BitNetTree, params: &Params) -> Self {
-        let (dm, f, hd) = (cfg.d_model, cfg.d_mlp, cfg.d_model);
-        let used = |slot: Slot, rows: usize, cols: usize| {
-            transpose(
-                &quant::effective(&params[slot], cfg.quant, cfg.weight_scale),
-                rows,
-                cols,
-            )
-        };
-        let blocks = tree
-            .blocks
-            .iter()
-            .map(|b| {
-                let mut w_qkv = vec![0.0; dm * 3 * hd];
-                for (which, &slot) in b.qkv.iter().enumerate() {
-                    for (r, row) in used(slot, hd, dm).chunks_exact(hd).enumerate() {
-                        w_qkv[r * 3 * hd + which * hd..][..hd].copy_from_slice(row);
-                    }
-                }
-                BlockWeights {
-                    w_qkv,
-                    b_qkv: vec![0.0; 3 * hd],
-                    w_o: used(b.out, dm, hd),
-                    b_o: vec![0.0; dm],
-                    w_in: used(b.ff_in, f, dm),
-                    b_in: vec![0.0; f],
-                    w_out: used(b.ff_out, dm, f),
-                    b_out: vec![0.0; dm],
-                    ln: Default::default(),
-                }
-            })
-            .collect();
-        Weights {
-            w_e: params[tree.embed].to_vec(),
-            w_pos: vec![0.0; cfg.n_ctx * dm],
-            blocks,
-            w_u: transpose(&params[tree.unembed], cfg.d_vocab_out, dm),
-            b_u: vec![0.0; cfg.d_vocab_out],
-            gamma: params[tree.gamma].to_vec(),
-            ln_final: Default::default(),
-        }
-    }
-
-    /// Writes these gradients (of the weights as used) into `out` for a BitNet model: each
-    /// BitLinear's straight through its quantizer and centring (g − mean(g), in PyTorch layout).
-    pub fn write_bitnet(
-        &self,
-        cfg: &BitNetConfig,
-        tree: &BitNetTree,
-        out: &mut Params,
-        trainable: &[bool],
-    ) {
-        let (dm, f, hd) = (cfg.d_model, cfg.d_mlp, cfg.d_model);
-        let mut put = |slot: Slot, src: &[f32]| {
-            if trainable[slot.index()] {
-                out[slot].copy_from_slice(src);
-            }
-        };
-        put(tree.embed, &self.w_e);
-        put(tree.gamma, &self.gamma);
-        put(tree.unembed, &transpose(&self.w_u, dm, cfg.d_vocab_out));
-        for (slots, b) in tree.blocks.iter().zip(&self.blocks) {
-            for (which, &slot) in slots.qkv.iter().enumerate() {
-                let mut g = vec![0.0; dm * hd];
-                for (r, row) in g.chunks_exact_mut(hd).enumerate() {
-                    row.copy_from_slice(&b.w_qkv[r * 3 * hd + which * hd..][..hd]);
-                }
-                put(slot, &quant::centre(&transpose(&g, dm, hd)));
-            }
-            put(slots.out, &quant::centre(&transpose(&b.w_o, hd, dm)));
-            put(slots.ff_in, &quant::centre(&transpose(&b.w_in, dm, f)));
-            put(slots.ff_out, &quant::centre(&transpose(&b.w_out, f, dm)));
         }
     }
 
@@ -432,29 +362,9 @@ impl Weights {
         let (dm, n3) = (d.d_model, 3 * d.hd());
         let b0 = &self.blocks[0];
         let mut per_token = vec![0.0; d.d_vocab * n3];
-        matmul(
-            &mut per_token,
-            &self.w_e,
-            &b0.w_qkv,
-            d.d_vocab,
-            n3,
-            dm,
-            false,
-            false,
-            false,
-        );
+        mm_nn(&mut per_token, &self.w_e, &b0.w_qkv, d.d_vocab, n3, dm);
         let mut per_position = vec![0.0; d.n_ctx * n3];
-        matmul(
-            &mut per_position,
-            &self.w_pos,
-            &b0.w_qkv,
-            d.n_ctx,
-            n3,
-            dm,
-            false,
-            false,
-            false,
-        );
+        mm_nn(&mut per_position, &self.w_pos, &b0.w_qkv, d.n_ctx, n3, dm);
         add_bias(&mut per_position, &b0.b_qkv);
         Lookup {
             per_token,
@@ -592,28 +502,15 @@ impl<'a> Prepared<'a> {
         let mut g = ws.grads.take().unwrap_or_else(|| self.w.zeros_like());
         g.fill_zero();
         let dlogits = &ws.logits;
-        matmul(
-            &mut g.w_u,
-            &ws.unembed_in,
-            dlogits,
-            d.d_model,
-            vo,
-            rows_out,
-            true,
-            false,
-            false,
-        );
+        mm_tn(&mut g.w_u, &ws.unembed_in, dlogits, d.d_model, vo, rows_out);
         add_column_sums(&mut g.b_u, dlogits);
-        matmul(
+        mm_nt(
             sized(&mut ws.dout, rows_out * d.d_model),
             dlogits,
             &self.w.w_u,
             rows_out,
             d.d_model,
             vo,
-            false,
-            true,
-            false,
         );
         if d.final_rms {
             self.final_norm_backward(ws, rows, &mut g);
@@ -726,17 +623,7 @@ impl<'a> Prepared<'a> {
         }
         let vo = d.d_vocab_out;
         let logits = sized(&mut ws.logits, rows * vo);
-        matmul(
-            logits,
-            &ws.unembed_in,
-            &self.w.w_u,
-            rows,
-            vo,
-            d.d_model,
-            false,
-            false,
-            false,
-        );
+        mm_nn(logits, &ws.unembed_in, &self.w.w_u, rows, vo, d.d_model);
         add_bias(logits, &self.w.b_u);
     }
 
@@ -785,18 +672,18 @@ impl<'a> Prepared<'a> {
     ) {
         let d = &self.d;
         let b = &self.w.blocks[l];
-        let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
+        let (dm, hd, nh) = (d.d_model, d.hd(), d.n_heads);
         let n3 = 3 * hd;
         let lookup = l == 0 && d.lookup();
         if l == 0 && !lookup {
             // The embedding, materialised: a LayerNorm reads it.
             let x = sized(&mut c.x, rows * seq * dm);
-            token_plus_position(x, dm, tokens, seq, &self.w.w_e, &self.w.w_pos);
+            embed_forward(x, dm, tokens, seq, &self.w.w_e, &self.w.w_pos);
         }
         let qkv = sized(&mut c.qkv, rows * seq * n3);
         if lookup {
             let (per_token, per_position) = (&self.lookup.per_token, &self.lookup.per_position);
-            token_plus_position(qkv, n3, tokens, seq, per_token, per_position);
+            embed_forward(qkv, n3, tokens, seq, per_token, per_position);
         } else {
             let input = if d.norm.is_some() {
                 let [w, bias, ..] = &b.ln;
@@ -811,17 +698,7 @@ impl<'a> Prepared<'a> {
             } else {
                 &c.x
             };
-            matmul(
-                qkv,
-                input,
-                &b.w_qkv,
-                rows * seq,
-                n3,
-                dm,
-                false,
-                false,
-                false,
-            );
+            mm_nn(qkv, input, &b.w_qkv, rows * seq, n3, dm);
             add_bias(qkv, &b.b_qkv);
         }
         // Residual stream at the query positions.
@@ -843,40 +720,10 @@ impl<'a> Prepared<'a> {
                 }
             }
         }
-        // Attention, one (row, query, head) at a time: seq is tiny.
-        let scale = d.scale;
         let pattern = sized(&mut c.pattern, rows * tq * nh * seq);
         let z = sized(&mut c.z, rows * tq * hd);
-        let mut s = vec![0.0f32; seq];
-        for r in 0..rows {
-            for qi in 0..tq {
-                let i = first_q + qi;
-                let keys = d.keys(i, seq);
-                let q = &qkv[(r * seq + i) * n3..(r * seq + i) * n3 + hd];
-                for h in 0..nh {
-                    let qh = &q[h * dh..(h + 1) * dh];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sj) in s.iter_mut().enumerate().take(keys) {
-                        let k = &qkv[(r * seq + j) * n3 + hd + h * dh..][..dh];
-                        *sj = dot(qh, k) * scale;
-                        max = max.max(*sj);
-                    }
-                    let mut sum = 0.0;
-                    for sj in s.iter_mut().take(keys) {
-                        *sj = exp_f32(*sj - max);
-                        sum += *sj;
-                    }
-                    let p = &mut pattern[((r * tq + qi) * nh + h) * seq..][..seq];
-                    let zh = &mut z[(r * tq + qi) * hd + h * dh..][..dh];
-                    zh.fill(0.0);
-                    for j in 0..keys {
-                        p[j] = s[j] / sum;
-                        axpy(zh, p[j], &qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh]);
-                    }
-                }
-            }
-        }
-        matmul(mid, z, &b.w_o, rows * tq, dm, hd, false, false, true);
+        attention_forward(d.attn(rows, seq, tq), qkv, pattern, z);
+        mm_nn_acc(mid, z, &b.w_o, rows * tq, dm, hd);
         add_bias(mid, &b.b_o);
         let out = sized(out, rows * tq * dm);
         out.copy_from_slice(mid);
@@ -892,21 +739,11 @@ impl<'a> Prepared<'a> {
         } else {
             &*mid
         };
-        matmul(pre, input, &b.w_in, rows * tq, m, dm, false, false, false);
+        mm_nn(pre, input, &b.w_in, rows * tq, m, dm);
         add_bias(pre, &b.b_in);
         let post = sized(&mut c.post, rows * tq * m);
-        match d.act {
-            ActFn::Relu => post
-                .iter_mut()
-                .zip(pre.iter())
-                .for_each(|(o, &v)| *o = v.max(0.0)),
-            ActFn::GeluNew => post
-                .iter_mut()
-                .zip(pre.iter())
-                .for_each(|(o, &v)| *o = gelu_new(v)),
-            ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
-        }
-        matmul(out, post, &b.w_out, rows * tq, dm, m, false, false, true);
+        activation_forward(d.act, pre, post);
+        mm_nn_acc(out, post, &b.w_out, rows * tq, dm, m);
         add_bias(out, &b.b_out);
     }
 
@@ -929,82 +766,37 @@ impl<'a> Prepared<'a> {
         let b = &self.w.blocks[l];
         let c = &ws.blocks[l];
         let gb = &mut g.blocks[l];
-        let (dm, hd, dh, nh) = (d.d_model, d.hd(), d.d_head, d.n_heads);
+        let (dm, hd) = (d.d_model, d.hd());
         let n3 = 3 * hd;
         let nq = rows * tq;
         let dmid = &mut ws.dout[..nq * dm];
         if !d.attn_only {
             let m = d.d_mlp;
-            matmul(&mut gb.w_out, &c.post, dmid, m, dm, nq, true, false, false);
+            mm_tn(&mut gb.w_out, &c.post, dmid, m, dm, nq);
             add_column_sums(&mut gb.b_out, dmid);
             let dpre = sized(&mut ws.dpre, nq * m);
-            matmul(dpre, dmid, &b.w_out, nq, m, dm, false, true, false);
-            match d.act {
-                ActFn::Relu => dpre.iter_mut().zip(&c.post).for_each(|(g, &y)| {
-                    if y <= 0.0 {
-                        *g = 0.0
-                    }
-                }),
-                ActFn::GeluNew => dpre
-                    .iter_mut()
-                    .zip(&c.pre)
-                    .for_each(|(g, &x)| *g *= gelu_new_grad(x)),
-                ActFn::Gelu => unreachable!("the fast engine does not support exact GELU"),
-            }
+            mm_nt(dpre, dmid, &b.w_out, nq, m, dm);
+            activation_backward(d.act, &c.pre, &c.post, dpre);
             let input = if d.norm.is_some() { &c.ln2.y } else { &c.mid };
-            matmul(&mut gb.w_in, input, dpre, dm, m, nq, true, false, false);
+            mm_tn(&mut gb.w_in, input, dpre, dm, m, nq);
             add_column_sums(&mut gb.b_in, dpre);
             if d.norm.is_some() {
                 let dn = sized(&mut ws.dnorm, nq * dm);
-                matmul(dn, dpre, &b.w_in, nq, dm, m, false, true, false);
+                mm_nt(dn, dpre, &b.w_in, nq, dm, m);
                 let [.., w, bias] = &mut gb.ln;
                 norm::backward(dn, &c.ln2, dm, weight(&b.ln[2..]), grads(w, bias), dmid);
             } else {
-                matmul(dmid, dpre, &b.w_in, nq, dm, m, false, true, true);
+                mm_nt_acc(dmid, dpre, &b.w_in, nq, dm, m);
             }
         }
         let dmid = &ws.dout[..nq * dm];
-        matmul(&mut gb.w_o, &c.z, dmid, hd, dm, nq, true, false, false);
+        mm_tn(&mut gb.w_o, &c.z, dmid, hd, dm, nq);
         add_column_sums(&mut gb.b_o, dmid);
         let dz = sized(&mut ws.dz, nq * hd);
-        matmul(dz, dmid, &b.w_o, nq, hd, dm, false, true, false);
-        // Attention backward.
+        mm_nt(dz, dmid, &b.w_o, nq, hd, dm);
         let first_q = seq - tq;
-        let scale = d.scale;
         let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
-        let mut ds = vec![0.0f32; seq];
-        let mut dq = vec![0.0f32; dh];
-        for r in 0..rows {
-            for qi in 0..tq {
-                let i = first_q + qi;
-                let keys = d.keys(i, seq);
-                for h in 0..nh {
-                    let p = &c.pattern[((r * tq + qi) * nh + h) * seq..][..seq];
-                    let dzh = &dz[(r * tq + qi) * hd + h * dh..][..dh];
-                    let mut weighted = 0.0;
-                    for j in 0..keys {
-                        let v = &c.qkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh];
-                        ds[j] = dot(dzh, v);
-                        weighted += p[j] * ds[j];
-                        axpy(
-                            &mut dqkv[(r * seq + j) * n3 + 2 * hd + h * dh..][..dh],
-                            p[j],
-                            dzh,
-                        );
-                    }
-                    let q_at = (r * seq + i) * n3 + h * dh;
-                    let q = &c.qkv[q_at..q_at + dh];
-                    dq.fill(0.0);
-                    for j in 0..keys {
-                        let dsj = p[j] * (ds[j] - weighted) * scale;
-                        let k_at = (r * seq + j) * n3 + hd + h * dh;
-                        axpy(&mut dq, dsj, &c.qkv[k_at..k_at + dh]);
-                        axpy(&mut dqkv[k_at..k_at + dh], dsj, q);
-                    }
-                    axpy(&mut dqkv[q_at..q_at + dh], 1.0, &dq);
-                }
-            }
-        }
+        attention_backward(d.attn(rows, seq, tq), &c.qkv, &c.pattern, dz, dqkv);
         // d(block input): the residual path plus, for later blocks, the Q/K/V projections.
         let dx = zeroed(&mut ws.dx, rows * seq * dm);
         for r in 0..rows {
@@ -1018,105 +810,39 @@ impl<'a> Prepared<'a> {
         if l > 0 || !d.lookup() {
             let input = if d.norm.is_some() { &c.ln1.y } else { &c.x };
             let n = rows * seq;
-            matmul(&mut gb.w_qkv, input, dqkv, dm, n3, n, true, false, false);
+            mm_tn(&mut gb.w_qkv, input, dqkv, dm, n3, n);
             if d.norm.is_some() {
                 let dn = sized(&mut ws.dnorm, n * dm);
-                matmul(dn, dqkv, &b.w_qkv, n, dm, n3, false, true, false);
+                mm_nt(dn, dqkv, &b.w_qkv, n, dm, n3);
                 let [w, bias, ..] = &mut gb.ln;
                 norm::backward(dn, &c.ln1, dm, weight(&b.ln), grads(w, bias), dx);
             } else {
-                matmul(dx, dqkv, &b.w_qkv, n, dm, n3, false, true, true);
+                mm_nt_acc(dx, dqkv, &b.w_qkv, n, dm, n3);
             }
             if l > 0 {
                 return;
             }
-            Self::scatter_embedding_grads(dx, tokens, seq, dm, g);
+            embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
             return;
         }
         // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
         let (dv, nctx) = (d.d_vocab, d.n_ctx);
         let g_tok = zeroed(&mut ws.g_tok, dv * n3);
         let g_pos = zeroed(&mut ws.g_pos, nctx * n3);
-        for (i, row) in dqkv.chunks_exact(n3).enumerate() {
-            let (tok, t) = (tokens[i] as usize, i % seq);
-            axpy(&mut g_tok[tok * n3..(tok + 1) * n3], 1.0, row);
-            axpy(&mut g_pos[t * n3..(t + 1) * n3], 1.0, row);
-        }
-        matmul(
-            &mut gb.w_qkv,
-            &self.w.w_e,
-            g_tok,
-            dm,
-            n3,
-            dv,
-            true,
-            false,
-            false,
-        );
-        matmul(
-            &mut gb.w_qkv,
-            &self.w.w_pos,
-            g_pos,
-            dm,
-            n3,
-            nctx,
-            true,
-            false,
-            true,
-        );
-        matmul(&mut g.w_e, g_tok, &b.w_qkv, dv, dm, n3, false, true, true);
-        matmul(
-            &mut g.w_pos,
-            g_pos,
-            &b.w_qkv,
-            nctx,
-            dm,
-            n3,
-            false,
-            true,
-            true,
-        );
-        Self::scatter_embedding_grads(dx, tokens, seq, dm, g);
-    }
-
-    /// Adds d(loss)/d(block 0's input) `dx` at every position to the rows of `W_E` (by token) and
-    /// `W_pos` (by position) it was read from.
-    #[inline(always)]
-    fn scatter_embedding_grads(dx: &[f32], tokens: &[u32], seq: usize, dm: usize, g: &mut Weights) {
-        for (i, row) in dx.chunks_exact(dm).enumerate() {
-            let (tok, t) = (tokens[i] as usize, i % seq);
-            axpy(&mut g.w_e[tok * dm..(tok + 1) * dm], 1.0, row);
-            axpy(&mut g.w_pos[t * dm..(t + 1) * dm], 1.0, row);
-        }
+        embed_backward(dqkv, n3, tokens, seq, g_tok, g_pos);
+        mm_tn(&mut gb.w_qkv, &self.w.w_e, g_tok, dm, n3, dv);
+        mm_tn_acc(&mut gb.w_qkv, &self.w.w_pos, g_pos, dm, n3, nctx);
+        mm_nt_acc(&mut g.w_e, g_tok, &b.w_qkv, dv, dm, n3);
+        mm_nt_acc(&mut g.w_pos, g_pos, &b.w_qkv, nctx, dm, n3);
+        embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
     }
 }
 
 /// The floor on ‖x‖ in BitNet's final RMSNorm (`F.normalize`'s eps).
 const RMS_MIN_NORM: f32 = 1e-12;
 
-/// Row i of `out` (`width` wide) = row `tokens[i]` of `per_token` + row `i % seq` of `per_position`:
-/// block 0's input, or its looked-up Q/K/V.
-#[inline(always)]
-fn token_plus_position(
-    out: &mut [f32],
-    width: usize,
-    tokens: &[u32],
-    seq: usize,
-    per_token: &[f32],
-    per_position: &[f32],
-) {
-    for (i, row) in out.chunks_exact_mut(width).enumerate() {
-        let (tok, t) = (tokens[i] as usize, i % seq);
-        let a = &per_token[tok * width..(tok + 1) * width];
-        let p = &per_position[t * width..(t + 1) * width];
-        row.iter_mut()
-            .zip(a.iter().zip(p))
-            .for_each(|(o, (x, y))| *o = x + y);
-    }
-}
-
 /// The transpose of a row-major `rows × cols` matrix.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(super) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; m.len()];
     for (i, row) in m.chunks_exact(cols).enumerate() {
         for (j, &v) in row.iter().enumerate() {
@@ -1124,29 +850,4 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     t
-}
-
-/// Dot product with eight independent partial sums, so the compiler can vectorise it.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// `y += alpha · x`.
-#[inline(always)]
-fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(o, v)| *o += alpha * v);
 }
