@@ -1,6 +1,7 @@
 //! groklens: train small networks on algorithmic tasks until they grok, then take them apart.
 //!
-//! Layers, from the bottom; each module imports only modules listed below it:
+//! Layers, from the top; each module imports only modules listed below it (unit tests may use a
+//! preset from above):
 //!
 //! ```text
 //! cli (main.rs)          parses arguments, calls `api`, prints
@@ -16,8 +17,10 @@
 //! presets                named configurations
 //! config                 the run configuration (task + model + train), TOML, overrides
 //! optim                  AdamW (= torch), gradient clipping
-//! engine                 the Engine trait and selection; candle (general) and fast (hand-written)
-//! model                  families: config, typed parameter tree, forward pass with hook points
+//! engine                 the Engine trait and one plan-or-reason selection; candle (general) and
+//!                        fast (hand-written forward/backward op pairs)
+//! model                  the Family trait; transformer/, mlp/, bitnet/ each own their config,
+//!                        parameter tree, hook tree (names + axes), init and candle forward
 //! tasks                  algorithmic tasks, token layouts, splits
 //! linalg, tensor_io      small dense matrices and kernels; safetensors I/O
 //! rng                    PyTorch's CPU generator bit for bit (splits, init, shuffles); ChaCha kept

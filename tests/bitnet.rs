@@ -5,7 +5,10 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{fixture, fixture_labels, fixture_tokens, max_abs_diff, values};
+use common::{
+    family_params, fixture, fixture_labels, fixture_tokens, last_position_batch, max_abs_diff,
+    values, want,
+};
 use groklens::engine::{Batch, CandleEngine, Engine, FastEngine};
 use groklens::interp::{Interp, Names};
 use groklens::model::bitnet::{quant, AttnScale, Residual};
@@ -31,16 +34,7 @@ fn config(quant: Quant) -> BitNetConfig {
 }
 
 fn params(quant: Quant, f: &TensorFile, prefix: &str) -> Params {
-    Params::from_tensor_map(
-        &config(quant).tree().specs,
-        |n| f.get(&format!("{prefix}{n}")),
-        "fixture",
-    )
-    .unwrap()
-}
-
-fn want(f: &TensorFile, name: &str) -> Vec<f32> {
-    f.get(name).unwrap().to_f32(name).unwrap()
+    family_params(&ModelConfig::BitNet(config(quant)), f, prefix)
 }
 
 /// The candle engine and the fast one on 1 and 3 threads.
@@ -54,7 +48,7 @@ fn engines(quant: Quant) -> Vec<Box<dyn Engine>> {
 }
 
 fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
-    Batch::new(tokens, labels, 3, Target::LastPosition)
+    last_position_batch(tokens, labels, 3)
 }
 
 #[test]

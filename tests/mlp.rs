@@ -4,7 +4,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{fixture, fixture_labels, fixture_tokens, max_abs_diff, values};
+use common::{
+    family_params, fixture, fixture_labels, fixture_tokens, last_position_batch, max_abs_diff,
+    values, want,
+};
 use groklens::engine::loss::cross_entropy_f64;
 use groklens::engine::{Batch, CandleEngine, Engine, FastMlpEngine};
 use groklens::interp::{HookSet, Interp, Names};
@@ -12,7 +15,6 @@ use groklens::model::{HookedModel, MlpConfig, MlpModel, ModelConfig, NoHooks, Pa
 use groklens::optim::{AdamW, AdamWConfig};
 use groklens::presets::preset;
 use groklens::rng::RngKind;
-use groklens::tasks::Target;
 use groklens::tensor_io::TensorFile;
 use groklens::train::Trainer;
 
@@ -28,20 +30,11 @@ fn config() -> MlpConfig {
 }
 
 fn params(f: &TensorFile, prefix: &str) -> Params {
-    Params::from_tensor_map(
-        &config().tree().specs,
-        |n| f.get(&format!("{prefix}{n}")),
-        FILE,
-    )
-    .unwrap()
-}
-
-fn want(f: &TensorFile, name: &str) -> Vec<f32> {
-    f.get(name).unwrap().to_f32(name).unwrap()
+    family_params(&ModelConfig::Mlp(config()), f, prefix)
 }
 
 fn batch<'a>(tokens: &'a [u32], labels: &'a [u32]) -> Batch<'a> {
-    Batch::new(tokens, labels, 4, Target::LastPosition)
+    last_position_batch(tokens, labels, 4)
 }
 
 #[test]

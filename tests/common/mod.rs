@@ -7,7 +7,11 @@ pub mod bin;
 use std::path::PathBuf;
 
 use candle_core::Tensor;
-use groklens::model::{ActFn, HookedTransformer, Params, PositionalEmbedding, TransformerConfig};
+use groklens::engine::Batch;
+use groklens::model::{
+    ActFn, HookedTransformer, ModelConfig, Params, PositionalEmbedding, TransformerConfig,
+};
+use groklens::tasks::Target;
 use groklens::tensor_io::{self, TensorFile};
 
 /// A fixture file from `tests/fixtures/`.
@@ -27,15 +31,29 @@ pub fn fixture_config(f: &TensorFile) -> TransformerConfig {
     cfg
 }
 
-/// The `param.*` tensors of a fixture as a parameter store.
+/// The `param.*` tensors of a TransformerLens fixture as a parameter store.
 pub fn fixture_params(f: &TensorFile, prefix: &str) -> Params {
-    let cfg = fixture_config(f);
+    family_params(&ModelConfig::Transformer(fixture_config(f)), f, prefix)
+}
+
+/// The `{prefix}{name}` tensors of a fixture as the parameters of `cfg`, any family.
+pub fn family_params(cfg: &ModelConfig, f: &TensorFile, prefix: &str) -> Params {
     Params::from_tensor_map(
         &cfg.param_specs(),
         |n| f.get(&format!("{prefix}{n}")),
         "fixture",
     )
     .unwrap()
+}
+
+/// A fixture tensor's values as f32.
+pub fn want(f: &TensorFile, name: &str) -> Vec<f32> {
+    f.get(name).unwrap().to_f32(name).unwrap()
+}
+
+/// A batch of rows of `seq` tokens scored at the last position.
+pub fn last_position_batch<'a>(tokens: &'a [u32], labels: &'a [u32], seq: usize) -> Batch<'a> {
+    Batch::new(tokens, labels, seq, Target::LastPosition)
 }
 
 /// Largest absolute difference between two equally long slices.
