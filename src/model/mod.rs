@@ -4,6 +4,7 @@
 //! are what the layers above take.
 
 pub mod bitnet;
+pub mod candle;
 pub mod config;
 pub mod family;
 pub mod hooks;

@@ -3,28 +3,31 @@
 //! straight-through gradient: the value is exactly the quantized weight, the gradient reaches the
 //! latent weight through its centring (so d/dW = g − mean(g)).
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{Tensor, Var, D};
 
 use crate::error::Result;
 use crate::model::bitnet::{quant, BitBlockSlots, BitNetConfig, BitNetTree, Residual};
+use crate::model::candle::{CandleModel, HasTree};
 use crate::model::hooks::{AttnHooks, Hook, HookTree, Hooks};
-use crate::model::params::{CandleWeights, Params, Slot};
+use crate::model::params::{ParamSpec, Params, Slot};
 use crate::model::transformer::forward::{apply_causal_mask, head_results, softmax_last};
 use crate::model::{HookedModel, LogitPositions};
 
 /// A BitNet transformer whose weights are candle tensors copied from a [`Params`] store, with every
-/// BitLinear's quantized weight formed once at construction.
-pub struct BitNetModel {
-    /// Architecture.
-    pub cfg: BitNetConfig,
-    /// Where each parameter sits.
-    pub tree: BitNetTree,
-    /// Every hook point, with its axes.
-    pub hook_tree: HookTree,
-    weights: Vec<Tensor>,
-    /// The weight each BitLinear uses, per slot (`None` for the full-precision parameters).
-    quantized: Vec<Option<Tensor>>,
-    device: Device,
+/// BitLinear's quantized weight formed once at construction (per slot; `None` for the full-precision
+/// parameters).
+pub type BitNetModel = CandleModel<BitNetConfig, Vec<Option<Tensor>>>;
+
+impl HasTree for BitNetConfig {
+    type Tree = BitNetTree;
+
+    fn param_tree(&self) -> BitNetTree {
+        self.tree()
+    }
+
+    fn specs(tree: &BitNetTree) -> &[ParamSpec] {
+        &tree.specs
+    }
 }
 
 impl BitNetModel {
@@ -39,37 +42,22 @@ impl BitNetModel {
         params: &Params,
         trainable: impl Fn(Slot) -> bool,
     ) -> Result<(Self, Vec<(Slot, Var)>)> {
-        let tree = cfg.tree();
-        let device = Device::Cpu;
-        let CandleWeights { tensors, vars } =
-            CandleWeights::new(&tree.specs, params, &device, trainable)?;
-        let mut quantized = vec![None; tree.specs.len()];
-        for (_, _, slot) in tree.bit_linears() {
-            let q = quant::effective(&params[slot], cfg.quant, cfg.weight_scale);
-            let shape = tree.specs[slot.index()].shape.as_slice();
-            quantized[slot.index()] = Some(Tensor::from_vec(q, shape, &device)?);
-        }
-        let model = BitNetModel {
-            cfg: cfg.clone(),
-            tree,
-            hook_tree: cfg.hooks(),
-            weights: tensors,
-            quantized,
-            device,
-        };
-        Ok((model, vars))
-    }
-
-    /// The tensor in `slot` (the latent weight, for BitLinear slots).
-    pub fn w(&self, slot: Slot) -> &Tensor {
-        &self.weights[slot.index()]
+        Self::build(cfg, params, trainable, |cfg, tree, device| {
+            let mut quantized = vec![None; tree.specs.len()];
+            for (_, _, slot) in tree.bit_linears() {
+                let q = quant::effective(&params[slot], cfg.quant, cfg.weight_scale);
+                let shape = tree.specs[slot.index()].shape.as_slice();
+                quantized[slot.index()] = Some(Tensor::from_vec(q, shape, device)?);
+            }
+            Ok(quantized)
+        })
     }
 
     /// The weight the BitLinear in `slot` uses, `[out, in]`: the quantized value, with the
     /// straight-through gradient to the latent weight.
     pub fn bit_weight(&self, slot: Slot) -> Result<Tensor> {
         let w = self.w(slot);
-        let q = self.quantized[slot.index()]
+        let q = self.extra[slot.index()]
             .as_ref()
             .expect("bit_weight is asked only for BitLinear slots");
         Ok(q.add(&straight_through(&w.broadcast_sub(&w.mean_all()?)?)?)?)
@@ -101,7 +89,7 @@ impl BitNetModel {
         let width = x.dim(D::Minus1)?;
         let mut values = x.flatten_all()?.to_vec1::<f32>()?;
         quant::quantize_activations(&mut values, width, self.cfg.act_bits);
-        let q = Tensor::from_vec(values, x.shape(), &self.device)?;
+        let q = Tensor::from_vec(values, x.shape(), self.device())?;
         Ok(q.add(&straight_through(x)?)?)
     }
 
@@ -206,8 +194,7 @@ impl HookedModel for BitNetModel {
     }
 
     fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        let pos = self.cfg.check_tokens(tokens, batch)?;
-        Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
+        CandleModel::tokens_tensor(self, tokens, batch)
     }
 
     /// Logits `[batch, pos, d_vocab_out]` (`pos` = 1 for [`LogitPositions::Last`], where the last

@@ -1,58 +1,32 @@
 //! The MLP's forward pass on candle tensors, computed as seed 002's `nn.Sequential`, with hook points.
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::Tensor;
 
 use crate::error::{GrokError, Result};
+use crate::model::candle::{CandleModel, HasTree};
 use crate::model::hooks::{HookTree, Hooks};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
-use crate::model::params::{CandleWeights, Params, Slot};
+use crate::model::params::ParamSpec;
 use crate::model::transformer::config::ActFn;
 use crate::model::transformer::forward::LogitPositions;
 use crate::model::HookedModel;
 
 /// An MLP whose weights are candle tensors copied from a [`Params`] store.
-pub struct MlpModel {
-    /// Architecture.
-    pub cfg: MlpConfig,
-    /// Where each parameter sits.
-    pub tree: MlpTree,
-    /// Every hook point, with its axes.
-    pub hook_tree: HookTree,
-    weights: Vec<Tensor>,
-    device: Device,
+pub type MlpModel = CandleModel<MlpConfig>;
+
+impl HasTree for MlpConfig {
+    type Tree = MlpTree;
+
+    fn param_tree(&self) -> MlpTree {
+        self.tree()
+    }
+
+    fn specs(tree: &MlpTree) -> &[ParamSpec] {
+        &tree.specs
+    }
 }
 
 impl MlpModel {
-    /// Wraps `params` as constant tensors.
-    pub fn new(cfg: &MlpConfig, params: &Params) -> Result<Self> {
-        Ok(Self::with_vars(cfg, params, |_| false)?.0)
-    }
-
-    /// Wraps `params`, making the slots `trainable` accepts into [`Var`]s.
-    pub fn with_vars(
-        cfg: &MlpConfig,
-        params: &Params,
-        trainable: impl Fn(Slot) -> bool,
-    ) -> Result<(Self, Vec<(Slot, Var)>)> {
-        let tree = cfg.tree();
-        let device = Device::Cpu;
-        let CandleWeights { tensors, vars } =
-            CandleWeights::new(&tree.specs, params, &device, trainable)?;
-        let model = MlpModel {
-            cfg: cfg.clone(),
-            tree,
-            hook_tree: cfg.hooks(),
-            weights: tensors,
-            device,
-        };
-        Ok((model, vars))
-    }
-
-    /// The tensor in `slot`.
-    pub fn w(&self, slot: Slot) -> &Tensor {
-        &self.weights[slot.index()]
-    }
-
     /// `x·Wᵀ + b` (PyTorch `nn.Linear`).
     fn linear(&self, x: &Tensor, l: &LinearSlots) -> Result<Tensor> {
         Ok(x.matmul(&self.w(l.weight).t()?)?
@@ -70,8 +44,7 @@ impl HookedModel for MlpModel {
     }
 
     fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        let pos = self.cfg.check_tokens(tokens, batch)?;
-        Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
+        CandleModel::tokens_tensor(self, tokens, batch)
     }
 
     /// Logits `[batch, 1, d_vocab_out]`: the MLP has one output per row, read like a transformer's

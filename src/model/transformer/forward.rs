@@ -1,11 +1,12 @@
 //! The `HookedTransformer` forward pass on candle tensors, computed exactly as TransformerLens 2.18 does.
 //! Each TransformerLens hook point is a named step that passes through [`Hooks`].
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{DType, Tensor, D};
 
 use crate::error::{GrokError, Result};
+use crate::model::candle::{CandleModel, HasTree};
 use crate::model::hooks::{AttnHooks, HookTree, Hooks, MlpHooks, NormHooks};
-use crate::model::params::{CandleWeights, Params, Slot};
+use crate::model::params::{ParamSpec, Slot};
 use crate::model::transformer::config::{
     ActFn, Normalization, PositionalEmbedding, TransformerConfig,
 };
@@ -23,64 +24,30 @@ pub enum LogitPositions {
     Last,
 }
 
-/// A transformer whose weights are candle tensors borrowed from a [`Params`] store.
-pub struct HookedTransformer {
-    /// Architecture.
-    pub cfg: TransformerConfig,
-    /// Where each parameter sits.
-    pub tree: TransformerTree,
-    /// Every hook point, with its axes.
-    pub hook_tree: HookTree,
-    weights: Vec<Tensor>,
-    device: Device,
+/// A transformer whose weights are candle tensors copied from a [`Params`] store.
+pub type HookedTransformer = CandleModel<TransformerConfig>;
+
+impl HasTree for TransformerConfig {
+    type Tree = TransformerTree;
+
+    fn param_tree(&self) -> TransformerTree {
+        self.tree()
+    }
+
+    fn specs(tree: &TransformerTree) -> &[ParamSpec] {
+        &tree.specs
+    }
 }
 
 impl HookedTransformer {
-    /// Wraps `params` as constant tensors (no gradients).
-    pub fn new(cfg: &TransformerConfig, params: &Params) -> Result<Self> {
-        Ok(Self::with_vars(cfg, params, |_| false)?.0)
-    }
-
-    /// Wraps `params`, making the slots `trainable` accepts into [`Var`]s whose gradients `backward`
-    /// keeps.
-    pub fn with_vars(
-        cfg: &TransformerConfig,
-        params: &Params,
-        trainable: impl Fn(Slot) -> bool,
-    ) -> Result<(Self, Vec<(Slot, Var)>)> {
-        let tree = cfg.tree();
-        let device = Device::Cpu;
-        let CandleWeights { tensors, vars } =
-            CandleWeights::new(&tree.specs, params, &device, trainable)?;
-        let model = HookedTransformer {
-            cfg: cfg.clone(),
-            tree,
-            hook_tree: cfg.hooks(),
-            weights: tensors,
-            device,
-        };
-        Ok((model, vars))
-    }
-
-    /// The tensor in `slot`.
-    pub fn w(&self, slot: Slot) -> &Tensor {
-        &self.weights[slot.index()]
-    }
-
     /// The weight called `name` (a TransformerLens state_dict name).
     pub fn weight(&self, name: &str) -> Result<&Tensor> {
         self.tree
             .specs
             .iter()
             .position(|s| s.name == name)
-            .map(|i| &self.weights[i])
+            .map(|i| self.weight_at(i))
             .ok_or_else(|| GrokError::tensor(name, "no such parameter in this model"))
-    }
-
-    /// Token ids `[batch, pos]` as a candle tensor, checked against the vocabulary and context length.
-    pub fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        let pos = self.cfg.check_tokens(tokens, batch)?;
-        Ok(Tensor::from_slice(tokens, (batch, pos), &self.device)?)
     }
 
     /// Runs the model on `tokens [batch, pos]` (u32) and returns logits.
@@ -140,7 +107,7 @@ impl HookedTransformer {
         let embed = h.apply(hooks, h.embed, embed)?;
         let pos_embed = match self.cfg.positional_embedding_type {
             PositionalEmbedding::Standard => self.w(self.tree.pos).narrow(0, 0, pos)?,
-            PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, &self.device)?,
+            PositionalEmbedding::None => Tensor::zeros((pos, d_model), DType::F32, self.device())?,
         };
         let pos_embed = pos_embed
             .unsqueeze(0)?
@@ -311,7 +278,7 @@ impl HookedModel for HookedTransformer {
     }
 
     fn tokens_tensor(&self, tokens: &[u32], batch: usize) -> Result<Tensor> {
-        HookedTransformer::tokens_tensor(self, tokens, batch)
+        CandleModel::tokens_tensor(self, tokens, batch)
     }
 
     fn forward(
