@@ -69,20 +69,19 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         test_ms.push(s.elapsed().as_secs_f64() * 1e3);
     }
     let (n_train, n_test) = t.rows();
-    let m = &cfg.model;
-    let fast = (t.engine_name() == "fast").then(|| cfg.task.target());
+    let fast = t.engine_name() == "fast";
     let batch = cfg.train.batch_rows(n_train);
     let steps: Vec<usize> = (0..n_train)
         .step_by(batch)
         .map(|s| batch.min(n_train - s))
         .collect();
     // A train step is counted as three forwards (forward, backward to activations and to weights).
-    let epoch = |fast: Option<crate::tasks::Target>| {
+    let epoch = |fast: bool| {
         steps
             .iter()
-            .map(|&rows| 3.0 * m.forward_flops(rows, fast))
+            .map(|&rows| 3.0 * forward_flops(cfg, fast, rows))
             .sum::<f64>()
-            + m.forward_flops(n_test, fast)
+            + forward_flops(cfg, fast, n_test)
     };
     Ok(BenchReport {
         engine: t.engine_name(),
@@ -91,10 +90,20 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         test_forward_ms: median(test_ms),
         steps: steps.len(),
         batch,
-        epoch_flops_full: epoch(None),
+        epoch_flops_full: epoch(false),
         epoch_flops_performed: epoch(fast),
         matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
     })
+}
+
+/// FLOPs of one forward pass over `rows`: as the fast engine's plan performs them when `fast` (the
+/// fast engine ran), as the Python reference computes them otherwise.
+fn forward_flops(cfg: &RunConfig, fast: bool, rows: usize) -> f64 {
+    let target = cfg.task.target();
+    match crate::engine::fast::plan(&cfg.model, target) {
+        Ok(plan) if fast => plan.forward_flops(rows, target),
+        _ => cfg.model.reference_flops(rows),
+    }
 }
 
 /// Train sets above this many rows are timed per million rows on micro-batch samples
@@ -155,8 +164,7 @@ pub fn bench_rows(cfg: &RunConfig, iters: usize) -> Result<RowsBenchReport> {
         pass_rows = s.train_rows;
     }
     let million = 1_000_000;
-    let fast = (t.engine_name() == "fast").then(|| cfg.task.target());
-    let m = &cfg.model;
+    let fast = t.engine_name() == "fast";
     Ok(RowsBenchReport {
         engine: t.engine_name(),
         threads: crate::engine::thread_count(cfg.train.threads),
@@ -165,8 +173,8 @@ pub fn bench_rows(cfg: &RunConfig, iters: usize) -> Result<RowsBenchReport> {
         test_ms_per_million: median(test),
         rows: t.rows(),
         train_flops_per_million: (
-            3.0 * m.forward_flops(million, None),
-            3.0 * m.forward_flops(million, fast),
+            3.0 * forward_flops(cfg, false, million),
+            3.0 * forward_flops(cfg, fast, million),
         ),
         matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
     })

@@ -15,7 +15,6 @@ use crate::model::mlp::MlpConfig;
 use crate::model::params::{ParamSpec, Params, Slot};
 use crate::model::transformer::{LogitPositions, TransformerConfig};
 use crate::rng::TorchGenerator;
-use crate::tasks::Target;
 
 /// A built model: its forward pass and its hook points.
 pub trait HookedModel {
@@ -150,10 +149,10 @@ impl ModelConfig {
         self.family().describe()
     }
 
-    /// FLOPs of one forward pass over `batch` rows: as computed by the fast engine for a loss at
-    /// `fast`'s positions when given, as the reference computes it (every position) otherwise.
-    pub fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64 {
-        self.family().forward_flops(batch, fast)
+    /// FLOPs of one forward pass over `batch` rows as the Python reference computes it (every
+    /// matmul at every position).
+    pub fn reference_flops(&self, batch: usize) -> f64 {
+        self.family().reference_flops(batch)
     }
 
     /// The initial values, in slot order, that the family's PyTorch reference draws from `gen`.

@@ -11,7 +11,6 @@ use crate::model::hooks::HookTree;
 use crate::model::params::{ParamSpec, Params, Slot};
 use crate::model::HookedModel;
 use crate::rng::TorchGenerator;
-use crate::tasks::Target;
 
 /// A built model with the [`Var`]s of its trainable parameters.
 pub type ModelWithVars = (Box<dyn HookedModel>, Vec<(Slot, Var)>);
@@ -56,9 +55,10 @@ pub trait Family {
         trainable: &dyn Fn(Slot) -> bool,
     ) -> Result<ModelWithVars>;
 
-    /// FLOPs of one forward pass over `batch` rows: as the fast engine computes it for a loss at
-    /// `fast`'s positions when given, as the reference computes it (every position) otherwise.
-    fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64;
+    /// FLOPs (2 per multiply-add) of one forward pass over `batch` rows as the Python reference
+    /// computes it: every matmul at every position (the fast engine's own count is
+    /// `engine::fast::FastPlan::forward_flops`).
+    fn reference_flops(&self, batch: usize) -> f64;
 
     /// f32 values one input row produces across every hook point.
     fn activation_floats_per_row(&self) -> f64;

@@ -13,6 +13,7 @@
 //! `forward`) dispatch, and everything they call is `#[inline(always)]` so it is compiled into both.
 
 pub mod bitnet;
+pub mod flops;
 pub mod mlp;
 pub mod norm;
 pub mod ops;

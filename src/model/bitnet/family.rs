@@ -7,7 +7,6 @@ use crate::model::family::{fill, tagged, Family, ModelWithVars};
 use crate::model::hooks::HookTree;
 use crate::model::params::{ParamSpec, Params, Slot};
 use crate::rng::TorchGenerator;
-use crate::tasks::Target;
 
 impl Family for BitNetConfig {
     fn name(&self) -> &'static str {
@@ -69,11 +68,8 @@ impl Family for BitNetConfig {
         Ok((Box::new(m), v))
     }
 
-    fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64 {
-        match fast {
-            Some(t) => self.forward_flops_fast(batch, t == Target::PreviousToken),
-            None => BitNetConfig::forward_flops(self, batch),
-        }
+    fn reference_flops(&self, batch: usize) -> f64 {
+        BitNetConfig::forward_flops(self, batch)
     }
 
     fn activation_floats_per_row(&self) -> f64 {

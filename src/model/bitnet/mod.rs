@@ -367,29 +367,6 @@ impl BitNetConfig {
         check_rows(tokens, batch, self.n_ctx, self.d_vocab)
     }
 
-    /// FLOPs of the fast engine's forward pass (the transformer engine's passes: block 0's Q/K/V
-    /// looked up, the last block after attention at the last position only).
-    pub fn forward_flops_fast(&self, batch: usize, per_position: bool) -> f64 {
-        let shape = [
-            self.n_layers,
-            self.n_ctx,
-            self.d_model,
-            self.n_heads,
-            self.d_head(),
-            self.d_mlp,
-        ];
-        let passes = crate::model::transformer::config::FastPasses {
-            lookup: true,
-            per_position,
-        };
-        crate::model::transformer::config::fast_forward_flops(
-            shape,
-            self.d_vocab_out,
-            batch,
-            passes,
-        )
-    }
-
     /// Multiply-add FLOPs of one forward pass over `batch` rows of `n_ctx` tokens, every position.
     pub fn forward_flops(&self, batch: usize) -> f64 {
         let (s, d, f) = (self.n_ctx as f64, self.d_model as f64, self.d_mlp as f64);
@@ -461,26 +438,6 @@ mod tests {
         assert!(e.to_string().contains("n_ctx = 3"), "{e}");
         let e = resolved().check_tokens(&[1, 2, 114], 1).unwrap_err();
         assert!(e.to_string().contains("114"), "{e}");
-    }
-
-    #[test]
-    fn the_fast_pass_costs_what_the_same_shaped_transformer_costs() {
-        let tl = crate::model::TransformerConfig {
-            d_vocab: 114,
-            d_vocab_out: 113,
-            n_ctx: 3,
-            ..crate::model::TransformerConfig::grokking_demo()
-        };
-        let bitnet = resolved();
-        for per_position in [false, true] {
-            assert_eq!(
-                bitnet.forward_flops_fast(3830, per_position),
-                tl.forward_flops_fast(3830, per_position)
-            );
-        }
-        // The last position only, Q/K/V looked up: about a quarter of every position's work.
-        let ratio = bitnet.forward_flops(3830) / bitnet.forward_flops_fast(3830, false);
-        assert!((3.0..4.5).contains(&ratio), "{ratio}");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use crate::model::hooks::HookTree;
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpModel};
 use crate::model::params::{ParamSpec, Params, Slot};
 use crate::rng::TorchGenerator;
-use crate::tasks::Target;
 
 impl Family for MlpConfig {
     fn name(&self) -> &'static str {
@@ -85,11 +84,8 @@ impl Family for MlpConfig {
         Ok((Box::new(m), v))
     }
 
-    fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64 {
-        match fast {
-            Some(_) => self.forward_flops_fast(batch),
-            None => MlpConfig::forward_flops(self, batch),
-        }
+    fn reference_flops(&self, batch: usize) -> f64 {
+        MlpConfig::forward_flops(self, batch)
     }
 
     fn activation_floats_per_row(&self) -> f64 {

@@ -181,17 +181,6 @@ impl MlpConfig {
         Ok(self.n_ctx)
     }
 
-    /// FLOPs of one forward pass over `batch` rows as the fast engine computes it: the first hidden
-    /// layer from per-position tables when the vocabulary is smaller than the batch.
-    pub fn forward_flops_fast(&self, batch: usize) -> f64 {
-        if self.n_hidden == 0 || self.d_vocab >= batch {
-            return self.forward_flops(batch);
-        }
-        let tables = 2.0 * (self.n_ctx * self.d_vocab * self.d_embed * self.d_hidden) as f64;
-        let first = 2.0 * (self.d_input() * self.d_hidden) as f64 * batch as f64;
-        tables + self.forward_flops(batch) - first
-    }
-
     /// Multiply-add FLOPs of one forward pass over `batch` rows.
     pub fn forward_flops(&self, batch: usize) -> f64 {
         let mut d_in = self.d_input();

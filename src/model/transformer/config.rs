@@ -363,68 +363,6 @@ impl TransformerConfig {
             + if self.attn_only { 0.0 } else { 2.0 * rows * dm * self.d_mlp as f64 * 2.0 };
         self.n_layers as f64 * per_block + 2.0 * rows * dm * self.d_vocab_out as f64
     }
-
-    /// FLOPs the fast engine performs for one forward pass: block 0's Q/K/V come from per-token
-    /// tables when no LayerNorm reads the embedding, and with a last-position loss (`per_position`
-    /// false) the last block's output projection, MLP and unembedding run at the last position only.
-    pub fn forward_flops_fast(&self, batch: usize, per_position: bool) -> f64 {
-        let mlp = if self.attn_only { 0 } else { self.d_mlp };
-        fast_forward_flops(
-            [
-                self.n_layers,
-                self.n_ctx,
-                self.d_model,
-                self.n_heads,
-                self.d_head,
-                mlp,
-            ],
-            self.d_vocab_out,
-            batch,
-            FastPasses {
-                lookup: self.normalization_type.is_none(),
-                per_position,
-            },
-        )
-    }
-}
-
-/// Which shortcuts the fast engine's passes take.
-#[derive(Debug, Clone, Copy)]
-pub struct FastPasses {
-    /// Block 0's Q/K/V looked up per token and position (no LayerNorm reads the embedding).
-    pub lookup: bool,
-    /// Every position's output is needed (a loss at every position), so the last block runs
-    /// everywhere.
-    pub per_position: bool,
-}
-
-/// FLOPs of the fast engine's forward pass over `batch` rows for a model of
-/// `[n_layers, n_ctx, d_model, n_heads, d_head, d_mlp]` (`d_mlp` 0 without MLPs) with `d_vocab_out`
-/// outputs (see [`TransformerConfig::forward_flops_fast`]; the BitNet family runs the same passes).
-pub fn fast_forward_flops(
-    shape: [usize; 6],
-    d_vocab_out: usize,
-    batch: usize,
-    passes: FastPasses,
-) -> f64 {
-    let [_, n_ctx, d_model, n_heads, d_head, d_mlp] = shape.map(|x| x as f64);
-    let (b, hd) = (batch as f64, n_heads * d_head);
-    let out_rows = if passes.per_position { b * n_ctx } else { b };
-    let mlp = 2.0 * d_model * d_mlp * 2.0;
-    let mut f = 0.0;
-    for l in 0..shape[0] {
-        let last = l + 1 == shape[0];
-        let q_rows = if last { out_rows } else { b * n_ctx };
-        let qkv = if l == 0 && passes.lookup {
-            0.0
-        } else {
-            2.0 * b * n_ctx * d_model * hd * 3.0
-        };
-        f += qkv
-            + 2.0 * q_rows * n_ctx * d_head * n_heads * 2.0
-            + q_rows * (2.0 * hd * d_model + mlp);
-    }
-    f + 2.0 * out_rows * d_model * d_vocab_out as f64
 }
 
 #[cfg(test)]

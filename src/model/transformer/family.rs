@@ -7,7 +7,6 @@ use crate::model::hooks::HookTree;
 use crate::model::params::{Init, ParamSpec, Params, Slot};
 use crate::model::transformer::{HookedTransformer, TransformerConfig};
 use crate::rng::TorchGenerator;
-use crate::tasks::Target;
 
 impl Family for TransformerConfig {
     fn name(&self) -> &'static str {
@@ -79,13 +78,8 @@ impl Family for TransformerConfig {
         Ok((Box::new(m), v))
     }
 
-    /// The fast engine, for a last-position loss: last block at the last position only, block 0's
-    /// Q/K/V looked up without LayerNorm.
-    fn forward_flops(&self, batch: usize, fast: Option<Target>) -> f64 {
-        match fast {
-            Some(t) => self.forward_flops_fast(batch, t == Target::PreviousToken),
-            None => self.forward_flops_full(batch),
-        }
+    fn reference_flops(&self, batch: usize) -> f64 {
+        self.forward_flops_full(batch)
     }
 
     fn activation_floats_per_row(&self) -> f64 {
