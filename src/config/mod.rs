@@ -243,7 +243,7 @@ impl RunConfig {
                 "must be a finite number (NaN and infinity are never valid settings)",
             ));
         }
-        let families = ["transformer", "mlp", "bitnet"];
+        let families = crate::model::config::FAMILY_NAMES;
         if key == "model.family"
             && value
                 .as_str()

@@ -38,36 +38,76 @@ pub trait HookedModel {
         -> Result<Tensor>;
 }
 
-/// Which family a model is, with its architecture and init.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelConfig {
+/// Declares [`ModelConfig`] over the registered families, with the delegation and serde that need
+/// one arm per family: adding a family is one line in the invocation below.
+macro_rules! families {
+    ($($(#[$doc:meta])* $variant:ident($config:ty) = $name:literal,)+) => {
+        /// Which family a model is, with its architecture and init.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum ModelConfig {
+            $($(#[$doc])* $variant($config),)+
+        }
+
+        /// Every family's `model.family` name, the first the default.
+        pub const FAMILY_NAMES: &[&str] = &[$($name),+];
+
+        impl ModelConfig {
+            /// The family behind this config: every question about the architecture goes to it.
+            pub fn family(&self) -> &dyn Family {
+                match self {
+                    $(ModelConfig::$variant(c) => c,)+
+                }
+            }
+
+            /// The family, to change.
+            pub fn family_mut(&mut self) -> &mut dyn Family {
+                match self {
+                    $(ModelConfig::$variant(c) => c,)+
+                }
+            }
+
+            /// The config of family `family` from its fields (without `family`).
+            fn from_family_fields(
+                family: &str,
+                fields: serde_json::Value,
+            ) -> std::result::Result<Self, String> {
+                let parsed = match family {
+                    $($name => serde_json::from_value(fields).map(ModelConfig::$variant),)+
+                    other => {
+                        return Err(format!("unknown model family `{other}`: {}", families_text()))
+                    }
+                };
+                parsed.map_err(|e| e.to_string())
+            }
+        }
+
+        impl Serialize for ModelConfig {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                let name = self.family_name();
+                match self {
+                    $(ModelConfig::$variant(c) => tagged(c, name).serialize(s),)+
+                }
+            }
+        }
+    };
+}
+
+families! {
     /// TransformerLens's `HookedTransformer` (seeds 000, 001, 003, 004).
-    Transformer(TransformerConfig),
+    Transformer(TransformerConfig) = "transformer",
     /// Seed 002's MLP on concatenated token embeddings.
-    Mlp(MlpConfig),
+    Mlp(MlpConfig) = "mlp",
     /// Seed 004's binarized or ternary BitNet transformer.
-    BitNet(BitNetConfig),
+    BitNet(BitNetConfig) = "bitnet",
+}
+
+/// What `model.family` accepts, for messages.
+fn families_text() -> String {
+    let quoted: Vec<String> = FAMILY_NAMES.iter().map(|n| format!("\"{n}\"")).collect();
+    format!("one of {} (the first is the default)", quoted.join(", "))
 }
 
 impl ModelConfig {
-    /// The family behind this config: every question about the architecture goes to it.
-    pub fn family(&self) -> &dyn Family {
-        match self {
-            ModelConfig::Transformer(c) => c,
-            ModelConfig::Mlp(c) => c,
-            ModelConfig::BitNet(c) => c,
-        }
-    }
-
-    /// The family, to change.
-    pub fn family_mut(&mut self) -> &mut dyn Family {
-        match self {
-            ModelConfig::Transformer(c) => c,
-            ModelConfig::Mlp(c) => c,
-            ModelConfig::BitNet(c) => c,
-        }
-    }
-
     /// The family's name as `model.family` writes it.
     pub fn family_name(&self) -> &'static str {
         self.family().name()
@@ -259,35 +299,6 @@ impl ModelConfig {
             }
         }
     }
-
-    /// The config of family `family` from its fields (without `family`); the one place a family
-    /// is registered.
-    fn from_family_fields(
-        family: &str,
-        fields: serde_json::Value,
-    ) -> std::result::Result<Self, String> {
-        let parsed = match family {
-            "transformer" => serde_json::from_value(fields).map(ModelConfig::Transformer),
-            "mlp" => serde_json::from_value(fields).map(ModelConfig::Mlp),
-            "bitnet" => serde_json::from_value(fields).map(ModelConfig::BitNet),
-            other => return Err(format!("unknown model family `{other}`: {FAMILIES}")),
-        };
-        parsed.map_err(|e| e.to_string())
-    }
-}
-
-/// What `model.family` accepts.
-const FAMILIES: &str = "one of \"transformer\" (default), \"mlp\", \"bitnet\"";
-
-impl Serialize for ModelConfig {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let name = self.family_name();
-        match self {
-            ModelConfig::Transformer(c) => tagged(c, name).serialize(s),
-            ModelConfig::Mlp(c) => tagged(c, name).serialize(s),
-            ModelConfig::BitNet(c) => tagged(c, name).serialize(s),
-        }
-    }
 }
 
 impl<'de> Deserialize<'de> for ModelConfig {
@@ -299,7 +310,12 @@ impl<'de> Deserialize<'de> for ModelConfig {
         let family = match v.as_object_mut().and_then(|o| o.remove("family")) {
             None => "transformer".to_string(),
             Some(serde_json::Value::String(f)) => f,
-            Some(other) => return Err(D::Error::custom(format!("family = {other}: {FAMILIES}"))),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "family = {other}: {}",
+                    families_text()
+                )))
+            }
         };
         Self::from_family_fields(&family, v).map_err(D::Error::custom)
     }

@@ -67,6 +67,11 @@ pub fn plan(cfg: &ModelConfig, target: Target) -> std::result::Result<FastPlan<'
             Err("residual = \"embed\" with more than one layer runs on candle".into())
         }
         ModelConfig::BitNet(c) => Ok(FastPlan::BitNet(c)),
+        #[allow(unreachable_patterns)] // a family without hand-written passes runs on candle
+        _ => Err(format!(
+            "the {} family has no fast passes",
+            cfg.family_name()
+        )),
     }
 }
 
