@@ -3,6 +3,19 @@
 
 use groklens::api::{build_config, Analysis, Event, Report, Run, TrainOptions};
 
+/// A small `quick` run of `epochs` with `extra` settings.
+fn small_quick(epochs: usize, extra: &[&str]) -> groklens::RunConfig {
+    let mut sets = vec![
+        format!("train.epochs={epochs}"),
+        "train.stop_at_test_acc=0".into(),
+        "model.d_model=32".into(),
+        "model.d_head=8".into(),
+        "model.d_mlp=64".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    build_config(Some("quick"), None, &sets).unwrap()
+}
+
 fn quiet() -> TrainOptions {
     TrainOptions {
         estimate: false,
@@ -13,18 +26,7 @@ fn quiet() -> TrainOptions {
 #[test]
 fn a_run_is_created_trained_read_analysed_and_reported_through_one_facade() {
     let tmp = tempfile::tempdir().unwrap();
-    let sets: Vec<String> = [
-        "train.epochs=40",
-        "train.eval_every=10",
-        "train.checkpoint_every=20",
-        "train.stop_at_test_acc=0",
-        "model.d_model=32",
-        "model.d_head=8",
-        "model.d_mlp=64",
-    ]
-    .map(String::from)
-    .to_vec();
-    let cfg = build_config(Some("quick"), None, &sets).unwrap();
+    let cfg = small_quick(40, &["train.eval_every=10", "train.checkpoint_every=20"]);
     let dir = tmp.path().join("run");
     let mut run = Run::create(cfg.clone(), &dir).unwrap();
     // Before training: no final model, and the error says what to do.
@@ -105,16 +107,7 @@ fn every_task_kind_gets_its_own_analysis_and_page() {
 fn an_opened_run_resumes_when_trained_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let sets: Vec<String> = [
-        "train.epochs=20",
-        "train.stop_at_test_acc=0",
-        "model.d_model=32",
-        "model.d_head=8",
-        "model.d_mlp=64",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut run = Run::create(build_config(Some("quick"), None, &sets).unwrap(), &dir).unwrap();
+    let mut run = Run::create(small_quick(20, &[]), &dir).unwrap();
     run.train(quiet(), &mut |_| {}).unwrap();
     drop(run);
     let (run, _) = Run::resume(&dir, &["train.epochs=30".to_string()]).unwrap();
