@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need on a fresh Debian machine (Chromium for the
-# page checks, Slurm for the sweep test), then runs every test. `.ci/run` calls this same script.
+# page checks, Slurm for the sweep test, a Python venv with maturin and pytest for the Python
+# package), then runs every test: Rust, then Python. `.ci/run` calls this same script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +43,20 @@ command -v slurmctld >/dev/null && command -v sbatch >/dev/null || {
 }
 
 # Every test binary runs even when one fails, so one failure does not hide the rest.
-cargo test --no-fail-fast "$@"
+status=0
+cargo test --no-fail-fast "$@" || status=$?
+
+# The Python package: build its abi3 wheel with maturin, install it into a fresh venv (no Rust
+# needed there) and run its tests.
+if [ $# -eq 0 ]; then
+  build=python/.venv-build
+  venv=python/.venv
+  rm -rf "$build" "$venv" target/wheels
+  python3 -m venv "$build"
+  "$build/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2"
+  (cd python && "../$build/bin/maturin" build --release -o ../target/wheels)
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "pytest>=7" target/wheels/groklens-*.whl
+  (cd python/tests && "../../$venv/bin/python" -m pytest -q .) || status=$?
+fi
+exit $status

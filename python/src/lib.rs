@@ -1,0 +1,489 @@
+//! `groklens._native`: thin pyo3 wrappers over `groklens::api`, the same calls the CLI makes. The
+//! Python package (`python/groklens/`) builds its classes on these; arrays cross as numpy arrays that
+//! own the Rust buffers they were made from (no copy), configs as JSON text.
+
+use std::path::PathBuf;
+
+use numpy::{PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use groklens::api::{self, Analysis, Event, Run, TrainOptions};
+use groklens::interp::hooks::HookFn;
+use groklens::interp::names::ActKey;
+use groklens::interp::{HookSet, Interp, Names};
+use groklens::model::{HookedModel, ModelConfig, Params};
+use groklens::RunConfig;
+
+pyo3::create_exception!(
+    _native,
+    GrokError,
+    PyException,
+    "An error from groklens, with the message the CLI prints (the field or file, and the fix)."
+);
+
+/// A groklens error as a Python exception: `KeyboardInterrupt` for a stopped run, else `GrokError`.
+fn py_err(e: groklens::GrokError) -> PyErr {
+    match e {
+        groklens::GrokError::Interrupted(m) => {
+            PyKeyboardInterrupt::new_err(format!("interrupted: {m}"))
+        }
+        e => GrokError::new_err(e.to_string()),
+    }
+}
+
+/// Moves a value into `Python::detach`'s closure.
+struct OnThisThread<T>(T);
+// SAFETY: `Python::detach` runs its closure on the calling thread; the wrapped values hold no Python
+// objects, so releasing the GIL around them is sound.
+unsafe impl<T> Send for OnThisThread<T> {}
+
+/// A numpy array owning `data` (no copy), shaped `shape`.
+fn array<'py>(
+    py: Python<'py>,
+    data: Vec<f32>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    PyArray1::from_vec(py, data).reshape(shape.to_vec())
+}
+
+/// A candle tensor as a numpy array.
+fn tensor_array<'py>(
+    py: Python<'py>,
+    t: &candle_core::Tensor,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let data = t
+        .flatten_all()
+        .and_then(|t| t.to_dtype(candle_core::DType::F32))
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(|e| py_err(e.into()))?;
+    array(py, data, t.dims())
+}
+
+/// The names the presets list: `(name, description)`, the default first, then the comparisons.
+#[pyfunction]
+fn presets() -> Vec<(String, String)> {
+    let runs = groklens::presets::PRESETS
+        .iter()
+        .map(|(n, a)| (n.to_string(), a.to_string()));
+    let comparisons = groklens::presets::COMPARISONS
+        .iter()
+        .map(|(n, a, _)| (n.to_string(), a.to_string()));
+    runs.chain(comparisons).collect()
+}
+
+/// A config from a preset name or a config's JSON, with `KEY=VALUE` overrides, resolved, as JSON.
+#[pyfunction]
+#[pyo3(signature = (preset=None, config_json=None, overrides=Vec::new()))]
+fn build_config(
+    preset: Option<&str>,
+    config_json: Option<&str>,
+    overrides: Vec<String>,
+) -> PyResult<String> {
+    let cfg = match (preset, config_json) {
+        (_, Some(json)) => {
+            let mut cfg: RunConfig = serde_json::from_str(json)
+                .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
+            for s in &overrides {
+                cfg.set(s)
+                    .map_err(|e| GrokError::new_err(format!("{s}: {e}")))?;
+            }
+            cfg.resolve().map_err(py_err)?
+        }
+        (p, None) => api::build_config(Some(p.unwrap_or("tl-grokking-demo")), None, &overrides)
+            .map_err(py_err)?,
+    };
+    Ok(serde_json::to_string(&cfg).expect("a config serialises"))
+}
+
+/// Sends the training events to a Python callback `progress(kind, payload)` (a note, an estimate,
+/// or an evaluation row as a dict), at most ten evaluations a second.
+fn forward_events(progress: Option<Py<PyAny>>) -> impl FnMut(Event) {
+    let mut last = None::<std::time::Instant>;
+    move |event| {
+        let Some(cb) = &progress else { return };
+        Python::attach(|py| {
+            let sent = match event {
+                Event::Note(n) => cb.call1(py, ("note", n)),
+                Event::Estimate(e) => cb.call1(py, ("estimate", e)),
+                Event::Eval {
+                    row,
+                    total,
+                    unit,
+                    rate,
+                } => {
+                    let due =
+                        last.is_none_or(|t: std::time::Instant| t.elapsed().as_millis() >= 100);
+                    if !(due || row.epoch == total) {
+                        return;
+                    }
+                    last = Some(std::time::Instant::now());
+                    let d = PyDict::new(py);
+                    let _ = d.set_item("epoch", row.epoch);
+                    let _ = d.set_item("total", total);
+                    let _ = d.set_item("unit", unit);
+                    let _ = d.set_item("rate", rate);
+                    let _ = d.set_item("train_loss", row.train_loss);
+                    let _ = d.set_item("train_acc", row.train_acc);
+                    let _ = d.set_item("test_loss", row.test_loss);
+                    let _ = d.set_item("test_acc", row.test_acc);
+                    cb.call1(py, ("eval", d))
+                }
+                Event::Trained(t) => cb.call1(py, ("trained", t.text())),
+                Event::Report(r) => cb.call1(py, ("report", r.text())),
+            };
+            if let Err(e) = sent {
+                e.print(py);
+            }
+        })
+    }
+}
+
+/// Trains `run` with the GIL released; SIGINT stops it at the end of the epoch with a checkpoint
+/// (raised as `KeyboardInterrupt`), and the run resumes exactly.
+fn train_run(py: Python<'_>, run: Run, progress: Option<Py<PyAny>>) -> PyResult<String> {
+    let job = OnThisThread((run, progress));
+    let result = py.detach(move || {
+        let OnThisThread((mut run, progress)) = job;
+        let mut on = forward_events(progress);
+        let opts = TrainOptions {
+            estimate: true,
+            stop_on_signal: true,
+        };
+        OnThisThread(run.train(opts, &mut on).map(|t| t.text()))
+    });
+    result.0.map_err(py_err)
+}
+
+/// Creates a run of the config `config_json` in `out` and trains it; returns the summary text.
+#[pyfunction]
+#[pyo3(signature = (config_json, out, progress=None))]
+fn train(
+    py: Python<'_>,
+    config_json: &str,
+    out: PathBuf,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let cfg: RunConfig = serde_json::from_str(config_json)
+        .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
+    let run = Run::create(cfg, out).map_err(py_err)?;
+    train_run(py, run, progress)
+}
+
+/// Resumes the run in `dir` with `overrides` of its resumable keys and trains it to its end.
+#[pyfunction]
+#[pyo3(signature = (dir, overrides=Vec::new(), progress=None))]
+fn resume(
+    py: Python<'_>,
+    dir: PathBuf,
+    overrides: Vec<String>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    let (run, notes) = Run::resume(dir, &overrides).map_err(py_err)?;
+    if let Some(cb) = &progress {
+        for n in notes {
+            cb.call1(py, ("note", n))?;
+        }
+    }
+    train_run(py, run, progress)
+}
+
+/// A run directory, read-only.
+#[pyclass(name = "NativeRun", unsendable)]
+struct NativeRun {
+    run: Run,
+}
+
+#[pymethods]
+impl NativeRun {
+    /// Opens the run in `dir`.
+    #[new]
+    fn new(dir: PathBuf) -> PyResult<Self> {
+        Ok(NativeRun {
+            run: Run::open(dir).map_err(py_err)?,
+        })
+    }
+
+    /// The run directory.
+    fn path(&self) -> String {
+        self.run.path().display().to_string()
+    }
+
+    /// The resolved config as JSON.
+    fn config_json(&self) -> String {
+        serde_json::to_string(self.run.config()).expect("a config serialises")
+    }
+
+    /// Every metrics column by name, as float64 arrays.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let rows = self.run.metrics().map_err(py_err)?;
+        let d = PyDict::new(py);
+        for name in groklens::run::metrics::COLUMNS {
+            let col: Vec<f64> = rows
+                .iter()
+                .map(|r| r.get(name).unwrap_or(f64::NAN))
+                .collect();
+            d.set_item(name, PyArray1::from_vec(py, col))?;
+        }
+        Ok(d)
+    }
+
+    /// Epochs with a checkpoint.
+    fn checkpoints(&self) -> Vec<usize> {
+        self.run.checkpoints()
+    }
+
+    /// True once the final model is written.
+    fn is_finished(&self) -> bool {
+        self.run.is_finished()
+    }
+
+    /// The model at checkpoint `epoch`, or the final one.
+    #[pyo3(signature = (epoch=None))]
+    fn model(&self, epoch: Option<usize>) -> PyResult<NativeModel> {
+        let params = self.run.model(epoch).map_err(py_err)?;
+        NativeModel::build(self.run.config().model.clone(), params)
+    }
+
+    /// The split: train and test tokens `[rows, seq]` (int64) and labels (int64).
+    fn split<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let cfg = self.run.config();
+        let split = self.run.split().map_err(py_err)?;
+        let d = PyDict::new(py);
+        let seq = cfg.task.seq_len();
+        for (name, rows) in [("train", split.train), ("test", split.test)] {
+            let data = cfg.task.split_rows(rows).all();
+            let n = data.len();
+            let tokens: Vec<i64> = data.tokens.iter().map(|&t| i64::from(t)).collect();
+            let labels: Vec<i64> = data.labels.iter().map(|&t| i64::from(t)).collect();
+            d.set_item(
+                format!("{name}_tokens"),
+                PyArray1::from_vec(py, tokens).reshape([n, seq])?,
+            )?;
+            d.set_item(format!("{name}_labels"), PyArray1::from_vec(py, labels))?;
+        }
+        Ok(d)
+    }
+
+    /// The analysis for the run's task kind, as a dict of numbers, lists and arrays.
+    fn analyze<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        match self.run.analyze().map_err(py_err)? {
+            Analysis::Modular(a) => {
+                d.set_item("kind", "modular")?;
+                d.set_item("final_epoch", a.final_epoch)?;
+                d.set_item("grokking_epoch", a.grokking_epoch)?;
+                d.set_item("key_freqs", a.embed.key_freqs.clone())?;
+                d.set_item(
+                    "freq_norms",
+                    PyArray1::from_vec(py, a.embed.freq_norms.clone()),
+                )?;
+                let phases = PyDict::new(py);
+                phases.set_item("memorisation_end", a.phases.memorisation_end)?;
+                phases.set_item("circuit_formation_end", a.phases.circuit_formation_end)?;
+                phases.set_item("cleanup_end", a.phases.cleanup_end)?;
+                d.set_item("phases", phases)?;
+                if let Some(n) = &a.neurons {
+                    let clusters = PyList::empty(py);
+                    for c in &n.fourier.clusters {
+                        clusters.append((c.freq, c.neurons.clone()))?;
+                    }
+                    d.set_item("clusters", clusters)?;
+                    let acts = n.acts.clone();
+                    d.set_item(
+                        "neuron_acts",
+                        array(py, acts.data, &[acts.rows, acts.cols])?,
+                    )?;
+                }
+                d.set_item("notes", a.notes.clone())?;
+            }
+            Analysis::Compound(a) => {
+                d.set_item("kind", "compound")?;
+                d.set_item("findings", a.findings())?;
+            }
+            Analysis::Sequence(a) => {
+                d.set_item("kind", "previous_token")?;
+                d.set_item("findings", a.findings())?;
+            }
+        }
+        Ok(d)
+    }
+
+    /// Writes `report.html` and returns `(path, summary text)`.
+    fn report(&self) -> PyResult<(String, String)> {
+        let r = self.run.write_report().map_err(py_err)?;
+        Ok((r.path().display().to_string(), r.text()))
+    }
+}
+
+/// A model of any family with its parameters.
+#[pyclass(name = "NativeModel", unsendable)]
+struct NativeModel {
+    cfg: ModelConfig,
+    params: Params,
+    model: Box<dyn HookedModel>,
+}
+
+impl NativeModel {
+    fn build(cfg: ModelConfig, params: Params) -> PyResult<Self> {
+        let model = cfg.build(&params).map_err(py_err)?;
+        Ok(NativeModel { cfg, params, model })
+    }
+
+    /// `tokens` (`[batch, pos]` integers) as the model's token tensor.
+    fn tokens(&self, tokens: PyReadonlyArrayDyn<'_, i64>) -> PyResult<candle_core::Tensor> {
+        let shape = tokens.shape().to_vec();
+        if shape.len() != 2 {
+            return Err(GrokError::new_err(format!(
+                "tensor `tokens`: must be 2-D [batch, pos], has shape {shape:?}"
+            )));
+        }
+        let ids: Vec<u32> = tokens
+            .as_array()
+            .iter()
+            .map(|&t| {
+                u32::try_from(t).map_err(|_| {
+                    GrokError::new_err(format!("tensor `tokens`: id {t} is outside the vocabulary"))
+                })
+            })
+            .collect::<PyResult<_>>()?;
+        self.model.tokens_tensor(&ids, shape[0]).map_err(py_err)
+    }
+}
+
+#[pymethods]
+impl NativeModel {
+    /// The family's name.
+    fn family(&self) -> &'static str {
+        self.cfg.family_name()
+    }
+
+    /// The model config as JSON (the family's fields).
+    fn cfg_json(&self) -> String {
+        serde_json::to_string(&self.cfg).expect("a config serialises")
+    }
+
+    /// `model_config.json` (for the transformer: `HookedTransformerConfig(**json)` keys).
+    fn model_config_json(&self) -> String {
+        self.cfg.to_json().to_string()
+    }
+
+    /// Every parameter by its state-dict name, as float32 arrays that own a copy of the weights.
+    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for p in self.params.iter() {
+            d.set_item(&p.name, array(py, p.data.clone(), &p.shape)?)?;
+        }
+        Ok(d)
+    }
+
+    /// Every hook point's name, in forward order.
+    fn hook_names(&self) -> Vec<String> {
+        self.model.hook_names()
+    }
+
+    /// The full hook name of a shorthand (`"pattern", 0` → `blocks.0.attn.hook_pattern`), checked.
+    #[pyo3(signature = (name, layer=None, layer_type=None))]
+    fn resolve(
+        &self,
+        name: &str,
+        layer: Option<i64>,
+        layer_type: Option<String>,
+    ) -> PyResult<String> {
+        let key = ActKey {
+            name: name.to_string(),
+            layer,
+            layer_type,
+        };
+        groklens::interp::cache::resolve_known(
+            &key,
+            self.model.n_layers(),
+            &self.model.hook_names(),
+        )
+        .map_err(py_err)
+    }
+
+    /// Logits `[batch, pos, d_vocab_out]` of `tokens`.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: PyReadonlyArrayDyn<'_, i64>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let t = self.tokens(tokens)?;
+        let logits = self
+            .model
+            .run_with_hooks(&t, &mut HookSet::new(self.model.as_ref()))
+            .map_err(py_err)?;
+        tensor_array(py, &logits)
+    }
+
+    /// Logits and the activations of `names` (every hook point when `None`).
+    #[pyo3(signature = (tokens, names=None))]
+    fn run_with_cache<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: PyReadonlyArrayDyn<'_, i64>,
+        names: Option<Vec<String>>,
+    ) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Bound<'py, PyDict>)> {
+        let t = self.tokens(tokens)?;
+        let names = names.map_or(Names::All, Names::List);
+        let (logits, cache) = self.model.run_with_cache(&t, &names).map_err(py_err)?;
+        let d = PyDict::new(py);
+        for (name, act) in cache.iter() {
+            d.set_item(name, tensor_array(py, act)?)?;
+        }
+        Ok((tensor_array(py, &logits)?, d))
+    }
+
+    /// Logits with `hooks` (`[(name, fn)]`): `fn(activation, name)` sees each activation as a numpy
+    /// array and may return a replacement of the same shape.
+    fn run_with_hooks<'py>(
+        &self,
+        py: Python<'py>,
+        tokens: PyReadonlyArrayDyn<'_, i64>,
+        hooks: Vec<(String, Py<PyAny>)>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let t = self.tokens(tokens)?;
+        let mut set = HookSet::new(self.model.as_ref());
+        for (name, f) in hooks {
+            let hook: HookFn = Box::new(move |act, point| {
+                Python::attach(|py| -> groklens::Result<Option<candle_core::Tensor>> {
+                    let to_err = |e: PyErr| {
+                        groklens::GrokError::tensor(&point.name, format!("hook raised {e}"))
+                    };
+                    let arr = tensor_array(py, act).map_err(to_err)?;
+                    let out = f.call1(py, (arr, point.name.clone())).map_err(to_err)?;
+                    if out.is_none(py) {
+                        return Ok(None);
+                    }
+                    let out: PyReadonlyArrayDyn<'_, f32> =
+                        out.extract(py).map_err(|e: PyErr| to_err(e))?;
+                    let dims = out.shape().to_vec();
+                    let data: Vec<f32> = out.as_array().iter().copied().collect();
+                    Ok(Some(candle_core::Tensor::from_vec(
+                        data,
+                        dims,
+                        act.device(),
+                    )?))
+                })
+            });
+            set = set.add(name.as_str(), hook).map_err(py_err)?;
+        }
+        let logits = self.model.run_with_hooks(&t, &mut set).map_err(py_err)?;
+        tensor_array(py, &logits)
+    }
+}
+
+/// The extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("GrokError", m.py().get_type::<GrokError>())?;
+    m.add_function(wrap_pyfunction!(presets, m)?)?;
+    m.add_function(wrap_pyfunction!(build_config, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(resume, m)?)?;
+    m.add_class::<NativeRun>()?;
+    m.add_class::<NativeModel>()?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+"""The Python package against the library it wraps: train, open, metrics, split, models, caches,
+hooks, errors, Ctrl-C, zero-copy arrays."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import groklens
+
+SMALL = {
+    "train.stop_at_test_acc": 0.0,
+    "train.eval_every": 10,
+    "train.checkpoint_every": 50,
+    "model.d_model": 32,
+    "model.d_head": 8,
+    "model.d_mlp": 64,
+}
+
+
+def small_run(path, epochs=100, **extra):
+    return groklens.train(
+        preset="quick", out=str(path), overrides={**SMALL, "train.epochs": epochs, **extra}, progress=False
+    )
+
+
+def test_presets_and_configs():
+    names = [n for n, _ in groklens.presets()]
+    assert names[0] == "tl-grokking-demo" and "quick" in names and "quick-mlp" in names
+    cfg = groklens.preset("quick")
+    assert cfg["task"]["p"] == 31 and cfg["model"]["family"] == "transformer"
+    with pytest.raises(groklens.GrokError, match="unknown preset"):
+        groklens.preset("fastest")
+
+
+def test_a_run_trains_and_reads_back(tmp_path):
+    run = small_run(tmp_path / "r")
+    assert run.finished and run.checkpoints == [50, 100]
+    m = run.metrics
+    assert m["epoch"].dtype == np.float64 and list(m["epoch"][:3]) == [1.0, 10.0, 20.0]
+    assert m["epoch"][-1] == 100
+    # The same history the CLI reads.
+    with open(os.path.join(run.path, "metrics.csv")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) - 1 == len(m["epoch"])
+    split = run.split()
+    assert split["train_tokens"].shape[1] == 3 and split["train_tokens"].dtype == np.int64
+    assert len(split["train_labels"]) + len(split["test_labels"]) == 31 * 31
+    reopened = groklens.open(run.path)
+    assert reopened.config == run.config and reopened.config["train"]["epochs"] == 100
+
+
+def test_models_caches_and_hooks(tmp_path):
+    run = small_run(tmp_path / "r")
+    model = run.model()
+    tokens = run.split()["test_tokens"][:5]
+    logits, cache = model.run_with_cache(tokens)
+    assert logits.shape == (5, 3, 31)
+    assert np.array_equal(model.forward(tokens), logits)
+    # TransformerLens's names and shorthands.
+    assert cache["pattern", 0] is cache["blocks.0.attn.hook_pattern"]
+    assert cache["pattern", 0].shape == (5, 4, 3, 3)
+    assert np.allclose(cache["pattern", 0].sum(-1), 1.0, atol=1e-5)
+    assert list(cache) == [n for n in model.hook_names if not n.endswith("hook_result")]
+    # A checkpoint is another model.
+    early = run.model(50)
+    assert not np.array_equal(early.forward(tokens), logits)
+    # The parameters under the state-dict names, and the model rebuilt from them.
+    params = model.params
+    assert params["blocks.0.attn.W_Q"].shape == (4, 32, 8) and params["embed.W_E"].dtype == np.float32
+    # Hooks: a replacement changes the output; returning None keeps it; a wrong shape is refused.
+    seen = []
+
+    def zero_head(act, name):
+        seen.append(name)
+        act = act.copy()
+        act[:, :, 0] = 0
+        return act
+
+    patched = model.run_with_hooks(tokens, [(("z", 0), zero_head)])
+    assert seen == ["blocks.0.attn.hook_z"] and not np.allclose(patched, logits)
+    kept = model.run_with_hooks(tokens, [("blocks.0.hook_resid_post", lambda a, n: None)])
+    assert np.array_equal(kept, logits)
+    with pytest.raises(groklens.GrokError, match="shape"):
+        model.run_with_hooks(tokens, [("blocks.0.hook_resid_post", lambda a, n: a[:1])])
+    with pytest.raises(groklens.GrokError, match="hook_patern|no hook point|hook_pattern"):
+        model.run_with_cache(tokens, names=["blocks.0.attn.hook_patern"])
+
+
+def test_analysis_and_report(tmp_path):
+    run = small_run(tmp_path / "r")
+    a = run.analyze()
+    assert a["kind"] == "modular" and a["final_epoch"] == 100
+    assert a["freq_norms"].shape == (15,) and all(1 <= k <= 15 for k in a["key_freqs"])
+    path = run.report()
+    assert path.endswith("report.html") and os.path.getsize(path) > 100_000
+
+
+def test_errors_name_the_field_or_file(tmp_path):
+    with pytest.raises(groklens.GrokError, match=r"task\.p.*\[2, 4096\]"):
+        groklens.train(preset="quick", out=str(tmp_path / "bad"), overrides={"task.p": 1}, progress=False)
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(groklens.GrokError, match="config.toml"):
+        groklens.open(str(tmp_path))
+    run = small_run(tmp_path / "r", epochs=50)
+    with pytest.raises(groklens.GrokError, match="at least"):
+        run.resume({"train.epochs": 20}, progress=False)
+    with pytest.raises(groklens.GrokError, match=r"\[50\]"):
+        run.model(30)
+    with pytest.raises(groklens.GrokError, match="2-D"):
+        run.model().forward(np.zeros(3, dtype=np.int64))
+    with pytest.raises(groklens.GrokError, match="vocabulary"):
+        run.model().forward(np.full((1, 3), 99, dtype=np.int64))
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_the_run_resumes(tmp_path):
+    # SIGINT during training arrives as KeyboardInterrupt once the epoch's checkpoint is written.
+    out = tmp_path / "r"
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt, match="train --resume"):
+        groklens.train(preset="quick", out=str(out), overrides={**SMALL, "train.epochs": 1_000_000}, progress=False)
+    run = groklens.open(str(out))
+    assert not run.finished and run.checkpoints
+    stopped = run.checkpoints[-1]
+    run.resume({"train.epochs": stopped + 20}, progress=False)
+    assert run.finished and run.metrics["epoch"][-1] == stopped + 20
+    # Python's own handler is back: a second Ctrl-C is an ordinary KeyboardInterrupt.
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+
+def test_training_releases_the_gil(tmp_path):
+    ticks = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.01)
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        small_run(tmp_path / "r", epochs=300)
+    finally:
+        stop.set()
+        t.join()
+    assert len(ticks) > 10, "another Python thread ran while training"
+
+
+def test_the_wheel_needs_no_rust(tmp_path):
+    # The installed package is the extension module, not a build from this checkout.
+    assert groklens._native.__file__.endswith((".so", ".pyd"))
+    env = {k: v for k, v in os.environ.items() if k not in ("CARGO_HOME", "RUSTUP_HOME")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".cargo" not in p)
+    out = subprocess.run(
+        [sys.executable, "-c", "import groklens; print(len(groklens.presets()))"],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    assert int(out.stdout) >= 10
