@@ -369,11 +369,23 @@ impl NativeModel {
         self.cfg.to_json().to_string()
     }
 
-    /// Every parameter by its state-dict name, as float32 arrays that own a copy of the weights.
-    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// Every parameter by its state-dict name, as read-only float32 arrays viewing the model's own
+    /// buffers (no copy; each array keeps the model alive).
+    fn params<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
         let d = PyDict::new(py);
-        for p in self.params.iter() {
-            d.set_item(&p.name, array(py, p.data.clone(), &p.shape)?)?;
+        let this = slf.borrow();
+        for p in this.params.iter() {
+            let view = numpy::ndarray::ArrayView::from_shape(p.shape.as_slice(), &p.data)
+                .map_err(|e| GrokError::new_err(format!("tensor `{}`: {e}", p.name)))?;
+            // SAFETY: the array borrows `p.data`, which lives as long as the model object passed as
+            // its base; the parameters are never changed after construction, and the array is
+            // made read-only so Python cannot change them either.
+            let arr = unsafe {
+                PyArrayDyn::<f32>::borrow_from_array(&view.into_dyn(), slf.clone().into_any())
+            };
+            arr.getattr("flags")?.setattr("writeable", false)?;
+            d.set_item(&p.name, arr)?;
         }
         Ok(d)
     }

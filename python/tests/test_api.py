@@ -92,6 +92,20 @@ def test_models_caches_and_hooks(tmp_path):
         model.run_with_cache(tokens, names=["blocks.0.attn.hook_patern"])
 
 
+def test_parameters_are_views_of_the_models_own_buffers(tmp_path):
+    model = small_run(tmp_path / "r", epochs=20).model()
+    a, b = model.params, model.params
+    w = a["embed.W_E"]
+    # No copy: both calls view the same memory, owned by the model (kept alive by the array).
+    assert not w.flags.owndata and w.base is not None
+    assert np.shares_memory(w, b["embed.W_E"])
+    assert not w.flags.writeable
+    with pytest.raises(ValueError):
+        w[0, 0] = 1.0
+    del model, b
+    assert np.isfinite(w).all()  # still valid after the Model object is gone
+
+
 def test_analysis_and_report(tmp_path):
     run = small_run(tmp_path / "r")
     a = run.analyze()
