@@ -237,6 +237,17 @@ class Model:
     def __repr__(self) -> str:
         return f"groklens.Model(family={self.family!r})"
 
+    @staticmethod
+    def from_state_dict(cfg: Dict[str, Any], state_dict: Dict[str, Any]) -> "Model":
+        """A model of ``cfg`` (as :attr:`Model.cfg` gives it) from ``state_dict``: name → numpy
+        array or torch tensor under the run's state-dict names."""
+        arrays = {}
+        for name, value in state_dict.items():
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arrays[name] = np.ascontiguousarray(value, dtype=np.float32)
+        return Model(_native.NativeModel.from_state_dict(json.dumps(cfg), arrays))
+
     @property
     def family(self) -> str:
         return self._native.family()

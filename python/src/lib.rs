@@ -354,6 +354,42 @@ impl NativeModel {
 
 #[pymethods]
 impl NativeModel {
+    /// A model of config `cfg_json` (a model config as `Model.cfg` gives it) from `state_dict`
+    /// (name → float32 array under the run's state-dict names). Missing tensors, wrong shapes and
+    /// unknown names are refused by name; TransformerLens's `attn.mask`/`attn.IGNORE` buffers are
+    /// skipped.
+    #[staticmethod]
+    fn from_state_dict(cfg_json: &str, state_dict: &Bound<'_, PyDict>) -> PyResult<Self> {
+        let cfg: ModelConfig = serde_json::from_str(cfg_json)
+            .map_err(|e| GrokError::new_err(format!("model config: {e}")))?;
+        cfg.validate().map_err(py_err)?;
+        let specs = cfg.param_specs();
+        let mut tensors = std::collections::BTreeMap::new();
+        for (k, v) in state_dict.iter() {
+            let name: String = k.extract()?;
+            if name.ends_with("attn.mask") || name.ends_with("attn.IGNORE") {
+                continue;
+            }
+            if !specs.iter().any(|s| s.name == name) {
+                let known: Vec<&str> = specs.iter().take(4).map(|s| s.name.as_str()).collect();
+                return Err(GrokError::new_err(format!(
+                    "tensor `{name}`: not a parameter of this {} model (its names are like {}, …)",
+                    cfg.family_name(),
+                    known.join(", ")
+                )));
+            }
+            let arr: PyReadonlyArrayDyn<'_, f32> = v.extract().map_err(|_| {
+                GrokError::new_err(format!("tensor `{name}`: must be a float32 array"))
+            })?;
+            let shape = arr.shape().to_vec();
+            let data: Vec<f32> = arr.as_array().iter().copied().collect();
+            tensors.insert(name, groklens::tensor_io::HostTensor::f32(shape, data));
+        }
+        let params =
+            Params::from_tensor_map(&specs, |n| tensors.get(n), "state_dict").map_err(py_err)?;
+        NativeModel::build(cfg, params)
+    }
+
     /// The family's name.
     fn family(&self) -> &'static str {
         self.cfg.family_name()

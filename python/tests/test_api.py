@@ -106,6 +106,25 @@ def test_parameters_are_views_of_the_models_own_buffers(tmp_path):
     assert np.isfinite(w).all()  # still valid after the Model object is gone
 
 
+def test_a_model_is_rebuilt_from_its_state_dict(tmp_path):
+    model = small_run(tmp_path / "r", epochs=20).model()
+    tokens = np.array([[1, 31, 2], [5, 31, 7]])
+    params = {k: np.array(v) for k, v in model.params.items()}
+    again = groklens.Model.from_state_dict(model.cfg, params)
+    assert np.array_equal(again.forward(tokens), model.forward(tokens))
+    # TransformerLens's buffers are skipped; anything else unknown, missing or misshapen is refused.
+    extra = {**params, "blocks.0.attn.mask": np.ones((3, 3), np.float32)}
+    groklens.Model.from_state_dict(model.cfg, extra)
+    with pytest.raises(groklens.GrokError, match="blocks.0.attn.W_X"):
+        groklens.Model.from_state_dict(model.cfg, {**params, "blocks.0.attn.W_X": params["embed.W_E"]})
+    missing = dict(params)
+    del missing["unembed.W_U"]
+    with pytest.raises(groklens.GrokError, match="unembed.W_U"):
+        groklens.Model.from_state_dict(model.cfg, missing)
+    with pytest.raises(groklens.GrokError, match="embed.W_E"):
+        groklens.Model.from_state_dict(model.cfg, {**params, "embed.W_E": params["embed.W_E"][:3]})
+
+
 def test_analysis_and_report(tmp_path):
     run = small_run(tmp_path / "r")
     a = run.analyze()
