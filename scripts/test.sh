@@ -51,12 +51,27 @@ cargo test --no-fail-fast "$@" || status=$?
 if [ $# -eq 0 ]; then
   build=python/.venv-build
   venv=python/.venv
-  rm -rf "$build" "$venv" target/wheels
+  tl2=python/.venv-tl2
+  tl4=python/.venv-tl4
+  pip_install() { "$1/bin/pip" install -q --disable-pip-version-check "${@:2}"; }
+  rm -rf "$build" "$venv" "$tl2" "$tl4" target/wheels
   python3 -m venv "$build"
-  "$build/bin/pip" install -q --disable-pip-version-check "maturin>=1.16,<2"
+  pip_install "$build" "maturin>=1.16,<2"
   (cd python && "../$build/bin/maturin" build --release -o ../target/wheels)
+  wheel=$(ls target/wheels/groklens-*.whl)
+  # The package on its own: a fresh venv with the wheel, no Rust, no torch.
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "pytest>=7" target/wheels/groklens-*.whl
-  (cd python/tests && "../../$venv/bin/python" -m pytest -q .) || status=$?
+  pip_install "$venv" "pytest>=7" "$wheel"
+  (cd python/tests && "../../$venv/bin/python" -m pytest -q test_api.py) || status=$?
+  # TransformerLens interop, once per generation: 2.18 (HookedTransformer) with torch in its venv,
+  # then 4.3 (TransformerBridge) in a second venv that shares the first one's torch.
+  python3 -m venv "$tl2"
+  pip_install "$tl2" "pytest>=7" "torch==2.15.*" "transformer-lens==2.18.0" "pyarrow==21.*" "$wheel"
+  (cd python/tests && "../../$tl2/bin/python" -m pytest -q test_interop.py) || status=$?
+  python3 -m venv "$tl4"
+  site=$("$tl2/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$site" > "$("$tl4/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-shared-torch.pth"
+  pip_install "$tl4" "pytest>=7" "transformer-lens==4.3.0" "$wheel"
+  (cd python/tests && "../../$tl4/bin/python" -m pytest -q test_interop.py) || status=$?
 fi
 exit $status

@@ -284,6 +284,20 @@ class Model:
         )
         return logits, ActivationCache(values, self)
 
+    def to_transformer_lens(self, device: str = "cpu"):
+        """This transformer as a TransformerLens ``HookedTransformer`` (2.x/3.x) or
+        ``TransformerBridge`` (4.x, with a warning saying what differs), same logits."""
+        from .interop import to_transformer_lens
+
+        return to_transformer_lens(self, device)
+
+    @staticmethod
+    def from_transformer_lens(tl_model) -> "Model":
+        """A groklens model with the weights of a TransformerLens ``HookedTransformer``."""
+        from .interop import from_transformer_lens
+
+        return from_transformer_lens(tl_model)
+
     def run_with_hooks(self, tokens, fwd_hooks: Iterable[Tuple[str, Callable]] = ()) -> np.ndarray:
         """Logits with ``fwd_hooks``: ``fn(activation, name)`` may return a replacement array of the
         same shape (or ``None`` to keep it)."""

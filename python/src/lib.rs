@@ -97,6 +97,19 @@ fn build_config(
     Ok(serde_json::to_string(&cfg).expect("a config serialises"))
 }
 
+/// The model config (as `Model.cfg` gives it, JSON) of a `model_config.json` text: a TransformerLens
+/// `HookedTransformerConfig`'s keys, or a groklens family's fields with `family`.
+#[pyfunction]
+fn model_config_to_cfg(model_config_json: &str) -> PyResult<String> {
+    let v: serde_json::Value = serde_json::from_str(model_config_json)
+        .map_err(|e| GrokError::new_err(format!("model_config: {e}")))?;
+    let mut cfg = ModelConfig::from_json(&v).map_err(py_err)?;
+    let (vocab, out, ctx) = cfg.family().sizes();
+    cfg.fill_from_task(vocab, out, ctx);
+    cfg.validate().map_err(py_err)?;
+    Ok(serde_json::to_string(&cfg).expect("a config serialises"))
+}
+
 /// Sends the training events to a Python callback `progress(kind, payload)` (a note, an estimate,
 /// or an evaluation row as a dict), at most ten evaluations a second.
 fn forward_events(progress: Option<Py<PyAny>>) -> impl FnMut(Event) {
@@ -531,6 +544,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_config, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(resume, m)?)?;
+    m.add_function(wrap_pyfunction!(model_config_to_cfg, m)?)?;
     m.add_class::<NativeRun>()?;
     m.add_class::<NativeModel>()?;
     Ok(())
