@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use groklens::api::{self, Analysis, Event, Run, TrainOptions};
+use groklens::api::{self, Analysis, Event, Run, Throttle, TrainOptions};
 use groklens::interp::hooks::HookFn;
 use groklens::interp::names::ActKey;
 use groklens::interp::{HookSet, Interp, Names};
@@ -113,7 +113,7 @@ fn model_config_to_cfg(model_config_json: &str) -> PyResult<String> {
 /// Sends the training events to a Python callback `progress(kind, payload)` (a note, an estimate,
 /// or an evaluation row as a dict), at most ten evaluations a second.
 fn forward_events(progress: Option<Py<PyAny>>) -> impl FnMut(Event) {
-    let mut last = None::<std::time::Instant>;
+    let mut throttle = Throttle::default();
     move |event| {
         let Some(cb) = &progress else { return };
         Python::attach(|py| {
@@ -126,12 +126,9 @@ fn forward_events(progress: Option<Py<PyAny>>) -> impl FnMut(Event) {
                     unit,
                     rate,
                 } => {
-                    let due =
-                        last.is_none_or(|t: std::time::Instant| t.elapsed().as_millis() >= 100);
-                    if !(due || row.epoch == total) {
+                    if !throttle.due(row.epoch, total) {
                         return;
                     }
-                    last = Some(std::time::Instant::now());
                     let d = PyDict::new(py);
                     let _ = d.set_item("epoch", row.epoch);
                     let _ = d.set_item("total", total);

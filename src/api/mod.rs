@@ -75,6 +75,23 @@ pub enum Event<'a> {
     Report(&'a Report),
 }
 
+/// Decides which evaluations a progress display redraws: at most ten a second, and always the last.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    /// Whether to show the evaluation at `epoch` of `total` (and, if so, counts it as shown).
+    pub fn due(&mut self, epoch: usize, total: usize) -> bool {
+        let due = self.last.is_none_or(|t| t.elapsed().as_millis() >= 100) || epoch == total;
+        if due {
+            self.last = Some(Instant::now());
+        }
+        due
+    }
+}
+
 /// A front end's handler of [`Event`]s.
 pub type OnEvent<'a> = dyn FnMut(Event) + 'a;
 

@@ -2,14 +2,13 @@
 //! stderr, a progress line redrawn at most ten times a second, summaries on stdout.
 
 use std::io::Write;
-use std::time::Instant;
 
-use groklens::api::Event;
+use groklens::api::{Event, Throttle};
 
 /// Prints events: everything, or with `quiet` only notes, warnings and summaries.
 pub struct Printer {
     quiet: bool,
-    last_draw: Option<Instant>,
+    throttle: Throttle,
     /// A progress line is on screen without its newline.
     drawing: bool,
 }
@@ -19,7 +18,7 @@ impl Printer {
     pub fn new(quiet: bool) -> Self {
         Printer {
             quiet,
-            last_draw: None,
+            throttle: Throttle::default(),
             drawing: false,
         }
     }
@@ -46,13 +45,9 @@ impl Printer {
                 unit,
                 rate,
             } => {
-                let due = self
-                    .last_draw
-                    .is_none_or(|t| t.elapsed().as_millis() >= 100);
-                if self.quiet || !(due || row.epoch == total) {
+                if self.quiet || !self.throttle.due(row.epoch, total) {
                     return;
                 }
-                self.last_draw = Some(Instant::now());
                 self.drawing = true;
                 eprint!(
                     "\r{unit} {:>6}/{total} | train loss {:9.3e} acc {:6.2}% | test loss {:9.3e} acc {:6.2}% | {:7.1} {unit}s/s ",
