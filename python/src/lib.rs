@@ -83,13 +83,9 @@ fn build_config(
 ) -> PyResult<String> {
     let cfg = match (preset, config_json) {
         (_, Some(json)) => {
-            let mut cfg: RunConfig = serde_json::from_str(json)
+            let cfg: RunConfig = serde_json::from_str(json)
                 .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
-            for s in &overrides {
-                cfg.set(s)
-                    .map_err(|e| GrokError::new_err(format!("{s}: {e}")))?;
-            }
-            cfg.resolve().map_err(py_err)?
+            api::configure(cfg, &overrides).map_err(py_err)?
         }
         (p, None) => api::build_config(Some(p.unwrap_or("tl-grokking-demo")), None, &overrides)
             .map_err(py_err)?,
@@ -343,22 +339,10 @@ impl NativeModel {
 
     /// `tokens` (`[batch, pos]` integers) as the model's token tensor.
     fn tokens(&self, tokens: PyReadonlyArrayDyn<'_, i64>) -> PyResult<candle_core::Tensor> {
-        let shape = tokens.shape().to_vec();
-        if shape.len() != 2 {
-            return Err(GrokError::new_err(format!(
-                "tensor `tokens`: must be 2-D [batch, pos], has shape {shape:?}"
-            )));
-        }
-        let ids: Vec<u32> = tokens
-            .as_array()
-            .iter()
-            .map(|&t| {
-                u32::try_from(t).map_err(|_| {
-                    GrokError::new_err(format!("tensor `tokens`: id {t} is outside the vocabulary"))
-                })
-            })
-            .collect::<PyResult<_>>()?;
-        self.model.tokens_tensor(&ids, shape[0]).map_err(py_err)
+        let ids: Vec<i64> = tokens.as_array().iter().copied().collect();
+        let (ids, rows) = api::inspect::token_rows(tokens.shape(), &ids)
+            .map_err(|why| py_err(groklens::GrokError::tensor("tokens", why)))?;
+        self.model.tokens_tensor(&ids, rows).map_err(py_err)
     }
 }
 

@@ -33,33 +33,30 @@ pub fn load_model(
     Ok((cfg, model))
 }
 
-/// Reads the 2-D int64 `tokens` tensor of `file`: `(ids, rows)`, each id checked to fit a `u32`.
+/// Reads the 2-D int64 `tokens` tensor of `file`: `(ids, rows)`, checked by [`token_rows`].
 pub fn read_tokens(file: &Path) -> Result<(Vec<u32>, usize)> {
     let f = tensor_io::read(file)?;
     let t = f.require("tokens", file)?;
-    if t.shape.len() != 2 {
-        return Err(GrokError::file(
-            file,
-            format!("`tokens` must be 2-D [batch, pos], has shape {:?}", t.shape),
+    token_rows(&t.shape, &t.to_i64("tokens")?)
+        .map_err(|why| GrokError::file(file, format!("`tokens` {why}")))
+}
+
+/// Token ids of shape `shape` as `[batch, pos]` rows for a model: `(ids, rows)`, or what is wrong
+/// (not 2-D, empty, an id that is no token).
+pub fn token_rows(shape: &[usize], ids: &[i64]) -> std::result::Result<(Vec<u32>, usize), String> {
+    if shape.len() != 2 {
+        return Err(format!("must be 2-D [batch, pos], has shape {shape:?}"));
+    }
+    if shape.contains(&0) {
+        return Err(format!(
+            "has shape {shape:?}: give at least one row and one position"
         ));
     }
-    if t.shape.contains(&0) {
-        return Err(GrokError::file(
-            file,
-            format!(
-                "`tokens` has shape {:?}: give at least one row and one position",
-                t.shape
-            ),
-        ));
-    }
-    let ids = t.to_i64("tokens")?;
-    if let Some(bad) = ids.iter().find(|&&x| u32::try_from(x).is_err()) {
-        return Err(GrokError::file(
-            file,
-            format!("token id {bad} is outside the vocabulary"),
-        ));
-    }
-    Ok((ids.iter().map(|&x| x as u32).collect(), t.shape[0]))
+    let ids = ids
+        .iter()
+        .map(|&x| u32::try_from(x).map_err(|_| format!("holds id {x}, outside the vocabulary")))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok((ids, shape[0]))
 }
 
 /// Writes `logits` and `cache.<hook>` (every hook point, or those in `names`) of the model in

@@ -36,7 +36,7 @@ pub fn build_config(
     file: Option<&Path>,
     sets: &[String],
 ) -> Result<RunConfig> {
-    let mut cfg = match (preset, file) {
+    let cfg = match (preset, file) {
         (Some(p), _) => preset_template(p)?,
         (None, Some(f)) => RunConfig::load(f)?,
         (None, None) => {
@@ -45,6 +45,11 @@ pub fn build_config(
             ))
         }
     };
+    configure(cfg, sets)
+}
+
+/// `cfg` with `--set KEY=VALUE` overrides applied, resolved and checked.
+pub fn configure(mut cfg: RunConfig, sets: &[String]) -> Result<RunConfig> {
     for s in sets {
         cfg.set(s)
             .map_err(|e| GrokError::Usage(format!("--set {s}: {e}")))?;

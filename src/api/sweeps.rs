@@ -226,11 +226,7 @@ pub fn work_on_point(args: &WorkerArgs, on: &mut OnEvent) -> Result<()> {
         stop_on_signal: true,
     };
     match dir.status(&args.point) {
-        Status::Damaged => return Err(GrokError::file(
-            run_dir.metrics_path(),
-            "missing or unreadable, so the point is neither finished nor resumable; remove its \
-                 run directory to train it again",
-        )),
+        Status::Damaged => return Err(dir.damaged(&args.point)),
         Status::Finished | Status::Diverged => {}
         Status::Partial => {
             let (mut run, notes) = Run::resume(&run_dir.root, &[threads])?;

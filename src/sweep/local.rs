@@ -189,12 +189,7 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
         ));
     }
     if dir.status(name) == Status::Damaged {
-        return Err(format!(
-            "damaged: {} is missing or unreadable, so the point is neither finished nor \
-             resumable; remove {} to train it again",
-            run.metrics_path().display(),
-            run.root.display()
-        ));
+        return Err(dir.damaged(name).to_string());
     }
     let args = WorkerArgs {
         sweep: dir.root.clone(),

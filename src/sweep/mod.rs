@@ -219,6 +219,19 @@ impl SweepDir {
         SweepSpec::parse(&text)
     }
 
+    /// The error for a [`Status::Damaged`] point: its history is missing or unreadable.
+    pub fn damaged(&self, point: &str) -> GrokError {
+        let run = self.run(point);
+        GrokError::file(
+            run.metrics_path(),
+            format!(
+                "damaged: missing or unreadable, so the point is neither finished nor resumable; \
+                 remove {} to train it again",
+                run.root.display()
+            ),
+        )
+    }
+
     /// Where `point` stands.
     pub fn status(&self, point: &str) -> Status {
         let run = self.run(point);
