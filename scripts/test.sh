@@ -66,12 +66,14 @@ if [ $# -eq 0 ]; then
   # TransformerLens interop, once per generation: 2.18 (HookedTransformer) with torch in its venv,
   # then 4.3 (TransformerBridge) in a second venv that shares the first one's torch.
   python3 -m venv "$tl2"
-  pip_install "$tl2" "pytest>=7" "torch==2.15.*" "transformer-lens==2.18.0" "pyarrow==21.*" "$wheel"
-  (cd python/tests && "../../$tl2/bin/python" -m pytest -q test_interop.py) || status=$?
+  # (With a Jupyter kernel and plotly: the example notebook runs there, headless, under both.)
+  pip_install "$tl2" "pytest>=7" "torch==2.15.*" "transformer-lens==2.18.0" "pyarrow==21.*" \
+    nbclient ipykernel plotly "$wheel"
+  (cd python/tests && "../../$tl2/bin/python" -m pytest -q test_interop.py test_notebook.py) || status=$?
   python3 -m venv "$tl4"
   site=$("$tl2/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   echo "$site" > "$("$tl4/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-shared-torch.pth"
   pip_install "$tl4" "pytest>=7" "transformer-lens==4.3.0" "$wheel"
-  (cd python/tests && "../../$tl4/bin/python" -m pytest -q test_interop.py) || status=$?
+  (cd python/tests && "../../$tl4/bin/python" -m pytest -q test_interop.py test_notebook.py) || status=$?
 fi
 exit $status

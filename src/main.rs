@@ -10,6 +10,7 @@ use clap::Parser;
 
 use cli::args::{Cli, Command, SweepAction};
 use cli::print::Printer;
+use groklens::api::sweeps::Launcher;
 use groklens::api::{self, bench, grok, inspect, sweeps, Run, TrainOptions};
 use groklens::presets::{preset, COMPARISONS, PRESETS};
 
@@ -166,7 +167,10 @@ fn sweep(action: SweepAction) -> Result<()> {
                 reports: !no_reports,
                 progress: !quiet,
             };
-            println!("{}", sweeps::run_local(&spec, &out, exe()?, &opts)?.text());
+            println!(
+                "{}",
+                sweeps::run_local(&spec, &out, Launcher::binary(exe()?), &opts)?.text()
+            );
         }
         SweepAction::Slurm {
             spec,

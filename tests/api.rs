@@ -124,3 +124,60 @@ fn an_opened_run_resumes_when_trained_and_says_so() {
     assert_eq!((t.first_epoch, t.epochs), (20, 30));
     assert!(notes.iter().any(|n| n.contains("resuming")), "{notes:?}");
 }
+
+#[test]
+fn a_model_trained_elsewhere_is_imported_as_epoch_zero_and_analysed_like_any_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = small_quick(30, &["train.eval_every=10", "train.checkpoint_every=10"]);
+    let source = tmp.path().join("source");
+    let mut run = Run::create(cfg.clone(), &source).unwrap();
+    run.train(quiet(), &mut |_| {}).unwrap();
+    let trained = Run::open(&source).unwrap();
+    let params = trained.model(None).unwrap();
+    let last = trained.metrics().unwrap().last().copied().unwrap();
+
+    let dir = tmp.path().join("imported");
+    let imported = Run::import(cfg.clone(), params.clone(), &dir).unwrap();
+    // One evaluation at epoch 0 that scores the weights as the trainer did at their last epoch.
+    let rows = imported.metrics().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].epoch, 0);
+    assert!((rows[0].test_loss - last.test_loss).abs() < 1e-9 * last.test_loss.max(1.0));
+    // (The trainer's train columns average the epoch's steps; here the split is scored as it is.)
+    assert!(rows[0].train_loss.is_finite() && (0.0..=1.0).contains(&rows[0].train_acc));
+    assert_eq!(imported.checkpoints(), [0]);
+    assert_eq!(
+        imported.model(None).unwrap().sum_of_squares(),
+        params.sum_of_squares()
+    );
+    match (imported.analyze().unwrap(), trained.analyze().unwrap()) {
+        (Analysis::Modular(a), Analysis::Modular(b)) => {
+            assert_eq!(a.embed.key_freqs, b.embed.key_freqs);
+            assert_eq!(a.final_epoch, 0);
+        }
+        _ => panic!("a modular run gets the modular analysis"),
+    }
+    assert!(imported.write_report().unwrap().path().exists());
+
+    // Importing again into the same place, or weights of another shape, is refused.
+    let e = Run::import(cfg.clone(), params.clone(), &dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("already holds a run"), "{e}");
+    let wider = small_quick(30, &["model.d_mlp=32"]);
+    let e = Run::import(wider, params, tmp.path().join("other"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("do not fit") && e.contains("blocks.0.mlp.W_in"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("other").exists());
+
+    // Training it further continues from the imported weights.
+    let (mut more, _) = Run::resume(&dir, &["train.epochs=10".into()]).unwrap();
+    more.train(quiet(), &mut |_| {}).unwrap();
+    assert_eq!(Run::open(&dir).unwrap().checkpoints(), [0, 10]);
+}

@@ -13,6 +13,7 @@ wraps it with numpy arrays::
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sys
@@ -23,14 +24,21 @@ import numpy as np
 from . import _native
 from ._native import GrokError
 
+builtins_open = builtins.open  # ``open`` is this package's verb for runs
+
 __all__ = [
     "GrokError",
     "Model",
     "Run",
+    "Sweep",
+    "SweepIndex",
     "ActivationCache",
+    "compare",
+    "import_run",
     "open",
     "preset",
     "presets",
+    "sweep",
     "train",
 ]
 
@@ -141,6 +149,129 @@ def open(path: str) -> "Run":  # noqa: A001 - the package's verb, as in groklens
     return Run(path)
 
 
+def import_run(
+    model: "Model",
+    task: Any,
+    out: str,
+    train: Optional[Dict[str, Any]] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+) -> "Run":
+    """Writes a run directory in ``out`` for ``model``, trained elsewhere (e.g. a TransformerLens model
+    via :meth:`Model.from_transformer_lens`), so :meth:`Run.analyze`, :meth:`Run.report` and
+    ``groklens compare`` work on it. ``task`` is a preset name (its task and train settings are used)
+    or a task section (``{"kind": "modular", "p": 113, "train_frac": 0.3, ...}``, with the default
+    preset's train settings). The weights are recorded as the run's epoch 0 with one evaluation on
+    the task's split; resuming the run trains them further with a fresh optimizer."""
+    if isinstance(task, str):
+        config = preset(task)
+    elif isinstance(task, dict):
+        config = preset("tl-grokking-demo")
+        config["task"] = task
+    else:
+        raise GrokError(f"task: expects a preset name or a task section dict, not {type(task).__name__}")
+    config["model"] = model.cfg
+    if train is not None:
+        config["train"] = train
+    cfg = _native.build_config(None, json.dumps(config), _override_strings(overrides))
+    return Run(_native.import_run(cfg, model._native, os.fspath(out)))
+
+
+def compare(runs: Sequence[Any], out: str = "compare.html") -> str:
+    """Writes one page setting the runs (directories or :class:`Run`s, any families) side by side;
+    returns its path."""
+    dirs = [r.path if isinstance(r, Run) else os.fspath(r) for r in runs]
+    path, _text = _native.compare(dirs, os.fspath(out))
+    return path
+
+
+def sweep(
+    spec: str,
+    out: str,
+    workers: Optional[int] = None,
+    threads_per_run: int = 1,
+    reports: bool = True,
+    progress: bool = True,
+) -> "Sweep":
+    """Runs the sweep ``spec`` (a spec file or a built-in name) into ``out`` with a pool of ``workers``
+    processes (default: one per core), each training one point at a time on ``threads_per_run``
+    threads; finished points are kept, so calling it again resumes. Returns the :class:`Sweep`; a
+    point that failed raises :class:`GrokError` naming it (after the index is written)."""
+    text = _native.sweep(
+        os.fspath(spec), os.fspath(out), sys.executable, workers, int(threads_per_run), reports, progress
+    )
+    if progress:
+        print(text)
+    return Sweep(out)
+
+
+class SweepIndex:
+    """A sweep's ``index.csv`` as columns: ``index["test_acc"]`` is a float array (NaN where a point
+    has no value), text columns are lists; ``len(index)`` points, ``index.rows()`` as dicts, and
+    ``index.frame()`` a pandas DataFrame (needs pandas)."""
+
+    def __init__(self, path: str):
+        import csv
+
+        self.path = os.fspath(path)
+        try:
+            with builtins_open(self.path, newline="") as f:
+                rows = list(csv.reader(f))
+        except OSError as e:
+            raise GrokError(f"{self.path}: cannot read the sweep index ({e}); run the sweep first") from None
+        if not rows:
+            raise GrokError(f"{self.path}: empty; run the sweep again to rewrite it")
+        self.columns = rows[0]
+        body = rows[1:]
+        self._data: Dict[str, Any] = {}
+        for i, name in enumerate(self.columns):
+            cells = [r[i] if i < len(r) else "" for r in body]
+            try:
+                self._data[name] = np.array([float(c) if c != "" else np.nan for c in cells])
+            except ValueError:
+                self._data[name] = cells
+        self._len = len(body)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, column: str):
+        if column not in self._data:
+            raise KeyError(f"{column!r}: not a column of {self.path} (its columns: {', '.join(self.columns)})")
+        return self._data[column]
+
+    def __repr__(self) -> str:
+        return f"groklens.SweepIndex({self.path!r}, {self._len} points, columns {self.columns})"
+
+    def rows(self) -> List[Dict[str, Any]]:
+        """Each point as a dict of its columns."""
+        return [{c: self._data[c][i] for c in self.columns} for i in range(self._len)]
+
+    def frame(self):
+        """The index as a pandas DataFrame (needs pandas)."""
+        import pandas as pd  # type: ignore
+
+        return pd.DataFrame({c: self._data[c] for c in self.columns})
+
+
+class Sweep:
+    """A sweep directory: its index and its points' runs."""
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+
+    def __repr__(self) -> str:
+        return f"groklens.Sweep({self.path!r})"
+
+    @property
+    def index(self) -> SweepIndex:
+        """``index.csv``: one row per point (status, swept settings, accuracy, grokking epoch…)."""
+        return SweepIndex(os.path.join(self.path, "index.csv"))
+
+    def run(self, point: str) -> "Run":
+        """The run of point ``point`` (a name from ``index["point"]``)."""
+        return Run(os.path.join(self.path, "runs", point))
+
+
 class Run:
     """A run directory of any family and task kind."""
 
@@ -194,9 +325,9 @@ class Run:
         neuron clusters, phases, grokking epoch)."""
         return self._native.analyze()
 
-    def report(self) -> str:
-        """Writes ``report.html`` in the run directory and returns its path."""
-        path, _text = self._native.report()
+    def report(self, out: Optional[str] = None) -> str:
+        """Writes ``report.html`` in the run directory (and a copy at ``out``) and returns its path."""
+        path, _text = self._native.report(None if out is None else os.fspath(out))
         return path
 
     def resume(self, overrides: Optional[Dict[str, Any]] = None, progress: bool = True) -> "Run":
@@ -278,7 +409,8 @@ class Model:
     __call__ = forward
 
     def run_with_cache(self, tokens, names: Optional[Sequence[str]] = None):
-        """``(logits, cache)``: the activations of ``names`` (full names or shorthands; all by default)."""
+        """``(logits, cache)``: the activations of ``names`` (full names or shorthands; all by default),
+        each a read-only numpy view of the buffer the model wrote (no copy)."""
         logits, values = self._native.run_with_cache(
             np.asarray(tokens, dtype=np.int64), None if names is None else list(names)
         )
@@ -298,9 +430,62 @@ class Model:
 
         return from_transformer_lens(tl_model)
 
+    def state_dict(self, complete: bool = True):
+        """The parameters as torch tensors (copies) under the run's names: TransformerLens's for a
+        transformer, the seed classes' (``net.0.weight``…, ``transformer.layers.0.to_qkv.0.layer.weight``…)
+        for the MLP and BitNet. With ``complete``, BitNet's dict also holds the tensors the seed's
+        class keeps but never reads (each BitLinear's outer ``weight`` as zeros, the ternary layers'
+        ``layer.norm`` at LayerNorm's defaults), so ``load_state_dict(strict=True)`` accepts it."""
+        import torch
+
+        out = {name: torch.from_numpy(np.array(value)) for name, value in self.params.items()}
+        if complete:
+            for name, shape, fill in self._native.seed_only_tensors():
+                out[name] = torch.full(tuple(shape), float(fill), dtype=torch.float32)
+        return out
+
+    def process_weights(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+    ) -> "Model":
+        """TransformerLens's weight processing, as a new model (transformers): fold LayerNorm into the
+        next weights (LN becomes LNPre), centre the weights writing to the residual stream and the
+        unembedding, fold the value biases into the output bias. Predictions are unchanged."""
+        return Model(
+            self._native.process_weights(fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+        )
+
+    def _circuit(self, kind: str, layer: int, head: int, mlp_layer=None, factored: bool = False):
+        a, b = self._native.circuit(kind, int(layer), int(head), mlp_layer)
+        return (a, b) if factored else a @ b
+
+    def qk_circuit(self, layer: int, head: int, factored: bool = False):
+        """``W_Q[h] @ W_K[h].T`` (``d_model × d_model``); ``factored`` gives the factors ``(A, B)``."""
+        return self._circuit("qk", layer, head, factored=factored)
+
+    def ov_circuit(self, layer: int, head: int, factored: bool = False):
+        """``W_V[h] @ W_O[h]`` (``d_model × d_model``)."""
+        return self._circuit("ov", layer, head, factored=factored)
+
+    def full_qk_circuit(self, layer: int, head: int, factored: bool = False):
+        """``W_E @ QK @ W_E.T`` (``d_vocab × d_vocab``: query token rows, key token columns)."""
+        return self._circuit("full_qk", layer, head, factored=factored)
+
+    def full_ov_circuit(self, layer: int, head: int, factored: bool = False):
+        """``W_E @ OV @ W_U`` (``d_vocab × d_vocab_out``): attending to a token, per output logit."""
+        return self._circuit("full_ov", layer, head, factored=factored)
+
+    def ov_to_neurons(self, layer: int, head: int, mlp_layer: Optional[int] = None, factored: bool = False):
+        """``W_E @ OV @ W_in`` (``d_vocab × d_mlp``) into block ``mlp_layer`` (default: ``layer``)."""
+        return self._circuit("ov_to_neurons", layer, head, mlp_layer, factored=factored)
+
     def run_with_hooks(self, tokens, fwd_hooks: Iterable[Tuple[str, Callable]] = ()) -> np.ndarray:
-        """Logits with ``fwd_hooks``: ``fn(activation, name)`` may return a replacement array of the
-        same shape (or ``None`` to keep it)."""
+        """Logits with ``fwd_hooks``: ``fn(activation, name)`` gets a writable copy of the activation
+        and may change it in place (returning ``None``) or return a replacement of the same shape;
+        the model continues with what it leaves, as in TransformerLens."""
         hooks = [(self._native.resolve(name) if not isinstance(name, tuple) else self._native.resolve(*name), fn)
                  for name, fn in fwd_hooks]
         return self._native.run_with_hooks(np.asarray(tokens, dtype=np.int64), hooks)

@@ -96,27 +96,73 @@ def to_transformer_lens(model: "Model", device: str = "cpu"):
     return tl
 
 
+#: The ``HookedTransformerConfig`` keys that make a groklens transformer's ``model_config``.
+_CONFIG_KEYS = (
+    "d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab", "d_vocab_out",
+    "act_fn", "normalization_type", "attn_only", "positional_embedding_type", "seed", "eps",
+)
+
+
+def _tl2_state_from_bridge(bridge, shapes) -> Dict[str, Any]:
+    """The TransformerLens 2.x state dict of a 4.x ``TransformerBridge``: the inverse of
+    ``convert_tl_checkpoint``, found by tracing. Every 2.x tensor is filled with its elements' global
+    indices and converted; each converted element then names the 2.x element it came from, so the
+    bridge's weights can be put back in place whatever the conversion transposes or splits."""
+    import torch
+    from transformer_lens.conversion_utils import convert_tl_checkpoint
+
+    traced, offset = {}, 1
+    for name, shape in shapes:
+        n = int(np.prod(shape))
+        traced[name] = torch.arange(offset, offset + n, dtype=torch.float32).reshape(shape)
+        offset += n
+    if offset >= 2**24:
+        raise GrokError(f"from_transformer_lens: {offset - 1} weights are too many to trace in float32")
+    converted = convert_tl_checkpoint(traced, bridge.cfg)
+    theirs = bridge.state_dict()
+    flat = torch.full((offset,), float("nan"))
+    for key, idx in converted.items():
+        if key not in theirs:
+            continue
+        idx = idx.detach().reshape(-1)
+        if not torch.equal(idx, idx.round()) or idx.min() < 0 or idx.max() >= offset:
+            raise GrokError(
+                f"from_transformer_lens: TransformerLens's conversion of {key} is not a rearrangement "
+                "of the 2.x weights; this bridge cannot be read back"
+            )
+        picked = idx > 0
+        flat[idx[picked].long()] = theirs[key].detach().float().reshape(-1)[picked]
+    state, offset = {}, 1
+    for name, shape in shapes:
+        n = int(np.prod(shape))
+        values = flat[offset : offset + n]
+        if torch.isnan(values).any():
+            raise GrokError(f"from_transformer_lens: the bridge holds no weights for {name}")
+        state[name] = values.reshape(shape).numpy()
+        offset += n
+    return state
+
+
 def from_transformer_lens(tl_model) -> "Model":
-    """A groklens model with the weights of a TransformerLens 2.x/3.x ``HookedTransformer``."""
+    """A groklens model with the weights of a TransformerLens 2.x/3.x ``HookedTransformer`` or a 4.x
+    ``TransformerBridge`` of a native (``boot_native``) model."""
     import torch
 
     from . import Model
 
-    if not hasattr(tl_model, "cfg") or not hasattr(tl_model.cfg, "to_dict"):
-        raise GrokError("from_transformer_lens: expects a TransformerLens HookedTransformer")
-    if type(tl_model).__name__ != "HookedTransformer":
+    kind = type(tl_model).__name__
+    if kind not in ("HookedTransformer", "TransformerBridge") or not hasattr(tl_model.cfg, "to_dict"):
         raise GrokError(
-            f"from_transformer_lens: a {type(tl_model).__name__} is not supported yet; "
-            "load a HookedTransformer (TransformerLens 2.x/3.x)"
+            f"from_transformer_lens: a {kind} is not a TransformerLens model; pass a HookedTransformer "
+            "(2.x/3.x) or a TransformerBridge (4.x)"
         )
-    keys = [
-        "d_model", "d_head", "n_heads", "d_mlp", "n_layers", "n_ctx", "d_vocab", "d_vocab_out",
-        "act_fn", "normalization_type", "attn_only", "positional_embedding_type", "seed", "eps",
-    ]
     raw = tl_model.cfg.to_dict()
-    model_config = {k: raw[k] for k in keys if k in raw and raw[k] is not None}
-    cfg = json.loads(_native.model_config_to_cfg(json.dumps(model_config)))
-    state = {k: v for k, v in tl_model.state_dict().items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
+    model_config = {k: raw[k] for k in _CONFIG_KEYS if k in raw and raw[k] is not None}
+    cfg = json.loads(_native.model_config_to_cfg(json.dumps(model_config, default=str)))
+    if kind == "HookedTransformer":
+        state = {k: v for k, v in tl_model.state_dict().items() if not k.endswith(("attn.mask", "attn.IGNORE"))}
+    else:
+        state = _tl2_state_from_bridge(tl_model, _native.param_shapes(json.dumps(cfg)))
     model = Model.from_state_dict(cfg, state)
     tokens = _probe_tokens(model.model_config)
     with torch.no_grad():

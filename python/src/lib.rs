@@ -9,11 +9,14 @@ use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use groklens::api::sweeps::{Launcher, LocalOptions};
 use groklens::api::{self, Analysis, Event, Run, Throttle, TrainOptions};
 use groklens::interp::hooks::HookFn;
 use groklens::interp::names::ActKey;
+use groklens::interp::processing::{process_weights, ProcessOptions};
 use groklens::interp::{HookSet, Interp, Names};
-use groklens::model::{HookedModel, ModelConfig, Params};
+use groklens::model::{HookedModel, HookedTransformer, ModelConfig, Params, TransformerConfig};
+use groklens::sweep::worker::WorkerArgs;
 use groklens::RunConfig;
 
 pyo3::create_exception!(
@@ -39,6 +42,9 @@ struct OnThisThread<T>(T);
 // objects, so releasing the GIL around them is sound.
 unsafe impl<T> Send for OnThisThread<T> {}
 
+/// A float32 numpy array.
+type Array<'py> = Bound<'py, PyArrayDyn<f32>>;
+
 /// A numpy array owning `data` (no copy), shaped `shape`.
 fn array<'py>(
     py: Python<'py>,
@@ -48,8 +54,45 @@ fn array<'py>(
     PyArray1::from_vec(py, data).reshape(shape.to_vec())
 }
 
-/// A candle tensor as a numpy array.
+/// Keeps a candle tensor alive as the base object of the numpy array that views its buffer.
+#[pyclass(name = "TensorBuffer", frozen)]
+struct TensorBuffer(#[allow(dead_code)] candle_core::Tensor);
+
+/// A candle tensor as a read-only numpy array: a view of its own buffer when it is a contiguous f32
+/// CPU tensor (no copy; the array keeps the tensor alive), else a copy.
 fn tensor_array<'py>(
+    py: Python<'py>,
+    t: &candle_core::Tensor,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    if t.dtype() == candle_core::DType::F32 && t.is_contiguous() {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            if let Ok(all) = cpu.as_slice::<f32>() {
+                let (start, n) = (layout.start_offset(), t.elem_count());
+                if let Some(values) = all.get(start..start + n) {
+                    let (ptr, dims) = (values.as_ptr(), t.dims().to_vec());
+                    drop(storage);
+                    let owner = Bound::new(py, TensorBuffer(t.clone()))?;
+                    // SAFETY: `ptr..ptr + n` lies in the tensor's storage, which `owner` (the array's
+                    // base) keeps alive; candle never writes to a tensor's storage after it is made,
+                    // and the array is read-only, so the memory does not change while viewed.
+                    let view = unsafe { std::slice::from_raw_parts(ptr, n) };
+                    let view = numpy::ndarray::ArrayView::from_shape(dims.as_slice(), view)
+                        .map_err(|e| GrokError::new_err(format!("tensor: {e}")))?;
+                    let arr = unsafe {
+                        PyArrayDyn::<f32>::borrow_from_array(&view.into_dyn(), owner.into_any())
+                    };
+                    arr.getattr("flags")?.setattr("writeable", false)?;
+                    return Ok(arr);
+                }
+            }
+        }
+    }
+    owned_array(py, t)
+}
+
+/// A copy of a candle tensor as a writable numpy array.
+fn owned_array<'py>(
     py: Python<'py>,
     t: &candle_core::Tensor,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
@@ -104,6 +147,19 @@ fn model_config_to_cfg(model_config_json: &str) -> PyResult<String> {
     cfg.fill_from_task(vocab, out, ctx);
     cfg.validate().map_err(py_err)?;
     Ok(serde_json::to_string(&cfg).expect("a config serialises"))
+}
+
+/// The parameters a model config has: `(name, shape)` in state-dict order.
+#[pyfunction]
+fn param_shapes(cfg_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
+    let cfg: ModelConfig = serde_json::from_str(cfg_json)
+        .map_err(|e| GrokError::new_err(format!("model config: {e}")))?;
+    cfg.validate().map_err(py_err)?;
+    Ok(cfg
+        .param_specs()
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect())
 }
 
 /// Sends the training events to a Python callback `progress(kind, payload)` (a note, an estimate,
@@ -193,6 +249,85 @@ fn resume(
         }
     }
     train_run(py, run, progress)
+}
+
+/// Writes a run of the config `config_json` in `out` for `model`'s weights, recorded as its epoch 0
+/// with one evaluation (`Run.analyze()`, `report` and `compare` then work on it); returns the path.
+#[pyfunction]
+fn import_run(config_json: &str, model: &NativeModel, out: PathBuf) -> PyResult<String> {
+    let cfg: RunConfig = serde_json::from_str(config_json)
+        .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
+    let run = Run::import(cfg, model.params.clone(), out).map_err(py_err)?;
+    Ok(run.path().display().to_string())
+}
+
+/// Analyses the runs in `dirs` and writes the page that sets them side by side at `out`; returns
+/// `(path, summary text)`.
+#[pyfunction]
+fn compare(dirs: Vec<PathBuf>, out: PathBuf) -> PyResult<(String, String)> {
+    let c = groklens::report::compare::write_comparison(&dirs, &out).map_err(py_err)?;
+    Ok((out.display().to_string(), c.text()))
+}
+
+/// Runs the sweep `spec` (a file or a built-in name) into `out` with a pool of `workers` processes,
+/// each `python -m groklens` from `python` (the GIL released); returns the summary text.
+#[pyfunction]
+#[pyo3(signature = (spec, out, python, workers=None, threads_per_run=1, reports=true, progress=true))]
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    py: Python<'_>,
+    spec: String,
+    out: PathBuf,
+    python: PathBuf,
+    workers: Option<usize>,
+    threads_per_run: usize,
+    reports: bool,
+    progress: bool,
+) -> PyResult<String> {
+    let launcher = Launcher {
+        program: python,
+        prefix: vec!["-m".into(), "groklens".into()],
+    };
+    let opts = LocalOptions {
+        workers,
+        threads_per_run,
+        shard: None,
+        reports,
+        progress,
+    };
+    let done = py.detach(move || {
+        OnThisThread(api::sweeps::run_local(&spec, &out, launcher, &opts).map(|r| r.text()))
+    });
+    done.0.map_err(py_err)
+}
+
+/// `python -m groklens sweep worker …`: trains one point of a sweep for a pool started by
+/// [`sweep`] (the arguments [`WorkerArgs::to_args`] writes). Returns the process's exit code.
+#[pyfunction]
+fn sweep_worker(py: Python<'_>, argv: Vec<String>) -> i32 {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().map(Into::into).collect();
+    let args = match WorkerArgs::from_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    py.detach(move || {
+        let mut on = |e: Event| match e {
+            Event::Note(n) => eprintln!("{n}"),
+            Event::Trained(t) => println!("{}", t.text()),
+            Event::Report(r) => println!("{}", r.text()),
+            Event::Estimate(_) | Event::Eval { .. } => {}
+        };
+        match api::sweeps::work_on_point(&args, &mut on) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e}");
+                i32::from(e.exit_code())
+            }
+        }
+    })
 }
 
 /// A run directory, read-only.
@@ -316,10 +451,30 @@ impl NativeRun {
         Ok(d)
     }
 
-    /// Writes `report.html` and returns `(path, summary text)`.
-    fn report(&self) -> PyResult<(String, String)> {
+    /// Writes `report.html` (and a copy at `out`, checked as every command's output is) and returns
+    /// `(path, summary text)`.
+    #[pyo3(signature = (out=None))]
+    fn report(&self, out: Option<PathBuf>) -> PyResult<(String, String)> {
+        if let Some(out) = &out {
+            groklens::run::check_output(out, &[self.run.path()], &["report.html"])
+                .map_err(py_err)?;
+        }
         let r = self.run.write_report().map_err(py_err)?;
-        Ok((r.path().display().to_string(), r.text()))
+        let Some(out) = out else {
+            return Ok((r.path().display().to_string(), r.text()));
+        };
+        if std::fs::canonicalize(&out).ok() != std::fs::canonicalize(r.path()).ok() {
+            let tmp = out.with_extension("html.tmp");
+            std::fs::copy(r.path(), &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &out))
+                .map_err(|e| {
+                    py_err(groklens::GrokError::file(
+                        &out,
+                        format!("cannot write: {e}"),
+                    ))
+                })?;
+        }
+        Ok((out.display().to_string(), r.text()))
     }
 }
 
@@ -335,6 +490,16 @@ impl NativeModel {
     fn build(cfg: ModelConfig, params: Params) -> PyResult<Self> {
         let model = cfg.build(&params).map_err(py_err)?;
         Ok(NativeModel { cfg, params, model })
+    }
+
+    /// The transformer's config, or an error naming what `what` needs.
+    fn transformer(&self, what: &str) -> PyResult<&TransformerConfig> {
+        self.cfg.transformer().ok_or_else(|| {
+            GrokError::new_err(format!(
+                "model.family = {}: {what} is defined for the transformer family only",
+                self.cfg.family_name()
+            ))
+        })
     }
 
     /// `tokens` (`[batch, pos]` integers) as the model's token tensor.
@@ -420,6 +585,69 @@ impl NativeModel {
         Ok(d)
     }
 
+    /// The tensors the seed's PyTorch class holds but never reads (BitNet's outer BitLinear weights,
+    /// ternary `layer.norm`): `(name, shape, fill value)`, for a strict `load_state_dict`.
+    fn seed_only_tensors(&self) -> Vec<(String, Vec<usize>, f32)> {
+        match &self.cfg {
+            ModelConfig::BitNet(b) => b.seed_only_tensors(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// TransformerLens's weight processing (`fold_ln`, `center_writing_weights`, `center_unembed`,
+    /// `fold_value_biases`): a new model with the same predictions.
+    #[pyo3(signature = (fold_ln=true, center_writing_weights=true, center_unembed=true, fold_value_biases=true))]
+    fn process_weights(
+        &self,
+        fold_ln: bool,
+        center_writing_weights: bool,
+        center_unembed: bool,
+        fold_value_biases: bool,
+    ) -> PyResult<NativeModel> {
+        let cfg = self.transformer("process_weights")?;
+        let opts = ProcessOptions {
+            fold_ln,
+            center_writing_weights,
+            center_unembed,
+            fold_value_biases,
+        };
+        let (cfg, params) = process_weights(cfg, &self.params, opts).map_err(py_err)?;
+        NativeModel::build(ModelConfig::Transformer(cfg), params)
+    }
+
+    /// A circuit of head `head` in block `layer` as its factors `(A, B)` (the circuit is `A @ B`):
+    /// `kind` is `qk`, `ov`, `full_qk`, `full_ov` or `ov_to_neurons` (into block `mlp_layer`'s MLP).
+    #[pyo3(signature = (kind, layer, head, mlp_layer=None))]
+    fn circuit<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        layer: usize,
+        head: usize,
+        mlp_layer: Option<usize>,
+    ) -> PyResult<(Array<'py>, Array<'py>)> {
+        let cfg = self.transformer("a circuit")?;
+        let model = HookedTransformer::new(cfg, &self.params).map_err(py_err)?;
+        let m = match kind {
+            "qk" => model.qk_circuit(layer, head),
+            "ov" => model.ov_circuit(layer, head),
+            "full_qk" => model.full_qk_circuit(layer, head),
+            "full_ov" => model.full_ov_circuit(layer, head),
+            "ov_to_neurons" => model.ov_to_neurons(layer, head, mlp_layer.unwrap_or(layer)),
+            other => {
+                return Err(GrokError::new_err(format!(
+                    "circuit `{other}`: unknown; one of qk, ov, full_qk, full_ov, ov_to_neurons"
+                )))
+            }
+        }
+        .map_err(py_err)?;
+        let (a, b) = (m.a, m.b);
+        Ok((
+            array(py, a.data, &[a.rows, a.cols])?,
+            array(py, b.data, &[b.rows, b.cols])?,
+        ))
+    }
+
     /// Every hook point's name, in forward order.
     fn hook_names(&self) -> Vec<String> {
         self.model.hook_names()
@@ -478,8 +706,9 @@ impl NativeModel {
         Ok((tensor_array(py, &logits)?, d))
     }
 
-    /// Logits with `hooks` (`[(name, fn)]`): `fn(activation, name)` sees each activation as a numpy
-    /// array and may return a replacement of the same shape.
+    /// Logits with `hooks` (`[(name, fn)]`): `fn(activation, name)` gets each activation as a
+    /// writable numpy array (a copy) and may change it in place or return a replacement of the same
+    /// shape; either way what it leaves is what the model continues with.
     fn run_with_hooks<'py>(
         &self,
         py: Python<'py>,
@@ -494,11 +723,13 @@ impl NativeModel {
                     let to_err = |e: PyErr| {
                         groklens::GrokError::tensor(&point.name, format!("hook raised {e}"))
                     };
-                    let arr = tensor_array(py, act).map_err(to_err)?;
-                    let out = f.call1(py, (arr, point.name.clone())).map_err(to_err)?;
-                    if out.is_none(py) {
-                        return Ok(None);
-                    }
+                    let arr = owned_array(py, act).map_err(to_err)?;
+                    let out = f.call1(py, (&arr, point.name.clone())).map_err(to_err)?;
+                    let out = if out.is_none(py) {
+                        arr.into_any().unbind()
+                    } else {
+                        out
+                    };
                     let out: PyReadonlyArrayDyn<'_, f32> =
                         out.extract(py).map_err(|e: PyErr| to_err(e))?;
                     let dims = out.shape().to_vec();
@@ -526,6 +757,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(resume, m)?)?;
     m.add_function(wrap_pyfunction!(model_config_to_cfg, m)?)?;
+    m.add_function(wrap_pyfunction!(import_run, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep, m)?)?;
+    m.add_function(wrap_pyfunction!(compare, m)?)?;
+    m.add_function(wrap_pyfunction!(param_shapes, m)?)?;
+    m.add_function(wrap_pyfunction!(sweep_worker, m)?)?;
     m.add_class::<NativeRun>()?;
     m.add_class::<NativeModel>()?;
     Ok(())

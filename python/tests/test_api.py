@@ -86,6 +86,17 @@ def test_models_caches_and_hooks(tmp_path):
     assert seen == ["blocks.0.attn.hook_z"] and not np.allclose(patched, logits)
     kept = model.run_with_hooks(tokens, [("blocks.0.hook_resid_post", lambda a, n: None)])
     assert np.array_equal(kept, logits)
+
+    def zero_head_in_place(act, name):  # TransformerLens's idiom: edit, return nothing
+        act[:, :, 0] = 0
+
+    in_place = model.run_with_hooks(tokens, [(("z", 0), zero_head_in_place)])
+    assert np.array_equal(in_place, patched)
+    # The cache's arrays view the model's own buffers: no copy, read-only.
+    pattern = cache["pattern", 0]
+    assert not pattern.flags.owndata and not pattern.flags.writeable and not logits.flags.writeable
+    del cache
+    assert np.allclose(pattern.sum(-1), 1.0, atol=1e-5)  # still valid: the array keeps its buffer
     with pytest.raises(groklens.GrokError, match="shape"):
         model.run_with_hooks(tokens, [("blocks.0.hook_resid_post", lambda a, n: a[:1])])
     with pytest.raises(groklens.GrokError, match="hook_patern|no hook point|hook_pattern"):
@@ -198,3 +209,96 @@ def test_the_wheel_needs_no_rust(tmp_path):
         env=env, capture_output=True, text=True, check=True,
     )
     assert int(out.stdout) >= 10
+
+
+def test_a_model_from_elsewhere_is_imported_as_a_run(tmp_path):
+    source = small_run(tmp_path / "r")
+    model = source.model()
+    run = groklens.import_run(model, task="quick", out=str(tmp_path / "imported"))
+    assert run.finished and run.checkpoints == [0] and list(run.metrics["epoch"]) == [0.0]
+    assert abs(run.metrics["test_loss"][0] - source.metrics["test_loss"][-1]) < 1e-6
+    assert run.config["model"] == source.config["model"]
+    assert np.array_equal(run.model().forward(source.split()["test_tokens"][:4]),
+                          model.forward(source.split()["test_tokens"][:4]))
+    a, b = run.analyze(), source.analyze()
+    assert a["key_freqs"] == b["key_freqs"] and np.allclose(a["freq_norms"], b["freq_norms"])
+    assert os.path.exists(run.report())
+    # A copy of the page elsewhere; never onto a run's own files.
+    copy = run.report(out=str(tmp_path / "page.html"))
+    assert copy.endswith("page.html") and os.path.getsize(copy) > 100_000
+    with pytest.raises(groklens.GrokError, match="metrics.csv"):
+        run.report(out=os.path.join(run.path, "metrics.csv"))
+    page = groklens.compare([source, run], out=str(tmp_path / "compare.html"))
+    assert os.path.getsize(page) > 100_000
+    # A task section instead of a preset; a model that does not fit the task is refused by field.
+    task = dict(groklens.preset("quick")["task"])
+    groklens.import_run(model, task=task, out=str(tmp_path / "by-task"))
+    with pytest.raises(groklens.GrokError, match="d_vocab|vocab"):
+        groklens.import_run(model, task={**task, "p": 37}, out=str(tmp_path / "misfit"))
+    with pytest.raises(groklens.GrokError, match="already holds a run"):
+        groklens.import_run(model, task="quick", out=run.path)
+
+
+def test_weight_processing_and_circuits(tmp_path):
+    model = small_run(tmp_path / "r", epochs=30).model()
+    tokens = np.array([[1, 31, 2], [5, 31, 7], [30, 31, 0]])
+    logits = model.forward(tokens)
+    processed = model.process_weights()
+    log_softmax = lambda x: x - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)) - x.max(-1, keepdims=True)
+    # center_unembed shifts each logit row by a constant: the probabilities are unchanged.
+    assert np.abs(log_softmax(processed.forward(tokens)) - log_softmax(logits)).max() < 1e-4
+    # (No LayerNorm here, so, as in TransformerLens, only the unembedding is centred.)
+    w_u = processed.params["unembed.W_U"]
+    assert np.abs(w_u.mean(-1)).max() < 1e-6 and np.abs(model.params["unembed.W_U"].mean(-1)).max() > 1e-4
+    kept = model.process_weights(fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                 fold_value_biases=False)
+    assert np.array_equal(kept.forward(tokens), logits)
+    p = model.params
+    qk = model.qk_circuit(0, 1)
+    assert qk.shape == (32, 32)
+    assert np.allclose(qk, p["blocks.0.attn.W_Q"][1] @ p["blocks.0.attn.W_K"][1].T, atol=1e-5)
+    a, b = model.ov_circuit(0, 2, factored=True)
+    assert a.shape == (32, 8) and b.shape == (8, 32)
+    assert np.allclose(a @ b, p["blocks.0.attn.W_V"][2] @ p["blocks.0.attn.W_O"][2], atol=1e-5)
+    full = model.full_ov_circuit(0, 0)
+    w_e, w_u = p["embed.W_E"], p["unembed.W_U"]
+    ov = p["blocks.0.attn.W_V"][0] @ p["blocks.0.attn.W_O"][0]
+    assert full.shape == (32, 31) and np.allclose(full, w_e @ ov @ w_u, atol=1e-4)
+    assert model.ov_to_neurons(0, 0).shape == (32, 64)
+    assert model.full_qk_circuit(0, 3).shape == (32, 32)
+    with pytest.raises(groklens.GrokError, match="head"):
+        model.qk_circuit(0, 4)
+    mlp = groklens.train(preset="quick-mlp", out=str(tmp_path / "m"), overrides={"train.epochs": 5},
+                         progress=False).model()
+    with pytest.raises(groklens.GrokError, match="model.family = mlp"):
+        mlp.process_weights()
+    with pytest.raises(groklens.GrokError, match="model.family = mlp"):
+        mlp.qk_circuit(0, 0)
+
+
+def test_a_sweep_runs_in_worker_processes_and_indexes_its_points(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(
+        'name = "py-test"\npreset = "quick"\n'
+        'set = { "train.epochs" = 40, "train.checkpoint_every" = 20, "model.d_model" = 32, '
+        '"model.d_head" = 8, "model.d_mlp" = 64 }\n'
+        '[grid]\n"task.train_frac" = [0.4, 0.6]\n'
+    )
+    out = tmp_path / "sweep"
+    sweep = groklens.sweep(str(spec), str(out), workers=2, progress=False)
+    index = sweep.index
+    assert len(index) == 2 and index["status"] == ["finished", "finished"]
+    assert list(index["task.train_frac"]) == [0.4, 0.6]
+    assert index["epochs"].dtype == np.float64 and list(index["epochs"]) == [40.0, 40.0]
+    first = sweep.run(index["point"][0])
+    assert first.finished and os.path.exists(os.path.join(first.path, "report.html"))
+    assert index.rows()[1]["point"] == index["point"][1]
+    # Again: every point is kept.
+    assert len(groklens.sweep(str(spec), str(out), progress=False).index) == 2
+    with pytest.raises(KeyError, match="test_acc"):
+        index["test_accuracy"]
+    with pytest.raises(groklens.GrokError, match="spec|no such|not found|cannot read"):
+        groklens.sweep(str(tmp_path / "missing.toml"), str(tmp_path / "s2"), progress=False)
+    # The worker entry point refuses anything but a worker's arguments.
+    bad = subprocess.run([sys.executable, "-m", "groklens", "train"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "sweep worker" in bad.stderr

@@ -140,6 +140,19 @@ impl Run {
         })
     }
 
+    /// Writes a run of `cfg` in `dir` for `params` trained elsewhere (e.g. a TransformerLens model),
+    /// recorded as its epoch 0 with one evaluation, so [`Run::analyze`], reports and comparisons work
+    /// on it; training it further starts from these weights with a fresh optimizer.
+    pub fn import(cfg: RunConfig, params: Params, dir: impl Into<PathBuf>) -> Result<Run> {
+        let dir = RunDir::new(dir);
+        let trainer = Trainer::import(cfg, params, &dir)?;
+        Ok(Run {
+            cfg: trainer.cfg.clone(),
+            dir,
+            trainer: None,
+        })
+    }
+
     /// Opens an existing run to read it (no lock is taken; a run being trained can be read).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Run> {
         let dir = RunDir::new(dir);

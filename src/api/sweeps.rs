@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::{Event, OnEvent, Run, TrainOptions};
 use crate::error::{GrokError, Result};
 use crate::report::sweep::{write_sweep_page, SweepPage};
+pub use crate::sweep::local::Launcher;
 use crate::sweep::local::{self, PoolOptions, PoolOutcome};
 use crate::sweep::slurm::ArrayJob;
 use crate::sweep::worker::WorkerArgs;
@@ -74,9 +75,15 @@ impl LocalRun {
 }
 
 /// Runs the sweep `spec` (a file or a built-in name) into `out` with a pool of worker processes
-/// started from `exe` (the `groklens` binary). Finished points are kept; a point that failed makes
-/// the whole call an error naming each and the end of its log, after the index is written.
-pub fn run_local(spec: &str, out: &Path, exe: PathBuf, opts: &LocalOptions) -> Result<LocalRun> {
+/// started by `launcher` (the `groklens` binary, or `python -m groklens`). Finished points are kept; a
+/// point that failed makes the whole call an error naming each and the end of its log, after the index
+/// is written.
+pub fn run_local(
+    spec: &str,
+    out: &Path,
+    launcher: Launcher,
+    opts: &LocalOptions,
+) -> Result<LocalRun> {
     let spec = sweep::load_spec(spec)?;
     let dir = SweepDir::new(out);
     let shard = sweep::shard_of(opts.shard.as_deref())?;
@@ -87,7 +94,7 @@ pub fn run_local(spec: &str, out: &Path, exe: PathBuf, opts: &LocalOptions) -> R
         None => points.clone(),
     };
     let pool = PoolOptions {
-        exe,
+        launcher,
         workers: opts.workers.unwrap_or_else(local::default_workers),
         threads_per_run: opts.threads_per_run,
         reports: opts.reports,

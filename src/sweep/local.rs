@@ -7,6 +7,7 @@
 //! atomically, so an interrupted point resumes on the next call.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -17,11 +18,31 @@ use crate::error::{GrokError, Result, EXIT_DIVERGED};
 use crate::sweep::worker::WorkerArgs;
 use crate::sweep::{Point, Status, SweepDir};
 
+/// How the pool starts a worker: a program and the arguments that come before the worker's own (the
+/// `groklens` binary alone; `python -m groklens` for the Python package, whose wheel has no binary).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launcher {
+    /// The program.
+    pub program: PathBuf,
+    /// Arguments before [`WorkerArgs::to_args`].
+    pub prefix: Vec<OsString>,
+}
+
+impl Launcher {
+    /// The `groklens` executable at `exe`.
+    pub fn binary(exe: PathBuf) -> Launcher {
+        Launcher {
+            program: exe,
+            prefix: Vec::new(),
+        }
+    }
+}
+
 /// How the pool runs.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// The `groklens` executable the workers start.
-    pub exe: PathBuf,
+    /// How the workers are started.
+    pub launcher: Launcher,
     /// Points trained at once.
     pub workers: usize,
     /// Engine threads per point (`train.threads`).
@@ -205,8 +226,9 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
     let err = log
         .try_clone()
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-    let mut command = Command::new(&opts.exe);
+    let mut command = Command::new(&opts.launcher.program);
     command
+        .args(&opts.launcher.prefix)
         .args(args.to_args())
         .stdin(Stdio::null())
         .stdout(log)
@@ -214,7 +236,7 @@ fn run_point(dir: &SweepDir, name: &str, opts: &PoolOptions) -> std::result::Res
     die_with_parent(&mut command);
     let status = command
         .status()
-        .map_err(|e| format!("cannot start {}: {e}", opts.exe.display()))?;
+        .map_err(|e| format!("cannot start {}: {e}", opts.launcher.program.display()))?;
     if status.success() {
         return Ok(());
     }

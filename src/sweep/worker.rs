@@ -43,6 +43,26 @@ impl WorkerArgs {
         }
         args
     }
+
+    /// Parses what [`WorkerArgs::to_args`] wrote (for a front end without the CLI's parser, such as
+    /// `python -m groklens`); the error is the parser's message.
+    pub fn from_args(args: &[OsString]) -> Result<WorkerArgs, String> {
+        use clap::{Args, FromArgMatches};
+        if args.len() < 2 || args[0] != "sweep" || args[1] != "worker" {
+            return Err(
+                "expected `sweep worker SWEEP POINT --threads N [--report]` (the arguments a sweep \
+                 pool starts its workers with); for everything else use the groklens command line"
+                    .into(),
+            );
+        }
+        let cmd = WorkerArgs::augment_args(clap::Command::new("sweep worker"));
+        let m = cmd
+            .try_get_matches_from(
+                std::iter::once(OsString::from("worker")).chain(args[2..].iter().cloned()),
+            )
+            .map_err(|e| e.to_string())?;
+        WorkerArgs::from_arg_matches(&m).map_err(|e| e.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +87,12 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(WorkerArgs::from_arg_matches(&m).unwrap(), w);
+            assert_eq!(WorkerArgs::from_args(&w.to_args()).unwrap(), w);
         }
+        let e = WorkerArgs::from_args(&["train".into()]).unwrap_err();
+        assert!(e.contains("sweep worker"), "{e}");
+        let e =
+            WorkerArgs::from_args(&["sweep".into(), "worker".into(), "dir".into()]).unwrap_err();
+        assert!(e.contains("POINT") || e.contains("point"), "{e}");
     }
 }

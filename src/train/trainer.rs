@@ -139,6 +139,71 @@ impl Trainer {
         Ok(t)
     }
 
+    /// A run directory `dir` for `params` trained elsewhere, recorded as the run's epoch 0: its config,
+    /// split, one evaluation of each split, a checkpoint (with a fresh optimizer state) and the final
+    /// model. Analysis, reports and comparisons read it like any run; resuming it trains these weights
+    /// further. `params` must have exactly the names and shapes of `cfg.model`.
+    pub fn import(cfg: RunConfig, params: Params, dir: &RunDir) -> Result<Self> {
+        let fresh = Self::new(cfg)?;
+        let specs = fresh.cfg.model.param_specs();
+        if !params.matches(&specs) {
+            let want: Vec<String> = specs
+                .iter()
+                .map(|s| format!("{} {:?}", s.name, s.shape))
+                .collect();
+            let got: Vec<String> = params
+                .iter()
+                .map(|p| format!("{} {:?}", p.name, p.shape))
+                .collect();
+            return Err(GrokError::tensor(
+                "params",
+                format!(
+                    "do not fit the run's model config: it needs [{}], the weights are [{}]",
+                    want.join(", "),
+                    got.join(", ")
+                ),
+            ));
+        }
+        if let Some(p) = params
+            .iter()
+            .find(|p| p.data.iter().any(|x| !x.is_finite()))
+        {
+            return Err(GrokError::tensor(
+                &p.name,
+                "holds NaN or infinite values; import a model with finite weights",
+            ));
+        }
+        dir.check_new()?;
+        let lock = RunLock::acquire(&dir.root)?;
+        let split = fresh.cfg.task.split(fresh.cfg.rng);
+        dir.create(&fresh.cfg, &split)?;
+        let state = (
+            AdamW::new(adam_config(&fresh.cfg), &params),
+            grokfast_config(&fresh.cfg),
+        );
+        let run_dir = Some(dir.clone());
+        let mut t = Self::assemble(fresh.cfg, split, params, state, 0, 0.0, Vec::new(), run_dir)?;
+        t._lock = Some(lock);
+        let test = t.evaluate_test()?;
+        let train = t.evaluate_train()?;
+        let row = MetricsRow {
+            epoch: 0,
+            train_loss: train.loss,
+            train_acc: train.accuracy(),
+            test_loss: test.loss,
+            test_acc: test.accuracy(),
+            lr: 0.0,
+            weight_norm_sq: t.params.sum_of_squares(),
+            elapsed_s: 0.0,
+            output_spectral_norm: t.output_spectral_norm(),
+        };
+        metrics::write_all(&dir.metrics_path(), &[row])?;
+        t.history.push(row);
+        t.checkpoint(0.0)?;
+        t.write_final()?;
+        Ok(t)
+    }
+
     /// Continues the run in `dir` from its newest complete checkpoint (from scratch if it has none),
     /// applying `sets` (resumable keys only, see [`RunDir::load_config_for_resume`]). Returns the
     /// trainer and notes: accepted config changes and newer checkpoints that were incomplete and skipped.
@@ -501,6 +566,31 @@ impl Trainer {
         Ok(stats)
     }
 
+    /// Loss and accuracy on the whole train split without a step (for a stream, on its next batch).
+    pub fn evaluate_train(&mut self) -> Result<BatchStats> {
+        let pass = self.cfg.train.eval_pass_rows();
+        let mut stats = BatchStats::default();
+        match &mut self.train {
+            TrainRows::Stream(stream) => {
+                stream.next_batch(&mut self.pass);
+                stats = self
+                    .engine
+                    .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
+            }
+            TrainRows::Split(rows) => {
+                for lo in (0..rows.len()).step_by(pass) {
+                    let hi = (lo + pass).min(rows.len());
+                    rows.write(lo..hi, &mut self.pass);
+                    let part = self
+                        .engine
+                        .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
+                    stats = stats.merged(part);
+                }
+            }
+        }
+        Ok(stats)
+    }
+
     fn stop_reached(&self, row: &MetricsRow) -> bool {
         let t = &self.cfg.train;
         (t.stop_at_test_acc > 0.0 && row.test_acc >= t.stop_at_test_acc)
@@ -526,6 +616,13 @@ impl Trainer {
     /// then writes `final.safetensors`.
     pub fn run(&mut self, on_eval: &mut dyn FnMut(&MetricsRow)) -> Result<Outcome> {
         let outcome = self.run_until(self.cfg.train.epochs, on_eval)?;
+        self.write_final()?;
+        Ok(outcome)
+    }
+
+    /// Writes `final.safetensors` (the current parameters, epoch and run identity) when the trainer
+    /// has a run directory.
+    fn write_final(&self) -> Result<()> {
         if let Some(dir) = &self.run_dir {
             let meta = [
                 ("epoch".to_string(), self.epoch.to_string()),
@@ -535,7 +632,7 @@ impl Trainer {
             self.params
                 .save(&dir.final_path(), meta.into_iter().collect())?;
         }
-        Ok(outcome)
+        Ok(())
     }
 
     /// Trains up to epoch `until` (at most `train.epochs`), evaluating and checkpointing on the

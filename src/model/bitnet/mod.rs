@@ -13,7 +13,8 @@
 //! Those quirks are the defaults; [`BitNetConfig`] switches each to the sensible alternative.
 //! Parameters carry the seed's `state_dict` names (`transformer.layers.0.to_qkv.0.layer.weight`), so
 //! a checkpoint loads into the seed's class with `strict=False` (the unused outer `weight` of each
-//! BitLinear, and the ternary layers' unused LayerNorm, are not stored).
+//! BitLinear, and the ternary layers' unused LayerNorm, are not stored; [`BitNetConfig::seed_only_tensors`]
+//! names them for a strict load).
 
 pub mod family;
 pub mod forward;
@@ -273,6 +274,29 @@ impl BitNetConfig {
         values
     }
 
+    /// The tensors the seed's class holds but its forward never reads, named and shaped as its
+    /// `state_dict` has them, with the value to fill each with so `load_state_dict(strict=True)`
+    /// accepts a groklens model: every BitLinear's outer `weight` (zeros; the seed leaves it at its
+    /// init draw, which no output depends on) and, ternary, its `layer.norm` (LayerNorm's defaults:
+    /// weight 1, bias 0, over the layer's input).
+    pub fn seed_only_tensors(&self) -> Vec<(String, Vec<usize>, f32)> {
+        let tree = self.tree();
+        let mut out = Vec::new();
+        for (_, _, slot) in tree.bit_linears() {
+            let spec = &tree.specs[slot.index()];
+            let Some(linear) = spec.name.strip_suffix(".layer.weight") else {
+                continue;
+            };
+            out.push((format!("{linear}.weight"), spec.shape.clone(), 0.0));
+            if self.quant == Quant::Ternary {
+                let fan_in = spec.shape[1];
+                out.push((format!("{linear}.layer.norm.weight"), vec![fan_in], 1.0));
+                out.push((format!("{linear}.layer.norm.bias"), vec![fan_in], 0.0));
+            }
+        }
+        out
+    }
+
     /// Every hook point in forward order, under TransformerLens's names, with its axes; the final
     /// RMSNorm is `ln_final` (`hook_scale` = max(‖x‖, 1e-12)/√d_model, `hook_normalized` = x / scale).
     pub fn hooks(&self) -> HookTree {
@@ -414,6 +438,43 @@ mod tests {
         let tree = cfg.tree();
         assert_eq!(tree.specs[tree.blocks[1].ff_in.index()].shape, [512, 128]);
         assert_eq!(tree.specs[tree.unembed.index()].shape, [113, 128]);
+    }
+
+    /// With the unused tensors, the names and shapes are exactly those of the seed class's
+    /// `state_dict` (as `../shared/fixtures/seed004_bitnet_*` list them).
+    #[test]
+    fn with_the_unused_tensors_the_names_are_the_seed_class_state_dict() {
+        for quant in [Quant::Binary, Quant::Ternary] {
+            let cfg = BitNetConfig {
+                quant,
+                ..resolved()
+            };
+            let mut all: Vec<(String, Vec<usize>)> = cfg
+                .tree()
+                .specs
+                .into_iter()
+                .map(|s| (s.name, s.shape))
+                .collect();
+            all.extend(cfg.seed_only_tensors().into_iter().map(|(n, s, _)| (n, s)));
+            all.sort();
+            let per_linear = if quant == Quant::Ternary { 4 } else { 2 };
+            assert_eq!(all.len(), 3 + 6 * per_linear);
+            let find = |n: &str| {
+                all.iter()
+                    .find(|(name, _)| name == n)
+                    .map(|(_, s)| s.clone())
+            };
+            assert_eq!(
+                find("transformer.layers.0.to_out.weight"),
+                Some(vec![128, 128])
+            );
+            assert_eq!(
+                find("transformer.ffn_layers.0.layer2.weight"),
+                Some(vec![128, 512])
+            );
+            let norm = find("transformer.ffn_layers.0.layer2.layer.norm.bias");
+            assert_eq!(norm, (quant == Quant::Ternary).then(|| vec![512]));
+        }
     }
 
     #[test]
