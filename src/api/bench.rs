@@ -4,6 +4,16 @@
 use super::build_config;
 use crate::bench::{self, WHOLE_EPOCH_ROWS};
 use crate::error::{GrokError, Result};
+use crate::linalg::kernels::simd_build;
+
+/// `gflops` as a share of the measured matmul `peak` on the same threads, for the figures' margins.
+fn share(gflops: f64, peak: f64) -> String {
+    if peak > 0.0 && gflops.is_finite() {
+        format!("{:.0} % of the matmul peak", 100.0 * gflops / peak)
+    } else {
+        "no matmul peak measured".into()
+    }
+}
 
 /// Times preset `preset` (with `sets`), the median of `iters` passes, and returns the figures as
 /// text: whole epochs where they are short enough, figures per million rows otherwise.
@@ -20,9 +30,12 @@ pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<Strin
     }
     let r = bench::bench(&cfg, iters)?;
     let mut out = format!(
-        "preset {preset}: engine {}, {} thread(s), median of {iters}\n",
-        r.engine, r.threads
+        "preset {preset}: engine {}, {} build, {} thread(s), median of {iters}\n",
+        r.engine,
+        simd_build().name(),
+        r.threads
     );
+    let peak = r.matmul_peak_gflops.1;
     out += &format!(
         "  train steps ({} × {} rows) {:7.2} ms\n",
         r.steps, r.batch, r.train_step_ms
@@ -34,8 +47,9 @@ pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<Strin
         1e3 / r.epoch_ms()
     );
     out += &format!(
-        "  effective                {:8.1} GFLOP/s  ({:.2} GFLOP/epoch performed)\n",
+        "  effective                {:8.1} GFLOP/s  ({}; {:.2} GFLOP/epoch performed)\n",
         r.effective_gflops(),
+        share(r.effective_gflops(), peak),
         r.epoch_flops_performed / 1e9
     );
     out += &format!(
@@ -63,8 +77,11 @@ fn rows_text(preset: &str, cfg: &crate::RunConfig, iters: usize) -> Result<Strin
     let (performed, equivalent) = r.train_gflops();
     Ok([
         format!(
-            "preset {preset}: engine {}, {} thread(s), median of {iters} passes of {} rows",
-            r.engine, r.threads, r.pass_rows
+            "preset {preset}: engine {}, {} build, {} thread(s), median of {iters} passes of {} rows",
+            r.engine,
+            simd_build().name(),
+            r.threads,
+            r.pass_rows
         ),
         format!(
             "  train forward+backward   {:8.1} ms per million rows",
@@ -75,7 +92,8 @@ fn rows_text(preset: &str, cfg: &crate::RunConfig, iters: usize) -> Result<Strin
             r.test_ms_per_million
         ),
         format!(
-            "  train effective          {performed:8.1} GFLOP/s  (reference-equivalent {equivalent:.1} GFLOP/s)"
+            "  train effective          {performed:8.1} GFLOP/s  ({}; reference-equivalent {equivalent:.1} GFLOP/s)",
+            share(performed, r.matmul_peak_gflops.1)
         ),
         format!(
             "  epoch estimate           {:8.1} s  ({} train rows forward+backward, {} test rows forward)",

@@ -55,34 +55,114 @@ pub fn matmul(
     }
 }
 
-/// Whether this CPU has AVX2 and FMA, so the fast engines' loops may run their AVX2 builds (std
-/// checks once and caches the answer). Every result is the same either way: both builds do the same
-/// IEEE operations in the same order, only more lanes at a time.
-#[inline]
-pub fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// A build of the fast engines' dispatched passes (the optimizer step, each chunk's forward and
+/// backward): the same source compiled for more and more vector features. Every build does the same
+/// IEEE operations in the same order, only more lanes at a time, so results are bit-identical
+/// whichever runs (`tests/simd_builds.rs` checks it on every build the machine has).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdBuild {
+    /// Baseline x86-64 (SSE2), or whatever the target is elsewhere.
+    Baseline = 0,
+    /// AVX2 + FMA (Haswell, Zen 1 and later).
+    Avx2 = 1,
+    /// AVX-512 F/VL/BW/DQ on top of AVX2 + FMA (Zen 4, Sapphire Rapids, Ice Lake…).
+    Avx512 = 2,
+}
+
+impl SimdBuild {
+    /// Every build, oldest first.
+    pub const ALL: [SimdBuild; 3] = [SimdBuild::Baseline, SimdBuild::Avx2, SimdBuild::Avx512];
+
+    /// Its name, as `GROKLENS_SIMD` takes it and `bench` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdBuild::Baseline => "baseline",
+            SimdBuild::Avx2 => "avx2",
+            SimdBuild::Avx512 => "avx512",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// The best build this CPU runs (std checks once and caches the answer).
+    pub fn detected() -> SimdBuild {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                let avx512 =
+                    has!("avx512f") && has!("avx512vl") && has!("avx512bw") && has!("avx512dq");
+                return if avx512 {
+                    SimdBuild::Avx512
+                } else {
+                    SimdBuild::Avx2
+                };
+            }
+        }
+        SimdBuild::Baseline
+    }
+
+    /// The builds this CPU can run, oldest first.
+    pub fn supported() -> Vec<SimdBuild> {
+        let best = SimdBuild::detected();
+        SimdBuild::ALL.into_iter().filter(|b| *b <= best).collect()
+    }
+}
+
+/// The most recent build the passes may use: `u8::MAX` = no limit; set by [`limit_simd_build`].
+static SIMD_LIMIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Caps the build the passes use at `limit` (`None` lifts the cap): for comparing builds (tests,
+/// benchmarks). Process-wide; the builds give the same numbers, so a pass that runs meanwhile is
+/// unaffected but for speed.
+pub fn limit_simd_build(limit: Option<SimdBuild>) {
+    let v = limit.map_or(u8::MAX, |b| b as u8);
+    SIMD_LIMIT.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `GROKLENS_SIMD` (`baseline`, `avx2`, `avx512`) as a cap, read once; an unknown value is refused
+/// loudly once and ignored (the passes then use the CPU's best build).
+fn env_limit() -> Option<SimdBuild> {
+    static ENV: std::sync::OnceLock<Option<SimdBuild>> = std::sync::OnceLock::new();
+    *ENV.get_or_init(|| {
+        let v = std::env::var("GROKLENS_SIMD").ok()?;
+        let found = SimdBuild::ALL.into_iter().find(|b| b.name() == v.trim());
+        if found.is_none() {
+            eprintln!(
+                "warning: GROKLENS_SIMD={v} is not one of baseline, avx2, avx512; using the CPU's best build"
+            );
+        }
+        found
+    })
+}
+
+/// The build the dispatched passes run now: the CPU's best, capped by [`limit_simd_build`] and
+/// `GROKLENS_SIMD`.
+#[inline]
+pub fn simd_build() -> SimdBuild {
+    let mut build = SimdBuild::detected();
+    if let Some(env) = env_limit() {
+        build = build.min(env);
+    }
+    match SIMD_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => SimdBuild::Baseline,
+        1 => build.min(SimdBuild::Avx2),
+        _ => build,
     }
 }
 
 /// Defines `$name`, which runs `$body` (an `#[inline(always)]` method whose callees are inlined too)
-/// compiled for AVX2 + FMA when this CPU has them and as built otherwise, plus `$avx2`, that
-/// AVX2 + FMA copy.
-macro_rules! avx2_dispatch {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident => $body:ident(
+/// in the build [`simd_build`] picks, plus `$avx2` and `$avx512`, the AVX2 + FMA and AVX-512 copies.
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident / $avx512:ident => $body:ident(
         &self $(, $arg:ident: $ty:ty)* $(,)?
     ) $(-> $ret:ty)?) => {
         $(#[$doc])*
         $vis fn $name(&self $(, $arg: $ty)*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if $crate::linalg::kernels::has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                return unsafe { self.$avx2($($arg),*) };
+            match $crate::linalg::kernels::simd_build() {
+                // SAFETY: `simd_build` never exceeds what this CPU has.
+                $crate::linalg::kernels::SimdBuild::Avx512 => return unsafe { self.$avx512($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Avx2 => return unsafe { self.$avx2($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Baseline => {}
             }
             self.$body($($arg),*)
         }
@@ -92,16 +172,24 @@ macro_rules! avx2_dispatch {
         unsafe fn $avx2(&self $(, $arg: $ty)*) $(-> $ret)? {
             self.$body($($arg),*)
         }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+        unsafe fn $avx512(&self $(, $arg: $ty)*) $(-> $ret)? {
+            self.$body($($arg),*)
+        }
     };
-    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident => $body:ident(
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident / $avx512:ident => $body:ident(
         &mut self $(, $arg:ident: $ty:ty)* $(,)?
     ) $(-> $ret:ty)?) => {
         $(#[$doc])*
         $vis fn $name(&mut self $(, $arg: $ty)*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
-            if $crate::linalg::kernels::has_avx2_fma() {
-                // SAFETY: the CPU has AVX2 and FMA (checked just above).
-                return unsafe { self.$avx2($($arg),*) };
+            match $crate::linalg::kernels::simd_build() {
+                // SAFETY: `simd_build` never exceeds what this CPU has.
+                $crate::linalg::kernels::SimdBuild::Avx512 => return unsafe { self.$avx512($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Avx2 => return unsafe { self.$avx2($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Baseline => {}
             }
             self.$body($($arg),*)
         }
@@ -111,9 +199,15 @@ macro_rules! avx2_dispatch {
         unsafe fn $avx2(&mut self $(, $arg: $ty)*) $(-> $ret)? {
             self.$body($($arg),*)
         }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+        unsafe fn $avx512(&mut self $(, $arg: $ty)*) $(-> $ret)? {
+            self.$body($($arg),*)
+        }
     };
 }
-pub(crate) use avx2_dispatch;
+pub(crate) use simd_dispatch;
 
 /// Adds `bias[n]` to every row of `x[rows×n]`.
 #[inline(always)]

@@ -40,9 +40,9 @@ impl AdamW {
         }
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// One update of every parameter whose `trainable[i]` is true, at learning rate `lr`.
-        pub fn step / step_avx2 => step_body(
+        pub fn step / step_avx2 / step_avx512 => step_body(
             &mut self,
             params: &mut Params,
             grads: &Params,

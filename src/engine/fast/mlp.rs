@@ -286,10 +286,10 @@ impl<'a> Pass<'a> {
         }
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// Forward, loss, and (with `n_total`, the batch size the loss is averaged over) backward into
         /// `ws.grads`.
-        fn run / run_avx2 => run_body(
+        fn run / run_avx2 / run_avx512 => run_body(
             &self,
             ws: &mut MlpWorkspace,
             tokens: &[u32],
@@ -299,10 +299,10 @@ impl<'a> Pass<'a> {
         ) -> ChunkStats
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// Logits of `rows` rows into the workspace (the forward pass alone), on this CPU's best
         /// build.
-        fn logits / forward_avx2 => forward(
+        fn logits / forward_avx2 / forward_avx512 => forward(
             &self,
             ws: &mut MlpWorkspace,
             tokens: &[u32],

@@ -8,9 +8,10 @@
 //! sums are reduced in chunk order, so results are bit-identical on any number of threads. Other
 //! models use the candle engine.
 //!
-//! The build targets baseline x86-64; each chunk's pass has a second build for AVX2 + FMA, chosen at
-//! run time ([`crate::linalg::kernels::has_avx2_fma`]): the entry points (`run`, `logits`,
-//! `forward`) dispatch, and everything they call is `#[inline(always)]` so it is compiled into both.
+//! The build targets baseline x86-64; each chunk's pass has two more builds, AVX2 + FMA and AVX-512,
+//! chosen at run time ([`crate::linalg::kernels::simd_build`]): the entry points (`run`, `logits`,
+//! `forward`) dispatch, and everything they call is `#[inline(always)]` so it is compiled into all
+//! three. They give bit-identical results.
 
 pub mod bitnet;
 pub mod flops;

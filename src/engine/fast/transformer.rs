@@ -290,9 +290,9 @@ impl Weights {
         v
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// `self += other`, buffer by buffer (the chunks' gradients summed).
-        pub fn add_assign / add_assign_avx2 => add_assign_body(&mut self, other: &mut Weights)
+        pub fn add_assign / add_assign_avx2 / add_assign_avx512 => add_assign_body(&mut self, other: &mut Weights)
     }
 
     #[inline(always)]
@@ -454,11 +454,11 @@ impl<'a> Prepared<'a> {
         Prepared { lookup, w, d }
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// Forward (and, if `n_total` is given, backward for a mean over `n_total` predictions,
         /// leaving the gradients in `ws.grads`) on the chunk's rows of `scoring.seq` tokens, scored as
         /// `scoring` says.
-        pub fn run / run_avx2 => run_body(
+        pub fn run / run_avx2 / run_avx512 => run_body(
             &self,
             ws: &mut Workspace,
             tokens: &[u32],
@@ -552,9 +552,9 @@ impl<'a> Prepared<'a> {
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
-    crate::linalg::kernels::avx2_dispatch! {
+    crate::linalg::kernels::simd_dispatch! {
         /// [`Prepared::forward`] on this CPU's best build.
-        fn dispatch_forward / forward_avx2 => forward(
+        fn dispatch_forward / forward_avx2 / forward_avx512 => forward(
             &self,
             ws: &mut Workspace,
             tokens: &[u32],
