@@ -263,3 +263,30 @@ fn fast_matches_candle_with_layernorm_and_lnpre() {
     );
     compare_on(previous_token_model(None), 4, Target::PreviousToken);
 }
+
+/// Evaluation reuses one workspace per thread across chunks of different sizes: the logits and the
+/// scores are the same bits on any thread count (so whichever chunks share a workspace).
+#[test]
+fn evaluation_gives_the_same_bits_whichever_chunks_share_a_workspace() {
+    let f = fixture("tl_ln_2l.safetensors");
+    let cfg = TransformerConfig {
+        act_fn: ActFn::GeluNew,
+        ..fixture_config(&f)
+    };
+    let params = random_params(&cfg);
+    let seq = cfg.n_ctx;
+    // 15 chunks of 134 rows and a last one of 124.
+    let (tokens, _) = random_batch(&cfg, 2000, seq, 7);
+    let run = |threads: usize| {
+        let mut engine = FastEngine::new(&cfg, threads);
+        let logits = engine.logits(&params, &tokens, seq).unwrap();
+        let batch = Batch::new(&tokens, &[], seq, Target::PreviousToken);
+        let stats = engine.evaluate(&params, batch).unwrap();
+        let bits: Vec<u32> = logits.iter().map(|x| x.to_bits()).collect();
+        (bits, stats.loss.to_bits(), stats.correct)
+    };
+    let one = run(1);
+    for threads in [2, 3, 16] {
+        assert!(run(threads) == one, "{threads} threads differ from one");
+    }
+}

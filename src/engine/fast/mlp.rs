@@ -19,7 +19,9 @@ use rayon::prelude::*;
 use crate::engine::fast::ops::{
     activation_backward, activation_forward, mm_nn, mm_nt, mm_tn, FastAct,
 };
-use crate::engine::fast::{loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats};
+use crate::engine::fast::{
+    loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats, Workspaces,
+};
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
@@ -119,9 +121,13 @@ impl FastMlpEngine {
             threads,
             scratch,
         );
-        let out = parallel_chunks(&mut self.eval_ws, threads, batch, |ws, t, l| {
-            job(&pass, ws, t, l)
-        });
+        let out = parallel_chunks(
+            &mut self.eval_ws,
+            threads,
+            Workspaces::PerThread,
+            batch,
+            |ws, t, l| job(&pass, ws, t, l),
+        );
         self.scratch = pass.scratch;
         Ok(out)
     }
@@ -144,9 +150,13 @@ impl Engine for FastMlpEngine {
         let threads = self.threads;
         let scratch = std::mem::take(&mut self.scratch);
         let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads, scratch);
-        let stats = parallel_chunks(&mut self.train_ws, threads, batch, |ws, t, l| {
-            pass.run(ws, t, l, Some(n_total), batch.loss)
-        });
+        let stats = parallel_chunks(
+            &mut self.train_ws,
+            threads,
+            Workspaces::PerChunk,
+            batch,
+            |ws, t, l| pass.run(ws, t, l, Some(n_total), batch.loss),
+        );
         let chunks = stats.len();
         let (first, rest) = self.train_ws[..chunks].split_at_mut(1);
         let first = &mut first[0];

@@ -209,9 +209,15 @@ impl FastEngine {
             &mut self.eval_ws
         };
         let prepared = &prepared;
+        let mode = if train {
+            Workspaces::PerChunk
+        } else {
+            Workspaces::PerThread
+        };
         Ok(parallel_chunks(
             workspaces,
             self.threads,
+            mode,
             batch,
             |ws, t, l| job(prepared, ws, t, l),
         ))
@@ -235,43 +241,72 @@ pub(crate) fn chunk_ranges(rows: usize) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// Runs `job(workspace, tokens, labels)` on every chunk of `batch` ([`chunk_ranges`]), each with
-/// its own workspace (grown to one per chunk), on `threads` threads taking contiguous groups of
-/// chunks; results in chunk order.
+/// Which workspace each chunk of [`parallel_chunks`] runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Workspaces {
+    /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients).
+    PerChunk,
+    /// The one of the thread that runs it, reused chunk after chunk (an evaluation pass, whose results
+    /// are returned by value): memory for a thread's chunk, not for the whole batch at once.
+    PerThread,
+}
+
+/// Runs `job(workspace, tokens, labels)` on every chunk of `batch` ([`chunk_ranges`]) on `threads`
+/// threads taking contiguous groups of chunks, each chunk in the workspace `mode` gives it
+/// (`workspaces` grows to what that needs); results in chunk order. A chunk's result does not depend
+/// on which workspace it ran in: every pass overwrites what it reads.
 pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
     workspaces: &mut Vec<W>,
     threads: usize,
+    mode: Workspaces,
     batch: Batch<'b>,
     job: impl Fn(&mut W, &'b [u32], &'b [u32]) -> R + Sync,
 ) -> Vec<R> {
     let ranges = chunk_ranges(batch.rows());
-    if workspaces.len() < ranges.len() {
-        workspaces.resize_with(ranges.len(), W::default);
-    }
     let seq = batch.seq_len;
-    let mut jobs: Vec<_> = workspaces
-        .iter_mut()
-        .zip(ranges)
-        .map(|(ws, r)| {
+    let inputs: Vec<(&'b [u32], &'b [u32])> = ranges
+        .into_iter()
+        .map(|r| {
             (
-                ws,
                 &batch.tokens[r.start * seq..r.end * seq],
                 // Per-position targets are the tokens themselves: no labels.
                 batch.labels.get(r).unwrap_or(&[]),
             )
         })
         .collect();
-    let per_thread = jobs.len().div_ceil(threads.max(1));
-    let mut groups = Vec::new();
-    while !jobs.is_empty() {
-        let rest = jobs.split_off(per_thread.min(jobs.len()));
-        groups.push(std::mem::replace(&mut jobs, rest));
+    let per_thread = inputs.len().div_ceil(threads.max(1));
+    let chunk_groups: Vec<&[(&'b [u32], &'b [u32])]> = inputs.chunks(per_thread).collect();
+    let needed = match mode {
+        Workspaces::PerChunk => inputs.len(),
+        Workspaces::PerThread => chunk_groups.len(),
+    };
+    if workspaces.len() < needed {
+        workspaces.resize_with(needed, W::default);
     }
+    let mut spare = workspaces.iter_mut();
+    let groups: Vec<(Vec<&mut W>, &[(&'b [u32], &'b [u32])])> = chunk_groups
+        .into_iter()
+        .map(|g| {
+            let take = if mode == Workspaces::PerChunk {
+                g.len()
+            } else {
+                1
+            };
+            ((&mut spare).take(take).collect(), g)
+        })
+        .collect();
     // rayon's pool keeps its threads between calls (a minibatch step is ~1 ms, so spawning threads
     // per call would cost a noticeable share); `collect` keeps chunk order.
     let results: Vec<Vec<R>> = groups
         .into_par_iter()
-        .map(|group| group.into_iter().map(|(ws, t, l)| job(ws, t, l)).collect())
+        .map(|(mut ws, group)| {
+            let shared = ws.len() == 1;
+            group
+                .iter()
+                .enumerate()
+                .map(|(i, &(t, l))| job(ws[if shared { 0 } else { i }], t, l))
+                .collect()
+        })
         .collect();
     results.into_iter().flatten().collect()
 }
