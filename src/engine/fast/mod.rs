@@ -251,6 +251,9 @@ pub(crate) enum Workspaces {
     PerThread,
 }
 
+/// One chunk's tokens and labels.
+type ChunkInput<'b> = (&'b [u32], &'b [u32]);
+
 /// Runs `job(workspace, tokens, labels)` on every chunk of `batch` ([`chunk_ranges`]) on `threads`
 /// threads taking contiguous groups of chunks, each chunk in the workspace `mode` gives it
 /// (`workspaces` grows to what that needs); results in chunk order. A chunk's result does not depend
@@ -264,7 +267,7 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
 ) -> Vec<R> {
     let ranges = chunk_ranges(batch.rows());
     let seq = batch.seq_len;
-    let inputs: Vec<(&'b [u32], &'b [u32])> = ranges
+    let inputs: Vec<ChunkInput<'b>> = ranges
         .into_iter()
         .map(|r| {
             (
@@ -275,7 +278,7 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
         })
         .collect();
     let per_thread = inputs.len().div_ceil(threads.max(1));
-    let chunk_groups: Vec<&[(&'b [u32], &'b [u32])]> = inputs.chunks(per_thread).collect();
+    let chunk_groups: Vec<&[ChunkInput<'b>]> = inputs.chunks(per_thread).collect();
     let needed = match mode {
         Workspaces::PerChunk => inputs.len(),
         Workspaces::PerThread => chunk_groups.len(),
@@ -284,7 +287,7 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
         workspaces.resize_with(needed, W::default);
     }
     let mut spare = workspaces.iter_mut();
-    let groups: Vec<(Vec<&mut W>, &[(&'b [u32], &'b [u32])])> = chunk_groups
+    let groups: Vec<(Vec<&mut W>, &[ChunkInput<'b>])> = chunk_groups
         .into_iter()
         .map(|g| {
             let take = if mode == Workspaces::PerChunk {
