@@ -55,6 +55,63 @@ pub fn matmul(
     }
 }
 
+/// `c = (acc ? c : 0) + a·b` for `a` (`m×k`) and `b` (`k×n`) read through strides (element `(i, p)` of
+/// `a` is `a[i·a_rs + p·a_cs]`, of `b` `b[p·b_rs + j·b_cs]`) into `c` with row stride `c_rs`: a
+/// transposed or interleaved operand (one head's Q, K or V inside a `[pos, 3·hd]` block) needs no copy.
+/// Single-threaded, like [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strided(
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    acc: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
+    assert!(
+        last(m, c_rs, n, 1) < c.len()
+            && (k == 0 || (last(m, a_rs, k, a_cs) < a.len() && last(k, b_rs, n, b_cs) < b.len())),
+        "matmul_strided: a stride reaches past its buffer"
+    );
+    if k == 0 {
+        if !acc {
+            (0..m).for_each(|i| c[i * c_rs..i * c_rs + n].fill(0.0));
+        }
+        return;
+    }
+    // SAFETY: the assert above bounds every index the strides reach; `c` does not alias `a` or `b`
+    // (it is borrowed mutably while they are borrowed shared).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// A build of the fast engines' dispatched passes (the optimizer step, each chunk's forward and
 /// backward): the same source compiled for more and more vector features. Every build does the same
 /// IEEE operations in the same order, only more lanes at a time, so results are bit-identical

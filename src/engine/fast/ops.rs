@@ -4,7 +4,7 @@
 //! [`super::mlp`] are sequences of these calls. Everything is `#[inline(always)]` so the AVX2 build
 //! of a pass compiles its ops into it.
 
-use crate::linalg::kernels::{exp_f32, gelu_new, gelu_new_grad, matmul};
+use crate::linalg::kernels::{exp_f32, gelu_new, gelu_new_grad, matmul, matmul_strided};
 use crate::model::ActFn;
 
 /// `out[m×n] = a[m×k] · b[k×n]`.
@@ -125,6 +125,20 @@ impl AttnShape {
 /// left as they were and never read) and `z [rows·tq, hd]`.
 #[inline(always)]
 pub fn attention_forward(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
+    if s.tq >= BATCHED_QUERIES {
+        return attention_forward_batched(s, qkv, pattern, z);
+    }
+    attention_forward_per_query(s, qkv, pattern, z)
+}
+
+/// Queries per row from which attention runs as matrix products per (row, head) — scores, pattern·V
+/// and the four products of the backward pass, read in place through strides — rather than as dot
+/// products per query: every-position losses (seed 003) have `seq` queries, the last-position loss one.
+pub const BATCHED_QUERIES: usize = 8;
+
+/// [`attention_forward`] as a loop over queries (each query's scores, softmax and weighted values).
+#[inline(always)]
+pub fn attention_forward_per_query(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
     let (seq, tq, nh, dh, hd) = (s.seq, s.tq, s.n_heads, s.d_head, s.hd());
     let n3 = 3 * hd;
     let first_q = seq - tq;
@@ -159,10 +173,104 @@ pub fn attention_forward(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut
     }
 }
 
+/// [`attention_forward`] as matrix products per (row, head): `S = Q·Kᵀ` into the pattern rows, the
+/// softmax in place over the keys each query sees (the rest set to 0), then `Z = P·V`.
+#[inline(always)]
+pub fn attention_forward_batched(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
+    let (seq, tq, nh, dh, hd) = (s.seq, s.tq, s.n_heads, s.d_head, s.hd());
+    let (n3, first_q, p_rs) = (3 * hd, seq - tq, nh * seq);
+    for r in 0..s.rows {
+        let base = r * seq * n3;
+        for h in 0..nh {
+            let q = &qkv[base + first_q * n3 + h * dh..];
+            let k = &qkv[base + hd + h * dh..];
+            let v = &qkv[base + 2 * hd + h * dh..];
+            let p = &mut pattern[(r * tq * nh + h) * seq..];
+            matmul_strided(p, p_rs, q, (n3, 1), k, (1, n3), (tq, seq, dh), false);
+            for qi in 0..tq {
+                let keys = s.keys(first_q + qi);
+                let row = &mut p[qi * p_rs..qi * p_rs + seq];
+                let mut max = f32::NEG_INFINITY;
+                for x in row[..keys].iter_mut() {
+                    *x *= s.scale;
+                    max = max.max(*x);
+                }
+                let mut sum = 0.0;
+                for x in row[..keys].iter_mut() {
+                    *x = exp_f32(*x - max);
+                    sum += *x;
+                }
+                row[..keys].iter_mut().for_each(|x| *x /= sum);
+                row[keys..].fill(0.0);
+            }
+            let p = &pattern[(r * tq * nh + h) * seq..];
+            let zh = &mut z[r * tq * hd + h * dh..];
+            matmul_strided(zh, hd, p, (p_rs, 1), v, (n3, 1), (tq, dh, seq), false);
+        }
+    }
+}
+
 /// Attention backward: from `dz [rows·tq, hd]` and the forward's `qkv` and `pattern`, accumulates
 /// d(loss)/d(qkv) into `dqkv [rows·seq, 3·hd]` (zeroed by the caller).
 #[inline(always)]
 pub fn attention_backward(
+    s: AttnShape,
+    qkv: &[f32],
+    pattern: &[f32],
+    dz: &[f32],
+    dqkv: &mut [f32],
+) {
+    if s.tq >= BATCHED_QUERIES {
+        return attention_backward_batched(s, qkv, pattern, dz, dqkv);
+    }
+    attention_backward_per_query(s, qkv, pattern, dz, dqkv)
+}
+
+/// [`attention_backward`] as matrix products per (row, head): `dP = dZ·Vᵀ`, `dV += Pᵀ·dZ`, the softmax
+/// backward `dS = P∘(dP − Σ P∘dP)·scale` per query, `dQ += dS·K`, `dK += dSᵀ·Q`.
+#[inline(always)]
+pub fn attention_backward_batched(
+    s: AttnShape,
+    qkv: &[f32],
+    pattern: &[f32],
+    dz: &[f32],
+    dqkv: &mut [f32],
+) {
+    let (seq, tq, nh, dh, hd) = (s.seq, s.tq, s.n_heads, s.d_head, s.hd());
+    let (n3, first_q, p_rs) = (3 * hd, seq - tq, nh * seq);
+    let mut ds = vec![0.0f32; tq * seq];
+    for r in 0..s.rows {
+        let base = r * seq * n3;
+        for h in 0..nh {
+            let p = &pattern[(r * tq * nh + h) * seq..];
+            let dzh = &dz[r * tq * hd + h * dh..];
+            let q = &qkv[base + first_q * n3 + h * dh..];
+            let k = &qkv[base + hd + h * dh..];
+            let v = &qkv[base + 2 * hd + h * dh..];
+            matmul_strided(&mut ds, seq, dzh, (hd, 1), v, (1, n3), (tq, seq, dh), false);
+            let dv = &mut dqkv[base + 2 * hd + h * dh..];
+            matmul_strided(dv, n3, p, (1, p_rs), dzh, (hd, 1), (seq, dh, tq), true);
+            for qi in 0..tq {
+                let keys = s.keys(first_q + qi);
+                let pr = &p[qi * p_rs..qi * p_rs + seq];
+                let dr = &mut ds[qi * seq..(qi + 1) * seq];
+                let weighted: f32 = (0..keys).map(|j| pr[j] * dr[j]).sum();
+                for j in 0..keys {
+                    dr[j] = pr[j] * (dr[j] - weighted) * s.scale;
+                }
+                dr[keys..].fill(0.0);
+            }
+            let dq = &mut dqkv[base + first_q * n3 + h * dh..];
+            matmul_strided(dq, n3, &ds, (seq, 1), k, (n3, 1), (tq, dh, seq), true);
+            let dk = &mut dqkv[base + hd + h * dh..];
+            matmul_strided(dk, n3, &ds, (1, seq), q, (n3, 1), (seq, dh, tq), true);
+        }
+    }
+}
+
+/// [`attention_backward`] as a loop over queries.
+#[inline(always)]
+pub fn attention_backward_per_query(
     s: AttnShape,
     qkv: &[f32],
     pattern: &[f32],
@@ -311,10 +419,17 @@ mod tests {
     /// d(loss)/d(qkv) matches the finite difference, causal or not, one query or all.
     #[test]
     fn attention_backward_matches_finite_differences() {
-        for (tq, causal) in [(1, true), (4, true), (4, false)] {
+        let batched = BATCHED_QUERIES + 1;
+        for (seq, tq, causal) in [
+            (4, 1, true),
+            (4, 4, true),
+            (4, 4, false),
+            (batched, batched, true),
+            (batched, batched, false),
+        ] {
             let s = AttnShape {
                 rows: 2,
-                seq: 4,
+                seq,
                 tq,
                 n_heads: 2,
                 d_head: 3,
@@ -340,7 +455,7 @@ mod tests {
                 let want = numeric(&qkv, i, &loss);
                 assert!(
                     (got as f64 - want).abs() < 2e-3,
-                    "tq {tq}, causal {causal}, qkv[{i}]: {got} vs {want}"
+                    "seq {seq}, tq {tq}, causal {causal}, qkv[{i}]: {got} vs {want}"
                 );
             }
             // Each pattern row is a distribution over the keys the query may see.
@@ -348,6 +463,46 @@ mod tests {
                 let visible: f32 = row.iter().take(if causal { 1 } else { s.seq }).sum();
                 assert!(visible > 0.0);
             }
+        }
+    }
+
+    /// The matrix-product attention computes what the per-query loop computes, forward and backward,
+    /// for several heads, causal or not, with fewer queries than positions.
+    #[test]
+    fn batched_attention_equals_the_per_query_loop() {
+        for (tq, causal) in [(12, true), (12, false), (9, true)] {
+            let s = AttnShape {
+                rows: 3,
+                seq: 12,
+                tq,
+                n_heads: 2,
+                d_head: 5,
+                scale: 0.4,
+                causal,
+            };
+            let n_qkv = s.rows * s.seq * 3 * s.hd();
+            let n_p = s.rows * tq * s.n_heads * s.seq;
+            let n_z = s.rows * tq * s.hd();
+            let qkv = values(n_qkv, 5);
+            let dz = values(n_z, 6);
+            let run = |batched: bool| {
+                let (mut p, mut z, mut dqkv) = (vec![0.0; n_p], vec![0.0; n_z], vec![0.0; n_qkv]);
+                if batched {
+                    attention_forward_batched(s, &qkv, &mut p, &mut z);
+                    attention_backward_batched(s, &qkv, &p, &dz, &mut dqkv);
+                } else {
+                    attention_forward_per_query(s, &qkv, &mut p, &mut z);
+                    attention_backward_per_query(s, &qkv, &p, &dz, &mut dqkv);
+                }
+                (p, z, dqkv)
+            };
+            let (loop_p, loop_z, loop_d) = run(false);
+            let (p, z, d) = run(true);
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+            // The loop leaves masked pattern entries untouched (0 here); the products write 0 there.
+            assert!(close(&p, &loop_p), "pattern, tq {tq}, causal {causal}");
+            assert!(close(&z, &loop_z), "z, tq {tq}, causal {causal}");
+            assert!(close(&d, &loop_d), "dqkv, tq {tq}, causal {causal}");
         }
     }
 
