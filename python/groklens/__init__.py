@@ -165,7 +165,7 @@ def import_run(
     if isinstance(task, str):
         config = preset(task)
     elif isinstance(task, dict):
-        config = preset("tl-grokking-demo")
+        config = preset(presets()[0][0])  # the default preset's train settings
         config["task"] = task
     else:
         raise GrokError(f"task: expects a preset name or a task section dict, not {type(task).__name__}")

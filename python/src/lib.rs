@@ -58,6 +58,24 @@ fn array<'py>(
 #[pyclass(name = "TensorBuffer", frozen)]
 struct TensorBuffer(#[allow(dead_code)] candle_core::Tensor);
 
+/// A read-only numpy array of shape `dims` viewing `data`, with `owner` as its base.
+///
+/// # Safety
+/// `data` must stay alive and unchanged for as long as `owner` does.
+unsafe fn readonly_view<'py>(
+    data: &[f32],
+    dims: &[usize],
+    owner: Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<Array<'py>> {
+    let view = numpy::ndarray::ArrayView::from_shape(dims, data)
+        .map_err(|e| GrokError::new_err(format!("{what}: {e}")))?;
+    // SAFETY: the caller keeps `data` alive and unchanged while `owner`, the array's base, lives.
+    let arr = unsafe { PyArrayDyn::<f32>::borrow_from_array(&view.into_dyn(), owner) };
+    arr.getattr("flags")?.setattr("writeable", false)?;
+    Ok(arr)
+}
+
 /// A candle tensor as a read-only numpy array: a view of its own buffer when it is a contiguous f32
 /// CPU tensor (no copy; the array keeps the tensor alive), else a copy.
 fn tensor_array<'py>(
@@ -72,18 +90,13 @@ fn tensor_array<'py>(
                 if let Some(values) = all.get(start..start + n) {
                     let (ptr, dims) = (values.as_ptr(), t.dims().to_vec());
                     drop(storage);
-                    let owner = Bound::new(py, TensorBuffer(t.clone()))?;
+                    let owner = Bound::new(py, TensorBuffer(t.clone()))?.into_any();
                     // SAFETY: `ptr..ptr + n` lies in the tensor's storage, which `owner` (the array's
                     // base) keeps alive; candle never writes to a tensor's storage after it is made,
                     // and the array is read-only, so the memory does not change while viewed.
-                    let view = unsafe { std::slice::from_raw_parts(ptr, n) };
-                    let view = numpy::ndarray::ArrayView::from_shape(dims.as_slice(), view)
-                        .map_err(|e| GrokError::new_err(format!("tensor: {e}")))?;
-                    let arr = unsafe {
-                        PyArrayDyn::<f32>::borrow_from_array(&view.into_dyn(), owner.into_any())
+                    return unsafe {
+                        readonly_view(std::slice::from_raw_parts(ptr, n), &dims, owner, "tensor")
                     };
-                    arr.getattr("flags")?.setattr("writeable", false)?;
-                    return Ok(arr);
                 }
             }
         }
@@ -102,6 +115,19 @@ fn owned_array<'py>(
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| py_err(e.into()))?;
     array(py, data, t.dims())
+}
+
+/// A run config from its JSON (as `groklens.preset` gives it).
+fn parse_config(json: &str) -> PyResult<RunConfig> {
+    serde_json::from_str(json).map_err(|e| GrokError::new_err(format!("config: {e}")))
+}
+
+/// A model config from its JSON (as `Model.cfg` gives it), validated.
+fn parse_model_config(json: &str) -> PyResult<ModelConfig> {
+    let cfg: ModelConfig =
+        serde_json::from_str(json).map_err(|e| GrokError::new_err(format!("model config: {e}")))?;
+    cfg.validate().map_err(py_err)?;
+    Ok(cfg)
 }
 
 /// The names the presets list: `(name, description)`, the default first, then the comparisons.
@@ -125,11 +151,7 @@ fn build_config(
     overrides: Vec<String>,
 ) -> PyResult<String> {
     let cfg = match (preset, config_json) {
-        (_, Some(json)) => {
-            let cfg: RunConfig = serde_json::from_str(json)
-                .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
-            api::configure(cfg, &overrides).map_err(py_err)?
-        }
+        (_, Some(json)) => api::configure(parse_config(json)?, &overrides).map_err(py_err)?,
         (p, None) => api::build_config(Some(p.unwrap_or("tl-grokking-demo")), None, &overrides)
             .map_err(py_err)?,
     };
@@ -152,10 +174,7 @@ fn model_config_to_cfg(model_config_json: &str) -> PyResult<String> {
 /// The parameters a model config has: `(name, shape)` in state-dict order.
 #[pyfunction]
 fn param_shapes(cfg_json: &str) -> PyResult<Vec<(String, Vec<usize>)>> {
-    let cfg: ModelConfig = serde_json::from_str(cfg_json)
-        .map_err(|e| GrokError::new_err(format!("model config: {e}")))?;
-    cfg.validate().map_err(py_err)?;
-    Ok(cfg
+    Ok(parse_model_config(cfg_json)?
         .param_specs()
         .into_iter()
         .map(|s| (s.name, s.shape))
@@ -227,9 +246,7 @@ fn train(
     out: PathBuf,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
-    let cfg: RunConfig = serde_json::from_str(config_json)
-        .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
-    let run = Run::create(cfg, out).map_err(py_err)?;
+    let run = Run::create(parse_config(config_json)?, out).map_err(py_err)?;
     train_run(py, run, progress)
 }
 
@@ -255,9 +272,7 @@ fn resume(
 /// with one evaluation (`Run.analyze()`, `report` and `compare` then work on it); returns the path.
 #[pyfunction]
 fn import_run(config_json: &str, model: &NativeModel, out: PathBuf) -> PyResult<String> {
-    let cfg: RunConfig = serde_json::from_str(config_json)
-        .map_err(|e| GrokError::new_err(format!("config: {e}")))?;
-    let run = Run::import(cfg, model.params.clone(), out).map_err(py_err)?;
+    let run = Run::import(parse_config(config_json)?, model.params.clone(), out).map_err(py_err)?;
     Ok(run.path().display().to_string())
 }
 
@@ -519,9 +534,7 @@ impl NativeModel {
     /// skipped.
     #[staticmethod]
     fn from_state_dict(cfg_json: &str, state_dict: &Bound<'_, PyDict>) -> PyResult<Self> {
-        let cfg: ModelConfig = serde_json::from_str(cfg_json)
-            .map_err(|e| GrokError::new_err(format!("model config: {e}")))?;
-        cfg.validate().map_err(py_err)?;
+        let cfg = parse_model_config(cfg_json)?;
         let specs = cfg.param_specs();
         let mut tensors = std::collections::BTreeMap::new();
         for (k, v) in state_dict.iter() {
@@ -571,15 +584,11 @@ impl NativeModel {
         let d = PyDict::new(py);
         let this = slf.borrow();
         for p in this.params.iter() {
-            let view = numpy::ndarray::ArrayView::from_shape(p.shape.as_slice(), &p.data)
-                .map_err(|e| GrokError::new_err(format!("tensor `{}`: {e}", p.name)))?;
+            let what = format!("tensor `{}`", p.name);
             // SAFETY: the array borrows `p.data`, which lives as long as the model object passed as
             // its base; the parameters are never changed after construction, and the array is
-            // made read-only so Python cannot change them either.
-            let arr = unsafe {
-                PyArrayDyn::<f32>::borrow_from_array(&view.into_dyn(), slf.clone().into_any())
-            };
-            arr.getattr("flags")?.setattr("writeable", false)?;
+            // read-only so Python cannot change them either.
+            let arr = unsafe { readonly_view(&p.data, &p.shape, slf.clone().into_any(), &what)? };
             d.set_item(&p.name, arr)?;
         }
         Ok(d)

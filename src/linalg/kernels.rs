@@ -14,45 +14,9 @@ pub fn matmul(
     tb: bool,
     acc: bool,
 ) {
-    assert!(
-        c.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
-        "matmul buffer too small"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !acc {
-            c[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let (a_cs, a_rs) = if ta { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if tb { (k as isize, 1) } else { (1, n as isize) };
-    // SAFETY: the asserts above bound every index the strides reach; buffers do not alias.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let a_strides = if ta { (1, m) } else { (k, 1) };
+    let b_strides = if tb { (1, k) } else { (n, 1) };
+    matmul_strided(c, n, a, a_strides, b, b_strides, (m, n, k), acc);
 }
 
 /// `c = (acc ? c : 0) + a·b` for `a` (`m×k`) and `b` (`k×n`) read through strides (element `(i, p)` of
@@ -175,30 +139,29 @@ pub fn limit_simd_build(limit: Option<SimdBuild>) {
     SIMD_LIMIT.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// `GROKLENS_SIMD` (`baseline`, `avx2`, `avx512`) as a cap, read once; an unknown value is refused
-/// loudly once and ignored (the passes then use the CPU's best build).
+/// `GROKLENS_SIMD` (`baseline`, `avx2`, `avx512`) as a cap (read once, by [`simd_build`]); an
+/// unknown value is warned about and ignored (the passes then use the CPU's best build).
 fn env_limit() -> Option<SimdBuild> {
-    static ENV: std::sync::OnceLock<Option<SimdBuild>> = std::sync::OnceLock::new();
-    *ENV.get_or_init(|| {
-        let v = std::env::var("GROKLENS_SIMD").ok()?;
-        let found = SimdBuild::ALL.into_iter().find(|b| b.name() == v.trim());
-        if found.is_none() {
-            eprintln!(
-                "warning: GROKLENS_SIMD={v} is not one of baseline, avx2, avx512; using the CPU's best build"
-            );
-        }
-        found
-    })
+    let v = std::env::var("GROKLENS_SIMD").ok()?;
+    let found = SimdBuild::ALL.into_iter().find(|b| b.name() == v.trim());
+    if found.is_none() {
+        eprintln!(
+            "warning: GROKLENS_SIMD={v} is not one of baseline, avx2, avx512; using the CPU's best build"
+        );
+    }
+    found
 }
 
 /// The build the dispatched passes run now: the CPU's best, capped by [`limit_simd_build`] and
 /// `GROKLENS_SIMD`.
 #[inline]
 pub fn simd_build() -> SimdBuild {
-    let mut build = SimdBuild::detected();
-    if let Some(env) = env_limit() {
-        build = build.min(env);
-    }
+    // The CPU's best build capped by the environment, found once (entry points ask on every chunk).
+    static BEST: std::sync::OnceLock<SimdBuild> = std::sync::OnceLock::new();
+    let build = *BEST.get_or_init(|| {
+        let detected = SimdBuild::detected();
+        env_limit().map_or(detected, |env| detected.min(env))
+    });
     match SIMD_LIMIT.load(std::sync::atomic::Ordering::Relaxed) {
         0 => SimdBuild::Baseline,
         1 => build.min(SimdBuild::Avx2),

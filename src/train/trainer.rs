@@ -186,17 +186,7 @@ impl Trainer {
         t._lock = Some(lock);
         let test = t.evaluate_test()?;
         let train = t.evaluate_train()?;
-        let row = MetricsRow {
-            epoch: 0,
-            train_loss: train.loss,
-            train_acc: train.accuracy(),
-            test_loss: test.loss,
-            test_acc: test.accuracy(),
-            lr: 0.0,
-            weight_norm_sq: t.params.sum_of_squares(),
-            elapsed_s: 0.0,
-            output_spectral_norm: t.output_spectral_norm(),
-        };
+        let row = t.metrics_row(train, test, 0.0, 0.0);
         metrics::write_all(&dir.metrics_path(), &[row])?;
         t.history.push(row);
         t.checkpoint(0.0)?;
@@ -553,11 +543,31 @@ impl Trainer {
     ///
     /// [`TrainConfig::eval_pass_rows`]: crate::config::TrainConfig::eval_pass_rows
     pub fn evaluate_test(&mut self) -> Result<BatchStats> {
+        self.evaluate_rows(false)
+    }
+
+    /// Loss and accuracy on the whole train split without a step (for a stream, on its next batch).
+    pub fn evaluate_train(&mut self) -> Result<BatchStats> {
+        self.evaluate_rows(true)
+    }
+
+    /// Scores the test rows, or the train rows, in passes of `train.eval_pass_rows()`.
+    fn evaluate_rows(&mut self, train: bool) -> Result<BatchStats> {
+        let rows = match (&mut self.train, train) {
+            (_, false) => &self.test,
+            (TrainRows::Split(rows), true) => &*rows,
+            (TrainRows::Stream(stream), true) => {
+                stream.next_batch(&mut self.pass);
+                return self
+                    .engine
+                    .evaluate(&self.params, scored(&self.pass, &self.cfg));
+            }
+        };
         let pass = self.cfg.train.eval_pass_rows();
         let mut stats = BatchStats::default();
-        for lo in (0..self.test.len()).step_by(pass) {
-            let hi = (lo + pass).min(self.test.len());
-            self.test.write(lo..hi, &mut self.pass);
+        for lo in (0..rows.len()).step_by(pass) {
+            let hi = (lo + pass).min(rows.len());
+            rows.write(lo..hi, &mut self.pass);
             let part = self
                 .engine
                 .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
@@ -566,29 +576,25 @@ impl Trainer {
         Ok(stats)
     }
 
-    /// Loss and accuracy on the whole train split without a step (for a stream, on its next batch).
-    pub fn evaluate_train(&mut self) -> Result<BatchStats> {
-        let pass = self.cfg.train.eval_pass_rows();
-        let mut stats = BatchStats::default();
-        match &mut self.train {
-            TrainRows::Stream(stream) => {
-                stream.next_batch(&mut self.pass);
-                stats = self
-                    .engine
-                    .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
-            }
-            TrainRows::Split(rows) => {
-                for lo in (0..rows.len()).step_by(pass) {
-                    let hi = (lo + pass).min(rows.len());
-                    rows.write(lo..hi, &mut self.pass);
-                    let part = self
-                        .engine
-                        .evaluate(&self.params, scored(&self.pass, &self.cfg))?;
-                    stats = stats.merged(part);
-                }
-            }
+    /// The metrics row of the current epoch from its train and test scores.
+    fn metrics_row(
+        &mut self,
+        train: BatchStats,
+        test: BatchStats,
+        lr: f64,
+        elapsed_s: f64,
+    ) -> MetricsRow {
+        MetricsRow {
+            epoch: self.epoch,
+            train_loss: train.loss,
+            train_acc: train.accuracy(),
+            test_loss: test.loss,
+            test_acc: test.accuracy(),
+            lr,
+            weight_norm_sq: self.params.sum_of_squares(),
+            elapsed_s,
+            output_spectral_norm: self.output_spectral_norm(),
         }
-        Ok(stats)
     }
 
     fn stop_reached(&self, row: &MetricsRow) -> bool {
@@ -662,17 +668,7 @@ impl Trainer {
                         self.cfg.train.divergence_suspects().join(", ")
                     )));
                 }
-                let row = MetricsRow {
-                    epoch: e,
-                    train_loss: train.loss,
-                    train_acc: train.accuracy(),
-                    test_loss: test.loss,
-                    test_acc: test.accuracy(),
-                    lr,
-                    weight_norm_sq: self.params.sum_of_squares(),
-                    elapsed_s,
-                    output_spectral_norm: self.output_spectral_norm(),
-                };
+                let row = self.metrics_row(train, test, lr, elapsed_s);
                 if let Some(dir) = &self.run_dir {
                     metrics::append(&dir.metrics_path(), &row)?;
                 }
