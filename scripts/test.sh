@@ -53,7 +53,9 @@ if [ $# -eq 0 ]; then
   venv=python/.venv
   tl2=python/.venv-tl2
   tl4=python/.venv-tl4
-  pip_install() { "$1/bin/pip" install -q --disable-pip-version-check "${@:2}"; }
+  # No pip cache: torch and its CUDA libraries are several GB, and a cached copy beside the
+  # installed one can fill a small disk.
+  pip_install() { "$1/bin/pip" install -q --disable-pip-version-check --no-cache-dir "${@:2}"; }
   rm -rf "$build" "$venv" "$tl2" "$tl4" target/wheels
   python3 -m venv "$build"
   pip_install "$build" "maturin>=1.16,<2"

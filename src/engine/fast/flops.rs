@@ -4,12 +4,14 @@
 //! (`Family::reference_flops`).
 
 use super::FastPlan;
+use crate::model::transformer::config::PositionalEmbedding;
 use crate::tasks::Target;
 
 /// Which shortcuts the fast transformer passes take.
 #[derive(Debug, Clone, Copy)]
 pub struct FastPasses {
-    /// Block 0's Q/K/V looked up per token and position (no LayerNorm reads the embedding).
+    /// Block 0's Q/K/V looked up per token and position (no LayerNorm reads the embedding, or one
+    /// reads the token's embedding alone).
     pub lookup: bool,
     /// Every position's output is needed (a loss at every position), so the last block runs
     /// everywhere.
@@ -33,7 +35,9 @@ impl FastPlan<'_> {
                 c.d_vocab_out,
                 batch,
                 FastPasses {
-                    lookup: c.normalization_type.is_none(),
+                    // (Without positional embeddings `W_pos` is fixed at zero.)
+                    lookup: c.normalization_type.is_none()
+                        || c.positional_embedding_type == PositionalEmbedding::None,
                     per_position,
                 },
             ),

@@ -416,11 +416,7 @@ pub(crate) fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 /// Σ −log softmax(logits)[label] in f64 and the arg-max hit count; when `n_total` is given, turns
-/// `logits` into d(mean loss)/d(logits) in place.
-///
-/// Each row's loss is `(max − logit[label]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
-/// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
-/// keeps its digits instead of rounding to 0.
+/// `logits` into d(mean loss)/d(logits) in place ([`score_rows`] with one label per row).
 #[inline(always)]
 pub(crate) fn loss_and_dlogits(
     logits: &mut [f32],
@@ -430,41 +426,145 @@ pub(crate) fn loss_and_dlogits(
 ) -> (f64, usize) {
     let vo = logits.len() / labels.len().max(1);
     let inv = n_total.map(|n| 1.0 / n as f32);
-    let (mut loss, mut correct) = (0.0f64, 0);
-    for (row, &y) in logits.chunks_exact_mut(vo).zip(labels) {
-        let (l, hit) = row_loss(row, y, inv, loss_kind);
-        loss += l;
-        correct += usize::from(hit);
-    }
-    (loss, correct)
+    let mut sums = (0.0, 0);
+    score_rows(
+        logits,
+        vo,
+        0,
+        Targets::Labels(labels),
+        (inv, loss_kind),
+        &mut sums,
+    );
+    sums
 }
 
-/// [`loss_and_dlogits`] for logits at every position of rows of `seq` tokens, position t ≥ 1
-/// predicting token t − 1; position 0's logits (no target) get a zero gradient.
+/// What each scored row predicts.
+#[derive(Clone, Copy)]
+pub(crate) enum Targets<'t> {
+    /// Row i's label (a last-position loss: one scored row per sequence).
+    Labels(&'t [u32]),
+    /// Every position of rows of `seq` tokens predicts the token before it; position 0 has none.
+    PreviousToken { tokens: &'t [u32], seq: usize },
+}
+
+impl Targets<'_> {
+    /// Scored row `i`'s target, `None` for a row without one.
+    #[inline(always)]
+    fn of(self, i: usize) -> Option<u32> {
+        match self {
+            Targets::Labels(labels) => Some(labels[i]),
+            Targets::PreviousToken { seq, .. } if i.is_multiple_of(seq) => None,
+            Targets::PreviousToken { tokens, .. } => Some(tokens[i - 1]),
+        }
+    }
+}
+
+/// Rows whose serial chains (the arg-max scan, the sum of exponentials) [`score_rows`] interleaves.
+const ROW_GROUP: usize = 8;
+
+/// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`, the
+/// first row being scored row `first_row` of `targets`: per row −log softmax(row)[y], or under StableMax −log s(row_y)/Σ s; with
+/// `inv` = 1/n, each row becomes d(mean loss)/d(row) in place (a row without a target gets zeros and
+/// no loss).
+///
+/// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
+/// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
+/// keeps its digits instead of rounding to 0. Every row's operations run in one fixed order; rows are
+/// taken [`ROW_GROUP`] at a time so that their serial scans overlap instead of waiting on each other.
 #[inline(always)]
-pub(crate) fn previous_token_loss(
+pub(crate) fn score_rows(
     logits: &mut [f32],
-    tokens: &[u32],
-    seq: usize,
-    n_total: Option<usize>,
-    loss_kind: LossKind,
-) -> (f64, usize) {
-    let vo = logits.len() / tokens.len().max(1);
-    let inv = n_total.map(|n| 1.0 / n as f32);
-    let (mut loss, mut correct) = (0.0f64, 0);
-    for (i, row) in logits.chunks_exact_mut(vo).enumerate() {
-        if i % seq == 0 {
+    vo: usize,
+    first_row: usize,
+    targets: Targets,
+    (inv, loss_kind): (Option<f32>, LossKind),
+    (loss, correct): &mut (f64, usize),
+) {
+    let mut i = first_row;
+    for rows in logits.chunks_mut(ROW_GROUP * vo) {
+        let n = rows.len() / vo;
+        let mut ys = [None; ROW_GROUP];
+        for (r, y) in ys[..n].iter_mut().enumerate() {
+            *y = targets.of(i + r);
+        }
+        if loss_kind == LossKind::StableMax {
+            for (row, y) in rows.chunks_exact_mut(vo).zip(ys) {
+                match y {
+                    Some(y) => {
+                        let (l, hit) = stablemax_row_loss(row, y, inv);
+                        *loss += l;
+                        *correct += usize::from(hit);
+                    }
+                    None => row.fill(0.0),
+                }
+            }
+        } else if n == ROW_GROUP {
+            cross_entropy_rows::<ROW_GROUP>(rows, vo, &ys, inv, loss, correct);
+        } else {
+            for (row, y) in rows.chunks_exact_mut(vo).zip(&ys) {
+                cross_entropy_rows::<1>(row, vo, &[*y], inv, loss, correct);
+            }
+        }
+        i += n;
+    }
+}
+
+/// Cross-entropy on `G` rows at once (see [`score_rows`]): the loss of each row with a target added
+/// to `loss` in row order, its arg-max hit counted.
+#[inline(always)]
+fn cross_entropy_rows<const G: usize>(
+    rows: &mut [f32],
+    vo: usize,
+    ys: &[Option<u32>; G],
+    inv: Option<f32>,
+    loss: &mut f64,
+    correct: &mut usize,
+) {
+    // The first maximum of each row, the G scans side by side.
+    let (mut best, mut max) = ([0usize; G], [f32::NEG_INFINITY; G]);
+    for j in 0..vo {
+        for r in 0..G {
+            let v = rows[r * vo + j];
+            if v > max[r] {
+                max[r] = v;
+                best[r] = j;
+            }
+        }
+    }
+    let mut gap = [0.0f32; G];
+    for r in 0..G {
+        let row = &mut rows[r * vo..(r + 1) * vo];
+        gap[r] = max[r] - ys[r].map_or(max[r], |y| row[y as usize]);
+        // exp(v − max) for every output (a vectorised loop), then the sum of all but the arg-max,
+        // whose term is exactly 1 and is kept out so ln(1 + rest) keeps a tiny `rest`'s digits.
+        let m = max[r];
+        row.iter_mut().for_each(|v| *v = exp_f32(*v - m));
+        row[best[r]] = 0.0;
+    }
+    let mut rest = [-0.0f32; G];
+    for j in 0..vo {
+        for r in 0..G {
+            rest[r] += rows[r * vo + j];
+        }
+    }
+    for r in 0..G {
+        let row = &mut rows[r * vo..(r + 1) * vo];
+        row[best[r]] = 1.0;
+        let Some(y) = ys[r] else {
             row.fill(0.0);
             continue;
+        };
+        *correct += usize::from(best[r] == y as usize);
+        *loss += gap[r] as f64 + (rest[r] as f64).ln_1p();
+        if let Some(inv) = inv {
+            let scale = inv / (1.0 + rest[r]);
+            row.iter_mut().for_each(|v| *v *= scale);
+            row[y as usize] -= inv;
         }
-        let (l, hit) = row_loss(row, tokens[i - 1], inv, loss_kind);
-        loss += l;
-        correct += usize::from(hit);
     }
-    (loss, correct)
 }
 
-/// [`row_loss`] under StableMax, in f64: loss = ln Σ s(x_j) − ln s(x_y), and
+/// One row's loss under StableMax, in f64: loss = ln Σ s(x_j) − ln s(x_y), and
 /// d/dx_i = s'(x_i)/Σ s − [i = y]·s'(x_y)/s(x_y).
 #[inline(always)]
 fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
@@ -490,37 +590,59 @@ fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) 
     (loss, best == y)
 }
 
-/// One prediction's loss (−log softmax(row)[y], or under StableMax −log s(row_y)/Σ s) and whether its
-/// arg-max is y; with `inv` = 1/n, turns `row` into d(mean loss)/d(row) in place.
-#[inline(always)]
-fn row_loss(row: &mut [f32], y: u32, inv: Option<f32>, loss_kind: LossKind) -> (f64, bool) {
-    if loss_kind == LossKind::StableMax {
-        return stablemax_row_loss(row, y, inv);
-    }
-    let mut loss = 0.0f64;
-    let mut correct = 0;
-    {
-        let (mut best, mut max) = (0, f32::NEG_INFINITY);
-        for (j, &v) in row.iter().enumerate() {
-            if v > max {
-                max = v;
-                best = j;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
+    /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
+    /// and for rows without a target.
+    #[test]
+    fn grouped_rows_score_with_the_bits_of_one_row_at_a_time() {
+        let (vo, rows, seq) = (23, 19, 5);
+        let logits: Vec<f32> = (0..rows * vo)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.11)
+            .collect();
+        let tokens: Vec<u32> = (0..rows).map(|i| (i * 7 % vo) as u32).collect();
+        for kind in [LossKind::CrossEntropy, LossKind::StableMax] {
+            for targets in [
+                Targets::Labels(&tokens),
+                Targets::PreviousToken {
+                    tokens: &tokens,
+                    seq,
+                },
+            ] {
+                let scoring = (Some(1.0 / rows as f32), kind);
+                let mut all = logits.clone();
+                let mut sums = (0.0, 0);
+                score_rows(&mut all, vo, 0, targets, scoring, &mut sums);
+                let mut one_by_one = (0.0, 0);
+                for (r, row) in logits.chunks_exact(vo).enumerate() {
+                    let mut row = row.to_vec();
+                    score_rows(&mut row, vo, r, targets, scoring, &mut one_by_one);
+                    assert_eq!(row, all[r * vo..(r + 1) * vo], "{kind:?} row {r}");
+                }
+                assert_eq!(sums.0.to_bits(), one_by_one.0.to_bits(), "{kind:?}");
+                assert_eq!(sums.1, one_by_one.1);
+                assert!(sums.0 > 0.0);
             }
         }
-        correct += usize::from(best == y as usize);
-        let label_gap = (max - row[y as usize]) as f64;
-        // exp(v − max) for every output (a vectorised loop), then the sum of all but the arg-max,
-        // whose term is exactly 1 and is kept out so ln(1 + rest) keeps a tiny `rest`'s digits.
-        row.iter_mut().for_each(|v| *v = exp_f32(*v - max));
-        row[best] = 0.0;
-        let rest: f32 = row.iter().sum();
-        row[best] = 1.0;
-        loss += label_gap + (rest as f64).ln_1p();
-        if let Some(inv) = inv {
-            let scale = inv / (1.0 + rest);
-            row.iter_mut().for_each(|v| *v *= scale);
-            row[y as usize] -= inv;
-        }
+        // A row without a target (position 0 of a sequence) has no loss and a zero gradient.
+        let mut row = logits[..vo].to_vec();
+        let mut sums = (0.0, 0);
+        let targets = Targets::PreviousToken {
+            tokens: &tokens,
+            seq,
+        };
+        score_rows(
+            &mut row,
+            vo,
+            0,
+            targets,
+            (Some(1.0), LossKind::CrossEntropy),
+            &mut sums,
+        );
+        assert_eq!(sums, (0.0, 0));
+        assert!(row.iter().all(|&v| v == 0.0));
     }
-    (loss, correct == 1)
 }

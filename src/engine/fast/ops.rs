@@ -187,26 +187,57 @@ pub fn attention_forward_batched(s: AttnShape, qkv: &[f32], pattern: &mut [f32],
             let v = &qkv[base + 2 * hd + h * dh..];
             let p = &mut pattern[(r * tq * nh + h) * seq..];
             matmul_strided(p, p_rs, q, (n3, 1), k, (1, n3), (tq, seq, dh), false);
-            for qi in 0..tq {
-                let keys = s.keys(first_q + qi);
-                let row = &mut p[qi * p_rs..qi * p_rs + seq];
-                let mut max = f32::NEG_INFINITY;
-                for x in row[..keys].iter_mut() {
-                    *x *= s.scale;
-                    max = max.max(*x);
+            for first in (0..tq).step_by(SOFTMAX_GROUP) {
+                if tq - first >= SOFTMAX_GROUP {
+                    softmax_rows::<SOFTMAX_GROUP>(s, p, first, p_rs);
+                } else {
+                    (first..tq).for_each(|qi| softmax_rows::<1>(s, p, qi, p_rs));
                 }
-                let mut sum = 0.0;
-                for x in row[..keys].iter_mut() {
-                    *x = exp_f32(*x - max);
-                    sum += *x;
-                }
-                row[..keys].iter_mut().for_each(|x| *x /= sum);
-                row[keys..].fill(0.0);
             }
             let p = &pattern[(r * tq * nh + h) * seq..];
             let zh = &mut z[r * tq * hd + h * dh..];
             matmul_strided(zh, hd, p, (p_rs, 1), v, (n3, 1), (tq, dh, seq), false);
         }
+    }
+}
+
+/// Query rows whose softmax [`softmax_rows`] computes side by side.
+const SOFTMAX_GROUP: usize = 8;
+
+/// The softmax of `G` query rows of a head's scores (rows `first..first + G` of `p`, `p_rs` apart),
+/// each over the keys its query sees, scaled by `s.scale`; the rest of each row set to 0. Per row the
+/// operations are those of a row-by-row loop in the same order (the masked entries enter the max as
+/// −∞ and the sum as +0, which change neither), but the `G` rows' serial max and sum chains overlap.
+#[inline(always)]
+fn softmax_rows<const G: usize>(s: AttnShape, p: &mut [f32], first: usize, p_rs: usize) {
+    let first_q = s.seq - s.tq;
+    let mut keys = [0usize; G];
+    for (r, k) in keys.iter_mut().enumerate() {
+        *k = s.keys(first_q + first + r);
+        let row = &mut p[(first + r) * p_rs..][..s.seq];
+        row[*k..].fill(f32::NEG_INFINITY);
+        row.iter_mut().for_each(|x| *x *= s.scale);
+    }
+    let mut max = [f32::NEG_INFINITY; G];
+    for j in 0..s.seq {
+        for r in 0..G {
+            max[r] = max[r].max(p[(first + r) * p_rs + j]);
+        }
+    }
+    for (r, &m) in max.iter().enumerate() {
+        let row = &mut p[(first + r) * p_rs..][..s.seq];
+        row.iter_mut().for_each(|x| *x = exp_f32(*x - m));
+    }
+    let mut sum = [0.0f32; G];
+    for j in 0..s.seq {
+        for r in 0..G {
+            sum[r] += p[(first + r) * p_rs + j];
+        }
+    }
+    for r in 0..G {
+        let row = &mut p[(first + r) * p_rs..][..s.seq];
+        row[..keys[r]].iter_mut().for_each(|x| *x /= sum[r]);
+        row[keys[r]..].fill(0.0);
     }
 }
 
@@ -503,6 +534,36 @@ mod tests {
             assert!(close(&p, &loop_p), "pattern, tq {tq}, causal {causal}");
             assert!(close(&z, &loop_z), "z, tq {tq}, causal {causal}");
             assert!(close(&d, &loop_d), "dqkv, tq {tq}, causal {causal}");
+        }
+    }
+
+    /// The softmax of eight query rows at once gives the bits of one row at a time, causal or not
+    /// (12 queries: a group of 8 and 4 alone), masked entries 0.
+    #[test]
+    fn grouped_softmax_rows_give_the_bits_of_one_row_at_a_time() {
+        for causal in [true, false] {
+            let s = AttnShape {
+                rows: 1,
+                seq: 12,
+                tq: 12,
+                n_heads: 2,
+                d_head: 5,
+                scale: 0.4,
+                causal,
+            };
+            let p_rs = s.n_heads * s.seq;
+            let scores: Vec<f32> = values(s.tq * p_rs, 9).iter().map(|v| v * 6.0).collect();
+            let (mut grouped, mut alone) = (scores.clone(), scores);
+            softmax_rows::<SOFTMAX_GROUP>(s, &mut grouped, 0, p_rs);
+            (SOFTMAX_GROUP..s.tq).for_each(|q| softmax_rows::<1>(s, &mut grouped, q, p_rs));
+            (0..s.tq).for_each(|q| softmax_rows::<1>(s, &mut alone, q, p_rs));
+            assert_eq!(grouped, alone, "causal {causal}");
+            for q in 0..s.tq {
+                let row = &grouped[q * p_rs..q * p_rs + s.seq];
+                let keys = s.keys(q);
+                assert!(row[keys..].iter().all(|&v| v == 0.0));
+                assert!((row[..keys].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
         }
     }
 

@@ -7,7 +7,10 @@
 //! - a last-position loss reads only the last position, so the last block's attention queries, MLP
 //!   and the unembedding run at that position alone (a per-position loss runs them everywhere);
 //! - without normalization, block 0's input is `W_E[token] + W_pos[pos]`, so its Q/K/V are looked up
-//!   from `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (the backward pass mirrors it).
+//!   from `W_E·W_QKV` and `W_pos·W_QKV` instead of multiplied per row (the backward pass mirrors it);
+//!   with a LayerNorm but no positional embedding (seed 003: `W_pos` fixed at zero), block 0's
+//!   LayerNorm reads the token's embedding alone, so `LN(W_E)·W_QKV` is looked up per token and the
+//!   LayerNorm's backward runs once per vocabulary entry instead of once per position.
 
 use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::ops::{
@@ -15,11 +18,11 @@ use crate::engine::fast::ops::{
     embed_backward, embed_forward, mm_nn, mm_nn_acc, mm_nt, mm_nt_acc, mm_tn, mm_tn_acc, AttnShape,
     FastAct,
 };
-use crate::engine::fast::{loss_and_dlogits, previous_token_loss, sized, zeroed, ChunkStats};
+use crate::engine::fast::{score_rows, sized, zeroed, ChunkStats, Targets};
 use crate::engine::loss::LossKind;
 use crate::linalg::kernels::{add_bias, add_column_sums};
 use crate::model::bitnet::BitNetConfig;
-use crate::model::transformer::config::Normalization;
+use crate::model::transformer::config::{Normalization, PositionalEmbedding};
 use crate::model::transformer::{MlpSlots, NormSlots, TransformerTree};
 use crate::model::{Params, Slot, TransformerConfig};
 
@@ -65,10 +68,13 @@ pub struct Weights {
     pub ln_final: [Vec<f32>; 2],
 }
 
-/// Block 0's Q/K/V per token and per position: `W_E·W_QKV` and `W_pos·W_QKV + b_QKV`.
+/// Block 0's Q/K/V per token and per position: `W_E·W_QKV` and `W_pos·W_QKV + b_QKV`, or with a
+/// LayerNorm (and `W_pos` ≡ 0) `LN(W_E)·W_QKV` and `b_QKV` at every position.
 pub struct Lookup {
     per_token: Vec<f32>,
     per_position: Vec<f32>,
+    /// Block 0's LayerNorm on every token's embedding, for the backward pass (with a LayerNorm).
+    ln: Option<NormCache>,
 }
 
 /// Shapes and the architecture switches the passes follow.
@@ -93,6 +99,8 @@ pub struct Dims {
     norm: Option<Normalization>,
     /// Its epsilon.
     eps: f32,
+    /// `W_pos` is a fixed (untrained) parameter: a model without positional embeddings.
+    fixed_pos: bool,
 }
 
 impl Dims {
@@ -113,6 +121,7 @@ impl Dims {
             final_rms: false,
             norm: cfg.normalization_type,
             eps: cfg.eps as f32,
+            fixed_pos: cfg.positional_embedding_type == PositionalEmbedding::None,
         }
     }
 
@@ -133,6 +142,7 @@ impl Dims {
             final_rms: true,
             norm: None,
             eps: 0.0,
+            fixed_pos: false,
         }
     }
 
@@ -153,9 +163,12 @@ impl Dims {
         self.n_heads * self.d_head
     }
 
-    /// Whether block 0's Q/K/V are looked up per token and position (only without normalization).
-    fn lookup(&self) -> bool {
-        self.norm.is_none()
+    /// Whether block 0's Q/K/V can be looked up per token (and position) for weights `w`: always
+    /// without normalization (block 0's input is then linear in the two embeddings), and with a
+    /// LayerNorm when no position is embedded (a fixed `W_pos` that is all zeros), so that the
+    /// LayerNorm reads the token's embedding alone.
+    fn lookup(&self, w: &Weights) -> bool {
+        self.norm.is_none() || (self.fixed_pos && w.w_pos.iter().all(|&v| v == 0.0))
     }
 }
 
@@ -357,18 +370,28 @@ impl Weights {
         }
     }
 
-    /// Block 0's per-token and per-position Q/K/V tables.
+    /// Block 0's per-token and per-position Q/K/V tables (see [`Lookup`]).
     pub fn lookup(&self, d: &Dims) -> Lookup {
         let (dm, n3) = (d.d_model, 3 * d.hd());
         let b0 = &self.blocks[0];
+        let ln = d.norm.map(|_| {
+            let [w, b, ..] = &b0.ln;
+            let mut c = NormCache::default();
+            norm::forward(&self.w_e, dm, d.eps, affine(w, b), &mut c);
+            c
+        });
+        let input = ln.as_ref().map_or(&self.w_e, |c| &c.y);
         let mut per_token = vec![0.0; d.d_vocab * n3];
-        mm_nn(&mut per_token, &self.w_e, &b0.w_qkv, d.d_vocab, n3, dm);
+        mm_nn(&mut per_token, input, &b0.w_qkv, d.d_vocab, n3, dm);
         let mut per_position = vec![0.0; d.n_ctx * n3];
-        mm_nn(&mut per_position, &self.w_pos, &b0.w_qkv, d.n_ctx, n3, dm);
+        if ln.is_none() {
+            mm_nn(&mut per_position, &self.w_pos, &b0.w_qkv, d.n_ctx, n3, dm);
+        }
         add_bias(&mut per_position, &b0.b_qkv);
         Lookup {
             per_token,
             per_position,
+            ln,
         }
     }
 }
@@ -436,21 +459,15 @@ pub struct Scoring {
 /// A model prepared for one optimizer step: weights in kernel layout plus block 0's lookup tables.
 pub struct Prepared<'a> {
     w: &'a Weights,
-    lookup: Lookup,
+    /// Block 0's tables, where [`Dims::lookup`] allows them.
+    lookup: Option<Lookup>,
     d: Dims,
 }
 
 impl<'a> Prepared<'a> {
     /// Prepares `w` (laid out for `d`) for passes over batches.
     pub fn new(d: Dims, w: &'a Weights) -> Self {
-        let lookup = if d.lookup() {
-            w.lookup(&d)
-        } else {
-            Lookup {
-                per_token: Vec::new(),
-                per_position: Vec::new(),
-            }
-        };
+        let lookup = d.lookup(w).then(|| w.lookup(&d));
         Prepared { lookup, w, d }
     }
 
@@ -486,32 +503,24 @@ impl<'a> Prepared<'a> {
         let d = &self.d;
         let n_layers = self.w.blocks.len();
         let out_positions = if per_position { seq } else { 1 };
-        self.forward(ws, tokens, rows, seq, out_positions);
-        let vo = d.d_vocab_out;
-        let n_out = rows * out_positions;
-        let logits = &mut ws.logits[..n_out * vo];
-        let (loss_sum, correct) = if per_position {
-            previous_token_loss(logits, tokens, seq, n_total, loss)
+        self.forward_blocks(ws, tokens, rows, seq, out_positions);
+        let rows_out = rows * out_positions;
+        let mut g = n_total.map(|_| {
+            let mut g = ws.grads.take().unwrap_or_else(|| self.w.zeros_like());
+            g.fill_zero();
+            g
+        });
+        let targets = if per_position {
+            Targets::PreviousToken { tokens, seq }
         } else {
-            loss_and_dlogits(logits, labels, n_total, loss)
+            Targets::Labels(labels)
         };
-        if n_total.is_none() {
+        let inv = n_total.map(|n| 1.0 / n as f32);
+        let (loss_sum, correct) =
+            self.unembed_and_score(ws, rows_out, targets, (inv, loss), g.as_mut());
+        let Some(mut g) = g else {
             return ChunkStats { loss_sum, correct };
-        }
-        let rows_out = n_out;
-        let mut g = ws.grads.take().unwrap_or_else(|| self.w.zeros_like());
-        g.fill_zero();
-        let dlogits = &ws.logits;
-        mm_tn(&mut g.w_u, &ws.unembed_in, dlogits, d.d_model, vo, rows_out);
-        add_column_sums(&mut g.b_u, dlogits);
-        mm_nt(
-            sized(&mut ws.dout, rows_out * d.d_model),
-            dlogits,
-            &self.w.w_u,
-            rows_out,
-            d.d_model,
-            vo,
-        );
+        };
         if d.final_rms {
             self.final_norm_backward(ws, rows, &mut g);
         }
@@ -545,6 +554,42 @@ impl<'a> Prepared<'a> {
         ChunkStats { loss_sum, correct }
     }
 
+    /// The unembedding of `ws.unembed_in`'s first `rows_out` rows and their loss against `targets`
+    /// ([`score_rows`] with `(inv, loss)`), a tile of [`SCORE_TILE`] rows at a time so the logits stay
+    /// in cache instead of being written out for the whole chunk; with `g` (training, `inv` = 1/n),
+    /// each tile's d(loss)/d(logits) goes straight into dW_U, db_U and `ws.dout` =
+    /// d(loss)/d(unembed_in). Returns the loss sum and the arg-max hits.
+    #[inline(always)]
+    fn unembed_and_score(
+        &self,
+        ws: &mut Workspace,
+        rows_out: usize,
+        targets: Targets,
+        scoring: (Option<f32>, LossKind),
+        mut g: Option<&mut Weights>,
+    ) -> (f64, usize) {
+        let (dm, vo) = (self.d.d_model, self.d.d_vocab_out);
+        if g.is_some() {
+            sized(&mut ws.dout, rows_out * dm);
+        }
+        let mut sums = (0.0f64, 0);
+        for start in (0..rows_out).step_by(SCORE_TILE) {
+            let n = SCORE_TILE.min(rows_out - start);
+            let input = &ws.unembed_in[start * dm..(start + n) * dm];
+            let logits = sized(&mut ws.logits, n * vo);
+            mm_nn(logits, input, &self.w.w_u, n, vo, dm);
+            add_bias(logits, &self.w.b_u);
+            score_rows(logits, vo, start, targets, scoring, &mut sums);
+            if let Some(g) = g.as_deref_mut() {
+                mm_tn_acc(&mut g.w_u, input, logits, dm, vo, n);
+                add_column_sums(&mut g.b_u, logits);
+                let dout = &mut ws.dout[start * dm..(start + n) * dm];
+                mm_nt(dout, logits, &self.w.w_u, n, dm, vo);
+            }
+        }
+        sums
+    }
+
     /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
     pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
         let rows = tokens.len() / seq;
@@ -568,6 +613,32 @@ impl<'a> Prepared<'a> {
     /// (1, or every position) into `ws.logits`.
     #[inline(always)]
     fn forward(
+        &self,
+        ws: &mut Workspace,
+        tokens: &[u32],
+        rows: usize,
+        seq: usize,
+        out_positions: usize,
+    ) {
+        self.forward_blocks(ws, tokens, rows, seq, out_positions);
+        let rows = rows * out_positions;
+        let vo = self.d.d_vocab_out;
+        let logits = sized(&mut ws.logits, rows * vo);
+        mm_nn(
+            logits,
+            &ws.unembed_in,
+            &self.w.w_u,
+            rows,
+            vo,
+            self.d.d_model,
+        );
+        add_bias(logits, &self.w.b_u);
+    }
+
+    /// Every block and the final norm: what the unembedding reads at the last `out_positions`
+    /// positions into `ws.unembed_in`.
+    #[inline(always)]
+    fn forward_blocks(
         &self,
         ws: &mut Workspace,
         tokens: &[u32],
@@ -621,10 +692,6 @@ impl<'a> Prepared<'a> {
         } else {
             unembed_in.copy_from_slice(&ws.last[..rows * dm]);
         }
-        let vo = d.d_vocab_out;
-        let logits = sized(&mut ws.logits, rows * vo);
-        mm_nn(logits, &ws.unembed_in, &self.w.w_u, rows, vo, d.d_model);
-        add_bias(logits, &self.w.b_u);
     }
 
     /// Backward through the final RMSNorm: `ws.dout` holds d(loss)/d(normed·γ) on entry and
@@ -674,15 +741,15 @@ impl<'a> Prepared<'a> {
         let b = &self.w.blocks[l];
         let (dm, hd, nh) = (d.d_model, d.hd(), d.n_heads);
         let n3 = 3 * hd;
-        let lookup = l == 0 && d.lookup();
-        if l == 0 && !lookup {
+        let lookup = self.lookup.as_ref().filter(|_| l == 0);
+        if l == 0 && lookup.is_none() {
             // The embedding, materialised: a LayerNorm reads it.
             let x = sized(&mut c.x, rows * seq * dm);
             embed_forward(x, dm, tokens, seq, &self.w.w_e, &self.w.w_pos);
         }
         let qkv = sized(&mut c.qkv, rows * seq * n3);
-        if lookup {
-            let (per_token, per_position) = (&self.lookup.per_token, &self.lookup.per_position);
+        if let Some(lookup) = lookup {
+            let (per_token, per_position) = (&lookup.per_token, &lookup.per_position);
             embed_forward(qkv, n3, tokens, seq, per_token, per_position);
         } else {
             let input = if d.norm.is_some() {
@@ -708,7 +775,7 @@ impl<'a> Prepared<'a> {
             for qi in 0..tq {
                 let t = first_q + qi;
                 let dst = &mut mid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm];
-                if lookup {
+                if lookup.is_some() {
                     let tok = tokens[r * seq + t] as usize;
                     let e = &self.w.w_e[tok * dm..(tok + 1) * dm];
                     let p = &self.w.w_pos[t * dm..(t + 1) * dm];
@@ -807,7 +874,8 @@ impl<'a> Prepared<'a> {
             }
         }
         add_column_sums(&mut gb.b_qkv, dqkv);
-        if l > 0 || !d.lookup() {
+        let lookup = self.lookup.as_ref().filter(|_| l == 0);
+        let Some(lookup) = lookup else {
             let input = if d.norm.is_some() { &c.ln1.y } else { &c.x };
             let n = rows * seq;
             mm_tn(&mut gb.w_qkv, input, dqkv, dm, n3, n);
@@ -819,24 +887,40 @@ impl<'a> Prepared<'a> {
             } else {
                 mm_nt_acc(dx, dqkv, &b.w_qkv, n, dm, n3);
             }
-            if l > 0 {
-                return;
+            if l == 0 {
+                embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
             }
-            embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
             return;
-        }
+        };
         // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
         let (dv, nctx) = (d.d_vocab, d.n_ctx);
         let g_tok = zeroed(&mut ws.g_tok, dv * n3);
         let g_pos = zeroed(&mut ws.g_pos, nctx * n3);
         embed_backward(dqkv, n3, tokens, seq, g_tok, g_pos);
-        mm_tn(&mut gb.w_qkv, &self.w.w_e, g_tok, dm, n3, dv);
-        mm_tn_acc(&mut gb.w_qkv, &self.w.w_pos, g_pos, dm, n3, nctx);
-        mm_nt_acc(&mut g.w_e, g_tok, &b.w_qkv, dv, dm, n3);
-        mm_nt_acc(&mut g.w_pos, g_pos, &b.w_qkv, nctx, dm, n3);
+        match &lookup.ln {
+            None => {
+                mm_tn(&mut gb.w_qkv, &self.w.w_e, g_tok, dm, n3, dv);
+                mm_tn_acc(&mut gb.w_qkv, &self.w.w_pos, g_pos, dm, n3, nctx);
+                mm_nt_acc(&mut g.w_e, g_tok, &b.w_qkv, dv, dm, n3);
+                mm_nt_acc(&mut g.w_pos, g_pos, &b.w_qkv, nctx, dm, n3);
+            }
+            // The LayerNorm per token: its backward is linear in d(output), so the per-token sums
+            // of the positions' gradients go through it once each (the fixed W_pos gets none).
+            Some(ln) => {
+                mm_tn(&mut gb.w_qkv, &ln.y, g_tok, dm, n3, dv);
+                let dn = sized(&mut ws.dnorm, dv * dm);
+                mm_nt(dn, g_tok, &b.w_qkv, dv, dm, n3);
+                let [w, bias, ..] = &mut gb.ln;
+                norm::backward(dn, ln, dm, weight(&b.ln), grads(w, bias), &mut g.w_e);
+            }
+        }
         embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
     }
 }
+
+/// Rows of logits [`Prepared::unembed_and_score`] computes, scores and back-propagates at a time:
+/// 256 rows of a 300-token vocabulary are 300 KB, well inside a core's L2 cache.
+const SCORE_TILE: usize = 256;
 
 /// The floor on ‖x‖ in BitNet's final RMSNorm (`F.normalize`'s eps).
 const RMS_MIN_NORM: f32 = 1e-12;
