@@ -3,8 +3,8 @@
 //! GFLOP/s; the reference's own count (every matmul at every position) is the family's
 //! (`Family::reference_flops`).
 
+use super::transformer::Dims;
 use super::FastPlan;
-use crate::model::transformer::config::PositionalEmbedding;
 use crate::tasks::Target;
 
 /// Which shortcuts the fast transformer passes take.
@@ -35,9 +35,7 @@ impl FastPlan<'_> {
                 c.d_vocab_out,
                 batch,
                 FastPasses {
-                    // (Without positional embeddings `W_pos` is fixed at zero.)
-                    lookup: c.normalization_type.is_none()
-                        || c.positional_embedding_type == PositionalEmbedding::None,
+                    lookup: Dims::new(c).block0_lookup(),
                     per_position,
                 },
             ),

@@ -163,12 +163,17 @@ impl Dims {
         self.n_heads * self.d_head
     }
 
-    /// Whether block 0's Q/K/V can be looked up per token (and position) for weights `w`: always
+    /// Whether the architecture lets block 0's Q/K/V be looked up per token (and position): always
     /// without normalization (block 0's input is then linear in the two embeddings), and with a
-    /// LayerNorm when no position is embedded (a fixed `W_pos` that is all zeros), so that the
-    /// LayerNorm reads the token's embedding alone.
+    /// LayerNorm when no position is embedded (`W_pos` fixed at zero), so that the LayerNorm reads
+    /// the token's embedding alone.
+    pub fn block0_lookup(&self) -> bool {
+        self.norm.is_none() || self.fixed_pos
+    }
+
+    /// [`Dims::block0_lookup`] for weights `w`: a fixed `W_pos` must also be all zeros to be ignored.
     fn lookup(&self, w: &Weights) -> bool {
-        self.norm.is_none() || (self.fixed_pos && w.w_pos.iter().all(|&v| v == 0.0))
+        self.block0_lookup() && (self.norm.is_none() || w.w_pos.iter().all(|&v| v == 0.0))
     }
 }
 
@@ -577,8 +582,7 @@ impl<'a> Prepared<'a> {
             let n = SCORE_TILE.min(rows_out - start);
             let input = &ws.unembed_in[start * dm..(start + n) * dm];
             let logits = sized(&mut ws.logits, n * vo);
-            mm_nn(logits, input, &self.w.w_u, n, vo, dm);
-            add_bias(logits, &self.w.b_u);
+            self.unembed(input, logits);
             score_rows(logits, vo, start, targets, scoring, &mut sums);
             if let Some(g) = g.as_deref_mut() {
                 mm_tn_acc(&mut g.w_u, input, logits, dm, vo, n);
@@ -593,45 +597,34 @@ impl<'a> Prepared<'a> {
     /// Logits at the last position, `[rows, d_vocab_out]`, for the chunk's `tokens`.
     pub fn logits<'w>(&self, ws: &'w mut Workspace, tokens: &[u32], seq: usize) -> &'w [f32] {
         let rows = tokens.len() / seq;
-        self.dispatch_forward(ws, tokens, rows, seq, 1);
+        self.dispatch_last_logits(ws, tokens, rows, seq);
         &ws.logits[..rows * self.d.d_vocab_out]
     }
 
     crate::linalg::kernels::simd_dispatch! {
-        /// [`Prepared::forward`] on this CPU's best build.
-        fn dispatch_forward / forward_avx2 / forward_avx512 => forward(
+        /// [`Prepared::last_logits`] on this CPU's best build.
+        fn dispatch_last_logits / last_logits_avx2 / last_logits_avx512 => last_logits(
             &self,
             ws: &mut Workspace,
             tokens: &[u32],
             rows: usize,
             seq: usize,
-            out_positions: usize,
         )
     }
 
-    /// The forward pass: every block, then the unembedding at the last `out_positions` positions
-    /// (1, or every position) into `ws.logits`.
+    /// The forward pass to the logits at the last position, into `ws.logits`.
     #[inline(always)]
-    fn forward(
-        &self,
-        ws: &mut Workspace,
-        tokens: &[u32],
-        rows: usize,
-        seq: usize,
-        out_positions: usize,
-    ) {
-        self.forward_blocks(ws, tokens, rows, seq, out_positions);
-        let rows = rows * out_positions;
-        let vo = self.d.d_vocab_out;
-        let logits = sized(&mut ws.logits, rows * vo);
-        mm_nn(
-            logits,
-            &ws.unembed_in,
-            &self.w.w_u,
-            rows,
-            vo,
-            self.d.d_model,
-        );
+    fn last_logits(&self, ws: &mut Workspace, tokens: &[u32], rows: usize, seq: usize) {
+        self.forward_blocks(ws, tokens, rows, seq, 1);
+        let logits = sized(&mut ws.logits, rows * self.d.d_vocab_out);
+        self.unembed(&ws.unembed_in[..rows * self.d.d_model], logits);
+    }
+
+    /// `logits = input·W_U + b_U` for the rows of `input` (`d_model` wide).
+    #[inline(always)]
+    fn unembed(&self, input: &[f32], logits: &mut [f32]) {
+        let (dm, vo) = (self.d.d_model, self.d.d_vocab_out);
+        mm_nn(logits, input, &self.w.w_u, input.len() / dm, vo, dm);
         add_bias(logits, &self.w.b_u);
     }
 
