@@ -134,6 +134,9 @@ pub fn attention_forward(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut
 /// Queries per row from which attention runs as matrix products per (row, head) — scores, pattern·V
 /// and the four products of the backward pass, read in place through strides — rather than as dot
 /// products per query: every-position losses (seed 003) have `seq` queries, the last-position loss one.
+/// That path keeps each (row, head)'s pattern key-major, `[rows, n_heads, seq, tq]`, so the softmax
+/// and its backward run down contiguous query lanes; the per-query loop keeps `[rows, tq, n_heads,
+/// seq]`. Forward and backward choose the same path, so each reads what the other wrote.
 pub const BATCHED_QUERIES: usize = 8;
 
 /// [`attention_forward`] as a loop over queries (each query's scores, softmax and weighted values).
@@ -173,71 +176,295 @@ pub fn attention_forward_per_query(s: AttnShape, qkv: &[f32], pattern: &mut [f32
     }
 }
 
-/// [`attention_forward`] as matrix products per (row, head): `S = Q·Kᵀ` into the pattern rows, the
-/// softmax in place over the keys each query sees (the rest set to 0), then `Z = P·V`.
+/// [`attention_forward`] as matrix products per (row, head), the pattern stored key-major
+/// (`[rows, n_heads, seq, tq]`, see [`BATCHED_QUERIES`]): `Sᵀ = K·Qᵀ`, the softmax in place down each
+/// query's column ([`softmax_columns`]), then `Z = P·V` reading `Pᵀ` through strides.
 #[inline(always)]
 pub fn attention_forward_batched(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
     let (seq, tq, nh, dh, hd) = (s.seq, s.tq, s.n_heads, s.d_head, s.hd());
-    let (n3, first_q, p_rs) = (3 * hd, seq - tq, nh * seq);
+    let (n3, first_q) = (3 * hd, seq - tq);
+    let mut stats = vec![0.0f32; 2 * tq];
+    let mut panel = Vec::new();
+    let keys = |i0, n| 0..keys_of_queries(s, i0, n);
     for r in 0..s.rows {
         let base = r * seq * n3;
         for h in 0..nh {
             let q = &qkv[base + first_q * n3 + h * dh..];
             let k = &qkv[base + hd + h * dh..];
             let v = &qkv[base + 2 * hd + h * dh..];
-            let p = &mut pattern[(r * tq * nh + h) * seq..];
-            matmul_strided(p, p_rs, q, (n3, 1), k, (1, n3), (tq, seq, dh), false);
-            for first in (0..tq).step_by(SOFTMAX_GROUP) {
-                if tq - first >= SOFTMAX_GROUP {
-                    softmax_rows::<SOFTMAX_GROUP>(s, p, first, p_rs);
-                } else {
-                    (first..tq).for_each(|qi| softmax_rows::<1>(s, p, qi, p_rs));
-                }
-            }
-            let p = &pattern[(r * tq * nh + h) * seq..];
+            let p = &mut pattern[(r * nh + h) * seq * tq..][..seq * tq];
+            matmul_strided(p, tq, k, (n3, 1), q, (1, n3), (seq, tq, dh), false);
+            softmax_columns(s, p, &mut stats);
             let zh = &mut z[r * tq * hd + h * dh..];
-            matmul_strided(zh, hd, p, (p_rs, 1), v, (n3, 1), (tq, dh, seq), false);
+            attn_mm(
+                zh,
+                hd,
+                p,
+                (1, tq),
+                v,
+                (n3, 1),
+                (tq, dh, seq),
+                false,
+                keys,
+                &mut panel,
+            );
         }
     }
 }
 
-/// Query rows whose softmax [`softmax_rows`] computes side by side.
-const SOFTMAX_GROUP: usize = 8;
-
-/// The softmax of `G` query rows of a head's scores (rows `first..first + G` of `p`, `p_rs` apart),
-/// each over the keys its query sees, scaled by `s.scale`; the rest of each row set to 0. Per row the
-/// operations are those of a row-by-row loop in the same order (the masked entries enter the max as
-/// −∞ and the sum as +0, which change neither), but the `G` rows' serial max and sum chains overlap.
+/// Keys that queries `i0..i0 + n` (of the last `tq`) see between them: the last one's.
 #[inline(always)]
-fn softmax_rows<const G: usize>(s: AttnShape, p: &mut [f32], first: usize, p_rs: usize) {
-    let first_q = s.seq - s.tq;
-    let mut keys = [0usize; G];
-    for (r, k) in keys.iter_mut().enumerate() {
-        *k = s.keys(first_q + first + r);
-        let row = &mut p[(first + r) * p_rs..][..s.seq];
-        row[*k..].fill(f32::NEG_INFINITY);
-        row.iter_mut().for_each(|x| *x *= s.scale);
+fn keys_of_queries(s: AttnShape, i0: usize, n: usize) -> usize {
+    s.keys(s.seq - s.tq + i0 + n - 1)
+}
+
+/// The first query (column of a key-major pattern) that sees key `j`: queries before it are masked.
+#[inline(always)]
+fn first_seeing(s: AttnShape, j: usize) -> usize {
+    if s.causal {
+        (j + s.tq).saturating_sub(s.seq).min(s.tq)
+    } else {
+        0
     }
-    let mut max = [f32::NEG_INFINITY; G];
-    for j in 0..s.seq {
-        for r in 0..G {
-            max[r] = max[r].max(p[(first + r) * p_rs + j]);
+}
+
+/// The softmax of one (row, head)'s key-major scores `p [seq, tq]` (`Sᵀ`), each query's column over
+/// the keys it sees, scaled by `s.scale`, masked entries set to 0; `stats` is scratch of `2·tq`.
+/// Every query gets the operations of a row-by-row softmax in the same order — masked scores enter
+/// the max as −∞ and the sum as exp(−∞ − max), key after key — so the bits are those of one query at
+/// a time, while each step runs down `tq` contiguous lanes.
+#[inline(always)]
+fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
+    let tq = s.tq;
+    let (max, sum) = stats.split_at_mut(tq);
+    max.fill(f32::NEG_INFINITY);
+    sum.fill(0.0);
+    for (j, row) in p.chunks_exact_mut(tq).enumerate() {
+        let lo = first_seeing(s, j);
+        row[..lo].fill(f32::NEG_INFINITY);
+        for (x, m) in row.iter_mut().zip(max.iter_mut()) {
+            *x *= s.scale;
+            *m = m.max(*x);
         }
     }
-    for (r, &m) in max.iter().enumerate() {
-        let row = &mut p[(first + r) * p_rs..][..s.seq];
-        row.iter_mut().for_each(|x| *x = exp_f32(*x - m));
-    }
-    let mut sum = [0.0f32; G];
-    for j in 0..s.seq {
-        for r in 0..G {
-            sum[r] += p[(first + r) * p_rs + j];
+    for row in p.chunks_exact_mut(tq) {
+        for ((x, &m), t) in row.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
+            *x = exp_f32(*x - m);
+            *t += *x;
         }
     }
-    for r in 0..G {
-        let row = &mut p[(first + r) * p_rs..][..s.seq];
-        row[..keys[r]].iter_mut().for_each(|x| *x /= sum[r]);
-        row[keys[r]..].fill(0.0);
+    for (j, row) in p.chunks_exact_mut(tq).enumerate() {
+        let lo = first_seeing(s, j);
+        row[..lo].fill(0.0);
+        row[lo..]
+            .iter_mut()
+            .zip(&sum[lo..])
+            .for_each(|(x, &t)| *x /= t);
+    }
+}
+
+/// One small product of the batched attention: `c[i·c_rs + j] (+)= Σ_{p ∈ ks(i0, rows)} a(i, p)·b(p, j)`
+/// for `i < m`, `j < n`, with `a(i, p) = a[i·a_rs + p·a_cs]`, `b(p, j) = b[p·b_rs + j·b_cs]`, and `ks`
+/// the inner indices that can be nonzero for rows `i0..i0 + rows` (causal attention skips the keys a
+/// query never sees). `b` is first copied into `panel`, `n` padded to whole tiles, so any layout
+/// works. Each output is one fused multiply-add chain over `p` in ascending order (`f32::mul_add`,
+/// correctly rounded in every build), so the tile sizes do not change the bits. These products are
+/// ~50 × 50 × 64: small enough that a general `gemm` call's set-up and packing outweigh the arithmetic.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attn_mm(
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    (m, n, k): (usize, usize, usize),
+    acc: bool,
+    ks: impl Fn(usize, usize) -> std::ops::Range<usize>,
+    panel: &mut Vec<f32>,
+) {
+    // Rows of `b` that are whole tiles already are read in place; any other layout is copied.
+    let (panel, np): (&[f32], usize) = if b_cs == 1 && n % ATTN_NR == 0 {
+        (b, b_rs)
+    } else {
+        let np = n.div_ceil(ATTN_NR) * ATTN_NR;
+        panel.clear();
+        panel.resize(k * np, 0.0);
+        for (p, row) in panel.chunks_exact_mut(np).enumerate() {
+            for (j, x) in row[..n].iter_mut().enumerate() {
+                *x = b[p * b_rs + j * b_cs];
+            }
+        }
+        (panel, np)
+    };
+    let full = m - m % ATTN_MR;
+    for i0 in (0..full).step_by(ATTN_MR) {
+        attn_tile::<ATTN_MR>(
+            c,
+            c_rs,
+            a,
+            (a_rs, a_cs),
+            panel,
+            np,
+            (i0, n),
+            acc,
+            ks(i0, ATTN_MR),
+        );
+    }
+    for i0 in full..m {
+        attn_tile::<1>(c, c_rs, a, (a_rs, a_cs), panel, np, (i0, n), acc, ks(i0, 1));
+    }
+}
+
+/// Rows and columns of one register tile of [`attn_mm`] (AVX-512: 8 accumulators of 16 lanes).
+const ATTN_MR: usize = 4;
+const ATTN_NR: usize = 32;
+
+/// Rows `i0..i0 + R` of [`attn_mm`], `ATTN_NR` columns of the panel at a time, on this CPU's widest
+/// fused multiply-add (every kernel rounds each step once, so all give the same bits).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attn_tile<const R: usize>(
+    c: &mut [f32],
+    c_rs: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    panel: &[f32],
+    np: usize,
+    (i0, n): (usize, usize),
+    acc: bool,
+    ks: std::ops::Range<usize>,
+) {
+    let rows: [usize; R] = std::array::from_fn(|r| (i0 + r) * a_rs);
+    if let Some(p) = ks.clone().last() {
+        // Bounds the kernels' unchecked reads: every row's last `a` entry and the panel's last tile.
+        assert!(
+            rows[R - 1] + p * a_cs < a.len()
+                && p * np + n.div_ceil(ATTN_NR) * ATTN_NR <= panel.len()
+        );
+    }
+    for j0 in (0..n).step_by(ATTN_NR) {
+        let mut t = [[0.0f32; ATTN_NR]; R];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F; indices are bounded by the assert above.
+                unsafe { fma_tile_avx512(&mut t, a, rows, a_cs, panel, np, j0, ks.clone()) };
+            } else if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx") {
+                // SAFETY: the CPU has AVX and FMA; indices are bounded by the assert above.
+                unsafe { fma_tile_avx2(&mut t, a, rows, a_cs, panel, np, j0, ks.clone()) };
+            } else {
+                fma_tile(&mut t, a, rows, a_cs, panel, np, j0, ks.clone());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        fma_tile(&mut t, a, rows, a_cs, panel, np, j0, ks.clone());
+        let w = ATTN_NR.min(n - j0);
+        for (r, tr) in t.iter().enumerate() {
+            let out = &mut c[(i0 + r) * c_rs + j0..][..w];
+            if acc {
+                out.iter_mut().zip(tr).for_each(|(o, &x)| *o += x);
+            } else {
+                out.copy_from_slice(&tr[..w]);
+            }
+        }
+    }
+}
+
+/// `t[r][l] = fma(a[rows[r] + p·a_cs], panel[p·np + j0 + l], t[r][l])` for `p` in `ks`, in order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fma_tile<const R: usize>(
+    t: &mut [[f32; ATTN_NR]; R],
+    a: &[f32],
+    rows: [usize; R],
+    a_cs: usize,
+    panel: &[f32],
+    np: usize,
+    j0: usize,
+    ks: std::ops::Range<usize>,
+) {
+    for p in ks {
+        let bp = &panel[p * np + j0..][..ATTN_NR];
+        for (tr, &row) in t.iter_mut().zip(&rows) {
+            let av = a[row + p * a_cs];
+            tr.iter_mut()
+                .zip(bp)
+                .for_each(|(x, &bv)| *x = av.mul_add(bv, *x));
+        }
+    }
+}
+
+/// [`fma_tile`] with AVX-512 registers: two of 16 lanes per row.
+///
+/// # Safety
+/// The CPU must have AVX-512F, and `a`, `panel` must hold every index the loop reads.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_tile_avx512<const R: usize>(
+    t: &mut [[f32; ATTN_NR]; R],
+    a: &[f32],
+    rows: [usize; R],
+    a_cs: usize,
+    panel: &[f32],
+    np: usize,
+    j0: usize,
+    ks: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    let mut v = [[_mm512_setzero_ps(); 2]; R];
+    let (a, panel) = (a.as_ptr(), panel.as_ptr());
+    for p in ks {
+        let bp = panel.add(p * np + j0);
+        let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+        for r in 0..R {
+            let av = _mm512_set1_ps(*a.add(rows[r] + p * a_cs));
+            v[r][0] = _mm512_fmadd_ps(av, b0, v[r][0]);
+            v[r][1] = _mm512_fmadd_ps(av, b1, v[r][1]);
+        }
+    }
+    for r in 0..R {
+        _mm512_storeu_ps(t[r].as_mut_ptr(), v[r][0]);
+        _mm512_storeu_ps(t[r].as_mut_ptr().add(16), v[r][1]);
+    }
+}
+
+/// [`fma_tile`] with AVX registers: four of 8 lanes per row.
+///
+/// # Safety
+/// The CPU must have AVX and FMA, and `a`, `panel` must hold every index the loop reads.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx,fma")]
+unsafe fn fma_tile_avx2<const R: usize>(
+    t: &mut [[f32; ATTN_NR]; R],
+    a: &[f32],
+    rows: [usize; R],
+    a_cs: usize,
+    panel: &[f32],
+    np: usize,
+    j0: usize,
+    ks: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    let mut v = [[_mm256_setzero_ps(); 4]; R];
+    let (a, panel) = (a.as_ptr(), panel.as_ptr());
+    for p in ks {
+        let bp = panel.add(p * np + j0);
+        let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
+        for r in 0..R {
+            let av = _mm256_set1_ps(*a.add(rows[r] + p * a_cs));
+            for (x, &bv) in v[r].iter_mut().zip(&b) {
+                *x = _mm256_fmadd_ps(av, bv, *x);
+            }
+        }
+    }
+    for r in 0..R {
+        for (q, x) in v[r].iter().enumerate() {
+            _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * q), *x);
+        }
     }
 }
 
@@ -257,8 +484,9 @@ pub fn attention_backward(
     attention_backward_per_query(s, qkv, pattern, dz, dqkv)
 }
 
-/// [`attention_backward`] as matrix products per (row, head): `dP = dZ·Vᵀ`, `dV += Pᵀ·dZ`, the softmax
-/// backward `dS = P∘(dP − Σ P∘dP)·scale` per query, `dQ += dS·K`, `dK += dSᵀ·Q`.
+/// [`attention_backward`] as matrix products per (row, head) on the key-major pattern: `dPᵀ = V·dZᵀ`,
+/// `dV += Pᵀ·dZ`, the softmax backward `dS = P∘(dP − Σ P∘dP)·scale` per query (its column, the sum in
+/// key order over the keys it sees), `dQ += dS·K`, `dK += dSᵀ·Q`.
 #[inline(always)]
 pub fn attention_backward_batched(
     s: AttnShape,
@@ -268,33 +496,75 @@ pub fn attention_backward_batched(
     dqkv: &mut [f32],
 ) {
     let (seq, tq, nh, dh, hd) = (s.seq, s.tq, s.n_heads, s.d_head, s.hd());
-    let (n3, first_q, p_rs) = (3 * hd, seq - tq, nh * seq);
-    let mut ds = vec![0.0f32; tq * seq];
+    let (n3, first_q) = (3 * hd, seq - tq);
+    let mut ds = vec![0.0f32; seq * tq];
+    let mut weighted = vec![0.0f32; tq];
+    let mut panel = Vec::new();
+    let keys = |i0, n| 0..keys_of_queries(s, i0, n);
+    let queries = |j0, _| first_seeing(s, j0)..tq;
     for r in 0..s.rows {
         let base = r * seq * n3;
         for h in 0..nh {
-            let p = &pattern[(r * tq * nh + h) * seq..];
+            let p = &pattern[(r * nh + h) * seq * tq..][..seq * tq];
             let dzh = &dz[r * tq * hd + h * dh..];
             let q = &qkv[base + first_q * n3 + h * dh..];
             let k = &qkv[base + hd + h * dh..];
             let v = &qkv[base + 2 * hd + h * dh..];
-            matmul_strided(&mut ds, seq, dzh, (hd, 1), v, (1, n3), (tq, seq, dh), false);
+            matmul_strided(&mut ds, tq, v, (n3, 1), dzh, (1, hd), (seq, tq, dh), false);
             let dv = &mut dqkv[base + 2 * hd + h * dh..];
-            matmul_strided(dv, n3, p, (1, p_rs), dzh, (hd, 1), (seq, dh, tq), true);
-            for qi in 0..tq {
-                let keys = s.keys(first_q + qi);
-                let pr = &p[qi * p_rs..qi * p_rs + seq];
-                let dr = &mut ds[qi * seq..(qi + 1) * seq];
-                let weighted: f32 = (0..keys).map(|j| pr[j] * dr[j]).sum();
-                for j in 0..keys {
-                    dr[j] = pr[j] * (dr[j] - weighted) * s.scale;
+            attn_mm(
+                dv,
+                n3,
+                p,
+                (tq, 1),
+                dzh,
+                (hd, 1),
+                (seq, dh, tq),
+                true,
+                queries,
+                &mut panel,
+            );
+            // Per query: Σ_j P·dP over the keys it sees, in key order (as `Iterator::sum`: from −0).
+            weighted.fill(-0.0);
+            for (j, (pr, dr)) in p.chunks_exact(tq).zip(ds.chunks_exact(tq)).enumerate() {
+                let lo = first_seeing(s, j);
+                for ((w, &pv), &dv) in weighted[lo..].iter_mut().zip(&pr[lo..]).zip(&dr[lo..]) {
+                    *w += pv * dv;
                 }
-                dr[keys..].fill(0.0);
+            }
+            for (j, (pr, dr)) in p.chunks_exact(tq).zip(ds.chunks_exact_mut(tq)).enumerate() {
+                let lo = first_seeing(s, j);
+                dr[..lo].fill(0.0);
+                for ((d, &pv), &w) in dr[lo..].iter_mut().zip(&pr[lo..]).zip(&weighted[lo..]) {
+                    *d = pv * (*d - w) * s.scale;
+                }
             }
             let dq = &mut dqkv[base + first_q * n3 + h * dh..];
-            matmul_strided(dq, n3, &ds, (seq, 1), k, (n3, 1), (tq, dh, seq), true);
+            attn_mm(
+                dq,
+                n3,
+                &ds,
+                (1, tq),
+                k,
+                (n3, 1),
+                (tq, dh, seq),
+                true,
+                keys,
+                &mut panel,
+            );
             let dk = &mut dqkv[base + hd + h * dh..];
-            matmul_strided(dk, n3, &ds, (1, seq), q, (n3, 1), (seq, dh, tq), true);
+            attn_mm(
+                dk,
+                n3,
+                &ds,
+                (tq, 1),
+                q,
+                (n3, 1),
+                (seq, dh, tq),
+                true,
+                queries,
+                &mut panel,
+            );
         }
     }
 }
@@ -489,10 +759,25 @@ mod tests {
                     "seq {seq}, tq {tq}, causal {causal}, qkv[{i}]: {got} vs {want}"
                 );
             }
-            // Each pattern row is a distribution over the keys the query may see.
-            for row in pattern.chunks(s.seq) {
-                let visible: f32 = row.iter().take(if causal { 1 } else { s.seq }).sum();
-                assert!(visible > 0.0);
+            // Each query's weights (query-major, or key-major on the batched path) are a
+            // distribution over the keys it may see.
+            let at = |r: usize, h: usize, i: usize, j: usize| {
+                if tq >= BATCHED_QUERIES {
+                    pattern[((r * s.n_heads + h) * seq + j) * tq + i]
+                } else {
+                    pattern[((r * tq + i) * s.n_heads + h) * seq + j]
+                }
+            };
+            for (r, h, i) in (0..s.rows)
+                .flat_map(|r| (0..s.n_heads).flat_map(move |h| (0..tq).map(move |i| (r, h, i))))
+            {
+                let keys = s.keys(seq - tq + i);
+                let weights: Vec<f32> = (0..seq).map(|j| at(r, h, i, j)).collect();
+                assert!(
+                    weights[keys..].iter().all(|&w| w == 0.0),
+                    "masked keys weigh nothing"
+                );
+                assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5);
             }
         }
     }
@@ -529,6 +814,15 @@ mod tests {
             };
             let (loop_p, loop_z, loop_d) = run(false);
             let (p, z, d) = run(true);
+            // The products keep each (row, head)'s pattern key-major: transpose it back.
+            let mut p_rows = vec![0.0; n_p];
+            for (block, keys_major) in p.chunks_exact(s.seq * tq).enumerate() {
+                let (r, h) = (block / s.n_heads, block % s.n_heads);
+                for (j, i) in (0..s.seq).flat_map(|j| (0..tq).map(move |i| (j, i))) {
+                    p_rows[((r * tq + i) * s.n_heads + h) * s.seq + j] = keys_major[j * tq + i];
+                }
+            }
+            let p = p_rows;
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
             // The loop leaves masked pattern entries untouched (0 here); the products write 0 there.
             assert!(close(&p, &loop_p), "pattern, tq {tq}, causal {causal}");
@@ -537,32 +831,111 @@ mod tests {
         }
     }
 
-    /// The softmax of eight query rows at once gives the bits of one row at a time, causal or not
-    /// (12 queries: a group of 8 and 4 alone), masked entries 0.
+    /// The key-major softmax gives each query the bits of a plain row-by-row softmax over its keys
+    /// (masked scores −∞ in the max, exp(−∞ − max) in the sum), causal or not, with fewer queries
+    /// than keys; masked entries 0, each column a distribution.
     #[test]
-    fn grouped_softmax_rows_give_the_bits_of_one_row_at_a_time() {
-        for causal in [true, false] {
+    fn column_softmax_gives_the_bits_of_one_query_row_at_a_time() {
+        for (tq, causal) in [(12, true), (12, false), (7, true)] {
             let s = AttnShape {
                 rows: 1,
                 seq: 12,
-                tq: 12,
-                n_heads: 2,
+                tq,
+                n_heads: 1,
                 d_head: 5,
                 scale: 0.4,
                 causal,
             };
-            let p_rs = s.n_heads * s.seq;
-            let scores: Vec<f32> = values(s.tq * p_rs, 9).iter().map(|v| v * 6.0).collect();
-            let (mut grouped, mut alone) = (scores.clone(), scores);
-            softmax_rows::<SOFTMAX_GROUP>(s, &mut grouped, 0, p_rs);
-            (SOFTMAX_GROUP..s.tq).for_each(|q| softmax_rows::<1>(s, &mut grouped, q, p_rs));
-            (0..s.tq).for_each(|q| softmax_rows::<1>(s, &mut alone, q, p_rs));
-            assert_eq!(grouped, alone, "causal {causal}");
-            for q in 0..s.tq {
-                let row = &grouped[q * p_rs..q * p_rs + s.seq];
-                let keys = s.keys(q);
-                assert!(row[keys..].iter().all(|&v| v == 0.0));
-                assert!((row[..keys].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            let scores: Vec<f32> = values(s.seq * tq, 9).iter().map(|v| v * 6.0).collect();
+            let mut columns = scores.clone();
+            softmax_columns(s, &mut columns, &mut vec![0.0; 2 * tq]);
+            for i in 0..tq {
+                let keys = s.keys(s.seq - tq + i);
+                let mut row: Vec<f32> = (0..s.seq).map(|j| scores[j * tq + i]).collect();
+                row[keys..].fill(f32::NEG_INFINITY);
+                row.iter_mut().for_each(|x| *x *= s.scale);
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                row.iter_mut().for_each(|x| *x = exp_f32(*x - max));
+                let sum = row.iter().fold(0.0f32, |t, &x| t + x);
+                row[..keys].iter_mut().for_each(|x| *x /= sum);
+                row[keys..].fill(0.0);
+                let column: Vec<f32> = (0..s.seq).map(|j| columns[j * tq + i]).collect();
+                assert_eq!(column, row, "query {i}, tq {tq}, causal {causal}");
+                assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// The attention products' register tiles give the bits of one fused multiply-add chain per
+    /// output, in order, on every kernel this CPU runs (portable, AVX2, AVX-512), and `attn_mm` with a
+    /// key range gives a plain product over that range, a strided operand copied or read in place.
+    #[test]
+    fn attention_product_kernels_give_the_bits_of_one_fma_chain() {
+        let (k, np, j0) = (7, 2 * ATTN_NR, ATTN_NR);
+        let a = values(4 * 3 * k, 11);
+        let panel = values(k * np, 12);
+        let rows = [0, 3 * k, 6 * k, 9 * k];
+        let want: Vec<[f32; ATTN_NR]> = (0..4)
+            .map(|r| {
+                std::array::from_fn(|l| {
+                    (1..k).fold(0.0f32, |t, p| {
+                        a[rows[r] + p * 3].mul_add(panel[p * np + j0 + l], t)
+                    })
+                })
+            })
+            .collect();
+        let mut t = [[0.0; ATTN_NR]; 4];
+        fma_tile(&mut t, &a, rows, 3, &panel, np, j0, 1..k);
+        assert_eq!(t.to_vec(), want, "portable");
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma") {
+                let mut t = [[0.0; ATTN_NR]; 4];
+                // SAFETY: the CPU has AVX and FMA; the reads stay inside `a` and `panel`.
+                unsafe { fma_tile_avx2(&mut t, &a, rows, 3, &panel, np, j0, 1..k) };
+                assert_eq!(t.to_vec(), want, "avx2");
+            }
+            if is_x86_feature_detected!("avx512f") {
+                let mut t = [[0.0; ATTN_NR]; 4];
+                // SAFETY: the CPU has AVX-512F; the reads stay inside `a` and `panel`.
+                unsafe { fma_tile_avx512(&mut t, &a, rows, 3, &panel, np, j0, 1..k) };
+                assert_eq!(t.to_vec(), want, "avx512");
+            }
+        }
+        // m = 6 (a tile of 4 and two single rows), n = 40 (copied, padded) or 64 (read in place).
+        for n in [40, 64] {
+            let (m, k) = (6, 9);
+            let (a, b) = (values(m * k, 13), values(k * n, 14));
+            let ks = |i0: usize, rows: usize| i0.min(3)..(i0 + rows + 2).min(k);
+            let mut c = values(m * n, 15);
+            let before = c.clone();
+            attn_mm(
+                &mut c,
+                n,
+                &a,
+                (1, m),
+                &b,
+                (n, 1),
+                (m, n, k),
+                true,
+                ks,
+                &mut Vec::new(),
+            );
+            for i in 0..m {
+                let block = if i < m - m % ATTN_MR {
+                    i - i % ATTN_MR
+                } else {
+                    i
+                };
+                let rows = if i < m - m % ATTN_MR { ATTN_MR } else { 1 };
+                for j in 0..n {
+                    let sum: f32 = ks(block, rows).map(|p| a[p * m + i] * b[p * n + j]).sum();
+                    let got = c[i * n + j] - before[i * n + j];
+                    assert!(
+                        (got - sum).abs() < 1e-5,
+                        "n {n}, c[{i}][{j}]: {got} vs {sum}"
+                    );
+                }
             }
         }
     }

@@ -408,7 +408,8 @@ struct BlockCache {
     x: Vec<f32>,
     /// `[rows·seq, 3·hd]`.
     qkv: Vec<f32>,
-    /// `[rows, tq, n_heads, seq]`; entries past the query position are never read.
+    /// `[rows, tq, n_heads, seq]`, or key-major `[rows, n_heads, seq, tq]` where the queries are
+    /// many ([`crate::engine::fast::ops::BATCHED_QUERIES`]); masked entries are never read.
     pattern: Vec<f32>,
     /// `[rows·tq, hd]`.
     z: Vec<f32>,
