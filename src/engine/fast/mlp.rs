@@ -25,6 +25,7 @@ use crate::engine::fast::{
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
+use crate::linalg::kernels::matmul_strided;
 use crate::linalg::kernels::{add_bias, add_column_sums};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::Params;
@@ -51,11 +52,12 @@ pub struct MlpWorkspace {
 /// Per-step buffers of the lookup path, kept between steps so a step allocates nothing.
 #[derive(Default)]
 struct Scratch {
-    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it reads.
+    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it reads
+    /// (copied: `gemm` packs a contiguous block far faster than columns `n_ctx·d_embed` apart).
     w_blocks: Vec<f32>,
     /// `[n_ctx, d_vocab, d_hidden]`: `T_pos = E·W_posᵀ`.
     tables: Vec<f32>,
-    /// Per position, `dW_pos` then `G_pos·W_pos`.
+    /// Per position, `G_pos·W_pos` `[d_vocab, d_embed]`, summed in position order into `dE`.
     parts: Vec<f32>,
 }
 
@@ -157,29 +159,37 @@ impl Engine for FastMlpEngine {
             batch,
             |ws, t, l| pass.run(ws, t, l, Some(n_total), batch.loss),
         );
-        let chunks = stats.len();
-        let (first, rest) = self.train_ws[..chunks].split_at_mut(1);
-        let first = &mut first[0];
-        let total = first.grads.as_mut().expect("the first chunk ran backward");
-        for ws in rest.iter() {
-            let g = ws.grads.as_ref().expect("every chunk ran backward");
-            for (a, b) in total.iter_mut().zip(g.iter()) {
-                a.data.iter_mut().zip(&b.data).for_each(|(x, y)| *x += y);
+        let chunks = &mut self.train_ws[..stats.len()];
+        // The chunks' gradients summed in chunk order straight into `grads`; with the lookup path
+        // the embedding's and first layer's come from the summed table gradients instead (the
+        // chunks never write them).
+        let tables = pass
+            .use_tables
+            .then(|| (self.tree.embed, self.tree.hidden[0].weight));
+        let from_tables = |i: usize| tables.is_some_and(|(e, w)| i == e.index() || i == w.index());
+        for (i, (out, &train)) in grads.iter_mut().zip(trainable).enumerate() {
+            if !train || from_tables(i) {
+                continue;
+            }
+            out.data.copy_from_slice(chunk_grad(&chunks[0], i));
+            for ws in &chunks[1..] {
+                let g = chunk_grad(ws, i);
+                out.data.iter_mut().zip(g).for_each(|(x, y)| *x += y);
             }
         }
-        if pass.use_tables {
+        if let Some((embed, weight)) = tables {
+            let (first, rest) = chunks.split_at_mut(1);
+            let g_tables = &mut first[0].g_tables;
             for ws in rest.iter() {
-                let g = &ws.g_tables;
-                first.g_tables.iter_mut().zip(g).for_each(|(x, y)| *x += y);
+                g_tables
+                    .iter_mut()
+                    .zip(&ws.g_tables)
+                    .for_each(|(x, y)| *x += y);
             }
-            pass.table_grads(&first.g_tables, total, threads);
+            let train = (trainable[embed.index()], trainable[weight.index()]);
+            pass.table_grads(g_tables, grads, train, threads);
         }
         self.scratch = pass.scratch;
-        for ((out, g), &train) in grads.iter_mut().zip(total.iter()).zip(trainable) {
-            if train {
-                out.data.copy_from_slice(&g.data);
-            }
-        }
         Ok(totals(&stats, n_total))
     }
 
@@ -201,6 +211,16 @@ impl Engine for FastMlpEngine {
         })?;
         Ok(chunks.concat())
     }
+}
+
+/// The `i`-th gradient tensor a chunk's backward pass left in its workspace.
+fn chunk_grad(ws: &MlpWorkspace, i: usize) -> &[f32] {
+    let grads = ws.grads.as_ref().expect("every chunk ran backward");
+    &grads
+        .iter()
+        .nth(i)
+        .expect("the chunks hold every parameter")
+        .data
 }
 
 /// One step's forward (and backward) passes over chunks, with fixed weights.
@@ -261,38 +281,82 @@ impl<'a> Pass<'a> {
         pass
     }
 
-    /// `dW_pos = G_posᵀ·E` and `dE = Σ_pos G_pos·W_pos` from the summed table gradients `g_tables`,
-    /// positions spread over `threads` threads and summed in position order.
-    fn table_grads(&mut self, g_tables: &[f32], g: &mut Params, threads: usize) {
+    /// The embedding's and the first layer's gradients (each where `train` says it is trained) from
+    /// the summed table gradients `g_tables`: `dW_pos = G_posᵀ·E`, written straight into its block of
+    /// columns of dW, and `dE = Σ_pos G_pos·W_pos`, summed in position order. One parallel section:
+    /// dW split by rows into `threads` jobs beside one job per position for dE.
+    fn table_grads(
+        &mut self,
+        g_tables: &[f32],
+        g: &mut Params,
+        (train_embed, train_weight): (bool, bool),
+        threads: usize,
+    ) {
         let (c, tree) = (self.cfg, self.tree);
-        let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
+        let (de, dh, nv, n_ctx, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.n_ctx, c.d_input());
         let w_e = &self.params[tree.embed];
-        // Per position: dW_pos [dh, de] then G_pos·W_pos [nv, de].
-        let (dw_len, de_len) = (dh * de, nv * de);
         let Scratch {
             w_blocks, parts, ..
         } = &mut self.scratch;
-        let parts = sized(parts, c.n_ctx * (dw_len + de_len));
-        per_position(parts, dw_len + de_len, threads, |pos, out| {
-            let (dw, d_emb) = out.split_at_mut(dw_len);
-            let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
-            mm_tn(dw, g_pos, w_e, dh, de, nv);
-            let w_pos = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
-            mm_nn(d_emb, g_pos, w_pos, nv, de, dh);
-        });
-        let first = tree.hidden[0];
-        g[tree.embed].fill(0.0);
-        for (pos, part) in parts.chunks_exact(dw_len + de_len).enumerate() {
-            let (dw, d_emb) = part.split_at(dw_len);
-            let gw = &mut g[first.weight];
-            for h in 0..dh {
-                gw[h * d_in + pos * de..h * d_in + (pos + 1) * de]
-                    .copy_from_slice(&dw[h * de..(h + 1) * de]);
+        let parts = sized(parts, n_ctx * nv * de);
+        let rows_per_job = dh.div_ceil(threads.max(1)).max(1);
+        enum Job<'o> {
+            /// Rows `h0..` of dW (every position's block of columns).
+            Weight(usize, &'o mut [f32]),
+            /// `G_pos·W_pos` for one position.
+            Embed(usize, &'o mut [f32]),
+        }
+        let mut jobs = Vec::new();
+        if train_weight {
+            let gw = &mut g[tree.hidden[0].weight];
+            let groups = gw.chunks_mut(rows_per_job * d_in).enumerate();
+            jobs.extend(groups.map(|(i, rows)| Job::Weight(i * rows_per_job, rows)));
+        }
+        if train_embed {
+            jobs.extend(
+                parts
+                    .chunks_exact_mut(nv * de)
+                    .enumerate()
+                    .map(|(p, o)| Job::Embed(p, o)),
+            );
+        }
+        jobs.into_par_iter().for_each(|job| match job {
+            Job::Weight(h0, rows) => {
+                let n_rows = rows.len() / d_in;
+                for pos in 0..n_ctx {
+                    // (h, e) of dW_pos = Σ_t G_pos[t, h]·E[t, e], into columns pos·de.. of row h.
+                    let g_pos = &g_tables[pos * nv * dh + h0..];
+                    let out = &mut rows[pos * de..];
+                    matmul_strided(
+                        out,
+                        d_in,
+                        g_pos,
+                        (1, dh),
+                        w_e,
+                        (de, 1),
+                        (n_rows, de, nv),
+                        false,
+                    );
+                }
             }
-            g[tree.embed]
-                .iter_mut()
-                .zip(d_emb)
-                .for_each(|(o, v)| *o += v);
+            Job::Embed(pos, out) => {
+                let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
+                mm_nn(
+                    out,
+                    g_pos,
+                    &w_blocks[pos * dh * de..(pos + 1) * dh * de],
+                    nv,
+                    de,
+                    dh,
+                );
+            }
+        });
+        if train_embed {
+            let g_e = &mut g[tree.embed];
+            g_e.fill(0.0);
+            for part in parts.chunks_exact(nv * de) {
+                g_e.iter_mut().zip(part).for_each(|(o, v)| *o += v);
+            }
         }
     }
 
