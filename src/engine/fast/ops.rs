@@ -266,9 +266,10 @@ fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
 /// One small product of the batched attention: `c[i·c_rs + j] (+)= Σ_{p ∈ ks(i0, rows)} a(i, p)·b(p, j)`
 /// for `i < m`, `j < n`, with `a(i, p) = a[i·a_rs + p·a_cs]`, `b(p, j) = b[p·b_rs + j·b_cs]`, and `ks`
 /// the inner indices that can be nonzero for rows `i0..i0 + rows` (causal attention skips the keys a
-/// query never sees). `b` is first copied into `panel`, `n` padded to whole tiles, so any layout
-/// works. Each output is one fused multiply-add chain over `p` in ascending order (`f32::mul_add`,
-/// correctly rounded in every build), so the tile sizes do not change the bits. These products are
+/// query never sees). `b` is read in place when its rows are contiguous and whole tiles wide, else
+/// copied into `panel` with `n` padded to whole tiles, so any layout works. Each output is one fused
+/// multiply-add chain over `p` in ascending order on the CPU's widest [`FmaKernel`] (each step
+/// rounded once, like `f32::mul_add`), so neither the tile sizes nor the kernel change the bits. These products are
 /// ~50 × 50 × 64: small enough that a general `gemm` call's set-up and packing outweigh the arithmetic.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -298,9 +299,16 @@ fn attn_mm(
         }
         (panel, np)
     };
+    let kernel = FmaKernel::best();
     let full = m - m % ATTN_MR;
     for i0 in (0..full).step_by(ATTN_MR) {
-        attn_tile::<ATTN_MR>(
+        let ks = ks(i0, ATTN_MR);
+        let at = (i0, n);
+        attn_tile::<ATTN_MR>(c, c_rs, a, (a_rs, a_cs), panel, np, at, acc, ks, kernel);
+    }
+    for i0 in full..m {
+        let ks = ks(i0, 1);
+        attn_tile::<1>(
             c,
             c_rs,
             a,
@@ -309,11 +317,9 @@ fn attn_mm(
             np,
             (i0, n),
             acc,
-            ks(i0, ATTN_MR),
+            ks,
+            kernel,
         );
-    }
-    for i0 in full..m {
-        attn_tile::<1>(c, c_rs, a, (a_rs, a_cs), panel, np, (i0, n), acc, ks(i0, 1));
     }
 }
 
@@ -321,8 +327,7 @@ fn attn_mm(
 const ATTN_MR: usize = 4;
 const ATTN_NR: usize = 32;
 
-/// Rows `i0..i0 + R` of [`attn_mm`], `ATTN_NR` columns of the panel at a time, on this CPU's widest
-/// fused multiply-add (every kernel rounds each step once, so all give the same bits).
+/// Rows `i0..i0 + R` of [`attn_mm`], `ATTN_NR` columns of the panel at a time, on `kernel`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attn_tile<const R: usize>(
@@ -335,31 +340,19 @@ fn attn_tile<const R: usize>(
     (i0, n): (usize, usize),
     acc: bool,
     ks: std::ops::Range<usize>,
+    kernel: FmaKernel,
 ) {
     let rows: [usize; R] = std::array::from_fn(|r| (i0 + r) * a_rs);
-    if let Some(p) = ks.clone().last() {
-        // Bounds the kernels' unchecked reads: every row's last `a` entry and the panel's last tile.
-        assert!(
-            rows[R - 1] + p * a_cs < a.len()
-                && p * np + n.div_ceil(ATTN_NR) * ATTN_NR <= panel.len()
-        );
-    }
     for j0 in (0..n).step_by(ATTN_NR) {
-        let mut t = [[0.0f32; ATTN_NR]; R];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F; indices are bounded by the assert above.
-                unsafe { fma_tile_avx512(&mut t, a, rows, a_cs, panel, np, j0, ks.clone()) };
-            } else if is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx") {
-                // SAFETY: the CPU has AVX and FMA; indices are bounded by the assert above.
-                unsafe { fma_tile_avx2(&mut t, a, rows, a_cs, panel, np, j0, ks.clone()) };
-            } else {
-                fma_tile(&mut t, a, rows, a_cs, panel, np, j0, ks.clone());
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        fma_tile(&mut t, a, rows, a_cs, panel, np, j0, ks.clone());
+        let tile = TileInput {
+            a,
+            rows,
+            a_cs,
+            panel,
+            np,
+            j0,
+        };
+        let t = tile.fma(kernel, ks.clone());
         let w = ATTN_NR.min(n - j0);
         for (r, tr) in t.iter().enumerate() {
             let out = &mut c[(i0 + r) * c_rs + j0..][..w];
@@ -372,99 +365,153 @@ fn attn_tile<const R: usize>(
     }
 }
 
-/// `t[r][l] = fma(a[rows[r] + p·a_cs], panel[p·np + j0 + l], t[r][l])` for `p` in `ks`, in order.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn fma_tile<const R: usize>(
-    t: &mut [[f32; ATTN_NR]; R],
-    a: &[f32],
-    rows: [usize; R],
-    a_cs: usize,
-    panel: &[f32],
-    np: usize,
-    j0: usize,
-    ks: std::ops::Range<usize>,
-) {
-    for p in ks {
-        let bp = &panel[p * np + j0..][..ATTN_NR];
-        for (tr, &row) in t.iter_mut().zip(&rows) {
-            let av = a[row + p * a_cs];
-            tr.iter_mut()
-                .zip(bp)
-                .for_each(|(x, &bv)| *x = av.mul_add(bv, *x));
+/// A fused multiply-add kernel for [`TileInput::fma`]; every one rounds each step once, so all give
+/// the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FmaKernel {
+    /// `f32::mul_add`, any CPU.
+    Portable,
+    /// AVX + FMA registers of 8 lanes.
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// AVX-512F registers of 16 lanes.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl FmaKernel {
+    /// Every kernel, narrowest first.
+    const ALL: &'static [FmaKernel] = &[
+        FmaKernel::Portable,
+        #[cfg(target_arch = "x86_64")]
+        FmaKernel::Avx2,
+        #[cfg(target_arch = "x86_64")]
+        FmaKernel::Avx512,
+    ];
+
+    /// Whether this CPU runs the kernel.
+    fn runs(self) -> bool {
+        match self {
+            FmaKernel::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            FmaKernel::Avx2 => is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            FmaKernel::Avx512 => is_x86_feature_detected!("avx512f"),
         }
+    }
+
+    /// The widest kernel this CPU runs.
+    fn best() -> Self {
+        let mut widest = Self::ALL.iter().rev().copied().filter(|k| k.runs());
+        widest.next().unwrap_or(FmaKernel::Portable)
     }
 }
 
-/// [`fma_tile`] with AVX-512 registers: two of 16 lanes per row.
-///
-/// # Safety
-/// The CPU must have AVX-512F, and `a`, `panel` must hold every index the loop reads.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_tile_avx512<const R: usize>(
-    t: &mut [[f32; ATTN_NR]; R],
-    a: &[f32],
+/// One register tile's operands: `R` rows of `a` (each row's first entry at `rows[r]`, the inner
+/// index `p` at stride `a_cs`) against the `ATTN_NR` columns `j0..` of `panel` (rows `np` apart).
+#[derive(Clone, Copy)]
+struct TileInput<'a, const R: usize> {
+    a: &'a [f32],
     rows: [usize; R],
     a_cs: usize,
-    panel: &[f32],
+    panel: &'a [f32],
     np: usize,
     j0: usize,
-    ks: std::ops::Range<usize>,
-) {
-    use std::arch::x86_64::*;
-    let mut v = [[_mm512_setzero_ps(); 2]; R];
-    let (a, panel) = (a.as_ptr(), panel.as_ptr());
-    for p in ks {
-        let bp = panel.add(p * np + j0);
-        let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
-        for r in 0..R {
-            let av = _mm512_set1_ps(*a.add(rows[r] + p * a_cs));
-            v[r][0] = _mm512_fmadd_ps(av, b0, v[r][0]);
-            v[r][1] = _mm512_fmadd_ps(av, b1, v[r][1]);
-        }
-    }
-    for r in 0..R {
-        _mm512_storeu_ps(t[r].as_mut_ptr(), v[r][0]);
-        _mm512_storeu_ps(t[r].as_mut_ptr().add(16), v[r][1]);
-    }
 }
 
-/// [`fma_tile`] with AVX registers: four of 8 lanes per row.
-///
-/// # Safety
-/// The CPU must have AVX and FMA, and `a`, `panel` must hold every index the loop reads.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx,fma")]
-unsafe fn fma_tile_avx2<const R: usize>(
-    t: &mut [[f32; ATTN_NR]; R],
-    a: &[f32],
-    rows: [usize; R],
-    a_cs: usize,
-    panel: &[f32],
-    np: usize,
-    j0: usize,
-    ks: std::ops::Range<usize>,
-) {
-    use std::arch::x86_64::*;
-    let mut v = [[_mm256_setzero_ps(); 4]; R];
-    let (a, panel) = (a.as_ptr(), panel.as_ptr());
-    for p in ks {
-        let bp = panel.add(p * np + j0);
-        let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
-        for r in 0..R {
-            let av = _mm256_set1_ps(*a.add(rows[r] + p * a_cs));
-            for (x, &bv) in v[r].iter_mut().zip(&b) {
-                *x = _mm256_fmadd_ps(av, bv, *x);
+impl<const R: usize> TileInput<'_, R> {
+    /// `t[r][l] = fma(a[rows[r] + p·a_cs], panel[p·np + j0 + l], t[r][l])` from 0, for `p` in `ks` in
+    /// order, on `kernel` (one this CPU [`FmaKernel::runs`]).
+    #[inline(always)]
+    fn fma(&self, kernel: FmaKernel, ks: std::ops::Range<usize>) -> [[f32; ATTN_NR]; R] {
+        if let Some(p) = ks.clone().last() {
+            // Bounds the kernels' unchecked reads: every row's last `a` entry and the panel's tile.
+            let last_row = self.rows.iter().max().copied().unwrap_or(0);
+            assert!(
+                last_row + p * self.a_cs < self.a.len()
+                    && p * self.np + self.j0 + ATTN_NR <= self.panel.len()
+            );
+        }
+        match kernel {
+            FmaKernel::Portable => self.portable(ks),
+            // SAFETY: the kernel is one the CPU supports; the assert above bounds every read.
+            #[cfg(target_arch = "x86_64")]
+            FmaKernel::Avx2 => unsafe { self.avx2(ks) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            FmaKernel::Avx512 => unsafe { self.avx512(ks) },
+        }
+    }
+
+    #[inline(always)]
+    fn portable(&self, ks: std::ops::Range<usize>) -> [[f32; ATTN_NR]; R] {
+        let mut t = [[0.0f32; ATTN_NR]; R];
+        for p in ks {
+            let bp = &self.panel[p * self.np + self.j0..][..ATTN_NR];
+            for (tr, &row) in t.iter_mut().zip(&self.rows) {
+                let av = self.a[row + p * self.a_cs];
+                tr.iter_mut()
+                    .zip(bp)
+                    .for_each(|(x, &bv)| *x = av.mul_add(bv, *x));
             }
         }
+        t
     }
-    for r in 0..R {
-        for (q, x) in v[r].iter().enumerate() {
-            _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * q), *x);
+
+    /// [`TileInput::portable`] with AVX-512 registers: two of 16 lanes per row.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and `a`, `panel` must hold every index the loop reads.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn avx512(&self, ks: std::ops::Range<usize>) -> [[f32; ATTN_NR]; R] {
+        use std::arch::x86_64::*;
+        let mut v = [[_mm512_setzero_ps(); 2]; R];
+        let (a, panel) = (self.a.as_ptr(), self.panel.as_ptr());
+        for p in ks {
+            let bp = panel.add(p * self.np + self.j0);
+            let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+            for (vr, &row) in v.iter_mut().zip(&self.rows) {
+                let av = _mm512_set1_ps(*a.add(row + p * self.a_cs));
+                vr[0] = _mm512_fmadd_ps(av, b0, vr[0]);
+                vr[1] = _mm512_fmadd_ps(av, b1, vr[1]);
+            }
         }
+        let mut t = [[0.0f32; ATTN_NR]; R];
+        for r in 0..R {
+            _mm512_storeu_ps(t[r].as_mut_ptr(), v[r][0]);
+            _mm512_storeu_ps(t[r].as_mut_ptr().add(16), v[r][1]);
+        }
+        t
+    }
+
+    /// [`TileInput::portable`] with AVX registers: four of 8 lanes per row.
+    ///
+    /// # Safety
+    /// The CPU must have AVX and FMA, and `a`, `panel` must hold every index the loop reads.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx,fma")]
+    unsafe fn avx2(&self, ks: std::ops::Range<usize>) -> [[f32; ATTN_NR]; R] {
+        use std::arch::x86_64::*;
+        let mut v = [[_mm256_setzero_ps(); 4]; R];
+        let (a, panel) = (self.a.as_ptr(), self.panel.as_ptr());
+        for p in ks {
+            let bp = panel.add(p * self.np + self.j0);
+            let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
+            for (vr, &row) in v.iter_mut().zip(&self.rows) {
+                let av = _mm256_set1_ps(*a.add(row + p * self.a_cs));
+                for (x, &bv) in vr.iter_mut().zip(&b) {
+                    *x = _mm256_fmadd_ps(av, bv, *x);
+                }
+            }
+        }
+        let mut t = [[0.0f32; ATTN_NR]; R];
+        for r in 0..R {
+            for (q, x) in v[r].iter().enumerate() {
+                _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * q), *x);
+            }
+        }
+        t
     }
 }
 
@@ -884,23 +931,16 @@ mod tests {
                 })
             })
             .collect();
-        let mut t = [[0.0; ATTN_NR]; 4];
-        fma_tile(&mut t, &a, rows, 3, &panel, np, j0, 1..k);
-        assert_eq!(t.to_vec(), want, "portable");
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx") && is_x86_feature_detected!("fma") {
-                let mut t = [[0.0; ATTN_NR]; 4];
-                // SAFETY: the CPU has AVX and FMA; the reads stay inside `a` and `panel`.
-                unsafe { fma_tile_avx2(&mut t, &a, rows, 3, &panel, np, j0, 1..k) };
-                assert_eq!(t.to_vec(), want, "avx2");
-            }
-            if is_x86_feature_detected!("avx512f") {
-                let mut t = [[0.0; ATTN_NR]; 4];
-                // SAFETY: the CPU has AVX-512F; the reads stay inside `a` and `panel`.
-                unsafe { fma_tile_avx512(&mut t, &a, rows, 3, &panel, np, j0, 1..k) };
-                assert_eq!(t.to_vec(), want, "avx512");
-            }
+        let tile = TileInput {
+            a: &a,
+            rows,
+            a_cs: 3,
+            panel: &panel,
+            np,
+            j0,
+        };
+        for &kernel in FmaKernel::ALL.iter().filter(|k| k.runs()) {
+            assert_eq!(tile.fma(kernel, 1..k).to_vec(), want, "{kernel:?}");
         }
         // m = 6 (a tile of 4 and two single rows), n = 40 (copied, padded) or 64 (read in place).
         for n in [40, 64] {
