@@ -251,7 +251,8 @@ fn the_lookup_path_matches_candle_on_batches_larger_than_the_vocabulary() {
     let want = CandleEngine::new(&cfg.model)
         .loss_and_grads(&p, &trainable, b, &mut reference)
         .unwrap();
-    for threads in [1, 2] {
+    // 1, 2 and 3 threads: the tables' rows split evenly, unevenly, or not at all.
+    for threads in [1, 2, 3] {
         let mut engine = FastMlpEngine::new(mlp, threads).unwrap();
         let mut g = p.zeros_like();
         let got = engine.loss_and_grads(&p, &trainable, b, &mut g).unwrap();

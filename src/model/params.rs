@@ -460,6 +460,21 @@ impl std::ops::Index<Slot> for Params {
     }
 }
 
+impl Params {
+    /// Two different slots' tensors, both mutable at once.
+    pub fn pair_mut(&mut self, a: Slot, b: Slot) -> (&mut [f32], &mut [f32]) {
+        assert_ne!(a.0, b.0, "pair_mut needs two different slots");
+        let (lo, hi) = (a.0.min(b.0), a.0.max(b.0));
+        let (head, tail) = self.entries.split_at_mut(hi);
+        let (x, y) = (&mut head[lo].data[..], &mut tail[0].data[..]);
+        if a.0 < b.0 {
+            (x, y)
+        } else {
+            (y, x)
+        }
+    }
+}
+
 impl std::ops::IndexMut<Slot> for Params {
     fn index_mut(&mut self, slot: Slot) -> &mut [f32] {
         &mut self.entries[slot.0].data

@@ -8,11 +8,13 @@
 //!
 //! The first hidden layer reads the concatenation of `n_ctx` embeddings, so its pre-activation is
 //! `b + Σ_pos E[token_pos]·W_posᵀ` with `W_pos` the columns of W that read position `pos`. When the
-//! vocabulary is smaller than the batch, the engine computes the tables `T_pos = E·W_posᵀ` once per
-//! step and adds rows of them instead of multiplying every row (seed 002: 4 tables of 99 × 128
-//! instead of a 512 × 512 by 512 × 128 product per minibatch); the backward pass mirrors it by summing
-//! each row's gradient into its token's row of `G_pos` and forming `dW_pos = G_posᵀ·E` and
-//! `dE = Σ_pos G_pos·W_pos` once. Exact up to float rounding.
+//! vocabulary is smaller than the batch, the engine computes the tables `T[t, pos] = E[t]·W_posᵀ` once
+//! per step — one product `E·W'ᵀ`, with `W'` the blocks `W_pos` stacked `[n_ctx·d_hidden, d_embed]` —
+//! and adds rows of them instead of multiplying every row (seed 002: one 99 × 128 by 128 × 512
+//! product instead of a 512 × 512 by 512 × 128 product per minibatch); the backward pass mirrors it by
+//! summing each row's gradient into its tokens' rows of `G` (laid out like `T`) and forming
+//! `dW_pos = G_posᵀ·E` and `dE = G·W'` (one product over every position) once. Exact up to float
+//! rounding.
 
 use rayon::prelude::*;
 
@@ -42,8 +44,8 @@ pub struct MlpWorkspace {
     logits: Vec<f32>,
     dx: Vec<f32>,
     dpre: Vec<f32>,
-    /// Per position and token, the summed gradient of the first hidden layer's pre-activation,
-    /// `[n_ctx, d_vocab, d_hidden]` (lookup path only).
+    /// Per token and position, the summed gradient of the first hidden layer's pre-activation,
+    /// `[d_vocab, n_ctx, d_hidden]` like the tables (lookup path only).
     g_tables: Vec<f32>,
     /// Gradients of the last backward pass, in the store's layout.
     grads: Option<Params>,
@@ -52,13 +54,11 @@ pub struct MlpWorkspace {
 /// Per-step buffers of the lookup path, kept between steps so a step allocates nothing.
 #[derive(Default)]
 struct Scratch {
-    /// `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it reads
-    /// (copied: `gemm` packs a contiguous block far faster than columns `n_ctx·d_embed` apart).
+    /// `W'`, `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it
+    /// reads (copied: `gemm` packs a contiguous block far faster than columns `n_ctx·d_embed` apart).
     w_blocks: Vec<f32>,
-    /// `[n_ctx, d_vocab, d_hidden]`: `T_pos = E·W_posᵀ`.
+    /// `[d_vocab, n_ctx, d_hidden]`: `T = E·W'ᵀ`, row `t` holding `E[t]·W_posᵀ` for every position.
     tables: Vec<f32>,
-    /// Per position, `G_pos·W_pos` `[d_vocab, d_embed]`, summed in position order into `dE`.
-    parts: Vec<f32>,
 }
 
 /// The hand-written MLP engine.
@@ -271,11 +271,13 @@ impl<'a> Pass<'a> {
                 w_blocks.extend_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
             }
         }
-        let tables = sized(tables, cfg.n_ctx * nv * dh);
+        let width = cfg.n_ctx * dh;
+        let tables = sized(tables, nv * width);
         let w_e = &params[tree.embed];
-        per_position(tables, nv * dh, threads, |pos, table| {
-            let block = &w_blocks[pos * dh * de..(pos + 1) * dh * de];
-            mm_nt(table, w_e, block, nv, dh, de);
+        let groups: Vec<_> = row_groups(tables, width, threads).collect();
+        groups.into_par_iter().for_each(|(t0, out)| {
+            let n = out.len() / width;
+            mm_nt(out, &w_e[t0 * de..(t0 + n) * de], w_blocks, n, width, de);
         });
         pass.use_tables = true;
         pass
@@ -283,8 +285,8 @@ impl<'a> Pass<'a> {
 
     /// The embedding's and the first layer's gradients (each where `train` says it is trained) from
     /// the summed table gradients `g_tables`: `dW_pos = G_posᵀ·E`, written straight into its block of
-    /// columns of dW, and `dE = Σ_pos G_pos·W_pos`, summed in position order. One parallel section:
-    /// dW split by rows into `threads` jobs beside one job per position for dE.
+    /// columns of dW, and `dE = G·W'`, one product over every position. One parallel section: dW
+    /// and dE each split by rows into `threads` jobs.
     fn table_grads(
         &mut self,
         g_tables: &[f32],
@@ -294,44 +296,34 @@ impl<'a> Pass<'a> {
     ) {
         let (c, tree) = (self.cfg, self.tree);
         let (de, dh, nv, n_ctx, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.n_ctx, c.d_input());
-        let w_e = &self.params[tree.embed];
-        let Scratch {
-            w_blocks, parts, ..
-        } = &mut self.scratch;
-        let parts = sized(parts, n_ctx * nv * de);
-        let rows_per_job = dh.div_ceil(threads.max(1)).max(1);
+        let width = n_ctx * dh;
+        let (w_e, w_blocks) = (&self.params[tree.embed], &self.scratch.w_blocks);
         enum Job<'o> {
             /// Rows `h0..` of dW (every position's block of columns).
             Weight(usize, &'o mut [f32]),
-            /// `G_pos·W_pos` for one position.
+            /// Rows `t0..` of dE.
             Embed(usize, &'o mut [f32]),
         }
+        let (gw, ge) = g.pair_mut(tree.hidden[0].weight, tree.embed);
         let mut jobs = Vec::new();
         if train_weight {
-            let gw = &mut g[tree.hidden[0].weight];
-            let groups = gw.chunks_mut(rows_per_job * d_in).enumerate();
-            jobs.extend(groups.map(|(i, rows)| Job::Weight(i * rows_per_job, rows)));
+            jobs.extend(row_groups(gw, d_in, threads).map(|(h0, o)| Job::Weight(h0, o)));
         }
         if train_embed {
-            jobs.extend(
-                parts
-                    .chunks_exact_mut(nv * de)
-                    .enumerate()
-                    .map(|(p, o)| Job::Embed(p, o)),
-            );
+            jobs.extend(row_groups(ge, de, threads).map(|(t0, o)| Job::Embed(t0, o)));
         }
         jobs.into_par_iter().for_each(|job| match job {
             Job::Weight(h0, rows) => {
                 let n_rows = rows.len() / d_in;
                 for pos in 0..n_ctx {
-                    // (h, e) of dW_pos = Σ_t G_pos[t, h]·E[t, e], into columns pos·de.. of row h.
-                    let g_pos = &g_tables[pos * nv * dh + h0..];
+                    // (h, e) of dW_pos = Σ_t G[t, pos, h]·E[t, e], into columns pos·de.. of row h.
+                    let g_pos = &g_tables[pos * dh + h0..];
                     let out = &mut rows[pos * de..];
                     matmul_strided(
                         out,
                         d_in,
                         g_pos,
-                        (1, dh),
+                        (1, width),
                         w_e,
                         (de, 1),
                         (n_rows, de, nv),
@@ -339,25 +331,18 @@ impl<'a> Pass<'a> {
                     );
                 }
             }
-            Job::Embed(pos, out) => {
-                let g_pos = &g_tables[pos * nv * dh..(pos + 1) * nv * dh];
+            Job::Embed(t0, out) => {
+                let n = out.len() / de;
                 mm_nn(
                     out,
-                    g_pos,
-                    &w_blocks[pos * dh * de..(pos + 1) * dh * de],
-                    nv,
+                    &g_tables[t0 * width..(t0 + n) * width],
+                    w_blocks,
+                    n,
                     de,
-                    dh,
+                    width,
                 );
             }
         });
-        if train_embed {
-            let g_e = &mut g[tree.embed];
-            g_e.fill(0.0);
-            for part in parts.chunks_exact(nv * de) {
-                g_e.iter_mut().zip(part).for_each(|(o, v)| *o += v);
-            }
-        }
     }
 
     crate::linalg::kernels::simd_dispatch! {
@@ -425,11 +410,10 @@ impl<'a> Pass<'a> {
             match (self.use_tables, i) {
                 (true, 0) => {
                     let tables = &self.scratch.tables;
-                    let nv = c.d_vocab;
                     for (dst, row) in pre.chunks_exact_mut(dh).zip(tokens.chunks_exact(c.n_ctx)) {
                         dst.copy_from_slice(&p[layer.bias]);
                         for (pos, &t) in row.iter().enumerate() {
-                            let at = (pos * nv + t as usize) * dh;
+                            let at = (t as usize * c.n_ctx + pos) * dh;
                             dst.iter_mut()
                                 .zip(&tables[at..at + dh])
                                 .for_each(|(o, v)| *o += v);
@@ -492,12 +476,11 @@ impl<'a> Pass<'a> {
             activation_backward(self.act, &ws.pre[i], &ws.post[i], dpre);
             if i == 0 && self.use_tables {
                 // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
-                let nv = c.d_vocab;
-                let gt = sized(&mut ws.g_tables, c.n_ctx * nv * dh);
+                let gt = sized(&mut ws.g_tables, c.d_vocab * c.n_ctx * dh);
                 gt.fill(0.0);
                 for (src, row) in dpre.chunks_exact(dh).zip(tokens.chunks_exact(c.n_ctx)) {
                     for (pos, &t) in row.iter().enumerate() {
-                        let at = (pos * nv + t as usize) * dh;
+                        let at = (t as usize * c.n_ctx + pos) * dh;
                         gt[at..at + dh]
                             .iter_mut()
                             .zip(src)
@@ -528,22 +511,15 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Runs `job(index, chunk)` on each `len`-sized chunk of `out`, the chunks spread over `threads`
-/// threads in contiguous groups.
-#[inline(always)]
-fn per_position(
+/// The `len`-wide rows of `out` in `threads` contiguous groups (one job each), each with the index of
+/// its first row.
+fn row_groups(
     out: &mut [f32],
     len: usize,
     threads: usize,
-    job: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    let n = out.len() / len;
-    let per = n.div_ceil(threads.max(1)).max(1);
-    out.par_chunks_mut(per * len)
+) -> impl Iterator<Item = (usize, &mut [f32])> {
+    let per = (out.len() / len).div_ceil(threads.max(1)).max(1);
+    out.chunks_mut(per * len)
         .enumerate()
-        .for_each(|(g, group)| {
-            for (i, chunk) in group.chunks_exact_mut(len).enumerate() {
-                job(g * per + i, chunk);
-            }
-        });
+        .map(move |(g, rows)| (g * per, rows))
 }
