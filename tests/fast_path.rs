@@ -275,8 +275,8 @@ fn evaluation_gives_the_same_bits_whichever_chunks_share_a_workspace() {
     };
     let params = random_params(&cfg);
     let seq = cfg.n_ctx;
-    // 15 chunks of 134 rows and a last one of 124.
-    let (tokens, _) = random_batch(&cfg, 2000, seq, 7);
+    // 1 990 rows of 8 scored positions: 117 chunks of 17 rows and a last one of 1.
+    let (tokens, _) = random_batch(&cfg, 1990, seq, 7);
     let run = |threads: usize| {
         let mut engine = FastEngine::new(&cfg, threads);
         let logits = engine.logits(&params, &tokens, seq).unwrap();
@@ -288,5 +288,45 @@ fn evaluation_gives_the_same_bits_whichever_chunks_share_a_workspace() {
     let one = run(1);
     for threads in [2, 3, 16] {
         assert!(run(threads) == one, "{threads} threads differ from one");
+    }
+}
+
+/// A model scored at every position is cut into chunks of few rows (about 128 predictions each):
+/// its training gradients are the same bits on any thread count, and match candle's.
+#[test]
+fn per_position_training_gives_the_same_bits_on_any_thread_count() {
+    let cfg = previous_token_model(Some(Normalization::LN));
+    let params = random_params(&cfg);
+    let trainable: Vec<bool> = params.iter().map(|p| p.name != "pos_embed.W_pos").collect();
+    // 300 rows × 5 positions: 11 chunks of 28 rows and a last one of 20.
+    let (tokens, _) = random_batch(&cfg, 300, 5, 11);
+    let batch = Batch::new(&tokens, &[], 5, Target::PreviousToken);
+    let run = |threads: usize| {
+        let mut g = params.zeros_like();
+        let stats = FastEngine::new(&cfg, threads)
+            .loss_and_grads(&params, &trainable, batch, &mut g)
+            .unwrap();
+        let bits: Vec<u32> = g
+            .iter()
+            .flat_map(|p| p.data.iter().map(|x| x.to_bits()))
+            .collect();
+        (bits, stats.loss.to_bits(), stats.correct, g)
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let other = run(threads);
+        assert!(
+            (&other.0, other.1, other.2) == (&one.0, one.1, one.2),
+            "{threads} threads differ from one"
+        );
+    }
+    let mut g_ref = params.zeros_like();
+    CandleEngine::new(&ModelConfig::Transformer(cfg.clone()))
+        .loss_and_grads(&params, &trainable, batch, &mut g_ref)
+        .unwrap();
+    for (a, r) in one.3.iter().zip(g_ref.iter()) {
+        let scale = r.data.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
+        let d = max_abs_diff(&a.data, &r.data);
+        assert!(d / scale < 1e-4, "grad of {} differs by {d}", a.name);
     }
 }

@@ -224,16 +224,31 @@ impl FastEngine {
     }
 }
 
-/// Chunks never shrink below this many rows (smaller ones would run the kernels inefficiently)...
-const MIN_CHUNK_ROWS: usize = 128;
-/// ...and a batch is split into at most this many, so up to this many threads share one batch.
+/// Chunks never shrink below this many predictions (smaller ones would run the kernels
+/// inefficiently)...
+const MIN_CHUNK_PREDICTIONS: usize = 128;
+/// ...a training batch is split into at most this many, so up to this many threads share one batch
+/// (each chunk keeps its own gradients until they are summed)...
 pub const MAX_CHUNKS: usize = 16;
+/// ...and an evaluation batch into at most this many: its chunks share one workspace per thread, so
+/// more, smaller chunks cost no memory and keep a chunk's activations in cache between its passes
+/// (seed 003's test set of 4 000 × 50 predictions runs in chunks of 16 rows, not 250).
+const MAX_EVAL_CHUNKS: usize = 256;
 
-/// The row ranges a batch of `rows` rows is split into. They depend on the batch alone, never on
-/// the thread count: each chunk's sums run in the same order whichever thread computes it, and the
-/// chunks are reduced in chunk order, so a run gives bit-identical numbers on any number of threads.
-pub(crate) fn chunk_ranges(rows: usize) -> Vec<std::ops::Range<usize>> {
-    let chunks = (rows / MIN_CHUNK_ROWS).clamp(1, MAX_CHUNKS);
+/// The row ranges a batch of `rows` rows holding `predictions` scored positions is split into (at
+/// most `most`): chunks of about [`MIN_CHUNK_PREDICTIONS`] predictions, so a model scored at every
+/// position (seed 003's 50 per row) gets chunks of few rows whose activations stay in cache. They
+/// depend on the batch alone, never on the thread count: each chunk's sums run in the same order
+/// whichever thread computes it, and the chunks are reduced in chunk order, so a run gives
+/// bit-identical numbers on any number of threads.
+pub(crate) fn chunk_ranges(
+    rows: usize,
+    predictions: usize,
+    most: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let chunks = (predictions / MIN_CHUNK_PREDICTIONS)
+        .clamp(1, most)
+        .min(rows.max(1));
     let len = rows.div_ceil(chunks).max(1);
     (0..rows)
         .step_by(len)
@@ -265,7 +280,11 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
     batch: Batch<'b>,
     job: impl Fn(&mut W, &'b [u32], &'b [u32]) -> R + Sync,
 ) -> Vec<R> {
-    let ranges = chunk_ranges(batch.rows());
+    let most = match mode {
+        Workspaces::PerChunk => MAX_CHUNKS,
+        Workspaces::PerThread => MAX_EVAL_CHUNKS,
+    };
+    let ranges = chunk_ranges(batch.rows(), batch.predictions(), most);
     let seq = batch.seq_len;
     let inputs: Vec<ChunkInput<'b>> = ranges
         .into_iter()
@@ -593,6 +612,38 @@ fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks are cut by predictions: a last-position batch keeps chunks of ≥ 128 rows (at most 16
+    /// when training), a batch scored at every position gets chunks of a few rows, evaluation may cut
+    /// more of them, and the ranges always tile the batch in order.
+    #[test]
+    fn chunks_follow_the_predictions_and_tile_the_batch() {
+        let lens = |rows, predictions, most| -> Vec<usize> {
+            let ranges = chunk_ranges(rows, predictions, most);
+            let mut next = 0;
+            for r in &ranges {
+                assert_eq!(r.start, next, "{ranges:?}");
+                assert!(r.end > r.start, "{ranges:?}");
+                next = r.end;
+            }
+            assert_eq!(next, rows, "{ranges:?}");
+            ranges.iter().map(|r| r.len()).collect()
+        };
+        // The default preset's 3 830 training rows: 16 chunks of 240 (the last 230).
+        let train = lens(3830, 3830, MAX_CHUNKS);
+        assert_eq!((train.len(), train[0], train[15]), (16, 240, 230));
+        // Its 8 939 test rows: 69 chunks of ≥ 128 rows.
+        let test = lens(8939, 8939, MAX_EVAL_CHUNKS);
+        assert_eq!((test.len(), test[0]), (69, 130));
+        // Seed 003: 256 rows × 50 predictions train in 16 chunks of 16 rows; its 4 000 test rows
+        // in 250 chunks of 16.
+        assert_eq!(lens(256, 256 * 50, MAX_CHUNKS), vec![16; 16]);
+        assert_eq!(lens(4000, 4000 * 50, MAX_EVAL_CHUNKS), vec![16; 250]);
+        // Never more chunks than rows, never fewer than one.
+        assert_eq!(lens(3, 3 * 1000, MAX_CHUNKS), vec![1; 3]);
+        assert_eq!(lens(5, 5, MAX_CHUNKS), vec![5]);
+        assert_eq!(lens(0, 0, MAX_CHUNKS), Vec::<usize>::new());
+    }
 
     /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
     /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
