@@ -264,12 +264,21 @@ pub fn exp_f32(x: f32) -> f32 {
     y = y * r + 1.666_666_5e-1;
     y = y * r + 0.5;
     let y = y * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = pow2(n);
     if below {
         0.0
     } else {
         y * scale
     }
+}
+
+/// 2^n for an integer-valued `n` in −127..=128 (0 at −127, infinity at 128), built from n's bits:
+/// `n + 127 + 2^23` holds the integer n + 127 in its low mantissa bits, which the shift moves into
+/// the exponent field (the rest shifts out). The bits of `(n as i32 + 127) << 23` without a
+/// float-to-int conversion, which LLVM does not vectorise (it made [`exp_f32`] ~1.5× slower).
+#[inline(always)]
+fn pow2(n: f32) -> f32 {
+    f32::from_bits((n + (127.0 + 8_388_608.0)).to_bits() << 23)
 }
 
 const GELU_C: f32 = 0.797_884_6; // √(2/π)
@@ -334,6 +343,21 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert_eq!(exp_f32(-200.0), 0.0);
         assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        // The clamped top of the range: e^88 (finite), not infinity.
+        assert_eq!(exp_f32(f32::INFINITY), exp_f32(88.0));
+        assert!(exp_f32(88.0).is_finite());
+    }
+
+    /// [`pow2`] gives the bits of the integer conversion for every n the clamped range reaches.
+    #[test]
+    fn pow2_gives_the_integer_conversions_bits() {
+        for i in -127..=128 {
+            let want = f32::from_bits(((i + 127) as u32) << 23);
+            assert_eq!(pow2(i as f32).to_bits(), want.to_bits(), "n = {i}");
+        }
+        assert_eq!(pow2(0.0), 1.0);
+        assert_eq!(pow2(-3.0), 0.125);
     }
 
     #[test]
