@@ -295,6 +295,19 @@ impl Params {
         Some(&mut self.entries[i])
     }
 
+    /// Two different slots' tensors, both mutable at once.
+    pub fn pair_mut(&mut self, a: Slot, b: Slot) -> (&mut [f32], &mut [f32]) {
+        assert_ne!(a.0, b.0, "pair_mut needs two different slots");
+        let (lo, hi) = (a.0.min(b.0), a.0.max(b.0));
+        let (head, tail) = self.entries.split_at_mut(hi);
+        let (x, y) = (&mut head[lo].data[..], &mut tail[0].data[..]);
+        if a.0 < b.0 {
+            (x, y)
+        } else {
+            (y, x)
+        }
+    }
+
     /// Total number of scalars.
     pub fn numel(&self) -> usize {
         self.entries.iter().map(|p| p.data.len()).sum()
@@ -457,21 +470,6 @@ impl std::ops::Index<Slot> for Params {
 
     fn index(&self, slot: Slot) -> &[f32] {
         &self.entries[slot.0].data
-    }
-}
-
-impl Params {
-    /// Two different slots' tensors, both mutable at once.
-    pub fn pair_mut(&mut self, a: Slot, b: Slot) -> (&mut [f32], &mut [f32]) {
-        assert_ne!(a.0, b.0, "pair_mut needs two different slots");
-        let (lo, hi) = (a.0.min(b.0), a.0.max(b.0));
-        let (head, tail) = self.entries.split_at_mut(hi);
-        let (x, y) = (&mut head[lo].data[..], &mut tail[0].data[..]);
-        if a.0 < b.0 {
-            (x, y)
-        } else {
-            (y, x)
-        }
     }
 }
 
