@@ -478,7 +478,8 @@ impl Targets<'_> {
     }
 }
 
-/// Rows whose serial chains (the arg-max scan, the sum of exponentials) [`score_rows`] interleaves.
+/// Rows whose serial chains (the sum of exponentials) [`score_rows`] interleaves; the arg-max scan
+/// runs across lanes within a row ([`first_max`]).
 const ROW_GROUP: usize = 8;
 
 /// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`, the
@@ -489,7 +490,7 @@ const ROW_GROUP: usize = 8;
 /// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
 /// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
 /// keeps its digits instead of rounding to 0. Every row's operations run in one fixed order; rows are
-/// taken [`ROW_GROUP`] at a time so that their serial scans overlap instead of waiting on each other.
+/// taken [`ROW_GROUP`] at a time so that their serial sums overlap instead of waiting on each other.
 #[inline(always)]
 pub(crate) fn score_rows(
     logits: &mut [f32],
@@ -539,16 +540,9 @@ fn cross_entropy_rows<const G: usize>(
     loss: &mut f64,
     correct: &mut usize,
 ) {
-    // The first maximum of each row, the G scans side by side.
     let (mut best, mut max) = ([0usize; G], [f32::NEG_INFINITY; G]);
-    for j in 0..vo {
-        for r in 0..G {
-            let v = rows[r * vo + j];
-            if v > max[r] {
-                max[r] = v;
-                best[r] = j;
-            }
-        }
+    for (r, row) in rows.chunks_exact(vo).enumerate() {
+        (best[r], max[r]) = first_max(row);
     }
     let mut gap = [0.0f32; G];
     for r in 0..G {
@@ -583,19 +577,44 @@ fn cross_entropy_rows<const G: usize>(
     }
 }
 
+/// Lanes [`first_max`] scans side by side.
+const MAX_LANES: usize = 8;
+
+/// The index of `row`'s first largest value and that value, as the scan `if v > max { max = v;
+/// best = j }` from `(0, −∞)` gives them (NaN never wins; a row of −∞ and NaN gives `(0, −∞)`), found
+/// [`MAX_LANES`] columns at a time: each lane keeps its own first maximum, and the first index among
+/// the lanes (and the tail past the last whole group) holding the largest value is the row's.
+#[inline(always)]
+fn first_max(row: &[f32]) -> (usize, f32) {
+    let groups = row.chunks_exact(MAX_LANES);
+    let tail = groups.remainder();
+    let whole = row.len() - tail.len();
+    let (mut lane_max, mut lane_at) = ([f32::NEG_INFINITY; MAX_LANES], [0u32; MAX_LANES]);
+    for (g, x) in groups.enumerate() {
+        for l in 0..MAX_LANES {
+            let better = x[l] > lane_max[l];
+            lane_max[l] = if better { x[l] } else { lane_max[l] };
+            lane_at[l] = if better { g as u32 } else { lane_at[l] };
+        }
+    }
+    let lanes =
+        (0..MAX_LANES.min(whole)).map(|l| (lane_at[l] as usize * MAX_LANES + l, lane_max[l]));
+    let tail = tail.iter().enumerate().map(|(t, &v)| (whole + t, v));
+    let (mut best, mut max) = (usize::MAX, f32::NEG_INFINITY);
+    for (j, v) in lanes.chain(tail) {
+        if v > max || (v == max && j < best) {
+            (best, max) = (j, v);
+        }
+    }
+    (if best == usize::MAX { 0 } else { best }, max)
+}
+
 /// One row's loss under StableMax, in f64: loss = ln Σ s(x_j) − ln s(x_y), and
 /// d/dx_i = s'(x_i)/Σ s − [i = y]·s'(x_y)/s(x_y).
 #[inline(always)]
 fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) {
     let y = y as usize;
-    let best = row
-        .iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-        )
-        .0;
+    let best = first_max(row).0;
     let total: f64 = row.iter().map(|&v| stablemax_s(v as f64).0).sum();
     let (s_y, ds_y) = stablemax_s(row[y] as f64);
     let loss = total.ln() - s_y.ln();
@@ -648,6 +667,44 @@ mod tests {
     /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
     /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
     /// and for rows without a target.
+    #[test]
+    fn lane_maximum_finds_the_first_maximum_of_a_scan() {
+        let scan = |row: &[f32]| {
+            let (mut best, mut max) = (0, f32::NEG_INFINITY);
+            for (j, &v) in row.iter().enumerate() {
+                if v > max {
+                    (best, max) = (j, v);
+                }
+            }
+            (best, max)
+        };
+        let (inf, nan) = (f32::INFINITY, f32::NAN);
+        let mut rows: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![nan],
+            vec![-inf, nan, -inf],
+            vec![nan; 19],
+            vec![-inf; 17],
+            vec![2.0; 21],
+            vec![1.0, 3.0, 3.0, -1.0],
+            vec![nan, 1.0, inf, 0.0, inf, 2.0, 7.0, 1.0, 3.0, inf, nan],
+        ];
+        // Ties across lanes, inside a lane and in the tail, at every length up to three groups.
+        for len in 1..3 * MAX_LANES + 3 {
+            for (a, b) in [(0, len - 1), (len / 2, len / 3), (len - 1, len / 2)] {
+                let mut row: Vec<f32> = (0..len).map(|j| ((j * 7) % 5) as f32).collect();
+                row[a] = 9.0;
+                row[b] = 9.0;
+                rows.push(row);
+            }
+        }
+        for row in &rows {
+            let (want, got) = (scan(row), first_max(row));
+            assert_eq!(want.0, got.0, "{row:?}");
+            assert_eq!(want.1.to_bits(), got.1.to_bits(), "{row:?}");
+        }
+    }
+
     #[test]
     fn grouped_rows_score_with_the_bits_of_one_row_at_a_time() {
         let (vo, rows, seq) = (23, 19, 5);
