@@ -230,9 +230,10 @@ fn first_seeing(s: AttnShape, j: usize) -> usize {
 
 /// The softmax of one (row, head)'s key-major scores `p [seq, tq]` (`Sᵀ`), each query's column over
 /// the keys it sees, scaled by `s.scale`, masked entries set to 0; `stats` is scratch of `2·tq`.
-/// Every query gets the operations of a row-by-row softmax in the same order — masked scores enter
-/// the max as −∞ and the sum as exp(−∞ − max), key after key — so the bits are those of one query at
-/// a time, while each step runs down `tq` contiguous lanes.
+/// Every query gets the operations of a row-by-row softmax over the keys it sees, in the same order,
+/// so the bits are those of one query at a time, while each step runs down `tq` contiguous lanes.
+/// Masked entries are set to 0 and left out of the max and the sum, where a −∞ score would add
+/// nothing (`max(m, −∞) = m`, `t + exp(−∞ − m) = t + 0`).
 #[inline(always)]
 fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
     let tq = s.tq;
@@ -241,21 +242,22 @@ fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
     sum.fill(0.0);
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
         let lo = first_seeing(s, j);
-        row[..lo].fill(f32::NEG_INFINITY);
-        for (x, m) in row.iter_mut().zip(max.iter_mut()) {
+        row[..lo].fill(0.0);
+        for (x, m) in row[lo..].iter_mut().zip(&mut max[lo..]) {
             *x *= s.scale;
             *m = m.max(*x);
         }
     }
-    for row in p.chunks_exact_mut(tq) {
-        for ((x, &m), t) in row.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
+    for (j, row) in p.chunks_exact_mut(tq).enumerate() {
+        let lo = first_seeing(s, j);
+        let seen = row[lo..].iter_mut().zip(&max[lo..]).zip(&mut sum[lo..]);
+        for ((x, &m), t) in seen {
             *x = exp_f32(*x - m);
             *t += *x;
         }
     }
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
         let lo = first_seeing(s, j);
-        row[..lo].fill(0.0);
         row[lo..]
             .iter_mut()
             .zip(&sum[lo..])
@@ -485,7 +487,10 @@ impl<const R: usize> TileInput<'_, R> {
         t
     }
 
-    /// [`TileInput::portable`] with AVX registers: four of 8 lanes per row.
+    /// [`TileInput::portable`] with AVX registers: the tile in two halves of 16 columns, each a pass
+    /// over `ks` with two registers of 8 lanes per row. AVX has 16 registers: the whole tile's
+    /// `4·R` accumulators plus its four panel loads do not fit, and the spilled accumulators made
+    /// every step a load, a multiply-add and a store.
     ///
     /// # Safety
     /// The CPU must have AVX and FMA, and `a`, `panel` must hold every index the loop reads.
@@ -493,22 +498,22 @@ impl<const R: usize> TileInput<'_, R> {
     #[target_feature(enable = "avx,fma")]
     unsafe fn avx2(&self, ks: std::ops::Range<usize>) -> [[f32; ATTN_NR]; R] {
         use std::arch::x86_64::*;
-        let mut v = [[_mm256_setzero_ps(); 4]; R];
+        let mut t = [[0.0f32; ATTN_NR]; R];
         let (a, panel) = (self.a.as_ptr(), self.panel.as_ptr());
-        for p in ks {
-            let bp = panel.add(p * self.np + self.j0);
-            let b = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(bp.add(o)));
-            for (vr, &row) in v.iter_mut().zip(&self.rows) {
-                let av = _mm256_set1_ps(*a.add(row + p * self.a_cs));
-                for (x, &bv) in vr.iter_mut().zip(&b) {
-                    *x = _mm256_fmadd_ps(av, bv, *x);
+        for half in [0, ATTN_NR / 2] {
+            let mut v = [[_mm256_setzero_ps(); 2]; R];
+            for p in ks.clone() {
+                let bp = panel.add(p * self.np + self.j0 + half);
+                let b = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+                for (vr, &row) in v.iter_mut().zip(&self.rows) {
+                    let av = _mm256_set1_ps(*a.add(row + p * self.a_cs));
+                    vr[0] = _mm256_fmadd_ps(av, b[0], vr[0]);
+                    vr[1] = _mm256_fmadd_ps(av, b[1], vr[1]);
                 }
             }
-        }
-        let mut t = [[0.0f32; ATTN_NR]; R];
-        for r in 0..R {
-            for (q, x) in v[r].iter().enumerate() {
-                _mm256_storeu_ps(t[r].as_mut_ptr().add(8 * q), *x);
+            for (tr, vr) in t.iter_mut().zip(&v) {
+                _mm256_storeu_ps(tr.as_mut_ptr().add(half), vr[0]);
+                _mm256_storeu_ps(tr.as_mut_ptr().add(half + 8), vr[1]);
             }
         }
         t
