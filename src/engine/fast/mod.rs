@@ -664,9 +664,8 @@ mod tests {
         assert_eq!(lens(0, 0, MAX_CHUNKS), Vec::<usize>::new());
     }
 
-    /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
-    /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
-    /// and for rows without a target.
+    /// [`first_max`] gives the index and the bits of a left-to-right scan, ties and signed zeros
+    /// included, whichever lane or the tail holds them.
     #[test]
     fn lane_maximum_finds_the_first_maximum_of_a_scan() {
         let scan = |row: &[f32]| {
@@ -687,6 +686,13 @@ mod tests {
             vec![-inf; 17],
             vec![2.0; 21],
             vec![1.0, 3.0, 3.0, -1.0],
+            // ±0 at index 5 (lane 5) before ∓0 at index 10 (lane 2): the first of the equal ones.
+            (0..19)
+                .map(|j| [-1.0, 0.0, -0.0][usize::from(j == 5) + 2 * usize::from(j == 10)])
+                .collect(),
+            (0..19)
+                .map(|j| [-1.0, -0.0, 0.0][usize::from(j == 5) + 2 * usize::from(j == 10)])
+                .collect(),
             vec![nan, 1.0, inf, 0.0, inf, 2.0, 7.0, 1.0, 3.0, inf, nan],
         ];
         // Ties across lanes, inside a lane and in the tail, at every length up to three groups.
@@ -705,6 +711,9 @@ mod tests {
         }
     }
 
+    /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
+    /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
+    /// and for rows without a target.
     #[test]
     fn grouped_rows_score_with_the_bits_of_one_row_at_a_time() {
         let (vo, rows, seq) = (23, 19, 5);
