@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use crate::engine::loss::{stablemax_s, LossKind};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
-use crate::linalg::kernels::exp_f32;
+use crate::linalg::kernels::exp_slice;
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
@@ -551,7 +551,8 @@ fn cross_entropy_rows<const G: usize>(
         // exp(v − max) for every output (a vectorised loop), then the sum of all but the arg-max,
         // whose term is exactly 1 and is kept out so ln(1 + rest) keeps a tiny `rest`'s digits.
         let m = max[r];
-        row.iter_mut().for_each(|v| *v = exp_f32(*v - m));
+        row.iter_mut().for_each(|v| *v -= m);
+        exp_slice(row);
         row[best[r]] = 0.0;
     }
     let mut rest = [-0.0f32; G];

@@ -4,7 +4,10 @@
 //! [`super::mlp`] are sequences of these calls. Everything is `#[inline(always)]` so the AVX2 build
 //! of a pass compiles its ops into it.
 
-use crate::linalg::kernels::{exp_f32, gelu_new, gelu_new_grad, matmul, matmul_strided};
+use super::sized;
+use crate::linalg::kernels::{
+    add_bias, exp_f32, exp_slice, gelu_new, gelu_new_grad, matmul, matmul_strided,
+};
 use crate::model::ActFn;
 
 /// `out[m×n] = a[m×k] · b[k×n]`.
@@ -249,12 +252,14 @@ fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
         }
     }
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
-        let lo = first_seeing(s, j);
-        let seen = row[lo..].iter_mut().zip(&max[lo..]).zip(&mut sum[lo..]);
-        for ((x, &m), t) in seen {
-            *x = exp_f32(*x - m);
-            *t += *x;
-        }
+        let seen = first_seeing(s, j);
+        let row = &mut row[seen..];
+        row.iter_mut().zip(&max[seen..]).for_each(|(x, &m)| *x -= m);
+        exp_slice(row);
+        sum[seen..]
+            .iter_mut()
+            .zip(&*row)
+            .for_each(|(t, &x)| *t += x);
     }
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
         let lo = first_seeing(s, j);
@@ -684,6 +689,40 @@ impl FastAct {
             ActFn::Relu => Some(FastAct::Relu),
             ActFn::GeluNew => Some(FastAct::GeluNew),
             ActFn::Gelu => None,
+        }
+    }
+}
+
+/// A hidden layer's bias and activation after its product `h` (`rows × bias.len()`), leaving
+/// what [`activation_backward`] reads: ReLU's backward reads only `post`, so under ReLU the product
+/// is written into `post` and becomes `max(h + b, 0)` there in one pass, `pre` left empty (one
+/// buffer and one pass over it fewer); `gelu_new`'s reads `pre = h + b`, so there `h` is written into
+/// `pre`. `product` writes `h` into the slice it is given.
+#[inline(always)]
+pub fn hidden_activation(
+    act: FastAct,
+    bias: &[f32],
+    len: usize,
+    pre: &mut Vec<f32>,
+    post: &mut Vec<f32>,
+    product: impl FnOnce(&mut [f32]),
+) {
+    match act {
+        FastAct::Relu => {
+            pre.clear();
+            let post = sized(post, len);
+            product(post);
+            for row in post.chunks_exact_mut(bias.len()) {
+                row.iter_mut()
+                    .zip(bias)
+                    .for_each(|(v, &b)| *v = (*v + b).max(0.0));
+            }
+        }
+        FastAct::GeluNew => {
+            let pre = sized(pre, len);
+            product(pre);
+            add_bias(pre, bias);
+            activation_forward(act, pre, sized(post, len));
         }
     }
 }

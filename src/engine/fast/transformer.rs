@@ -14,9 +14,8 @@
 
 use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::ops::{
-    activation_backward, activation_forward, attention_backward, attention_forward, dot,
-    embed_backward, embed_forward, mm_nn, mm_nn_acc, mm_nt, mm_nt_acc, mm_tn, mm_tn_acc, AttnShape,
-    FastAct,
+    activation_backward, attention_backward, attention_forward, dot, embed_backward, embed_forward,
+    hidden_activation, mm_nn, mm_nn_acc, mm_nt, mm_nt_acc, mm_tn, mm_tn_acc, AttnShape, FastAct,
 };
 use crate::engine::fast::{score_rows, sized, zeroed, ChunkStats, Targets};
 use crate::engine::loss::LossKind;
@@ -415,7 +414,7 @@ struct BlockCache {
     z: Vec<f32>,
     /// resid_mid at query positions `[rows·tq, d_model]`.
     mid: Vec<f32>,
-    /// `[rows·tq, d_mlp]`.
+    /// `[rows·tq, d_mlp]` (empty under ReLU, see [`hidden_activation`]).
     pre: Vec<f32>,
     /// `[rows·tq, d_mlp]`.
     post: Vec<f32>,
@@ -792,7 +791,6 @@ impl<'a> Prepared<'a> {
             return;
         }
         let m = d.d_mlp;
-        let pre = sized(&mut c.pre, rows * tq * m);
         let input = if d.norm.is_some() {
             let [.., w, bias] = &b.ln;
             norm::forward(mid, dm, d.eps, affine(w, bias), &mut c.ln2);
@@ -800,10 +798,10 @@ impl<'a> Prepared<'a> {
         } else {
             &*mid
         };
-        mm_nn(pre, input, &b.w_in, rows * tq, m, dm);
-        add_bias(pre, &b.b_in);
-        let post = sized(&mut c.post, rows * tq * m);
-        activation_forward(d.act, pre, post);
+        let (pre, post) = (&mut c.pre, &mut c.post);
+        hidden_activation(d.act, &b.b_in, rows * tq * m, pre, post, |h| {
+            mm_nn(h, input, &b.w_in, rows * tq, m, dm)
+        });
         mm_nn_acc(out, post, &b.w_out, rows * tq, dm, m);
         add_bias(out, &b.b_out);
     }
