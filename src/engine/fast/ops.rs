@@ -244,9 +244,9 @@ fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
     max.fill(f32::NEG_INFINITY);
     sum.fill(0.0);
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
-        let lo = first_seeing(s, j);
-        row[..lo].fill(0.0);
-        for (x, m) in row[lo..].iter_mut().zip(&mut max[lo..]) {
+        let seen = first_seeing(s, j);
+        row[..seen].fill(0.0);
+        for (x, m) in row[seen..].iter_mut().zip(&mut max[seen..]) {
             *x *= s.scale;
             *m = m.max(*x);
         }
@@ -262,10 +262,10 @@ fn softmax_columns(s: AttnShape, p: &mut [f32], stats: &mut [f32]) {
             .for_each(|(t, &x)| *t += x);
     }
     for (j, row) in p.chunks_exact_mut(tq).enumerate() {
-        let lo = first_seeing(s, j);
-        row[lo..]
+        let seen = first_seeing(s, j);
+        row[seen..]
             .iter_mut()
-            .zip(&sum[lo..])
+            .zip(&sum[seen..])
             .for_each(|(x, &t)| *x /= t);
     }
 }
@@ -333,6 +333,8 @@ fn attn_mm(
 /// Rows and columns of one register tile of [`attn_mm`] (AVX-512: 8 accumulators of 16 lanes).
 const ATTN_MR: usize = 4;
 const ATTN_NR: usize = 32;
+// The AVX-512 kernel reads two registers of 16 lanes; the AVX2 kernel two halves of two of 8.
+const _: () = assert!(ATTN_NR == 32);
 
 /// Rows `i0..i0 + R` of [`attn_mm`], `ATTN_NR` columns of the panel at a time, on `kernel`.
 #[allow(clippy::too_many_arguments)]
