@@ -420,7 +420,7 @@ mod tests {
         assert!(exp_f32(88.0).is_finite());
     }
 
-    /// [`pow2`] gives the bits of the integer conversion for every n the clamped range reaches.
+    /// [`exp_slice`] gives [`exp_f32`]'s bits for every kind of input, tail past the blocks included.
     #[test]
     fn exp_slice_gives_exp_f32s_bits() {
         // Every 251st bit pattern (all signs, exponents, NaNs and infinities among them) and the
@@ -437,6 +437,7 @@ mod tests {
         assert!(want == got, "exp_slice differs from exp_f32");
     }
 
+    /// [`pow2`] gives the bits of the integer conversion for every n the clamped range reaches.
     #[test]
     fn pow2_gives_the_integer_conversions_bits() {
         for i in -127..=128 {
