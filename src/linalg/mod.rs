@@ -1,7 +1,9 @@
 //! The bottom layer: a small dense row-major matrix type and the f32 kernels the engines and the
-//! analysis share (a `gemm`-backed matmul, bias and activation passes).
+//! analysis share (a `gemm`-backed matmul, bias and activation passes), and the team of threads
+//! the engines run their parallel phases on.
 
 pub mod kernels;
+pub mod team;
 
 use faer::Mat;
 

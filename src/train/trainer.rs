@@ -470,8 +470,9 @@ impl Trainer {
             clip_grad_norm(&mut self.grads, &self.trainable, self.cfg.train.grad_clip);
         }
         let lr = self.cfg.train.lr_at(self.optimizer.step);
+        let threads = engine::thread_count(self.cfg.train.threads);
         self.optimizer
-            .step(&mut self.params, &self.grads, &self.trainable, lr);
+            .step_on(threads, &mut self.params, &self.grads, &self.trainable, lr);
         if let Some(norm) = self.fixed_norm {
             project_norm(&mut self.params, &self.trainable, norm);
         }

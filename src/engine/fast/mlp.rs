@@ -2,9 +2,11 @@
 //! minibatches of 512 rows per epoch, where a framework's per-call overheads would dominate.
 //!
 //! Weights stay in the PyTorch layout of the [`Params`] store (`nn.Linear.weight` is `[out, in]`, so
-//! `y = x·Wᵀ + b`); gradients come out in the same layout. Rows are split into one chunk per thread,
-//! and the chunks' gradients are summed in chunk order, so results are deterministic for a given
-//! thread count.
+//! `y = x·Wᵀ + b`); gradients come out in the same layout. Rows are split into chunks fixed by the batch alone
+//! ([`super::chunk_ranges`]) and the chunks' gradients are summed in chunk order, so results are
+//! bit-identical on any number of threads. A training step is one team of threads
+//! ([`crate::linalg::team`]) going through its phases: the lookup tables, the chunks, the sums, the
+//! table gradients.
 //!
 //! The first hidden layer reads the concatenation of `n_ctx` embeddings, so its pre-activation is
 //! `b + Σ_pos E[token_pos]·W_posᵀ` with `W_pos` the columns of W that read position `pos`. When the
@@ -16,19 +18,18 @@
 //! `dW_pos = G_posᵀ·E` and `dE = G·W'` (one product over every position) once. Exact up to float
 //! rounding.
 
-use rayon::prelude::*;
-
 use crate::engine::fast::ops::{
     activation_backward, activation_forward, mm_nn, mm_nt, mm_tn, FastAct,
 };
 use crate::engine::fast::{
-    loss_and_dlogits, parallel_chunks, sized, totals, ChunkStats, Workspaces,
+    chunks_on, loss_and_dlogits, sized, sum_items, totals, ChunkStats, Workspaces,
 };
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::matmul_strided;
 use crate::linalg::kernels::{add_bias, add_column_sums};
+use crate::linalg::team::{with_team, Item, Team};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::Params;
 use crate::tasks::Target;
@@ -115,21 +116,20 @@ impl FastMlpEngine {
         self.check(params, &batch)?;
         let threads = self.threads;
         let scratch = std::mem::take(&mut self.scratch);
-        let pass = Pass::new(
-            &self.cfg,
-            &self.tree,
-            params,
-            batch.rows(),
-            threads,
-            scratch,
-        );
-        let out = parallel_chunks(
-            &mut self.eval_ws,
-            threads,
-            Workspaces::PerThread,
-            batch,
-            |ws, t, l| job(&pass, ws, t, l),
-        );
+        let mut pass = Pass::new(&self.cfg, &self.tree, params, batch.rows(), scratch);
+        let eval_ws = &mut self.eval_ws;
+        let out = with_team(threads, |team| {
+            pass.build_tables(team, threads);
+            let pass = &pass;
+            chunks_on(
+                team,
+                threads,
+                eval_ws,
+                Workspaces::PerThread,
+                batch,
+                |ws, t, l| job(pass, ws, t, l),
+            )
+        });
         self.scratch = pass.scratch;
         Ok(out)
     }
@@ -151,44 +151,56 @@ impl Engine for FastMlpEngine {
         let n_total = batch.rows();
         let threads = self.threads;
         let scratch = std::mem::take(&mut self.scratch);
-        let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, threads, scratch);
-        let stats = parallel_chunks(
-            &mut self.train_ws,
-            threads,
-            Workspaces::PerChunk,
-            batch,
-            |ws, t, l| pass.run(ws, t, l, Some(n_total), batch.loss),
-        );
-        let chunks = &mut self.train_ws[..stats.len()];
-        // The chunks' gradients summed in chunk order straight into `grads`; with the lookup path
-        // the embedding's and first layer's come from the summed table gradients instead (the
-        // chunks never write them).
-        let tables = pass
-            .use_tables
-            .then(|| (self.tree.embed, self.tree.hidden[0].weight));
-        let from_tables = |i: usize| tables.is_some_and(|(e, w)| i == e.index() || i == w.index());
-        for (i, (out, &train)) in grads.iter_mut().zip(trainable).enumerate() {
-            if !train || from_tables(i) {
-                continue;
-            }
-            out.data.copy_from_slice(chunk_grad(&chunks[0], i));
-            for ws in &chunks[1..] {
-                let g = chunk_grad(ws, i);
-                out.data.iter_mut().zip(g).for_each(|(x, y)| *x += y);
-            }
-        }
-        if let Some((embed, weight)) = tables {
+        let mut pass = Pass::new(&self.cfg, &self.tree, params, n_total, scratch);
+        let (train_ws, tree) = (&mut self.train_ws, &self.tree);
+        // One team for the whole step: the tables, the chunks, the sum of their gradients, and the
+        // gradients the tables give.
+        let stats = with_team(threads, |team| {
+            pass.build_tables(team, threads);
+            let pass = &pass;
+            let stats = chunks_on(
+                team,
+                threads,
+                train_ws,
+                Workspaces::PerChunk,
+                batch,
+                |ws, t, l| pass.run(ws, t, l, Some(n_total), batch.loss),
+            );
+            // The chunks' gradients summed in chunk order straight into `grads`; with the lookup
+            // path the embedding's and first layer's come from the summed table gradients instead
+            // (the chunks never write them), summed into the first chunk's.
+            let tables = pass.use_tables.then(|| (tree.embed, tree.hidden[0].weight));
+            let from_tables =
+                |i: usize| tables.is_some_and(|(e, w)| i == e.index() || i == w.index());
+            let summed = |i: usize| trainable[i] && !from_tables(i);
+            let chunks = &mut train_ws[..stats.len()];
             let (first, rest) = chunks.split_at_mut(1);
-            let g_tables = &mut first[0].g_tables;
-            for ws in rest.iter() {
-                g_tables
-                    .iter_mut()
-                    .zip(&ws.g_tables)
-                    .for_each(|(x, y)| *x += y);
+            let MlpWorkspace {
+                g_tables,
+                grads: first_grads,
+                ..
+            } = &mut first[0];
+            let mut adds = vec![chunk_grads(first_grads, summed)];
+            adds.extend(rest.iter().map(|ws| chunk_grads(&ws.grads, summed)));
+            let outs = grads
+                .iter_mut()
+                .enumerate()
+                .filter(|&(i, _)| summed(i))
+                .map(|(_, p)| p.data.as_mut_slice())
+                .collect();
+            let mut items = sum_items(outs, &adds, true);
+            if tables.is_some() {
+                let others: Vec<Vec<&[f32]>> =
+                    rest.iter().map(|ws| vec![ws.g_tables.as_slice()]).collect();
+                items.extend(sum_items(vec![g_tables.as_mut_slice()], &others, false));
             }
-            let train = (trainable[embed.index()], trainable[weight.index()]);
-            pass.table_grads(g_tables, grads, train, threads);
-        }
+            team.phase(items);
+            if let Some((embed, weight)) = tables {
+                let train = (trainable[embed.index()], trainable[weight.index()]);
+                pass.table_grads(team, g_tables, grads, train, threads);
+            }
+            stats
+        });
         self.scratch = pass.scratch;
         Ok(totals(&stats, n_total))
     }
@@ -213,14 +225,14 @@ impl Engine for FastMlpEngine {
     }
 }
 
-/// The `i`-th gradient tensor a chunk's backward pass left in its workspace.
-fn chunk_grad(ws: &MlpWorkspace, i: usize) -> &[f32] {
-    let grads = ws.grads.as_ref().expect("every chunk ran backward");
-    &grads
-        .iter()
-        .nth(i)
-        .expect("the chunks hold every parameter")
-        .data
+/// The gradients a chunk's backward pass left, of the parameters `summed` picks, in slot order.
+fn chunk_grads(g: &Option<Params>, summed: impl Fn(usize) -> bool) -> Vec<&[f32]> {
+    let g = g.as_ref().expect("every chunk ran backward");
+    g.iter()
+        .enumerate()
+        .filter(|&(i, _)| summed(i))
+        .map(|(_, p)| p.data.as_slice())
+        .collect()
 }
 
 /// One step's forward (and backward) passes over chunks, with fixed weights.
@@ -235,60 +247,70 @@ struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    /// Prepares a step over `rows` rows: the lookup tables when there is a hidden layer and the
-    /// vocabulary is smaller than the batch.
+    /// Prepares a step over `rows` rows: whether the first hidden layer runs from lookup tables
+    /// (there is a hidden layer and the vocabulary is smaller than the batch); [`Pass::build_tables`]
+    /// builds them.
     fn new(
         cfg: &'a MlpConfig,
         tree: &'a MlpTree,
         params: &'a Params,
         rows: usize,
-        threads: usize,
         scratch: Scratch,
     ) -> Self {
-        let mut pass = Pass {
+        Pass {
             cfg,
             tree,
             act: FastAct::of(cfg.act_fn).expect("FastMlpEngine::new refuses exact GELU"),
             params,
-            use_tables: false,
+            use_tables: !tree.hidden.is_empty() && cfg.d_vocab < rows,
             scratch,
-        };
-        let Some(first) = tree.hidden.first() else {
-            return pass;
-        };
-        if cfg.d_vocab >= rows {
-            return pass;
         }
-        let (de, dh, nv) = (cfg.d_embed, cfg.d_hidden, cfg.d_vocab);
-        let w = &params[first.weight];
-        let d_in = cfg.d_input();
-        let Scratch {
-            w_blocks, tables, ..
-        } = &mut pass.scratch;
-        w_blocks.clear();
-        for pos in 0..cfg.n_ctx {
-            for h in 0..dh {
-                w_blocks.extend_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
-            }
+    }
+
+    /// The lookup tables, where the pass uses them: `W'` copied block by block, then `T = E·W'ᵀ`
+    /// split by rows into `threads` items (two phases of `team`).
+    fn build_tables(&mut self, team: &Team, threads: usize) {
+        if !self.use_tables {
+            return;
         }
-        let width = cfg.n_ctx * dh;
+        let (c, p) = (self.cfg, self.params);
+        let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
+        let w = &p[self.tree.hidden[0].weight];
+        let Scratch { w_blocks, tables } = &mut self.scratch;
+        let w_blocks = sized(w_blocks, c.n_ctx * dh * de);
+        let copies: Vec<Item> = w_blocks
+            .chunks_exact_mut(dh * de)
+            .enumerate()
+            .map(|(pos, block)| {
+                Box::new(move || {
+                    for (h, dst) in block.chunks_exact_mut(de).enumerate() {
+                        dst.copy_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
+                    }
+                }) as Item
+            })
+            .collect();
+        team.phase(copies);
+        let width = c.n_ctx * dh;
         let tables = sized(tables, nv * width);
-        let w_e = &params[tree.embed];
-        let groups: Vec<_> = row_groups(tables, width, threads).collect();
-        groups.into_par_iter().for_each(|(t0, out)| {
-            let n = out.len() / width;
-            mm_nt(out, &w_e[t0 * de..(t0 + n) * de], w_blocks, n, width, de);
-        });
-        pass.use_tables = true;
-        pass
+        let (w_e, w_blocks) = (&p[self.tree.embed], &*w_blocks);
+        let products: Vec<Item> = row_groups(tables, width, threads)
+            .map(|(t0, out)| {
+                Box::new(move || {
+                    let n = out.len() / width;
+                    mm_nt(out, &w_e[t0 * de..(t0 + n) * de], w_blocks, n, width, de);
+                }) as Item
+            })
+            .collect();
+        team.phase(products);
     }
 
     /// The embedding's and the first layer's gradients (each where `train` says it is trained) from
     /// the summed table gradients `g_tables`: `dW_pos = G_posᵀ·E`, written straight into its block of
-    /// columns of dW, and `dE = G·W'`, one product over every position. One parallel section: dW
-    /// and dE each split by rows into `threads` jobs.
+    /// columns of dW, and `dE = G·W'`, one product over every position. One phase of `team`: dW
+    /// and dE each split by rows into `threads` items.
     fn table_grads(
-        &mut self,
+        &self,
+        team: &Team,
         g_tables: &[f32],
         g: &mut Params,
         (train_embed, train_weight): (bool, bool),
@@ -298,51 +320,40 @@ impl<'a> Pass<'a> {
         let (de, dh, nv, n_ctx, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.n_ctx, c.d_input());
         let width = n_ctx * dh;
         let (w_e, w_blocks) = (&self.params[tree.embed], &self.scratch.w_blocks);
-        enum Job<'o> {
-            /// Rows `h0..` of dW (every position's block of columns).
-            Weight(usize, &'o mut [f32]),
-            /// Rows `t0..` of dE.
-            Embed(usize, &'o mut [f32]),
-        }
         let (gw, ge) = g.pair_mut(tree.hidden[0].weight, tree.embed);
-        let mut jobs = Vec::new();
+        let mut items: Vec<Item> = Vec::new();
         if train_weight {
-            jobs.extend(row_groups(gw, d_in, threads).map(|(h0, o)| Job::Weight(h0, o)));
+            items.extend(row_groups(gw, d_in, threads).map(|(h0, rows)| {
+                Box::new(move || {
+                    let n_rows = rows.len() / d_in;
+                    for pos in 0..n_ctx {
+                        // (h, e) of dW_pos = Σ_t G[t, pos, h]·E[t, e], into columns pos·de.. of row h.
+                        let g_pos = &g_tables[pos * dh + h0..];
+                        let out = &mut rows[pos * de..];
+                        matmul_strided(
+                            out,
+                            d_in,
+                            g_pos,
+                            (1, width),
+                            w_e,
+                            (de, 1),
+                            (n_rows, de, nv),
+                            false,
+                        );
+                    }
+                }) as Item
+            }));
         }
         if train_embed {
-            jobs.extend(row_groups(ge, de, threads).map(|(t0, o)| Job::Embed(t0, o)));
+            items.extend(row_groups(ge, de, threads).map(|(t0, out)| {
+                Box::new(move || {
+                    let n = out.len() / de;
+                    let g_rows = &g_tables[t0 * width..(t0 + n) * width];
+                    mm_nn(out, g_rows, w_blocks, n, de, width);
+                }) as Item
+            }));
         }
-        jobs.into_par_iter().for_each(|job| match job {
-            Job::Weight(h0, rows) => {
-                let n_rows = rows.len() / d_in;
-                for pos in 0..n_ctx {
-                    // (h, e) of dW_pos = Σ_t G[t, pos, h]·E[t, e], into columns pos·de.. of row h.
-                    let g_pos = &g_tables[pos * dh + h0..];
-                    let out = &mut rows[pos * de..];
-                    matmul_strided(
-                        out,
-                        d_in,
-                        g_pos,
-                        (1, width),
-                        w_e,
-                        (de, 1),
-                        (n_rows, de, nv),
-                        false,
-                    );
-                }
-            }
-            Job::Embed(t0, out) => {
-                let n = out.len() / de;
-                mm_nn(
-                    out,
-                    &g_tables[t0 * width..(t0 + n) * width],
-                    w_blocks,
-                    n,
-                    de,
-                    width,
-                );
-            }
-        });
+        team.phase(items);
     }
 
     crate::linalg::kernels::simd_dispatch! {

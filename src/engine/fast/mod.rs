@@ -22,12 +22,11 @@ pub mod transformer;
 
 pub use mlp::FastMlpEngine;
 
-use rayon::prelude::*;
-
 use crate::engine::loss::{stablemax_s, LossKind};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_slice;
+use crate::linalg::team::{with_team, Item, Team};
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
@@ -170,6 +169,7 @@ impl FastEngine {
     /// gradients left in the training workspaces when `grads` is set).
     fn run_chunks(
         &mut self,
+        team: &Team,
         params: &Params,
         batch: Batch,
         grads: bool,
@@ -180,7 +180,7 @@ impl FastEngine {
             per_position: batch.target == Target::PreviousToken,
             loss: batch.loss,
         };
-        self.map_chunks(params, batch, grads, |p, ws, t, l| {
+        self.map_chunks(team, params, batch, grads, |p, ws, t, l| {
             p.run(ws, t, l, scoring, n_total)
         })
     }
@@ -189,6 +189,7 @@ impl FastEngine {
     /// results in chunk order.
     fn map_chunks<R: Send>(
         &mut self,
+        team: &Team,
         params: &Params,
         batch: Batch,
         train: bool,
@@ -214,9 +215,10 @@ impl FastEngine {
         } else {
             Workspaces::PerThread
         };
-        Ok(parallel_chunks(
-            workspaces,
+        Ok(chunks_on(
+            team,
             self.threads,
+            workspaces,
             mode,
             batch,
             |ws, t, l| job(prepared, ws, t, l),
@@ -256,7 +258,7 @@ pub(crate) fn chunk_ranges(
         .collect()
 }
 
-/// Which workspace each chunk of [`parallel_chunks`] runs in.
+/// Which workspace each chunk of [`chunks_on`] runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Workspaces {
     /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients).
@@ -269,13 +271,15 @@ pub(crate) enum Workspaces {
 /// One chunk's tokens and labels.
 type ChunkInput<'b> = (&'b [u32], &'b [u32]);
 
-/// Runs `job(workspace, tokens, labels)` on every chunk of `batch` ([`chunk_ranges`]) on `threads`
-/// threads taking contiguous groups of chunks, each chunk in the workspace `mode` gives it
-/// (`workspaces` grows to what that needs); results in chunk order. A chunk's result does not depend
-/// on which workspace it ran in: every pass overwrites what it reads.
-pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
-    workspaces: &mut Vec<W>,
+/// One phase of `team` running `job(workspace, tokens, labels)` on every chunk of `batch`
+/// ([`chunk_ranges`]), each chunk in the workspace `mode` gives it (`workspaces` grows to what that
+/// needs: one per chunk, or one per group of contiguous chunks, `threads` groups); results in chunk
+/// order. A chunk's result does not depend on which workspace or thread ran it: every pass
+/// overwrites what it reads.
+pub(crate) fn chunks_on<'b, W: Send + Default, R: Send>(
+    team: &Team,
     threads: usize,
+    workspaces: &mut Vec<W>,
     mode: Workspaces,
     batch: Batch<'b>,
     job: impl Fn(&mut W, &'b [u32], &'b [u32]) -> R + Sync,
@@ -296,41 +300,90 @@ pub(crate) fn parallel_chunks<'b, W: Send + Default, R: Send>(
             )
         })
         .collect();
-    let per_thread = inputs.len().div_ceil(threads.max(1));
-    let chunk_groups: Vec<&[ChunkInput<'b>]> = inputs.chunks(per_thread).collect();
+    // A training chunk is an item of its own (claimed by whichever thread is free); evaluation
+    // chunks go in `threads` contiguous groups, one workspace each.
+    let per_item = match mode {
+        Workspaces::PerChunk => 1,
+        Workspaces::PerThread => inputs.len().div_ceil(threads.max(1)).max(1),
+    };
+    let groups: Vec<&[ChunkInput<'b>]> = inputs.chunks(per_item).collect();
     let needed = match mode {
         Workspaces::PerChunk => inputs.len(),
-        Workspaces::PerThread => chunk_groups.len(),
+        Workspaces::PerThread => groups.len(),
     };
     if workspaces.len() < needed {
         workspaces.resize_with(needed, W::default);
     }
-    let mut spare = workspaces.iter_mut();
-    let groups: Vec<(Vec<&mut W>, &[ChunkInput<'b>])> = chunk_groups
+    let mut results: Vec<Vec<R>> = groups.iter().map(|_| Vec::new()).collect();
+    let job = &job;
+    let items: Vec<Item> = groups
         .into_iter()
-        .map(|g| {
-            let take = if mode == Workspaces::PerChunk {
-                g.len()
-            } else {
-                1
-            };
-            ((&mut spare).take(take).collect(), g)
+        .zip(workspaces.iter_mut())
+        .zip(results.iter_mut())
+        .map(|((group, ws), out)| {
+            Box::new(move || out.extend(group.iter().map(|&(t, l)| job(ws, t, l)))) as Item
         })
         .collect();
-    // rayon's pool keeps its threads between calls (a minibatch step is ~1 ms, so spawning threads
-    // per call would cost a noticeable share); `collect` keeps chunk order.
-    let results: Vec<Vec<R>> = groups
-        .into_par_iter()
-        .map(|(mut ws, group)| {
-            let shared = ws.len() == 1;
-            group
-                .iter()
-                .enumerate()
-                .map(|(i, &(t, l))| job(ws[if shared { 0 } else { i }], t, l))
-                .collect()
-        })
-        .collect();
+    team.phase(items);
     results.into_iter().flatten().collect()
+}
+
+/// Values per item of [`sum_items`] (64 KiB: the range being summed into stays in L2 across chunks).
+const SUM_BLOCK: usize = 16 * 1024;
+
+/// One range of a buffer and the same range of each chunk's copy of it, in chunk order.
+struct SumPiece<'a> {
+    out: &'a mut [f32],
+    add: Vec<&'a [f32]>,
+    /// Whether `out` starts as the first chunk's values rather than adding them.
+    overwrite: bool,
+}
+
+impl SumPiece<'_> {
+    crate::linalg::kernels::simd_dispatch! {
+        /// `out += add[0]` (or `out = add[0]`), then `+= add[1]`, …
+        fn run / run_avx2 / run_avx512 => run_body(&mut self)
+    }
+
+    #[inline(always)]
+    fn run_body(&mut self) {
+        let mut add = self.add.iter();
+        if self.overwrite {
+            if let Some(first) = add.next() {
+                self.out.copy_from_slice(first);
+            }
+        }
+        for a in add {
+            self.out.iter_mut().zip(*a).for_each(|(o, v)| *o += v);
+        }
+    }
+}
+
+/// Items for one phase that sum the chunks' copies of some buffers: `outs[i] (+)= adds[0][i] +
+/// adds[1][i] + …`, added in that order element by element (the chunks' gradients reduced in chunk
+/// order, as a serial loop would), where `overwrite` says whether `outs` start from `adds[0]` or add
+/// to what they hold. Every buffer goes in ranges of at most [`SUM_BLOCK`] values.
+pub(crate) fn sum_items<'a>(
+    outs: Vec<&'a mut [f32]>,
+    adds: &[Vec<&'a [f32]>],
+    overwrite: bool,
+) -> Vec<Item<'a>> {
+    let mut items: Vec<Item> = Vec::new();
+    for (i, out) in outs.into_iter().enumerate() {
+        for (lo, out) in (0..).step_by(SUM_BLOCK).zip(out.chunks_mut(SUM_BLOCK)) {
+            let add = adds
+                .iter()
+                .map(|bufs| &bufs[i][lo..lo + out.len()])
+                .collect();
+            let mut piece = SumPiece {
+                out,
+                add,
+                overwrite,
+            };
+            items.push(Box::new(move || piece.run()));
+        }
+    }
+    items
 }
 
 /// Loss and accuracy of a batch from its chunks' sums.
@@ -378,22 +431,36 @@ impl Engine for FastEngine {
         batch: Batch,
         grads: &mut Params,
     ) -> Result<BatchStats> {
-        let results = self.run_chunks(params, batch, true)?;
-        let stats = totals(&results, batch.predictions());
-        let (first, rest) = self.train_ws[..results.len()].split_at_mut(1);
-        let total = first[0]
+        // One team for the chunks and the sum of their gradients (summed into the first chunk's).
+        let results = with_team(self.threads, |team| {
+            let results = self.run_chunks(team, params, batch, true)?;
+            let (first, rest) = self.train_ws[..results.len()].split_at_mut(1);
+            let ran = "every chunk ran a backward pass";
+            let rest: Vec<_> = rest
+                .iter_mut()
+                .map(|ws| ws.grads.as_mut().expect(ran).buffers_mut())
+                .collect();
+            let adds: Vec<Vec<&[f32]>> = rest
+                .iter()
+                .map(|bufs| bufs.iter().map(|b| b.as_slice()).collect())
+                .collect();
+            let outs = first[0].grads.as_mut().expect(ran).buffers_mut();
+            let outs = outs.into_iter().map(|b| b.as_mut_slice()).collect();
+            team.phase(sum_items(outs, &adds, false));
+            Ok::<_, GrokError>(results)
+        })?;
+        let total = self.train_ws[0]
             .grads
-            .as_mut()
-            .expect("the first chunk ran a backward pass");
-        for ws in rest {
-            total.add_assign(ws.grads.as_mut().expect("every chunk ran a backward pass"));
-        }
+            .as_ref()
+            .expect("the first chunk ran");
         self.family.write_grads(total, grads, trainable);
-        Ok(stats)
+        Ok(totals(&results, batch.predictions()))
     }
 
     fn evaluate(&mut self, params: &Params, batch: Batch) -> Result<BatchStats> {
-        let results = self.run_chunks(params, batch, false)?;
+        let results = with_team(self.threads, |team| {
+            self.run_chunks(team, params, batch, false)
+        })?;
         Ok(totals(&results, batch.predictions()))
     }
 
@@ -406,8 +473,10 @@ impl Engine for FastEngine {
         }
         let labels = vec![0; tokens.len() / seq];
         let batch = Batch::new(tokens, &labels, seq, Target::LastPosition);
-        let chunks = self.map_chunks(params, batch, false, |p, ws, t, _| {
-            p.logits(ws, t, seq).to_vec()
+        let chunks = with_team(self.threads, |team| {
+            self.map_chunks(team, params, batch, false, |p, ws, t, _| {
+                p.logits(ws, t, seq).to_vec()
+            })
         })?;
         Ok(chunks.concat())
     }

@@ -282,7 +282,8 @@ impl Weights {
         self.buffers_mut().into_iter().for_each(|b| b.fill(0.0));
     }
 
-    fn buffers_mut(&mut self) -> Vec<&mut Vec<f32>> {
+    /// Every buffer, in one fixed order (the chunks' gradients are summed buffer by buffer).
+    pub(crate) fn buffers_mut(&mut self) -> Vec<&mut Vec<f32>> {
         let mut v = vec![
             &mut self.w_e,
             &mut self.w_pos,

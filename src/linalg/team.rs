@@ -1,0 +1,235 @@
+//! A team of threads for work that comes in phases: a minibatch step of ~1 ms is several short
+//! parallel sections in a row (lookup tables, then the chunks, then their sums, then the table
+//! gradients), and waking a thread pool for each costs a noticeable share of it. A team is woken
+//! once; between phases its threads wait by spinning, for microseconds.
+//!
+//! Any thread runs any item, the caller included: the caller starts on the first phase at once and
+//! runs every item itself when no helper has arrived (the pool is busy, or one thread was asked
+//! for), so a busy pool delays the work and never deadlocks it. Which thread runs an item never
+//! changes a result: items own disjoint outputs.
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// One unit of work of a phase.
+pub type Item<'p> = Box<dyn FnOnce() + Send + 'p>;
+
+/// A phase's unclaimed items (last to be claimed first) and what its finished ones reported.
+#[derive(Default)]
+struct Queue {
+    /// Lifetimes erased: [`Team::phase`] returns only once every item has run and been dropped.
+    items: Vec<Item<'static>>,
+    /// The first panic an item raised, re-raised on the caller's thread when the phase ends.
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+/// What the caller and its helpers share.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Items of the current phase not yet finished (queued or running).
+    pending: AtomicUsize,
+    /// Bumped when a phase is published, so a waiting helper polls one atomic, not the lock.
+    generation: AtomicUsize,
+    /// Set when the caller's work is done: helpers return.
+    closed: AtomicBool,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Items run outside the lock, so it is never poisoned by one; recover regardless.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Claims and runs one item of the current phase; false when none is left to claim.
+    fn run_one(&self) -> bool {
+        let Some(item) = self.queue().items.pop() else {
+            return false;
+        };
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(item)) {
+            self.queue().panic.get_or_insert(panic);
+        }
+        self.pending.fetch_sub(1, Ordering::Release);
+        true
+    }
+
+    /// A helper: runs items of each phase published until the caller closes the team.
+    fn help(&self) {
+        let mut seen = 0;
+        loop {
+            let mut wait = Backoff::default();
+            loop {
+                if self.closed.load(Ordering::Acquire) {
+                    return;
+                }
+                let now = self.generation.load(Ordering::Acquire);
+                if now != seen {
+                    seen = now;
+                    break;
+                }
+                wait.pause();
+            }
+            while self.run_one() {}
+        }
+    }
+}
+
+/// Spins briefly, then yields the core (the wait between phases is microseconds; a helper
+/// descheduled by a busy host must not be spun on for long).
+#[derive(Default)]
+struct Backoff(u32);
+
+impl Backoff {
+    fn pause(&mut self) {
+        if self.0 < 64 {
+            (0..1 << self.0.min(6)).for_each(|_| std::hint::spin_loop());
+        } else {
+            std::thread::yield_now();
+        }
+        self.0 += 1;
+    }
+}
+
+/// The caller's handle on a team: publishes phases one after the other (see [`with_team`]).
+pub struct Team<'s> {
+    shared: Option<&'s Shared>,
+    /// Not `Sync`: items cannot capture the team and start a phase inside a phase.
+    _not_sync: PhantomData<*const ()>,
+}
+
+impl Team<'_> {
+    /// Runs every item of `items`, on this thread and the team's helpers, and returns when all
+    /// have finished; an item's panic is re-raised here once the others are done.
+    pub fn phase<'p>(&self, mut items: Vec<Item<'p>>) {
+        let Some(shared) = self.shared else {
+            items.into_iter().for_each(|item| item());
+            return;
+        };
+        if items.is_empty() {
+            return;
+        }
+        items.reverse();
+        // SAFETY: only the lifetime changes. Every item is claimed from the queue and dropped
+        // after it runs, and `pending` counts it down only then; this function returns only when
+        // `pending` is 0, so no item (nor anything it borrows for 'p) outlives this call. An item
+        // that panics is caught in `run_one`, so this thread never unwinds past the wait below.
+        let items: Vec<Item<'static>> = unsafe { std::mem::transmute(items) };
+        shared.pending.store(items.len(), Ordering::Release);
+        shared.queue().items = items;
+        shared.generation.fetch_add(1, Ordering::Release);
+        while shared.run_one() {}
+        let mut wait = Backoff::default();
+        while shared.pending.load(Ordering::Acquire) > 0 {
+            wait.pause();
+        }
+        if let Some(panic) = shared.queue().panic.take() {
+            resume_unwind(panic);
+        }
+    }
+}
+
+/// Runs `work` with a team of `threads` threads: the caller and `threads − 1` helpers from rayon's
+/// pool, which stay for every phase `work` publishes and leave when it returns. With one thread,
+/// phases run their items in order on the caller.
+pub fn with_team<R>(threads: usize, work: impl FnOnce(&Team) -> R) -> R {
+    if threads <= 1 {
+        return work(&Team {
+            shared: None,
+            _not_sync: PhantomData,
+        });
+    }
+    let shared = Shared::default();
+    rayon::in_place_scope(|scope| {
+        for _ in 1..threads {
+            scope.spawn(|_| shared.help());
+        }
+        // Helpers must leave even if `work` panics, or the scope would wait for them forever.
+        struct Close<'a>(&'a Shared);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                self.0.closed.store(true, Ordering::Release);
+            }
+        }
+        let _close = Close(&shared);
+        work(&Team {
+            shared: Some(&shared),
+            _not_sync: PhantomData,
+        })
+    })
+}
+
+/// `len` items split into at most `parts` contiguous ranges of whole `align`-sized blocks (the last
+/// range takes the remainder), for items that each take a range of a slice.
+pub fn ranges(len: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usize>> {
+    let align = align.max(1);
+    let blocks = len.div_ceil(align);
+    let per = blocks.div_ceil(parts.max(1)).max(1) * align;
+    (0..len)
+        .step_by(per)
+        .map(|lo| lo..(lo + per).min(len))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_run_every_item_once_and_in_order() {
+        for threads in [1, 2, 3, 5] {
+            let mut out = vec![0usize; 40];
+            with_team(threads, |team| {
+                for round in 1..=3 {
+                    let items: Vec<Item> = out
+                        .chunks_mut(3)
+                        .map(|c| {
+                            Box::new(move || {
+                                // Each phase sees the previous one finished: every value is round − 1.
+                                c.iter_mut().for_each(|v| {
+                                    assert_eq!(*v, round - 1);
+                                    *v = round;
+                                })
+                            }) as Item
+                        })
+                        .collect();
+                    team.phase(items);
+                }
+            });
+            assert_eq!(out, vec![3; 40], "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_panicking_item_reaches_the_caller_after_the_phase() {
+        let done = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            with_team(2, |team| {
+                let items: Vec<Item> = (0..8)
+                    .map(|i| {
+                        let done = &done;
+                        Box::new(move || {
+                            if i == 3 {
+                                panic!("item 3");
+                            }
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }) as Item
+                    })
+                    .collect();
+                team.phase(items);
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(done.load(Ordering::Relaxed), 7, "the other items still ran");
+    }
+
+    #[test]
+    fn ranges_cover_the_length_in_aligned_parts() {
+        assert_eq!(ranges(100, 3, 16), vec![0..48, 48..96, 96..100]);
+        assert_eq!(ranges(10, 4, 1), vec![0..3, 3..6, 6..9, 9..10]);
+        assert_eq!(ranges(5, 1, 8), vec![0..5]);
+        assert!(ranges(0, 2, 8).is_empty());
+    }
+}
