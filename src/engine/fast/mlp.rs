@@ -19,7 +19,7 @@
 //! rounding.
 
 use crate::engine::fast::ops::{
-    activation_backward, activation_forward, mm_nn, mm_nt, mm_tn, FastAct,
+    activation_backward, activation_forward, hidden_activation, mm_nn, mm_nt, mm_tn, FastAct,
 };
 use crate::engine::fast::{
     chunks_on, loss_and_dlogits, sized, sum_items, totals, ChunkStats, Workspaces,
@@ -39,7 +39,8 @@ use crate::tasks::Target;
 pub struct MlpWorkspace {
     /// Concatenated embeddings `[rows, n_ctx·d_embed]`.
     x0: Vec<f32>,
-    /// Per hidden layer, before and after the activation, `[rows, d_hidden]`.
+    /// Per hidden layer, before and after the activation, `[rows, d_hidden]` (`pre` empty under
+    /// ReLU, whose backward reads only `post`).
     pre: Vec<Vec<f32>>,
     post: Vec<Vec<f32>>,
     logits: Vec<f32>,
@@ -417,32 +418,61 @@ impl<'a> Pass<'a> {
         let mut d_in = c.d_input();
         for (i, layer) in self.tree.hidden.iter().enumerate() {
             let (before, this) = ws.post.split_at_mut(i);
-            let pre = sized(&mut ws.pre[i], rows * dh);
-            match (self.use_tables, i) {
-                (true, 0) => {
-                    let tables = &self.scratch.tables;
-                    for (dst, row) in pre.chunks_exact_mut(dh).zip(tokens.chunks_exact(c.n_ctx)) {
-                        dst.copy_from_slice(&p[layer.bias]);
-                        for (pos, &t) in row.iter().enumerate() {
-                            let at = (t as usize * c.n_ctx + pos) * dh;
-                            dst.iter_mut()
-                                .zip(&tables[at..at + dh])
-                                .for_each(|(o, v)| *o += v);
-                        }
-                    }
-                }
-                _ => {
-                    let x = if i == 0 { &ws.x0 } else { &before[i - 1] };
-                    self.linear(pre, x, layer, rows, d_in, dh);
-                }
+            let (pre, post, bias) = (&mut ws.pre[i], &mut this[0], &p[layer.bias]);
+            if self.use_tables && i == 0 {
+                self.lookup(pre, post, bias, tokens, rows);
+            } else {
+                let x = if i == 0 { &ws.x0 } else { &before[i - 1] };
+                hidden_activation(self.act, bias, rows * dh, pre, post, |h| {
+                    mm_nt(h, x, &p[layer.weight], rows, dh, d_in)
+                });
             }
-            let post = sized(&mut this[0], rows * dh);
-            activation_forward(self.act, pre, post);
             d_in = dh;
         }
         let x = ws.post.last().unwrap_or(&ws.x0);
         let logits = sized(&mut ws.logits, rows * c.d_vocab_out);
         self.linear(logits, x, &self.tree.out, rows, d_in, c.d_vocab_out);
+    }
+
+    /// The first hidden layer from the tables: per row `b + T[t₀, 0] + T[t₁, 1] + …`, added in that
+    /// order, then the activation. Under ReLU the activation is applied with the last addition and
+    /// the sums go to `post` alone, `pre` left empty (what [`hidden_activation`] leaves).
+    #[inline(always)]
+    fn lookup(
+        &self,
+        pre: &mut Vec<f32>,
+        post: &mut Vec<f32>,
+        bias: &[f32],
+        tokens: &[u32],
+        rows: usize,
+    ) {
+        let (n_ctx, dh, len) = (self.cfg.n_ctx, self.cfg.d_hidden, rows * self.cfg.d_hidden);
+        let relu = self.act == FastAct::Relu;
+        let tables = &self.scratch.tables;
+        let table = |pos: usize, t: u32| &tables[(t as usize * n_ctx + pos) * dh..][..dh];
+        let sums = if relu {
+            pre.clear();
+            sized(post, len)
+        } else {
+            sized(pre, len)
+        };
+        for (dst, row) in sums.chunks_exact_mut(dh).zip(tokens.chunks_exact(n_ctx)) {
+            dst.copy_from_slice(bias);
+            let Some((&last, first)) = row.split_last() else {
+                continue;
+            };
+            for (pos, &t) in first.iter().enumerate() {
+                dst.iter_mut().zip(table(pos, t)).for_each(|(o, v)| *o += v);
+            }
+            let add = dst.iter_mut().zip(table(n_ctx - 1, last));
+            match relu {
+                true => add.for_each(|(o, v)| *o = (*o + v).max(0.0)),
+                false => add.for_each(|(o, v)| *o += v),
+            }
+        }
+        if !relu {
+            activation_forward(self.act, pre, sized(post, len));
+        }
     }
 
     /// `out[rows, d_out] = x[rows, d_in]·Wᵀ + b`.
@@ -482,8 +512,9 @@ impl<'a> Pass<'a> {
         for i in (0..n).rev() {
             let layer = &tree.hidden[i];
             let d_in = if i == 0 { c.d_input() } else { dh };
-            let dpre = sized(&mut ws.dpre, rows * dh);
-            dpre.copy_from_slice(&ws.dx[..rows * dh]);
+            // d post becomes d pre in place; `dx`'s old buffer takes the next layer's d x.
+            std::mem::swap(&mut ws.dx, &mut ws.dpre);
+            let dpre = &mut ws.dpre[..rows * dh];
             activation_backward(self.act, &ws.pre[i], &ws.post[i], dpre);
             if i == 0 && self.use_tables {
                 // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
