@@ -22,7 +22,8 @@ use crate::engine::fast::ops::{
     activation_backward, activation_forward, hidden_activation, mm_nn, mm_nt, mm_tn, FastAct,
 };
 use crate::engine::fast::{
-    chunks_on, loss_and_dlogits, sized, sum_items, totals, ChunkStats, Workspaces,
+    chunks_on, loss_and_dlogits, sized, sum_items, totals, zeroed, ChunkStats, Workspaces,
+    SUM_BLOCK,
 };
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
@@ -49,6 +50,9 @@ pub struct MlpWorkspace {
     /// Per token and position, the summed gradient of the first hidden layer's pre-activation,
     /// `[d_vocab, n_ctx, d_hidden]` like the tables (lookup path only).
     g_tables: Vec<f32>,
+    /// Whether `g_tables` holds only zeros (the step's sum cleared it as it read it), so the next
+    /// backward pass need not clear it.
+    g_tables_zero: bool,
     /// Gradients of the last backward pass, in the store's layout.
     grads: Option<Params>,
 }
@@ -182,7 +186,11 @@ impl Engine for FastMlpEngine {
                 ..
             } = &mut first[0];
             let mut adds = vec![chunk_grads(first_grads, summed)];
-            adds.extend(rest.iter().map(|ws| chunk_grads(&ws.grads, summed)));
+            let mut drained = Vec::new();
+            for ws in rest.iter_mut() {
+                adds.push(chunk_grads(&ws.grads, summed));
+                drained.push((ws.g_tables.as_mut_slice(), &mut ws.g_tables_zero));
+            }
             let outs = grads
                 .iter_mut()
                 .enumerate()
@@ -191,11 +199,13 @@ impl Engine for FastMlpEngine {
                 .collect();
             let mut items = sum_items(outs, &adds, true);
             if tables.is_some() {
-                let others: Vec<Vec<&[f32]>> =
-                    rest.iter().map(|ws| vec![ws.g_tables.as_slice()]).collect();
-                items.extend(sum_items(vec![g_tables.as_mut_slice()], &others, false));
+                let others = drained.iter_mut().map(|(g, _)| &mut **g).collect();
+                items.extend(drain_items(g_tables, others));
             }
             team.phase(items);
+            if tables.is_some() {
+                drained.into_iter().for_each(|(_, zero)| *zero = true);
+            }
             if let Some((embed, weight)) = tables {
                 let train = (trainable[embed.index()], trainable[weight.index()]);
                 pass.table_grads(team, g_tables, grads, train, threads);
@@ -224,6 +234,54 @@ impl Engine for FastMlpEngine {
         })?;
         Ok(chunks.concat())
     }
+}
+
+/// A range of the first chunk's table gradients and the same range of the other chunks', which
+/// are added to it in chunk order and left zero.
+struct DrainPiece<'a> {
+    out: &'a mut [f32],
+    others: Vec<&'a mut [f32]>,
+}
+
+impl DrainPiece<'_> {
+    crate::linalg::kernels::simd_dispatch! {
+        /// `out += others[0]`, then `+= others[1]`, …, each cleared after it is added.
+        fn run / run_avx2 / run_avx512 => run_body(&mut self)
+    }
+
+    #[inline(always)]
+    fn run_body(&mut self) {
+        for other in &mut self.others {
+            self.out
+                .iter_mut()
+                .zip(other.iter_mut())
+                .for_each(|(o, v)| {
+                    *o += *v;
+                    *v = 0.0;
+                });
+        }
+    }
+}
+
+/// Items for one phase that add the other chunks' table gradients `others` to the first's `out`
+/// in chunk order (the same additions as [`sum_items`]) and clear them as they go, so their next
+/// backward pass starts from zeros without a pass of its own.
+fn drain_items<'a>(out: &'a mut [f32], mut others: Vec<&'a mut [f32]>) -> Vec<Item<'a>> {
+    let mut items: Vec<Item> = Vec::new();
+    for out in out.chunks_mut(SUM_BLOCK) {
+        let n = out.len();
+        let others = others
+            .iter_mut()
+            .map(|o| {
+                let (head, tail) = std::mem::take(o).split_at_mut(n);
+                *o = tail;
+                head
+            })
+            .collect();
+        let mut piece = DrainPiece { out, others };
+        items.push(Box::new(move || piece.run()));
+    }
+    items
 }
 
 /// The gradients a chunk's backward pass left, of the parameters `summed` picks, in slot order.
@@ -518,8 +576,12 @@ impl<'a> Pass<'a> {
             activation_backward(self.act, &ws.pre[i], &ws.post[i], dpre);
             if i == 0 && self.use_tables {
                 // Sum each row's gradient into its tokens' table rows; `table_grads` finishes.
-                let gt = sized(&mut ws.g_tables, c.d_vocab * c.n_ctx * dh);
-                gt.fill(0.0);
+                let len = c.d_vocab * c.n_ctx * dh;
+                let gt = match ws.g_tables_zero && ws.g_tables.len() == len {
+                    true => &mut ws.g_tables[..],
+                    false => zeroed(&mut ws.g_tables, len),
+                };
+                ws.g_tables_zero = false;
                 for (src, row) in dpre.chunks_exact(dh).zip(tokens.chunks_exact(c.n_ctx)) {
                     for (pos, &t) in row.iter().enumerate() {
                         let at = (t as usize * c.n_ctx + pos) * dh;

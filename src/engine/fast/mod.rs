@@ -329,7 +329,7 @@ pub(crate) fn chunks_on<'b, W: Send + Default, R: Send>(
 }
 
 /// Values per item of [`sum_items`] (64 KiB: the range being summed into stays in L2 across chunks).
-const SUM_BLOCK: usize = 16 * 1024;
+pub(crate) const SUM_BLOCK: usize = 16 * 1024;
 
 /// One range of a buffer and the same range of each chunk's copy of it, in chunk order.
 struct SumPiece<'a> {
