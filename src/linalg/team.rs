@@ -9,6 +9,7 @@
 //! changes a result: items own disjoint outputs.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,13 +95,17 @@ impl Backoff {
 }
 
 /// The caller's handle on a team: publishes phases one after the other (see [`with_team`]).
-pub struct Team<'s> {
+pub struct Team<'r, 's> {
     shared: Option<&'s Shared>,
+    /// Where the helpers are spawned, at the first phase (so that work the caller does before it,
+    /// such as preparing weights, is not shared with a spinning helper), and how many.
+    spawn: Option<(&'r rayon::Scope<'s>, usize)>,
+    spawned: Cell<bool>,
     /// Not `Sync`: items cannot capture the team and start a phase inside a phase.
     _not_sync: PhantomData<*const ()>,
 }
 
-impl Team<'_> {
+impl Team<'_, '_> {
     /// Runs every item of `items`, on this thread and the team's helpers, and returns when all
     /// have finished; an item's panic is re-raised here once the others are done.
     pub fn phase<'p>(&self, mut items: Vec<Item<'p>>) {
@@ -110,6 +115,11 @@ impl Team<'_> {
         };
         if items.is_empty() {
             return;
+        }
+        if let (false, Some((scope, helpers))) = (self.spawned.replace(true), self.spawn) {
+            for _ in 0..helpers {
+                scope.spawn(move |_| shared.help());
+            }
         }
         items.reverse();
         // SAFETY: only the lifetime changes. Every item is claimed from the queue and dropped
@@ -132,20 +142,19 @@ impl Team<'_> {
 }
 
 /// Runs `work` with a team of `threads` threads: the caller and `threads − 1` helpers from rayon's
-/// pool, which stay for every phase `work` publishes and leave when it returns. With one thread,
-/// phases run their items in order on the caller.
+/// pool, which join at the first phase `work` publishes, stay for every later one and leave when
+/// `work` returns. With one thread, phases run their items in order on the caller.
 pub fn with_team<R>(threads: usize, work: impl FnOnce(&Team) -> R) -> R {
     if threads <= 1 {
         return work(&Team {
             shared: None,
+            spawn: None,
+            spawned: Cell::new(false),
             _not_sync: PhantomData,
         });
     }
     let shared = Shared::default();
     rayon::in_place_scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(|_| shared.help());
-        }
         // Helpers must leave even if `work` panics, or the scope would wait for them forever.
         struct Close<'a>(&'a Shared);
         impl Drop for Close<'_> {
@@ -156,6 +165,8 @@ pub fn with_team<R>(threads: usize, work: impl FnOnce(&Team) -> R) -> R {
         let _close = Close(&shared);
         work(&Team {
             shared: Some(&shared),
+            spawn: Some((scope, threads - 1)),
+            spawned: Cell::new(false),
             _not_sync: PhantomData,
         })
     })
