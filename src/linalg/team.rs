@@ -71,14 +71,14 @@ impl Shared {
                     seen = now;
                     break;
                 }
-                wait.pause();
+                wait.pause_helping();
             }
             while self.run_one() {}
         }
     }
 }
 
-/// Spins briefly, then yields the core (the wait between phases is microseconds; a helper
+/// Spins briefly, then yields the core (the wait between phases is microseconds; a thread
 /// descheduled by a busy host must not be spun on for long).
 #[derive(Default)]
 struct Backoff(u32);
@@ -91,6 +91,15 @@ impl Backoff {
             std::thread::yield_now();
         }
         self.0 += 1;
+    }
+
+    /// A helper's pause: once spinning is over, it first runs another pending job of rayon's pool
+    /// if there is one, so a team formed inside an item (whose own helper may be queued behind
+    /// this one) always finds a thread.
+    fn pause_helping(&mut self) {
+        if self.0 < 64 || rayon::yield_now() != Some(rayon::Yield::Executed) {
+            self.pause();
+        }
     }
 }
 
@@ -172,18 +181,6 @@ pub fn with_team<R>(threads: usize, work: impl FnOnce(&Team) -> R) -> R {
     })
 }
 
-/// `len` items split into at most `parts` contiguous ranges of whole `align`-sized blocks (the last
-/// range takes the remainder), for items that each take a range of a slice.
-pub fn ranges(len: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usize>> {
-    let align = align.max(1);
-    let blocks = len.div_ceil(align);
-    let per = blocks.div_ceil(parts.max(1)).max(1) * align;
-    (0..len)
-        .step_by(per)
-        .map(|lo| lo..(lo + per).min(len))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +210,33 @@ mod tests {
         }
     }
 
+    /// Items that form teams of their own (more helpers than the pool has threads to spare) still
+    /// finish: a waiting helper runs the queued helpers, and a caller runs every item itself.
+    #[test]
+    fn teams_formed_inside_items_finish() {
+        let mut out = vec![0u64; 64];
+        with_team(3, |team| {
+            let items: Vec<Item> = out
+                .chunks_mut(16)
+                .map(|part| {
+                    Box::new(move || {
+                        with_team(3, |inner| {
+                            let items: Vec<Item> = part
+                                .chunks_mut(4)
+                                .map(|c| {
+                                    Box::new(move || c.iter_mut().for_each(|v| *v += 1)) as Item
+                                })
+                                .collect();
+                            inner.phase(items);
+                        })
+                    }) as Item
+                })
+                .collect();
+            team.phase(items);
+        });
+        assert_eq!(out, vec![1; 64]);
+    }
+
     #[test]
     fn a_panicking_item_reaches_the_caller_after_the_phase() {
         let done = AtomicUsize::new(0);
@@ -234,13 +258,5 @@ mod tests {
         }));
         assert!(caught.is_err());
         assert_eq!(done.load(Ordering::Relaxed), 7, "the other items still ran");
-    }
-
-    #[test]
-    fn ranges_cover_the_length_in_aligned_parts() {
-        assert_eq!(ranges(100, 3, 16), vec![0..48, 48..96, 96..100]);
-        assert_eq!(ranges(10, 4, 1), vec![0..3, 3..6, 6..9, 9..10]);
-        assert_eq!(ranges(5, 1, 8), vec![0..5]);
-        assert!(ranges(0, 2, 8).is_empty());
     }
 }
