@@ -2,9 +2,9 @@
 //! minibatches of 512 rows per epoch, where a framework's per-call overheads would dominate.
 //!
 //! Weights stay in the PyTorch layout of the [`Params`] store (`nn.Linear.weight` is `[out, in]`, so
-//! `y = x·Wᵀ + b`); gradients come out in the same layout. Rows are split into chunks fixed by the batch alone
-//! ([`super::chunk_ranges`]) and the chunks' gradients are summed in chunk order, so results are
-//! bit-identical on any number of threads. A training step is one team of threads
+//! `y = x·Wᵀ + b`); gradients come out in the same layout. Rows are split into chunks fixed by the
+//! batch alone ([`super::chunk_ranges`]) and the chunks' gradients are summed in chunk order, so
+//! results are bit-identical on any number of threads. A training step is one team of threads
 //! ([`crate::linalg::team`]) going through its phases: the lookup tables, the chunks, the sums, the
 //! table gradients.
 //!

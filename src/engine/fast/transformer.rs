@@ -308,18 +308,6 @@ impl Weights {
         v
     }
 
-    crate::linalg::kernels::simd_dispatch! {
-        /// `self += other`, buffer by buffer (the chunks' gradients summed).
-        pub fn add_assign / add_assign_avx2 / add_assign_avx512 => add_assign_body(&mut self, other: &mut Weights)
-    }
-
-    #[inline(always)]
-    fn add_assign_body(&mut self, other: &mut Weights) {
-        for (a, b) in self.buffers_mut().into_iter().zip(other.buffers_mut()) {
-            a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
-        }
-    }
-
     /// Writes these values (gradients) into `out` in TransformerLens layout, for trainable entries.
     pub fn write_params(
         &self,
