@@ -15,6 +15,10 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+/// Values per item where a phase splits long buffers into ranges (64 KiB: a range and its operands
+/// stay in L2 while the item runs).
+pub const ITEM_VALUES: usize = 16 * 1024;
+
 /// One unit of work of a phase.
 pub type Item<'p> = Box<dyn FnOnce() + Send + 'p>;
 

@@ -3,7 +3,7 @@
 
 pub mod interventions;
 
-use crate::linalg::team::{with_team, Item};
+use crate::linalg::team::{with_team, Item, ITEM_VALUES};
 use crate::model::Params;
 
 /// AdamW hyper-parameters.
@@ -82,12 +82,12 @@ impl AdamW {
             }
             let slices = p
                 .data
-                .chunks_mut(UPDATE_BLOCK)
-                .zip(g.data.chunks(UPDATE_BLOCK));
+                .chunks_mut(ITEM_VALUES)
+                .zip(g.data.chunks(ITEM_VALUES));
             let moments = m
                 .data
-                .chunks_mut(UPDATE_BLOCK)
-                .zip(v.data.chunks_mut(UPDATE_BLOCK));
+                .chunks_mut(ITEM_VALUES)
+                .zip(v.data.chunks_mut(ITEM_VALUES));
             for ((x, g), (m, v)) in slices.zip(moments) {
                 pieces.push(Piece { x, g, m, v, k });
             }
@@ -102,9 +102,6 @@ impl AdamW {
         });
     }
 }
-
-/// Values per item of a parallel update.
-const UPDATE_BLOCK: usize = 16 * 1024;
 
 /// One step's constants, in f32.
 #[derive(Clone, Copy)]

@@ -23,14 +23,13 @@ use crate::engine::fast::ops::{
 };
 use crate::engine::fast::{
     chunks_on, loss_and_dlogits, sized, sum_items, totals, zeroed, ChunkStats, Workspaces,
-    SUM_BLOCK,
 };
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::matmul_strided;
 use crate::linalg::kernels::{add_bias, add_column_sums};
-use crate::linalg::team::{with_team, Item, Team};
+use crate::linalg::team::{with_team, Item, Team, ITEM_VALUES};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::Params;
 use crate::tasks::Target;
@@ -268,7 +267,7 @@ impl DrainPiece<'_> {
 /// backward pass starts from zeros without a pass of its own.
 fn drain_items<'a>(out: &'a mut [f32], mut others: Vec<&'a mut [f32]>) -> Vec<Item<'a>> {
     let mut items: Vec<Item> = Vec::new();
-    for out in out.chunks_mut(SUM_BLOCK) {
+    for out in out.chunks_mut(ITEM_VALUES) {
         let n = out.len();
         let others = others
             .iter_mut()

@@ -26,7 +26,7 @@ use crate::engine::loss::{stablemax_s, LossKind};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_slice;
-use crate::linalg::team::{with_team, Item, Team};
+use crate::linalg::team::{with_team, Item, Team, ITEM_VALUES};
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
@@ -328,9 +328,6 @@ pub(crate) fn chunks_on<'b, W: Send + Default, R: Send>(
     results.into_iter().flatten().collect()
 }
 
-/// Values per item of [`sum_items`] (64 KiB: the range being summed into stays in L2 across chunks).
-pub(crate) const SUM_BLOCK: usize = 16 * 1024;
-
 /// One range of a buffer and the same range of each chunk's copy of it, in chunk order.
 struct SumPiece<'a> {
     out: &'a mut [f32],
@@ -362,7 +359,7 @@ impl SumPiece<'_> {
 /// Items for one phase that sum the chunks' copies of some buffers: `outs[i] (+)= adds[0][i] +
 /// adds[1][i] + …`, added in that order element by element (the chunks' gradients reduced in chunk
 /// order, as a serial loop would), where `overwrite` says whether `outs` start from `adds[0]` or add
-/// to what they hold. Every buffer goes in ranges of at most [`SUM_BLOCK`] values.
+/// to what they hold. Every buffer goes in ranges of at most [`ITEM_VALUES`] values.
 pub(crate) fn sum_items<'a>(
     outs: Vec<&'a mut [f32]>,
     adds: &[Vec<&'a [f32]>],
@@ -370,7 +367,7 @@ pub(crate) fn sum_items<'a>(
 ) -> Vec<Item<'a>> {
     let mut items: Vec<Item> = Vec::new();
     for (i, out) in outs.into_iter().enumerate() {
-        for (lo, out) in (0..).step_by(SUM_BLOCK).zip(out.chunks_mut(SUM_BLOCK)) {
+        for (lo, out) in (0..).step_by(ITEM_VALUES).zip(out.chunks_mut(ITEM_VALUES)) {
             let add = adds
                 .iter()
                 .map(|bufs| &bufs[i][lo..lo + out.len()])
