@@ -22,14 +22,14 @@ use crate::engine::fast::ops::{
     activation_backward, activation_forward, hidden_activation, mm_nn, mm_nt, mm_tn, FastAct,
 };
 use crate::engine::fast::{
-    chunks_on, loss_and_dlogits, sized, sum_items, totals, zeroed, ChunkStats, Workspaces,
+    chunks_on, loss_and_dlogits, sized, sum_items, totals, zeroed, ChunkStats, Drained, Workspaces,
 };
 use crate::engine::loss::LossKind;
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::matmul_strided;
 use crate::linalg::kernels::{add_bias, add_column_sums};
-use crate::linalg::team::{with_team, Item, Team, ITEM_VALUES};
+use crate::linalg::team::{with_team, Item, Team};
 use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
 use crate::model::Params;
 use crate::tasks::Target;
@@ -196,10 +196,11 @@ impl Engine for FastMlpEngine {
                 .filter(|&(i, _)| summed(i))
                 .map(|(_, p)| p.data.as_mut_slice())
                 .collect();
-            let mut items = sum_items(outs, &adds, true);
+            let mut items = sum_items(outs, adds, true);
             if tables.is_some() {
-                let others = drained.iter_mut().map(|(g, _)| &mut **g).collect();
-                items.extend(drain_items(g_tables, others));
+                // The other chunks' table gradients, added in chunk order and left zero.
+                let others = drained.iter_mut().map(|(g, _)| vec![Drained(g)]);
+                items.extend(sum_items(vec![g_tables], others.collect(), false));
             }
             team.phase(items);
             if tables.is_some() {
@@ -233,54 +234,6 @@ impl Engine for FastMlpEngine {
         })?;
         Ok(chunks.concat())
     }
-}
-
-/// A range of the first chunk's table gradients and the same range of the other chunks', which
-/// are added to it in chunk order and left zero.
-struct DrainPiece<'a> {
-    out: &'a mut [f32],
-    others: Vec<&'a mut [f32]>,
-}
-
-impl DrainPiece<'_> {
-    crate::linalg::kernels::simd_dispatch! {
-        /// `out += others[0]`, then `+= others[1]`, …, each cleared after it is added.
-        fn run / run_avx2 / run_avx512 => run_body(&mut self)
-    }
-
-    #[inline(always)]
-    fn run_body(&mut self) {
-        for other in &mut self.others {
-            self.out
-                .iter_mut()
-                .zip(other.iter_mut())
-                .for_each(|(o, v)| {
-                    *o += *v;
-                    *v = 0.0;
-                });
-        }
-    }
-}
-
-/// Items for one phase that add the other chunks' table gradients `others` to the first's `out`
-/// in chunk order (the same additions as [`sum_items`]) and clear them as they go, so their next
-/// backward pass starts from zeros without a pass of its own.
-fn drain_items<'a>(out: &'a mut [f32], mut others: Vec<&'a mut [f32]>) -> Vec<Item<'a>> {
-    let mut items: Vec<Item> = Vec::new();
-    for out in out.chunks_mut(ITEM_VALUES) {
-        let n = out.len();
-        let others = others
-            .iter_mut()
-            .map(|o| {
-                let (head, tail) = std::mem::take(o).split_at_mut(n);
-                *o = tail;
-                head
-            })
-            .collect();
-        let mut piece = DrainPiece { out, others };
-        items.push(Box::new(move || piece.run()));
-    }
-    items
 }
 
 /// The gradients a chunk's backward pass left, of the parameters `summed` picks, in slot order.

@@ -328,15 +328,60 @@ pub(crate) fn chunks_on<'b, W: Send + Default, R: Send>(
     results.into_iter().flatten().collect()
 }
 
+/// A chunk's copy of a buffer as [`sum_items`] adds it: read as it is (`&[f32]`), or [`Drained`].
+pub(crate) trait Addend: Send + Sized {
+    /// The first `n` values, leaving the rest in `self`.
+    fn split_front(&mut self, n: usize) -> Self;
+    /// `out = self` (`overwrite`) or `out += self`, element by element.
+    fn add_to(&mut self, out: &mut [f32], overwrite: bool);
+}
+
+impl Addend for &[f32] {
+    fn split_front(&mut self, n: usize) -> Self {
+        let (head, tail) = self.split_at(n);
+        *self = tail;
+        head
+    }
+
+    #[inline(always)]
+    fn add_to(&mut self, out: &mut [f32], overwrite: bool) {
+        if overwrite {
+            out.copy_from_slice(self);
+        } else {
+            out.iter_mut().zip(self.iter()).for_each(|(o, v)| *o += v);
+        }
+    }
+}
+
+/// A chunk's buffer that is cleared as it is added (cache-hot, by the thread adding it), so that
+/// chunk's next backward pass starts from zeros without a pass of its own.
+pub(crate) struct Drained<'a>(pub &'a mut [f32]);
+
+impl Addend for Drained<'_> {
+    fn split_front(&mut self, n: usize) -> Self {
+        let (head, tail) = std::mem::take(&mut self.0).split_at_mut(n);
+        self.0 = tail;
+        Drained(head)
+    }
+
+    #[inline(always)]
+    fn add_to(&mut self, out: &mut [f32], overwrite: bool) {
+        out.iter_mut().zip(self.0.iter_mut()).for_each(|(o, v)| {
+            *o = if overwrite { *v } else { *o + *v };
+            *v = 0.0;
+        });
+    }
+}
+
 /// One range of a buffer and the same range of each chunk's copy of it, in chunk order.
-struct SumPiece<'a> {
+struct SumPiece<'a, A> {
     out: &'a mut [f32],
-    add: Vec<&'a [f32]>,
+    add: Vec<A>,
     /// Whether `out` starts as the first chunk's values rather than adding them.
     overwrite: bool,
 }
 
-impl SumPiece<'_> {
+impl<A: Addend> SumPiece<'_, A> {
     crate::linalg::kernels::simd_dispatch! {
         /// `out += add[0]` (or `out = add[0]`), then `+= add[1]`, …
         fn run / run_avx2 / run_avx512 => run_body(&mut self)
@@ -344,14 +389,8 @@ impl SumPiece<'_> {
 
     #[inline(always)]
     fn run_body(&mut self) {
-        let mut add = self.add.iter();
-        if self.overwrite {
-            if let Some(first) = add.next() {
-                self.out.copy_from_slice(first);
-            }
-        }
-        for a in add {
-            self.out.iter_mut().zip(*a).for_each(|(o, v)| *o += v);
+        for (c, a) in self.add.iter_mut().enumerate() {
+            a.add_to(self.out, self.overwrite && c == 0);
         }
     }
 }
@@ -360,17 +399,17 @@ impl SumPiece<'_> {
 /// adds[1][i] + …`, added in that order element by element (the chunks' gradients reduced in chunk
 /// order, as a serial loop would), where `overwrite` says whether `outs` start from `adds[0]` or add
 /// to what they hold. Every buffer goes in ranges of at most [`ITEM_VALUES`] values.
-pub(crate) fn sum_items<'a>(
+pub(crate) fn sum_items<'a, A: Addend + 'a>(
     outs: Vec<&'a mut [f32]>,
-    adds: &[Vec<&'a [f32]>],
+    mut adds: Vec<Vec<A>>,
     overwrite: bool,
 ) -> Vec<Item<'a>> {
     let mut items: Vec<Item> = Vec::new();
     for (i, out) in outs.into_iter().enumerate() {
-        for (lo, out) in (0..).step_by(ITEM_VALUES).zip(out.chunks_mut(ITEM_VALUES)) {
+        for out in out.chunks_mut(ITEM_VALUES) {
             let add = adds
-                .iter()
-                .map(|bufs| &bufs[i][lo..lo + out.len()])
+                .iter_mut()
+                .map(|bufs| bufs[i].split_front(out.len()))
                 .collect();
             let mut piece = SumPiece {
                 out,
@@ -443,7 +482,7 @@ impl Engine for FastEngine {
                 .collect();
             let outs = first[0].grads.as_mut().expect(ran).buffers_mut();
             let outs = outs.into_iter().map(|b| b.as_mut_slice()).collect();
-            team.phase(sum_items(outs, &adds, false));
+            team.phase(sum_items(outs, adds, false));
             Ok::<_, GrokError>(results)
         })?;
         let total = self.train_ws[0]
