@@ -446,29 +446,51 @@ fn interventions_resume_exactly() {
     }
 }
 
-#[test]
-fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
-    let tmp = tempfile::tempdir().unwrap();
-    let straight = uninterrupted(tmp.path());
-    let cfg_path = tmp.path().join("cfg.toml");
+/// `groklens train` on [`config`] into `out`, with SIGINT at `sigint` (a terminal's default, or
+/// ignored as a non-interactive shell's background jobs have it) whatever this test process has,
+/// sent SIGINT once its first checkpoint is written; returns what it printed and how it exited.
+fn sigint_after_the_first_checkpoint(
+    root: &Path,
+    out: &Path,
+    sigint: libc::sighandler_t,
+) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let cfg_path = root.join("cfg.toml");
     std::fs::write(&cfg_path, config().to_toml()).unwrap();
-    let out = tmp.path().join("interrupted");
-    let child = groklens()
-        .args(["train", "--config", cfg_path.to_str().unwrap(), "--out"])
-        .arg(&out)
+    let mut cmd = groklens();
+    cmd.args(["train", "--config", cfg_path.to_str().unwrap(), "--out"])
+        .arg(out)
         .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: between fork and exec the closure calls only `signal`, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGINT, sigint);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
     let first = checkpoint::model_path(&out.join("checkpoints"), 100);
     wait_until("the first checkpoint", Duration::from_secs(120), || {
         first.exists()
     });
+    assert!(
+        !out.join("final.safetensors").exists(),
+        "the run finished before the signal; make it longer"
+    );
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let done = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = uninterrupted(tmp.path());
+    let out = tmp.path().join("interrupted");
+    let done = sigint_after_the_first_checkpoint(tmp.path(), &out, libc::SIG_DFL);
     let err = String::from_utf8_lossy(&done.stderr);
     assert!(
         !out.join("final.safetensors").exists(),
@@ -487,5 +509,19 @@ fn sigint_checkpoints_says_how_to_resume_and_the_resumed_run_is_exact() {
         .status()
         .unwrap();
     assert!(status.success());
+    assert_same_run(&straight, &RunDir::new(out));
+}
+
+/// A run started with SIGINT ignored (in the background by a script) keeps ignoring it: it trains to
+/// its end, the same run as one never signalled.
+#[test]
+fn an_ignored_sigint_stays_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = uninterrupted(tmp.path());
+    let out = tmp.path().join("ignoring");
+    let done = sigint_after_the_first_checkpoint(tmp.path(), &out, libc::SIG_IGN);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(!err.contains("interrupted"), "{err}");
     assert_same_run(&straight, &RunDir::new(out));
 }

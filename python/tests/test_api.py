@@ -164,20 +164,43 @@ def test_errors_name_the_field_or_file(tmp_path):
 
 def test_ctrl_c_stops_with_a_checkpoint_and_the_run_resumes(tmp_path):
     # SIGINT during training arrives as KeyboardInterrupt once the epoch's checkpoint is written.
-    out = tmp_path / "r"
-    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt, match="train --resume"):
-        groklens.train(preset="quick", out=str(out), overrides={**SMALL, "train.epochs": 1_000_000}, progress=False)
-    run = groklens.open(str(out))
-    assert not run.finished and run.checkpoints
-    stopped = run.checkpoints[-1]
-    run.resume({"train.epochs": stopped + 20}, progress=False)
-    assert run.finished and run.metrics["epoch"][-1] == stopped + 20
-    # Python's own handler is back: a second Ctrl-C is an ordinary KeyboardInterrupt.
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
+    # Python's handler set here, as an interactive session has it, whatever launched this test (a
+    # non-interactive shell starts its background jobs with SIGINT ignored).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        out = tmp_path / "r"
+        timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt, match="train --resume"):
+            groklens.train(preset="quick", out=str(out), overrides={**SMALL, "train.epochs": 1_000_000}, progress=False)
+        run = groklens.open(str(out))
+        assert not run.finished and run.checkpoints
+        stopped = run.checkpoints[-1]
+        run.resume({"train.epochs": stopped + 20}, progress=False)
+        assert run.finished and run.metrics["epoch"][-1] == stopped + 20
+        # Python's own handler is back: a second Ctrl-C is an ordinary KeyboardInterrupt.
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_an_ignored_sigint_stays_ignored_while_training(tmp_path):
+    # A process that ignores SIGINT (a background job) keeps ignoring it: training does not stop.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        sent = []
+        timer = threading.Timer(0.5, lambda: (os.kill(os.getpid(), signal.SIGINT), sent.append(time.time())))
+        timer.start()
+        run = groklens.train(preset="quick", out=str(tmp_path / "r"), overrides={**SMALL, "train.epochs": 2000}, progress=False)
+        ended = time.time()
+        timer.join()
+        assert sent and sent[0] < ended, "the run ended before the signal was sent; make it longer"
+        assert run.finished and run.metrics["epoch"][-1] == 2000
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_training_releases_the_gil(tmp_path):
