@@ -43,7 +43,8 @@ impl StopOnSignal {
                         continue;
                     }
                     let mut action: libc::sigaction = std::mem::zeroed();
-                    action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+                    action.sa_sigaction =
+                        on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
                     action.sa_flags = libc::SA_RESTART;
                     libc::sigemptyset(&mut action.sa_mask);
                     if libc::sigaction(signal, &action, &mut old) == 0 {
