@@ -1,9 +1,10 @@
 //! The bottom layer: a small dense row-major matrix type and the f32 kernels the engines and the
-//! analysis share (a `gemm`-backed matmul, bias and activation passes), and the team of threads
-//! the engines run their parallel phases on.
+//! analysis share (a `gemm`-backed matmul, bias and activation passes, a register transpose), and
+//! the team of threads the engines run their parallel phases on.
 
 pub mod kernels;
 pub mod team;
+pub mod transpose;
 
 use faer::Mat;
 

@@ -1,0 +1,211 @@
+//! Sixteen rows of a matrix turned column-major, in registers where the CPU has vector shuffles:
+//! the layout that lets each row's serial sums (LayerNorm's mean and variance) run as one vector
+//! operation per entry. Only moves values, so every build gives the same result.
+
+use crate::linalg::kernels::{simd_build, SimdBuild};
+
+/// Rows one call turns column-major.
+pub const ROWS: usize = 16;
+
+/// The first [`ROWS`] rows of `x` (`d` wide) column-major into `t`: `t[j·ROWS + r] = x[r·d + j]`.
+/// Returns `t`'s first `ROWS·d` entries.
+///
+/// # Panics
+/// If `x` holds fewer than `ROWS·d` or `t` fewer than `ROWS·d` values.
+#[inline(always)]
+pub fn columns16<'t>(x: &[f32], d: usize, t: &'t mut [f32]) -> &'t [f32] {
+    let (x, t) = (&x[..ROWS * d], &mut t[..ROWS * d]);
+    let done = match simd_build() {
+        // SAFETY: `simd_build` never exceeds what this CPU has; both read `x` and write `t` only
+        // within the `ROWS·d` entries the slices above hold.
+        #[cfg(target_arch = "x86_64")]
+        SimdBuild::Avx512 => unsafe { avx512(x, d, t) },
+        #[cfg(target_arch = "x86_64")]
+        SimdBuild::Avx2 => unsafe { avx2(x, d, t) },
+        _ => 0,
+    };
+    for (r, row) in x.chunks_exact(d).enumerate() {
+        for (tj, &v) in t.chunks_exact_mut(ROWS).zip(row).skip(done) {
+            tj[r] = v;
+        }
+    }
+    t
+}
+
+/// [`columns16`] on 16 × 16 blocks in AVX-512 registers: four rounds that each swap the
+/// off-diagonal sub-blocks (8, 4, 2, then 1 wide) between pairs of rows with a two-source permute.
+/// Returns the columns it turned (a multiple of 16); the caller turns the rest.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` and `t` must hold `ROWS·d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512(x: &[f32], d: usize, t: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let index = |b, high| {
+        let idx = permute_index(b, high);
+        // SAFETY: `idx` holds 16 values.
+        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+    };
+    let (lo8, hi8, lo4, hi4) = (
+        index(8, false),
+        index(8, true),
+        index(4, false),
+        index(4, true),
+    );
+    let (lo2, hi2, lo1, hi1) = (
+        index(2, false),
+        index(2, true),
+        index(1, false),
+        index(1, true),
+    );
+    let (xp, tp) = (x.as_ptr(), t.as_mut_ptr());
+    let blocks = d / 16;
+    for jb in 0..blocks {
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (r, vr) in v.iter_mut().enumerate() {
+            *vr = _mm512_loadu_ps(xp.add(r * d + jb * 16));
+        }
+        swap_blocks::<8>(&mut v, lo8, hi8);
+        swap_blocks::<4>(&mut v, lo4, hi4);
+        swap_blocks::<2>(&mut v, lo2, hi2);
+        swap_blocks::<1>(&mut v, lo1, hi1);
+        for (k, vk) in v.iter().enumerate() {
+            _mm512_storeu_ps(tp.add((jb * 16 + k) * ROWS), *vk);
+        }
+    }
+    blocks * 16
+}
+
+/// One round of [`avx512`]: row i (bit `B` clear) takes row i+B's lanes below `B` in its lanes
+/// with bit `B` set; row i+B takes row i's lanes with bit `B` set in its lanes below `B`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn swap_blocks<const B: usize>(
+    v: &mut [std::arch::x86_64::__m512; 16],
+    lo: std::arch::x86_64::__m512i,
+    hi: std::arch::x86_64::__m512i,
+) {
+    use std::arch::x86_64::_mm512_permutex2var_ps;
+    for i in 0..16 {
+        if i & B == 0 {
+            let (a, c) = (v[i], v[i + B]);
+            v[i] = _mm512_permutex2var_ps(a, lo, c);
+            v[i + B] = _mm512_permutex2var_ps(a, hi, c);
+        }
+    }
+}
+
+/// The two-source permute's lane indices for [`avx512`]'s round `b`: of row i's new lanes
+/// (`high` false) or row i+b's (`high` true), where 0..16 name lanes of row i and 16..32 of row i+b.
+#[cfg(target_arch = "x86_64")]
+fn permute_index(b: usize, high: bool) -> [i32; 16] {
+    let mut idx = [0i32; 16];
+    for (l, v) in idx.iter_mut().enumerate() {
+        let set = l & b != 0;
+        *v = match (high, set) {
+            (false, false) => l,
+            (false, true) => 16 + l - b,
+            (true, false) => l + b,
+            (true, true) => 16 + l,
+        } as i32;
+    }
+    idx
+}
+
+/// [`columns16`] on 8 × 8 blocks in AVX registers (each group's two halves of eight rows): the
+/// usual unpack, shuffle and lane-permute rounds. Returns the columns it turned (a multiple of 8).
+///
+/// # Safety
+/// The CPU must have AVX; `x` and `t` must hold `ROWS·d` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn avx2(x: &[f32], d: usize, t: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let (xp, tp) = (x.as_ptr(), t.as_mut_ptr());
+    let blocks = d / 8;
+    for jb in 0..blocks {
+        for half in 0..2 {
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (r, v) in rows.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(xp.add((half * 8 + r) * d + jb * 8));
+            }
+            let [r0, r1, r2, r3, r4, r5, r6, r7] = rows;
+            let (t0, t1) = (_mm256_unpacklo_ps(r0, r1), _mm256_unpackhi_ps(r0, r1));
+            let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
+            let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
+            let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
+            let (s0, s1) = (
+                _mm256_shuffle_ps::<0x44>(t0, t2),
+                _mm256_shuffle_ps::<0xEE>(t0, t2),
+            );
+            let (s2, s3) = (
+                _mm256_shuffle_ps::<0x44>(t1, t3),
+                _mm256_shuffle_ps::<0xEE>(t1, t3),
+            );
+            let (s4, s5) = (
+                _mm256_shuffle_ps::<0x44>(t4, t6),
+                _mm256_shuffle_ps::<0xEE>(t4, t6),
+            );
+            let (s6, s7) = (
+                _mm256_shuffle_ps::<0x44>(t5, t7),
+                _mm256_shuffle_ps::<0xEE>(t5, t7),
+            );
+            let out = [
+                _mm256_permute2f128_ps::<0x20>(s0, s4),
+                _mm256_permute2f128_ps::<0x20>(s1, s5),
+                _mm256_permute2f128_ps::<0x20>(s2, s6),
+                _mm256_permute2f128_ps::<0x20>(s3, s7),
+                _mm256_permute2f128_ps::<0x31>(s0, s4),
+                _mm256_permute2f128_ps::<0x31>(s1, s5),
+                _mm256_permute2f128_ps::<0x31>(s2, s6),
+                _mm256_permute2f128_ps::<0x31>(s3, s7),
+            ];
+            for (k, o) in out.iter().enumerate() {
+                _mm256_storeu_ps(tp.add((jb * 8 + k) * ROWS + half * 8), *o);
+            }
+        }
+    }
+    blocks * 8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this CPU runs gives the plain transpose, for widths with and without a tail
+    /// beyond the vector blocks.
+    #[test]
+    fn every_kernel_turns_rows_into_columns() {
+        for d in [1, 7, 8, 13, 16, 24, 37, 64, 80] {
+            let x: Vec<f32> = (0..ROWS * d + 5).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let check = |t: &[f32], name: &str, done: usize| {
+                for r in 0..ROWS {
+                    for j in 0..done {
+                        assert_eq!(t[j * ROWS + r], x[r * d + j], "{name}, d {d}, row {r}");
+                    }
+                }
+            };
+            let mut t = vec![f32::NAN; ROWS * d + 3];
+            check(columns16(&x, d, &mut t), "dispatched", d);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx") {
+                    let mut t = vec![f32::NAN; ROWS * d];
+                    // SAFETY: the CPU has AVX; both slices hold ROWS·d values.
+                    let done = unsafe { avx2(&x[..ROWS * d], d, &mut t) };
+                    assert_eq!(done, d - d % 8);
+                    check(&t, "avx2", done);
+                }
+                if is_x86_feature_detected!("avx512f") {
+                    let mut t = vec![f32::NAN; ROWS * d];
+                    // SAFETY: the CPU has AVX-512F; both slices hold ROWS·d values.
+                    let done = unsafe { avx512(&x[..ROWS * d], d, &mut t) };
+                    assert_eq!(done, d - d % 16);
+                    check(&t, "avx512", done);
+                }
+            }
+        }
+    }
+}
