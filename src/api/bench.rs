@@ -9,7 +9,13 @@ use crate::linalg::kernels::simd_build;
 /// `gflops` as a share of the measured matmul `peak` on the same threads, for the figures' margins.
 fn share(gflops: f64, peak: f64) -> String {
     if peak > 0.0 && gflops.is_finite() {
-        format!("{:.0} % of the matmul peak", 100.0 * gflops / peak)
+        let share = 100.0 * gflops / peak;
+        let busy = if share > 100.0 {
+            ": above it, so the peak was measured while the host was busy; run again"
+        } else {
+            ""
+        };
+        format!("{share:.0} % of the matmul peak{busy}")
     } else {
         "no matmul peak measured".into()
     }
@@ -107,4 +113,22 @@ fn rows_text(preset: &str, cfg: &crate::RunConfig, iters: usize) -> Result<Strin
         ),
     ]
     .join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    /// A share above the measured peak says the peak is suspect instead of passing as a figure.
+    #[test]
+    fn a_share_above_the_peak_is_flagged() {
+        assert_eq!(share(150.0, 200.0), "75 % of the matmul peak");
+        let above = share(224.0, 200.0);
+        assert!(
+            above.starts_with("112 % of the matmul peak: above it"),
+            "{above}"
+        );
+        assert!(above.contains("run again"), "{above}");
+        assert_eq!(share(150.0, 0.0), "no matmul peak measured");
+    }
 }
