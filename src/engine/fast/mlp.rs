@@ -467,11 +467,19 @@ impl<'a> Pass<'a> {
             sized(pre, len)
         };
         for (dst, row) in sums.chunks_exact_mut(dh).zip(tokens.chunks_exact(n_ctx)) {
-            dst.copy_from_slice(bias);
             let Some((&last, first)) = row.split_last() else {
+                dst.copy_from_slice(bias);
                 continue;
             };
-            for (pos, &t) in first.iter().enumerate() {
+            // The bias and the first table in one pass (no copy of the bias first).
+            match first.first() {
+                Some(&t) => dst
+                    .iter_mut()
+                    .zip(bias.iter().zip(table(0, t)))
+                    .for_each(|(o, (b, v))| *o = b + v),
+                None => dst.copy_from_slice(bias),
+            }
+            for (pos, &t) in first.iter().enumerate().skip(1) {
                 dst.iter_mut().zip(table(pos, t)).for_each(|(o, v)| *o += v);
             }
             let add = dst.iter_mut().zip(table(n_ctx - 1, last));
