@@ -191,19 +191,17 @@ mod tests {
             check(columns16(&x, d, &mut t), "dispatched", d);
             #[cfg(target_arch = "x86_64")]
             {
-                if is_x86_feature_detected!("avx") {
+                type Kernel = unsafe fn(&[f32], usize, &mut [f32]) -> usize;
+                let kernels: [(&str, bool, Kernel, usize); 2] = [
+                    ("avx2", is_x86_feature_detected!("avx"), avx2, 8),
+                    ("avx512", is_x86_feature_detected!("avx512f"), avx512, 16),
+                ];
+                for (name, _, kernel, block) in kernels.into_iter().filter(|k| k.1) {
                     let mut t = vec![f32::NAN; ROWS * d];
-                    // SAFETY: the CPU has AVX; both slices hold ROWS·d values.
-                    let done = unsafe { avx2(&x[..ROWS * d], d, &mut t) };
-                    assert_eq!(done, d - d % 8);
-                    check(&t, "avx2", done);
-                }
-                if is_x86_feature_detected!("avx512f") {
-                    let mut t = vec![f32::NAN; ROWS * d];
-                    // SAFETY: the CPU has AVX-512F; both slices hold ROWS·d values.
-                    let done = unsafe { avx512(&x[..ROWS * d], d, &mut t) };
-                    assert_eq!(done, d - d % 16);
-                    check(&t, "avx512", done);
+                    // SAFETY: the CPU has the kernel's features; both slices hold ROWS·d values.
+                    let done = unsafe { kernel(&x[..ROWS * d], d, &mut t) };
+                    assert_eq!(done, d - d % block, "{name}");
+                    check(&t, name, done);
                 }
             }
         }
