@@ -3,6 +3,8 @@
 //! operation per entry. Only moves values, so every build gives the same result.
 
 use crate::linalg::kernels::{simd_build, SimdBuild};
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::{__m256, _mm256_shuffle_ps};
 
 /// Rows one call turns column-major.
 pub const ROWS: usize = 16;
@@ -136,22 +138,10 @@ unsafe fn avx2(x: &[f32], d: usize, t: &mut [f32]) -> usize {
             let (t2, t3) = (_mm256_unpacklo_ps(r2, r3), _mm256_unpackhi_ps(r2, r3));
             let (t4, t5) = (_mm256_unpacklo_ps(r4, r5), _mm256_unpackhi_ps(r4, r5));
             let (t6, t7) = (_mm256_unpacklo_ps(r6, r7), _mm256_unpackhi_ps(r6, r7));
-            let (s0, s1) = (
-                _mm256_shuffle_ps::<0x44>(t0, t2),
-                _mm256_shuffle_ps::<0xEE>(t0, t2),
-            );
-            let (s2, s3) = (
-                _mm256_shuffle_ps::<0x44>(t1, t3),
-                _mm256_shuffle_ps::<0xEE>(t1, t3),
-            );
-            let (s4, s5) = (
-                _mm256_shuffle_ps::<0x44>(t4, t6),
-                _mm256_shuffle_ps::<0xEE>(t4, t6),
-            );
-            let (s6, s7) = (
-                _mm256_shuffle_ps::<0x44>(t5, t7),
-                _mm256_shuffle_ps::<0xEE>(t5, t7),
-            );
+            let (s0, s1) = pairs(t0, t2);
+            let (s2, s3) = pairs(t1, t3);
+            let (s4, s5) = pairs(t4, t6);
+            let (s6, s7) = pairs(t5, t7);
             let out = [
                 _mm256_permute2f128_ps::<0x20>(s0, s4),
                 _mm256_permute2f128_ps::<0x20>(s1, s5),
@@ -168,6 +158,18 @@ unsafe fn avx2(x: &[f32], d: usize, t: &mut [f32]) -> usize {
         }
     }
     blocks * 8
+}
+
+/// The low pairs and the high pairs of `a` then of `b`, in each 128-bit half
+/// (lanes a0 a1 b0 b1 | a4 a5 b4 b5, and a2 a3 b2 b3 | a6 a7 b6 b7).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+fn pairs(a: __m256, b: __m256) -> (__m256, __m256) {
+    (
+        _mm256_shuffle_ps::<0x44>(a, b),
+        _mm256_shuffle_ps::<0xEE>(a, b),
+    )
 }
 
 #[cfg(test)]
