@@ -24,7 +24,7 @@ pub type Affine<'a> = Option<(&'a [f32], &'a [f32])>;
 /// as a row-by-row loop would run them (so the bits are the same), but on the group turned
 /// column-major ([`columns16`]), so that entry `j` of every row's chain is one vector operation: one
 /// AVX-512 register, two of AVX, four of SSE. Interleaving scalar chains instead (loading entry `j`
-/// of each row in turn) cost ~3.5 cycles per entry on a Zen 4, ~7 % of seed 003's step.
+/// of each row in turn) cost ~3.5 cycles per entry on a Zen 4, ~7 % of seed 003's training samples.
 const GROUP: usize = transpose::ROWS;
 
 /// Normalizes the rows of `x` (`d` wide) into `c`.
@@ -58,7 +58,7 @@ pub fn forward(x: &[f32], d: usize, eps: f32, affine: Affine, c: &mut NormCache)
     }
 }
 
-/// Each of `G` rows' sum of entries and sum of squared deviations from their mean, over a
+/// Each of `G` rows' mean and sum of squared deviations from it, over a
 /// column-major group `t` ([`columns16`]; one row as it is), every sum a serial chain over `j`.
 #[inline(always)]
 fn moments<const G: usize>(t: &[f32], d: usize) -> ([f32; G], [f32; G]) {
