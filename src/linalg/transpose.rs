@@ -44,23 +44,6 @@ pub fn columns16<'t>(x: &[f32], d: usize, t: &'t mut [f32]) -> &'t [f32] {
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512(x: &[f32], d: usize, t: &mut [f32]) -> usize {
     use std::arch::x86_64::*;
-    let index = |b, high| {
-        let idx = permute_index(b, high);
-        // SAFETY: `idx` holds 16 values.
-        unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
-    };
-    let (lo8, hi8, lo4, hi4) = (
-        index(8, false),
-        index(8, true),
-        index(4, false),
-        index(4, true),
-    );
-    let (lo2, hi2, lo1, hi1) = (
-        index(2, false),
-        index(2, true),
-        index(1, false),
-        index(1, true),
-    );
     let (xp, tp) = (x.as_ptr(), t.as_mut_ptr());
     let blocks = d / 16;
     for jb in 0..blocks {
@@ -68,10 +51,10 @@ unsafe fn avx512(x: &[f32], d: usize, t: &mut [f32]) -> usize {
         for (r, vr) in v.iter_mut().enumerate() {
             *vr = _mm512_loadu_ps(xp.add(r * d + jb * 16));
         }
-        swap_blocks::<8>(&mut v, lo8, hi8);
-        swap_blocks::<4>(&mut v, lo4, hi4);
-        swap_blocks::<2>(&mut v, lo2, hi2);
-        swap_blocks::<1>(&mut v, lo1, hi1);
+        swap_blocks::<8>(&mut v);
+        swap_blocks::<4>(&mut v);
+        swap_blocks::<2>(&mut v);
+        swap_blocks::<1>(&mut v);
         for (k, vk) in v.iter().enumerate() {
             _mm512_storeu_ps(tp.add((jb * 16 + k) * ROWS), *vk);
         }
@@ -84,12 +67,19 @@ unsafe fn avx512(x: &[f32], d: usize, t: &mut [f32]) -> usize {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn swap_blocks<const B: usize>(
-    v: &mut [std::arch::x86_64::__m512; 16],
-    lo: std::arch::x86_64::__m512i,
-    hi: std::arch::x86_64::__m512i,
-) {
-    use std::arch::x86_64::_mm512_permutex2var_ps;
+fn swap_blocks<const B: usize>(v: &mut [std::arch::x86_64::__m512; 16]) {
+    use std::arch::x86_64::{_mm512_loadu_si512, _mm512_permutex2var_ps};
+    let (lo, hi) = (
+        const { permute_index(B, false) },
+        const { permute_index(B, true) },
+    );
+    // SAFETY: each index array holds 16 values.
+    let (lo, hi) = unsafe {
+        (
+            _mm512_loadu_si512(lo.as_ptr().cast()),
+            _mm512_loadu_si512(hi.as_ptr().cast()),
+        )
+    };
     for i in 0..16 {
         if i & B == 0 {
             let (a, c) = (v[i], v[i + B]);
@@ -102,16 +92,18 @@ fn swap_blocks<const B: usize>(
 /// The two-source permute's lane indices for [`avx512`]'s round `b`: of row i's new lanes
 /// (`high` false) or row i+b's (`high` true), where 0..16 name lanes of row i and 16..32 of row i+b.
 #[cfg(target_arch = "x86_64")]
-fn permute_index(b: usize, high: bool) -> [i32; 16] {
+const fn permute_index(b: usize, high: bool) -> [i32; 16] {
     let mut idx = [0i32; 16];
-    for (l, v) in idx.iter_mut().enumerate() {
+    let mut l = 0;
+    while l < 16 {
         let set = l & b != 0;
-        *v = match (high, set) {
+        idx[l] = match (high, set) {
             (false, false) => l,
             (false, true) => 16 + l - b,
             (true, false) => l + b,
             (true, true) => 16 + l,
         } as i32;
+        l += 1;
     }
     idx
 }
