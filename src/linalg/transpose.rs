@@ -34,6 +34,31 @@ pub fn columns16<'t>(x: &[f32], d: usize, t: &'t mut [f32]) -> &'t [f32] {
     t
 }
 
+/// `out` (`cols × rows`) = the transpose of row-major `m` (`rows × cols`), sixteen rows at a time
+/// through [`columns16`] (a column-by-column copy reads each value from another cache line).
+///
+/// # Panics
+/// If `m` or `out` holds fewer than `rows·cols` values.
+pub fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    let (m, out) = (&m[..rows * cols], &mut out[..rows * cols]);
+    if m.is_empty() {
+        return;
+    }
+    let mut t = vec![0.0; ROWS * cols];
+    let full = rows - rows % ROWS;
+    for r0 in (0..full).step_by(ROWS) {
+        let t = columns16(&m[r0 * cols..], cols, &mut t);
+        for (j, column) in t.chunks_exact(ROWS).enumerate() {
+            out[j * rows + r0..][..ROWS].copy_from_slice(column);
+        }
+    }
+    for (r, row) in m.chunks_exact(cols).enumerate().skip(full) {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * rows + r] = v;
+        }
+    }
+}
+
 /// [`columns16`] on 16 × 16 blocks in AVX-512 registers: four rounds that each swap the
 /// off-diagonal sub-blocks (8, 4, 2, then 1 wide) between pairs of rows with a two-source permute.
 /// Returns the columns it turned (a multiple of 16); the caller turns the rest.
@@ -167,6 +192,34 @@ fn pairs(a: __m256, b: __m256) -> (__m256, __m256) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`transpose`] of shapes with and without whole groups of sixteen rows.
+    #[test]
+    fn transposes_any_shape() {
+        for (rows, cols) in [
+            (0, 4),
+            (4, 0),
+            (1, 1),
+            (3, 5),
+            (16, 16),
+            (17, 9),
+            (40, 33),
+            (64, 256),
+        ] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32 - 7.5).collect();
+            let mut out = vec![f32::NAN; rows * cols];
+            transpose(&m, rows, cols, &mut out);
+            for r in 0..rows {
+                for j in 0..cols {
+                    assert_eq!(
+                        out[j * rows + r],
+                        m[r * cols + j],
+                        "{rows}×{cols} at ({r}, {j})"
+                    );
+                }
+            }
+        }
+    }
 
     /// Every kernel this CPU runs gives the plain transpose, for widths with and without a tail
     /// beyond the vector blocks.

@@ -19,7 +19,8 @@
 //! rounding.
 
 use crate::engine::fast::ops::{
-    activation_backward, activation_forward, hidden_activation, mm_nn, mm_nt, mm_tn, FastAct,
+    activation_backward, activation_forward, hidden_activation, mm_nn, mm_nt, mm_nt_with_t, mm_tn,
+    FastAct,
 };
 use crate::engine::fast::{
     chunks_on, loss_and_dlogits, sized, sum_items, totals, zeroed, ChunkStats, Drained, Workspaces,
@@ -30,7 +31,8 @@ use crate::error::{GrokError, Result};
 use crate::linalg::kernels::matmul_strided;
 use crate::linalg::kernels::{add_bias, add_column_sums};
 use crate::linalg::team::{with_team, Item, Team};
-use crate::model::mlp::{LinearSlots, MlpConfig, MlpTree};
+use crate::linalg::transpose::transpose;
+use crate::model::mlp::{MlpConfig, MlpTree};
 use crate::model::Params;
 use crate::tasks::Target;
 
@@ -62,6 +64,10 @@ struct Scratch {
     /// `W'`, `[n_ctx, d_hidden, d_embed]`: the first hidden layer's weight split by the position it
     /// reads (copied: `gemm` packs a contiguous block far faster than columns `n_ctx·d_embed` apart).
     w_blocks: Vec<f32>,
+    /// `Wᵀ` `[d_in, d_out]` of each layer the forward pass multiplies by (the hidden layers, then the
+    /// output layer; empty for the first where the tables stand in for it): `gemm` reads a row-major
+    /// `W` as `Wᵀ` only by gathering it into its packed layout, and did so again in every chunk.
+    weights_t: Vec<Vec<f32>>,
     /// `[d_vocab, n_ctx, d_hidden]`: `T = E·W'ᵀ`, row `t` holding `E[t]·W_posᵀ` for every position.
     tables: Vec<f32>,
 }
@@ -123,7 +129,7 @@ impl FastMlpEngine {
         let mut pass = Pass::new(&self.cfg, &self.tree, params, batch.rows(), scratch);
         let eval_ws = &mut self.eval_ws;
         let out = with_team(threads, |team| {
-            pass.build_tables(team, threads);
+            pass.prepare(team, threads);
             let pass = &pass;
             chunks_on(
                 team,
@@ -160,7 +166,7 @@ impl Engine for FastMlpEngine {
         // One team for the whole step: the tables, the chunks, the sum of their gradients, and the
         // gradients the tables give.
         let stats = with_team(threads, |team| {
-            pass.build_tables(team, threads);
+            pass.prepare(team, threads);
             let pass = &pass;
             let stats = chunks_on(
                 team,
@@ -259,7 +265,7 @@ struct Pass<'a> {
 
 impl<'a> Pass<'a> {
     /// Prepares a step over `rows` rows: whether the first hidden layer runs from lookup tables
-    /// (there is a hidden layer and the vocabulary is smaller than the batch); [`Pass::build_tables`]
+    /// (there is a hidden layer and the vocabulary is smaller than the batch); [`Pass::prepare`]
     /// builds them.
     fn new(
         cfg: &'a MlpConfig,
@@ -278,32 +284,57 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// The lookup tables, where the pass uses them: `W'` copied block by block, then `T = E·W'ᵀ`
-    /// split by rows into `threads` items (two phases of `team`).
-    fn build_tables(&mut self, team: &Team, threads: usize) {
+    /// What the step's passes read besides the parameters, in two phases of `team`: the transposes
+    /// of the weights the forward pass multiplies by (each layer's but the first where the tables
+    /// stand in for it) and, where it uses the lookup tables, `W'` copied block by block; then the
+    /// tables `T = E·W'ᵀ` split by rows into `threads` items.
+    fn prepare(&mut self, team: &Team, threads: usize) {
+        let (c, p, tree) = (self.cfg, self.params, self.tree);
+        let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
+        let Scratch {
+            w_blocks,
+            tables,
+            weights_t,
+        } = &mut self.scratch;
+        let layers = tree.hidden.iter().chain([&tree.out]);
+        weights_t.resize_with(tree.hidden.len() + 1, Vec::new);
+        let mut items: Vec<Item> = Vec::new();
+        for (i, (l, out)) in layers.zip(weights_t.iter_mut()).enumerate() {
+            let (weight, d_in) = (&p[l.weight], if i == 0 { d_in } else { dh });
+            if i == 0 && self.use_tables {
+                out.clear();
+                continue;
+            }
+            let out = sized(out, weight.len());
+            items.push(Box::new(move || {
+                transpose(weight, weight.len() / d_in, d_in, out)
+            }));
+        }
+        if self.use_tables {
+            let w = &p[tree.hidden[0].weight];
+            let w_blocks = sized(w_blocks, c.n_ctx * dh * de);
+            items.extend(
+                w_blocks
+                    .chunks_exact_mut(dh * de)
+                    .enumerate()
+                    .map(|(pos, block)| {
+                        Box::new(move || {
+                            for (h, dst) in block.chunks_exact_mut(de).enumerate() {
+                                dst.copy_from_slice(
+                                    &w[h * d_in + pos * de..h * d_in + (pos + 1) * de],
+                                );
+                            }
+                        }) as Item
+                    }),
+            );
+        }
+        team.phase(items);
         if !self.use_tables {
             return;
         }
-        let (c, p) = (self.cfg, self.params);
-        let (de, dh, nv, d_in) = (c.d_embed, c.d_hidden, c.d_vocab, c.d_input());
-        let w = &p[self.tree.hidden[0].weight];
-        let Scratch { w_blocks, tables } = &mut self.scratch;
-        let w_blocks = sized(w_blocks, c.n_ctx * dh * de);
-        let copies: Vec<Item> = w_blocks
-            .chunks_exact_mut(dh * de)
-            .enumerate()
-            .map(|(pos, block)| {
-                Box::new(move || {
-                    for (h, dst) in block.chunks_exact_mut(de).enumerate() {
-                        dst.copy_from_slice(&w[h * d_in + pos * de..h * d_in + (pos + 1) * de]);
-                    }
-                }) as Item
-            })
-            .collect();
-        team.phase(copies);
         let width = c.n_ctx * dh;
         let tables = sized(tables, nv * width);
-        let (w_e, w_blocks) = (&p[self.tree.embed], &*w_blocks);
+        let (w_e, w_blocks) = (&p[tree.embed], &*w_blocks);
         let products: Vec<Item> = row_groups(tables, width, threads)
             .map(|(t0, out)| {
                 Box::new(move || {
@@ -433,15 +464,22 @@ impl<'a> Pass<'a> {
                 self.lookup(pre, post, bias, tokens, rows);
             } else {
                 let x = if i == 0 { &ws.x0 } else { &before[i - 1] };
+                let w = (&p[layer.weight][..], &self.scratch.weights_t[i][..]);
                 hidden_activation(self.act, bias, rows * dh, pre, post, |h| {
-                    mm_nt(h, x, &p[layer.weight], rows, dh, d_in)
+                    mm_nt_with_t(h, x, w, (rows, dh, d_in), false)
                 });
             }
             d_in = dh;
         }
         let x = ws.post.last().unwrap_or(&ws.x0);
         let logits = sized(&mut ws.logits, rows * c.d_vocab_out);
-        self.linear(logits, x, &self.tree.out, rows, d_in, c.d_vocab_out);
+        let out = &self.tree.out;
+        let w = (
+            &p[out.weight][..],
+            &self.scratch.weights_t[self.tree.hidden.len()][..],
+        );
+        mm_nt_with_t(logits, x, w, (rows, c.d_vocab_out, d_in), false);
+        add_bias(logits, &p[out.bias]);
     }
 
     /// The first hidden layer from the tables: per row `b + T[t₀, 0] + T[t₁, 1] + …`, added in that
@@ -491,22 +529,6 @@ impl<'a> Pass<'a> {
         if !relu {
             activation_forward(self.act, pre, sized(post, len));
         }
-    }
-
-    /// `out[rows, d_out] = x[rows, d_in]·Wᵀ + b`.
-    #[inline(always)]
-    fn linear(
-        &self,
-        out: &mut [f32],
-        x: &[f32],
-        l: &LinearSlots,
-        rows: usize,
-        d_in: usize,
-        d_out: usize,
-    ) {
-        let p = self.params;
-        mm_nt(out, x, &p[l.weight], rows, d_out, d_in);
-        add_bias(out, &p[l.bias]);
     }
 
     /// Backward from `ws.logits` (holding d loss / d logits) into `ws.grads`.

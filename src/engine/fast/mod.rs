@@ -203,7 +203,7 @@ impl FastEngine {
             ));
         }
         let w = self.family.weights(params);
-        let prepared = Prepared::new(self.family.dims(), &w);
+        let prepared = Prepared::new(self.family.dims(), &w, train);
         let workspaces = if train {
             &mut self.train_ws
         } else {

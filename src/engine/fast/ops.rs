@@ -34,6 +34,31 @@ pub fn mm_nt_acc(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: u
     matmul(out, a, b, m, n, k, false, true, true);
 }
 
+/// `out[m×n] = a[m×k]·Wᵀ` (`acc`: `+=`) for `w` = (`W` `[n×k]`, its transpose `[k×n]`): from the
+/// transpose, which `gemm` reads in place, except where `gemm` takes one of its paths for small
+/// products (at most 256 outputs, one row or column, or k ≤ 2: these choose their order of sums by
+/// the operands' strides), which get `W` as always. So the bits are those `a·Wᵀ` always gave.
+#[inline(always)]
+pub fn mm_nt_with_t(
+    out: &mut [f32],
+    a: &[f32],
+    (w, w_t): (&[f32], &[f32]),
+    (m, n, k): (usize, usize, usize),
+    acc: bool,
+) {
+    if mm_nt_with_t_applies(m, n, k) {
+        matmul(out, a, w_t, m, n, k, false, false, acc);
+    } else {
+        matmul(out, a, w, m, n, k, false, true, acc);
+    }
+}
+
+/// Whether [`mm_nt_with_t`] reads the transpose for an `m×n×k` product (else `W` itself).
+#[inline(always)]
+pub fn mm_nt_with_t_applies(m: usize, n: usize, k: usize) -> bool {
+    m > 1 && n > 1 && k > 2 && m * n > 256
+}
+
 /// `out[m×n] = aᵀ · b` with `a` stored `[k×m]`: a weight's gradient from its input and its output's
 /// gradient.
 #[inline(always)]
@@ -69,18 +94,20 @@ pub fn embed_forward(
 }
 
 /// Embedding backward: adds each row of `d_out` (`width` wide) to the rows of `g_token` (by
-/// token) and `g_position` (by position) [`embed_forward`] read it from.
+/// token) and `g_position` (by position) [`embed_forward`] read it from. `d_out` holds the last `tq`
+/// of each row's `seq` positions (`tq` = `seq`: all of them); the rest add nothing.
 #[inline(always)]
 pub fn embed_backward(
     d_out: &[f32],
     width: usize,
     tokens: &[u32],
-    seq: usize,
+    (seq, tq): (usize, usize),
     g_token: &mut [f32],
     g_position: &mut [f32],
 ) {
     for (i, row) in d_out.chunks_exact(width).enumerate() {
-        let (tok, t) = (tokens[i] as usize, i % seq);
+        let t = seq - tq + i % tq;
+        let tok = tokens[i / tq * seq + t] as usize;
         axpy(&mut g_token[tok * width..(tok + 1) * width], 1.0, row);
         axpy(&mut g_position[t * width..(t + 1) * width], 1.0, row);
     }
@@ -1059,6 +1086,41 @@ mod tests {
         }
     }
 
+    /// `mm_nt_with_t` gives the bits of `a·Wᵀ` read from `W` on every kind of shape: the small
+    /// products `gemm` sums in a stride-dependent order (few outputs, one row or column, k ≤ 2) and
+    /// the large ones it reads from the transpose.
+    #[test]
+    fn products_with_the_transpose_keep_the_bits_of_a_times_w_transposed() {
+        let shapes = [
+            (1, 300, 64),
+            (3, 64, 192),
+            (5, 31, 64),
+            (16, 16, 9),
+            (4, 2, 64),
+        ]
+        .into_iter()
+        .chain([
+            (16, 17, 3),
+            (99, 128, 2),
+            (240, 128, 512),
+            (800, 64, 192),
+            (37, 300, 64),
+        ]);
+        for (m, n, k) in shapes {
+            let (a, w) = (values(m * k, 1), values(n * k, 2));
+            let mut w_t = vec![0.0; n * k];
+            crate::linalg::transpose::transpose(&w, n, k, &mut w_t);
+            for acc in [false, true] {
+                let mut want = values(m * n, 3);
+                let mut got = want.clone();
+                matmul(&mut want, &a, &w, m, n, k, false, true, acc);
+                mm_nt_with_t(&mut got, &a, (&w, &w_t), (m, n, k), acc);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{m}×{n}×{k}, acc {acc}");
+            }
+        }
+    }
+
     /// The embedding backward adds each output row's gradient to the token and position rows read.
     #[test]
     fn embedding_backward_is_the_adjoint_of_its_forward() {
@@ -1072,7 +1134,7 @@ mod tests {
             out.iter().zip(&r).map(|(a, b)| (a * b) as f64).sum::<f64>()
         };
         let (mut gt, mut gp) = (vec![0.0; vocab * width], vec![0.0; seq * width]);
-        embed_backward(&r, width, &tokens, seq, &mut gt, &mut gp);
+        embed_backward(&r, width, &tokens, (seq, seq), &mut gt, &mut gp);
         for (i, &got) in gt.iter().enumerate() {
             let want = numeric(&per_token, i, &|pt| loss(pt, &per_position));
             assert!((got as f64 - want).abs() < 1e-3, "token grad {i}");

@@ -15,7 +15,7 @@
 use crate::engine::fast::norm::{self, NormCache};
 use crate::engine::fast::ops::{
     activation_backward, attention_backward, attention_forward, dot, embed_backward, embed_forward,
-    hidden_activation, mm_nn, mm_nn_acc, mm_nt, mm_nt_acc, mm_tn, mm_tn_acc, AttnShape, FastAct,
+    hidden_activation, mm_nn, mm_nn_acc, mm_nt_with_t, mm_tn, mm_tn_acc, AttnShape, FastAct,
 };
 use crate::engine::fast::{score_rows, sized, zeroed, ChunkStats, Targets};
 use crate::engine::loss::LossKind;
@@ -455,14 +455,57 @@ pub struct Prepared<'a> {
     w: &'a Weights,
     /// Block 0's tables, where [`Dims::lookup`] allows them.
     lookup: Option<Lookup>,
+    /// The weights' transposes, for a pass with a backward.
+    t: Option<Transposed>,
     d: Dims,
 }
 
+/// The weights the backward pass multiplies by on their other side, stored transposed once a step:
+/// `gemm` reads a row-major `W` as `Wᵀ` only by gathering it, column by column, into its packed
+/// layout, and it did so again in every chunk's every product. Same values, same products, same sums.
+struct Transposed {
+    /// Per block: `W_QKVᵀ` `[3·hd, d_model]`, `W_Oᵀ` `[d_model, hd]`, `W_inᵀ` `[d_mlp, d_model]`,
+    /// `W_outᵀ` `[d_model, d_mlp]`.
+    blocks: Vec<[Vec<f32>; 4]>,
+    /// `W_Uᵀ` `[d_vocab_out, d_model]`.
+    w_u: Vec<f32>,
+}
+
+impl Transposed {
+    fn new(d: &Dims, w: &Weights) -> Self {
+        let (dm, hd) = (d.d_model, d.hd());
+        let blocks = w
+            .blocks
+            .iter()
+            .map(|b| {
+                [
+                    transpose(&b.w_qkv, dm, 3 * hd),
+                    transpose(&b.w_o, hd, dm),
+                    transpose(&b.w_in, dm, b.w_in.len() / dm),
+                    transpose(&b.w_out, b.w_out.len() / dm, dm),
+                ]
+            })
+            .collect();
+        Transposed {
+            blocks,
+            w_u: transpose(&w.w_u, dm, d.d_vocab_out),
+        }
+    }
+}
+
 impl<'a> Prepared<'a> {
-    /// Prepares `w` (laid out for `d`) for passes over batches.
-    pub fn new(d: Dims, w: &'a Weights) -> Self {
+    /// Prepares `w` (laid out for `d`) for passes over batches, with a backward pass if `train`.
+    pub fn new(d: Dims, w: &'a Weights, train: bool) -> Self {
         let lookup = d.lookup(w).then(|| w.lookup(&d));
-        Prepared { lookup, w, d }
+        let t = train.then(|| Transposed::new(&d, w));
+        Prepared { lookup, t, w, d }
+    }
+
+    /// The weights' transposes ([`Prepared::new`] made them for a pass with a backward).
+    fn t(&self) -> &Transposed {
+        self.t
+            .as_ref()
+            .expect("a backward pass needs Prepared::new(.., train: true)")
     }
 
     crate::linalg::kernels::simd_dispatch! {
@@ -577,7 +620,13 @@ impl<'a> Prepared<'a> {
                 mm_tn_acc(&mut g.w_u, input, logits, dm, vo, n);
                 add_column_sums(&mut g.b_u, logits);
                 let dout = &mut ws.dout[start * dm..(start + n) * dm];
-                mm_nt(dout, logits, &self.w.w_u, n, dm, vo);
+                mm_nt_with_t(
+                    dout,
+                    logits,
+                    (&self.w.w_u, &self.t().w_u),
+                    (n, dm, vo),
+                    false,
+                );
             }
         }
         sums
@@ -814,6 +863,10 @@ impl<'a> Prepared<'a> {
         let b = &self.w.blocks[l];
         let c = &ws.blocks[l];
         let gb = &mut g.blocks[l];
+        // Each weight with its transpose, for `mm_nt_with_t`.
+        let [t_qkv, t_o, t_in, t_out] = &self.t().blocks[l];
+        let (w_qkv, w_o) = ((&b.w_qkv[..], &t_qkv[..]), (&b.w_o[..], &t_o[..]));
+        let (w_in, w_out) = ((&b.w_in[..], &t_in[..]), (&b.w_out[..], &t_out[..]));
         let (dm, hd) = (d.d_model, d.hd());
         let n3 = 3 * hd;
         let nq = rows * tq;
@@ -823,81 +876,99 @@ impl<'a> Prepared<'a> {
             mm_tn(&mut gb.w_out, &c.post, dmid, m, dm, nq);
             add_column_sums(&mut gb.b_out, dmid);
             let dpre = sized(&mut ws.dpre, nq * m);
-            mm_nt(dpre, dmid, &b.w_out, nq, m, dm);
+            mm_nt_with_t(dpre, dmid, w_out, (nq, m, dm), false);
             activation_backward(d.act, &c.pre, &c.post, dpre);
             let input = if d.norm.is_some() { &c.ln2.y } else { &c.mid };
             mm_tn(&mut gb.w_in, input, dpre, dm, m, nq);
             add_column_sums(&mut gb.b_in, dpre);
             if d.norm.is_some() {
                 let dn = sized(&mut ws.dnorm, nq * dm);
-                mm_nt(dn, dpre, &b.w_in, nq, dm, m);
+                mm_nt_with_t(dn, dpre, w_in, (nq, dm, m), false);
                 let [.., w, bias] = &mut gb.ln;
                 norm::backward(dn, &c.ln2, dm, weight(&b.ln[2..]), grads(w, bias), dmid);
             } else {
-                mm_nt_acc(dmid, dpre, &b.w_in, nq, dm, m);
+                mm_nt_with_t(dmid, dpre, w_in, (nq, dm, m), true);
             }
         }
         let dmid = &ws.dout[..nq * dm];
         mm_tn(&mut gb.w_o, &c.z, dmid, hd, dm, nq);
         add_column_sums(&mut gb.b_o, dmid);
         let dz = sized(&mut ws.dz, nq * hd);
-        mm_nt(dz, dmid, &b.w_o, nq, hd, dm);
-        let first_q = seq - tq;
-        let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
-        attention_backward(d.attn(rows, seq, tq), &c.qkv, &c.pattern, dz, dqkv);
-        // d(block input): the residual path plus, for later blocks, the Q/K/V projections.
-        let dx = zeroed(&mut ws.dx, rows * seq * dm);
-        for r in 0..rows {
-            for qi in 0..tq {
-                let t = first_q + qi;
-                dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
-                    .copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
-            }
-        }
-        add_column_sums(&mut gb.b_qkv, dqkv);
+        mm_nt_with_t(dz, dmid, w_o, (nq, hd, dm), false);
         let lookup = self.lookup.as_ref().filter(|_| l == 0);
         let Some(lookup) = lookup else {
+            let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
+            attention_backward(d.attn(rows, seq, tq), &c.qkv, &c.pattern, dz, dqkv);
+            // d(block input): the residual path plus the Q/K/V projections.
+            let dx = zeroed(&mut ws.dx, rows * seq * dm);
+            let first_q = seq - tq;
+            for r in 0..rows {
+                for qi in 0..tq {
+                    let t = first_q + qi;
+                    dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
+                        .copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
+                }
+            }
+            add_column_sums(&mut gb.b_qkv, dqkv);
             let input = if d.norm.is_some() { &c.ln1.y } else { &c.x };
             let n = rows * seq;
             mm_tn(&mut gb.w_qkv, input, dqkv, dm, n3, n);
             if d.norm.is_some() {
                 let dn = sized(&mut ws.dnorm, n * dm);
-                mm_nt(dn, dqkv, &b.w_qkv, n, dm, n3);
+                mm_nt_with_t(dn, dqkv, w_qkv, (n, dm, n3), false);
                 let [w, bias, ..] = &mut gb.ln;
                 norm::backward(dn, &c.ln1, dm, weight(&b.ln), grads(w, bias), dx);
             } else {
-                mm_nt_acc(dx, dqkv, &b.w_qkv, n, dm, n3);
+                mm_nt_with_t(dx, dqkv, w_qkv, (n, dm, n3), true);
             }
             if l == 0 {
-                embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
+                embed_backward(dx, dm, tokens, (seq, seq), &mut g.w_e, &mut g.w_pos);
             }
             return;
         };
-        // Block 0: fold Q/K/V gradients per token and per position, mirroring the lookup.
-        let (dv, nctx) = (d.d_vocab, d.n_ctx);
+        // Block 0: the Q/K/V gradients of a few rows at a time, folded per token and per position
+        // (mirroring the lookup) and into db_QKV while they are in cache, never written out for the
+        // whole chunk; the same sums in the same order as over the whole chunk at once.
+        let (dv, nctx, nh) = (d.d_vocab, d.n_ctx, d.n_heads);
         let g_tok = zeroed(&mut ws.g_tok, dv * n3);
         let g_pos = zeroed(&mut ws.g_pos, nctx * n3);
-        embed_backward(dqkv, n3, tokens, seq, g_tok, g_pos);
+        let block = (FOLD_VALUES / (seq * n3)).max(1);
+        for r0 in (0..rows).step_by(block) {
+            let n = block.min(rows - r0);
+            let dqkv = zeroed(&mut ws.dqkv, n * seq * n3);
+            let qkv = &c.qkv[r0 * seq * n3..(r0 + n) * seq * n3];
+            let pattern = &c.pattern[r0 * tq * nh * seq..(r0 + n) * tq * nh * seq];
+            let dz = &dz[r0 * tq * hd..(r0 + n) * tq * hd];
+            attention_backward(d.attn(n, seq, tq), qkv, pattern, dz, dqkv);
+            add_column_sums(&mut gb.b_qkv, dqkv);
+            let tokens = &tokens[r0 * seq..(r0 + n) * seq];
+            embed_backward(dqkv, n3, tokens, (seq, seq), g_tok, g_pos);
+        }
         match &lookup.ln {
             None => {
                 mm_tn(&mut gb.w_qkv, &self.w.w_e, g_tok, dm, n3, dv);
                 mm_tn_acc(&mut gb.w_qkv, &self.w.w_pos, g_pos, dm, n3, nctx);
-                mm_nt_acc(&mut g.w_e, g_tok, &b.w_qkv, dv, dm, n3);
-                mm_nt_acc(&mut g.w_pos, g_pos, &b.w_qkv, nctx, dm, n3);
+                mm_nt_with_t(&mut g.w_e, g_tok, w_qkv, (dv, dm, n3), true);
+                mm_nt_with_t(&mut g.w_pos, g_pos, w_qkv, (nctx, dm, n3), true);
             }
             // The LayerNorm per token: its backward is linear in d(output), so the per-token sums
             // of the positions' gradients go through it once each (the fixed W_pos gets none).
             Some(ln) => {
                 mm_tn(&mut gb.w_qkv, &ln.y, g_tok, dm, n3, dv);
                 let dn = sized(&mut ws.dnorm, dv * dm);
-                mm_nt(dn, g_tok, &b.w_qkv, dv, dm, n3);
+                mm_nt_with_t(dn, g_tok, w_qkv, (dv, dm, n3), false);
                 let [w, bias, ..] = &mut gb.ln;
                 norm::backward(dn, ln, dm, weight(&b.ln), grads(w, bias), &mut g.w_e);
             }
         }
-        embed_backward(dx, dm, tokens, seq, &mut g.w_e, &mut g.w_pos);
+        // The residual path: d(resid_post) at the query positions goes straight to the embeddings.
+        embed_backward(dmid, dm, tokens, (seq, tq), &mut g.w_e, &mut g.w_pos);
     }
 }
+
+/// Q/K/V gradient values block 0's backward computes and folds at a time ([`Prepared::run`]):
+/// 64 KB, which stay in a core's L2 cache between the attention backward and the fold.
+const FOLD_VALUES: usize = 16 * 1024;
 
 /// Rows of logits [`Prepared::unembed_and_score`] computes, scores and back-propagates at a time:
 /// 256 rows of a 300-token vocabulary are 300 KB, well inside a core's L2 cache.
@@ -909,10 +980,6 @@ const RMS_MIN_NORM: f32 = 1e-12;
 /// The transpose of a row-major `rows × cols` matrix.
 pub(super) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0.0; m.len()];
-    for (i, row) in m.chunks_exact(cols).enumerate() {
-        for (j, &v) in row.iter().enumerate() {
-            t[j * rows + i] = v;
-        }
-    }
+    crate::linalg::transpose::transpose(m, rows, cols, &mut t);
     t
 }
