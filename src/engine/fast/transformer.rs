@@ -277,9 +277,22 @@ impl Weights {
         }
     }
 
-    /// Sets every buffer to zero.
-    pub fn fill_zero(&mut self) {
-        self.buffers_mut().into_iter().for_each(|b| b.fill(0.0));
+    /// Sets to zero, as gradients about to be summed into, every buffer but the blocks' weight
+    /// matrices, which the backward pass overwrites (each block's `W_QKV`, `W_O`, `W_in`, `W_out`
+    /// gradient is one product written whole).
+    fn zero_sums(&mut self) {
+        let top = [
+            &mut self.w_e,
+            &mut self.w_pos,
+            &mut self.w_u,
+            &mut self.b_u,
+            &mut self.gamma,
+        ];
+        let blocks = self.blocks.iter_mut().flat_map(|b| {
+            let biases = [&mut b.b_qkv, &mut b.b_o, &mut b.b_in, &mut b.b_out];
+            b.ln.iter_mut().chain(biases)
+        });
+        (top.into_iter().chain(&mut self.ln_final).chain(blocks)).for_each(|v| v.fill(0.0));
     }
 
     /// Every buffer, in one fixed order (the chunks' gradients are summed buffer by buffer).
@@ -544,7 +557,7 @@ impl<'a> Prepared<'a> {
         let rows_out = rows * out_positions;
         let mut g = n_total.map(|_| {
             let mut g = ws.grads.take().unwrap_or_else(|| self.w.zeros_like());
-            g.fill_zero();
+            g.zero_sums();
             g
         });
         let targets = if per_position {
