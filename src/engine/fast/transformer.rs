@@ -76,6 +76,15 @@ pub struct Lookup {
     ln: Option<NormCache>,
 }
 
+impl Lookup {
+    /// The Q/K/V of the rows of `tokens` (`seq` each), `[rows·seq, n3]`, looked up into `out`.
+    fn qkv<'o>(&self, out: &'o mut Vec<f32>, tokens: &[u32], seq: usize, n3: usize) -> &'o [f32] {
+        let qkv = sized(out, tokens.len() * n3);
+        embed_forward(qkv, n3, tokens, seq, &self.per_token, &self.per_position);
+        qkv
+    }
+}
+
 /// Shapes and the architecture switches the passes follow.
 #[derive(Clone, Copy)]
 pub struct Dims {
@@ -441,6 +450,8 @@ pub struct Workspace {
     dpre: Vec<f32>,
     dz: Vec<f32>,
     dqkv: Vec<f32>,
+    /// Block 0's Q/K/V of a few rows, looked up again for the backward pass.
+    qkv: Vec<f32>,
     dx: Vec<f32>,
     g_tok: Vec<f32>,
     g_pos: Vec<f32>,
@@ -791,11 +802,9 @@ impl<'a> Prepared<'a> {
             let x = sized(&mut c.x, rows * seq * dm);
             embed_forward(x, dm, tokens, seq, &self.w.w_e, &self.w.w_pos);
         }
-        let qkv = sized(&mut c.qkv, rows * seq * n3);
-        if let Some(lookup) = lookup {
-            let (per_token, per_position) = (&lookup.per_token, &lookup.per_position);
-            embed_forward(qkv, n3, tokens, seq, per_token, per_position);
-        } else {
+        // Block 0's Q/K/V are looked up where the attention reads them, below.
+        if lookup.is_none() {
+            let qkv = sized(&mut c.qkv, rows * seq * n3);
             let input = if d.norm.is_some() {
                 let [w, bias, ..] = &b.ln;
                 norm::forward(
@@ -833,7 +842,22 @@ impl<'a> Prepared<'a> {
         }
         let pattern = sized(&mut c.pattern, rows * tq * nh * seq);
         let z = sized(&mut c.z, rows * tq * hd);
-        attention_forward(d.attn(rows, seq, tq), qkv, pattern, z);
+        match lookup {
+            None => {
+                let qkv = &c.qkv[..rows * seq * n3];
+                attention_forward(d.attn(rows, seq, tq), qkv, pattern, z)
+            }
+            // A few rows at a time, their Q/K/V looked up into cache-sized scratch (the backward
+            // pass looks them up again): never written out for the whole chunk.
+            Some(lookup) => {
+                for (r0, n) in lookup_blocks(rows, seq * n3) {
+                    let qkv = lookup.qkv(&mut c.qkv, &tokens[r0 * seq..(r0 + n) * seq], seq, n3);
+                    let pattern = &mut pattern[r0 * tq * nh * seq..(r0 + n) * tq * nh * seq];
+                    let z = &mut z[r0 * tq * hd..(r0 + n) * tq * hd];
+                    attention_forward(d.attn(n, seq, tq), qkv, pattern, z);
+                }
+            }
+        }
         mm_nn_acc(mid, z, &b.w_o, rows * tq, dm, hd);
         add_bias(mid, &b.b_o);
         let out = sized(out, rows * tq * dm);
@@ -939,17 +963,15 @@ impl<'a> Prepared<'a> {
             }
             return;
         };
-        // Block 0: the Q/K/V gradients of a few rows at a time, folded per token and per position
-        // (mirroring the lookup) and into db_QKV while they are in cache, never written out for the
-        // whole chunk; the same sums in the same order as over the whole chunk at once.
+        // Block 0, a few rows at a time as in the forward pass: their Q/K/V looked up again, and
+        // their gradients folded per token and per position (mirroring the lookup) and into db_QKV
+        // while in cache; the same sums in the same order as over the whole chunk at once.
         let (dv, nctx, nh) = (d.d_vocab, d.n_ctx, d.n_heads);
         let g_tok = zeroed(&mut ws.g_tok, dv * n3);
         let g_pos = zeroed(&mut ws.g_pos, nctx * n3);
-        let block = (FOLD_VALUES / (seq * n3)).max(1);
-        for r0 in (0..rows).step_by(block) {
-            let n = block.min(rows - r0);
+        for (r0, n) in lookup_blocks(rows, seq * n3) {
             let dqkv = zeroed(&mut ws.dqkv, n * seq * n3);
-            let qkv = &c.qkv[r0 * seq * n3..(r0 + n) * seq * n3];
+            let qkv = lookup.qkv(&mut ws.qkv, &tokens[r0 * seq..(r0 + n) * seq], seq, n3);
             let pattern = &c.pattern[r0 * tq * nh * seq..(r0 + n) * tq * nh * seq];
             let dz = &dz[r0 * tq * hd..(r0 + n) * tq * hd];
             attention_backward(d.attn(n, seq, tq), qkv, pattern, dz, dqkv);
@@ -979,9 +1001,18 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// Q/K/V gradient values block 0's backward computes and folds at a time ([`Prepared::run`]):
-/// 64 KB, which stay in a core's L2 cache between the attention backward and the fold.
-const FOLD_VALUES: usize = 16 * 1024;
+/// Block 0's Q/K/V values (and as many gradients) its passes look up and use at a time: 64 KB,
+/// which stay in a core's L2 cache from the lookup through the attention to the fold.
+const LOOKUP_BLOCK_VALUES: usize = 16 * 1024;
+
+/// The blocks of whole rows, `(first row, rows)`, that block 0's passes take at a time from a
+/// chunk of `rows` rows of `per_row` Q/K/V values ([`LOOKUP_BLOCK_VALUES`]).
+fn lookup_blocks(rows: usize, per_row: usize) -> impl Iterator<Item = (usize, usize)> {
+    let block = (LOOKUP_BLOCK_VALUES / per_row.max(1)).max(1);
+    (0..rows)
+        .step_by(block)
+        .map(move |r0| (r0, block.min(rows - r0)))
+}
 
 /// Rows of logits [`Prepared::unembed_and_score`] computes, scores and back-propagates at a time:
 /// 256 rows of a 300-token vocabulary are 300 KB, well inside a core's L2 cache.
