@@ -78,6 +78,7 @@ pub struct Lookup {
 
 impl Lookup {
     /// The Q/K/V of the rows of `tokens` (`seq` each), `[rows·seq, n3]`, looked up into `out`.
+    #[inline(always)]
     fn qkv<'o>(&self, out: &'o mut Vec<f32>, tokens: &[u32], seq: usize, n3: usize) -> &'o [f32] {
         let qkv = sized(out, tokens.len() * n3);
         embed_forward(qkv, n3, tokens, seq, &self.per_token, &self.per_position);
@@ -1007,6 +1008,7 @@ const LOOKUP_BLOCK_VALUES: usize = 16 * 1024;
 
 /// The blocks of whole rows, `(first row, rows)`, that block 0's passes take at a time from a
 /// chunk of `rows` rows of `per_row` Q/K/V values ([`LOOKUP_BLOCK_VALUES`]).
+#[inline(always)]
 fn lookup_blocks(rows: usize, per_row: usize) -> impl Iterator<Item = (usize, usize)> {
     let block = (LOOKUP_BLOCK_VALUES / per_row.max(1)).max(1);
     (0..rows)
