@@ -264,6 +264,28 @@ fn fast_matches_candle_with_layernorm_and_lnpre() {
     compare_on(previous_token_model(None), 4, Target::PreviousToken);
 }
 
+/// Block 0's Q/K/V are looked up, attended over and folded back a few rows at a time (as many as
+/// fill 64 KB): wide heads make those blocks 3 rows of a 37-row batch here, through both attention
+/// paths (one query per row, and nine per row as matrix products).
+#[test]
+fn fast_matches_candle_when_block_zero_runs_in_blocks_of_rows() {
+    let wide = |normalization| TransformerConfig {
+        n_heads: 2,
+        d_head: 96,
+        n_ctx: 9,
+        ..previous_token_model(normalization)
+    };
+    compare_on(wide(Some(Normalization::LN)), 9, Target::PreviousToken);
+    compare(
+        TransformerConfig {
+            n_heads: 4,
+            d_head: 96,
+            ..small()
+        },
+        5,
+    );
+}
+
 /// Evaluation reuses one workspace per thread across chunks of different sizes: the logits and the
 /// scores are the same bits on any thread count (so whichever chunks share a workspace).
 #[test]
