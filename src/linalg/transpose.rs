@@ -1,6 +1,8 @@
 //! Sixteen rows of a matrix turned column-major, in registers where the CPU has vector shuffles:
 //! the layout that lets each row's serial sums (LayerNorm's mean and variance) run as one vector
-//! operation per entry. Only moves values, so every build gives the same result.
+//! operation per entry; and whole matrices transposed sixteen rows at a time that way (the weights
+//! the fast engines multiply by on their other side). Only moves values, so every build gives the
+//! same result.
 
 use crate::linalg::kernels::{simd_build, SimdBuild};
 #[cfg(target_arch = "x86_64")]
