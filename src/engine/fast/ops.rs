@@ -28,12 +28,6 @@ pub fn mm_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize
     matmul(out, a, b, m, n, k, false, true, false);
 }
 
-/// `out[m×n] += a[m×k] · bᵀ` with `b` stored `[n×k]`.
-#[inline(always)]
-pub fn mm_nt_acc(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize) {
-    matmul(out, a, b, m, n, k, false, true, true);
-}
-
 /// `out[m×n] = a[m×k]·Wᵀ` (`acc`: `+=`) for `w` = (`W` `[n×k]`, its transpose `[k×n]`): from the
 /// transpose, which `gemm` reads in place, except where `gemm` takes one of its paths for small
 /// products (at most 256 outputs, one row or column, or k ≤ 2: these choose their order of sums by

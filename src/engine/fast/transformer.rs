@@ -417,7 +417,8 @@ impl Weights {
 struct BlockCache {
     /// Block input at every position `[rows·seq, d_model]` (unused for block 0, which is looked up).
     x: Vec<f32>,
-    /// `[rows·seq, 3·hd]`.
+    /// `[rows·seq, 3·hd]`; for block 0 looked up, only the rows of the last block of rows the
+    /// attention read ([`lookup_blocks`]).
     qkv: Vec<f32>,
     /// `[rows, tq, n_heads, seq]`, or key-major `[rows, n_heads, seq, tq]` where the queries are
     /// many ([`crate::engine::fast::ops::BATCHED_QUERIES`]); masked entries are never read.
