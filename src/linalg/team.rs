@@ -317,28 +317,38 @@ fn with_team_in<R>(lobby: &'static Lobby, threads: usize, work: impl FnOnce(&Tea
 mod tests {
     use super::*;
 
+    /// Three phases on a team of `threads` over `len` zeros, items of `per_item` values each: every
+    /// item checks that the previous phase finished (its values are round − 1) and sets them to
+    /// round; returns the values (3 each when every item ran once per phase).
+    fn three_ordered_phases(threads: usize, len: usize, per_item: usize) -> Vec<usize> {
+        let mut out = vec![0usize; len];
+        with_team(threads, |team| {
+            for round in 1..=3 {
+                let items: Vec<Item> = out
+                    .chunks_mut(per_item)
+                    .map(|c| {
+                        Box::new(move || {
+                            c.iter_mut().for_each(|v| {
+                                assert_eq!(*v, round - 1);
+                                *v = round;
+                            })
+                        }) as Item
+                    })
+                    .collect();
+                team.phase(items);
+            }
+        });
+        out
+    }
+
     #[test]
     fn phases_run_every_item_once_and_in_order() {
         for threads in [1, 2, 3, 5] {
-            let mut out = vec![0usize; 40];
-            with_team(threads, |team| {
-                for round in 1..=3 {
-                    let items: Vec<Item> = out
-                        .chunks_mut(3)
-                        .map(|c| {
-                            Box::new(move || {
-                                // Each phase sees the previous one finished: every value is round − 1.
-                                c.iter_mut().for_each(|v| {
-                                    assert_eq!(*v, round - 1);
-                                    *v = round;
-                                })
-                            }) as Item
-                        })
-                        .collect();
-                    team.phase(items);
-                }
-            });
-            assert_eq!(out, vec![3; 40], "{threads} threads");
+            assert_eq!(
+                three_ordered_phases(threads, 40, 3),
+                vec![3; 40],
+                "{threads} threads"
+            );
         }
     }
 
@@ -377,23 +387,7 @@ mod tests {
             for caller in 0..4usize {
                 scope.spawn(move || {
                     for team_no in 0..150usize {
-                        let mut out = vec![0usize; 24];
-                        with_team(2 + caller % 2, |team| {
-                            for round in 1..=3 {
-                                let items: Vec<Item> = out
-                                    .chunks_mut(2)
-                                    .map(|c| {
-                                        Box::new(move || {
-                                            c.iter_mut().for_each(|v| {
-                                                assert_eq!(*v, round - 1);
-                                                *v = round;
-                                            })
-                                        }) as Item
-                                    })
-                                    .collect();
-                                team.phase(items);
-                            }
-                        });
+                        let out = three_ordered_phases(2 + caller % 2, 24, 2);
                         assert_eq!(out, vec![3; 24], "caller {caller}, team {team_no}");
                     }
                 });
