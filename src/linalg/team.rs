@@ -123,7 +123,7 @@ struct Lobby {
     posted: AtomicUsize,
 }
 
-#[derive(Default)]
+/// What the lobby's lock guards.
 struct Openings {
     teams: Vec<Opening>,
     /// Helper threads started (they never exit), and how many of them sleep on `woken`.
