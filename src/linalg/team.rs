@@ -283,6 +283,16 @@ impl Team<'_> {
     }
 }
 
+/// The team closes when its caller's work is done, or unwinds: its helpers leave.
+impl Drop for Team<'_> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared {
+            shared.closed.store(true, Ordering::Release);
+            self.lobby.close(shared);
+        }
+    }
+}
+
 /// Runs `work` with a team of `threads` threads: the caller and `threads − 1` helpers, which join
 /// at the first phase `work` publishes (those not busy in another team), stay for every later one
 /// and leave when `work` returns. With one thread, phases run their items in order on the caller.
@@ -293,24 +303,14 @@ pub fn with_team<R>(threads: usize, work: impl FnOnce(&Team) -> R) -> R {
 /// [`with_team`] with the helpers of `lobby`.
 fn with_team_in<R>(lobby: &'static Lobby, threads: usize, work: impl FnOnce(&Team) -> R) -> R {
     let shared = (threads > 1).then(|| Arc::new(Shared::default()));
-    // Helpers must leave even if `work` panics.
-    struct Close<'a>(&'static Lobby, Option<&'a Arc<Shared>>);
-    impl Drop for Close<'_> {
-        fn drop(&mut self) {
-            if let Some(shared) = self.1 {
-                shared.closed.store(true, Ordering::Release);
-                self.0.close(shared);
-            }
-        }
-    }
-    let _close = Close(lobby, shared.as_ref());
-    work(&Team {
+    let team = Team {
         lobby,
         shared: shared.as_ref(),
         helpers: threads.saturating_sub(1),
         opened: Cell::new(false),
         _not_sync: PhantomData,
-    })
+    };
+    work(&team)
 }
 
 #[cfg(test)]
