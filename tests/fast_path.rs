@@ -313,6 +313,39 @@ fn evaluation_gives_the_same_bits_whichever_chunks_share_a_workspace() {
     }
 }
 
+/// Training chunks take their activations' workspaces from a pool shared by every batch: an engine
+/// that has just trained on a batch cut into chunks of other sizes gives a batch the same gradient
+/// bits as a new engine, so nothing a chunk reads is left over from the chunk before it.
+#[test]
+fn training_gives_the_same_bits_in_workspaces_other_chunks_used() {
+    let cfg = previous_token_model(Some(Normalization::LN));
+    let params = random_params(&cfg);
+    let trainable: Vec<bool> = params.iter().map(|p| p.name != "pos_embed.W_pos").collect();
+    // 300 rows × 5 positions: 11 chunks of 28 rows and one of 20; the other batch, 77 rows × 4: two
+    // chunks of 39 and 38 rows, so the workspaces hold longer buffers of other shapes.
+    let (tokens, _) = random_batch(&cfg, 300, 5, 21);
+    let (other, _) = random_batch(&cfg, 77, 4, 22);
+    let batch = Batch::new(&tokens, &[], 5, Target::PreviousToken);
+    let grads = |engine: &mut FastEngine, batch: Batch| -> Vec<u32> {
+        let mut g = params.zeros_like();
+        engine
+            .loss_and_grads(&params, &trainable, batch, &mut g)
+            .unwrap();
+        g.iter()
+            .flat_map(|p| p.data.iter().map(|x| x.to_bits()))
+            .collect()
+    };
+    for threads in [1, 2] {
+        let fresh = grads(&mut FastEngine::new(&cfg, threads), batch);
+        let mut engine = FastEngine::new(&cfg, threads);
+        grads(
+            &mut engine,
+            Batch::new(&other, &[], 4, Target::PreviousToken),
+        );
+        assert!(grads(&mut engine, batch) == fresh, "{threads} thread(s)");
+    }
+}
+
 /// A model scored at every position is cut into chunks of few rows (about 128 predictions each):
 /// its training gradients are the same bits on any thread count, and match candle's.
 #[test]

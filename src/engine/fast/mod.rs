@@ -31,6 +31,7 @@ use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
 use crate::tasks::Target;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use transformer::{Dims, Prepared, Scoring, Weights, Workspace};
 
@@ -140,8 +141,12 @@ pub struct FastEngine {
     family: Family,
     /// Worker threads.
     threads: usize,
-    /// One workspace per chunk for training passes and one for evaluation, so buffer sizes stay put.
+    /// Training chunks' activations: a workspace per thread running one at a time, handed from chunk
+    /// to chunk so that a chunk writes into buffers still in cache from the chunk before it.
     train_ws: Vec<Workspace>,
+    /// Each training chunk's gradients, kept until they are summed.
+    train_grads: Vec<Option<Weights>>,
+    /// One workspace per thread for evaluation, so buffer sizes stay put.
     eval_ws: Vec<Workspace>,
 }
 
@@ -161,6 +166,7 @@ impl FastEngine {
             family,
             threads: threads.max(1),
             train_ws: Vec::new(),
+            train_grads: Vec::new(),
             eval_ws: Vec::new(),
         }
     }
@@ -204,25 +210,38 @@ impl FastEngine {
         }
         let w = self.family.weights(params);
         let prepared = Prepared::new(self.family.dims(), &w, train);
-        let workspaces = if train {
-            &mut self.train_ws
-        } else {
-            &mut self.eval_ws
-        };
         let prepared = &prepared;
-        let mode = if train {
-            Workspaces::PerChunk
-        } else {
-            Workspaces::PerThread
-        };
-        Ok(chunks_on(
+        if !train {
+            let workspaces = &mut self.eval_ws;
+            let job = |ws: &mut Workspace, t: &[u32], l: &[u32]| job(prepared, ws, t, l);
+            return Ok(chunks_on(
+                team,
+                self.threads,
+                workspaces,
+                Workspaces::PerThread,
+                batch,
+                job,
+            ));
+        }
+        // Each chunk keeps its gradients; its activations go in whichever workspace is free.
+        let pool = WorkspacePool::new(std::mem::take(&mut self.train_ws));
+        let results = chunks_on(
             team,
             self.threads,
-            workspaces,
-            mode,
+            &mut self.train_grads,
+            Workspaces::PerChunk,
             batch,
-            |ws, t, l| job(prepared, ws, t, l),
-        ))
+            |grads, t, l| {
+                pool.with(|ws| {
+                    ws.grads = grads.take();
+                    let result = job(prepared, ws, t, l);
+                    *grads = ws.grads.take();
+                    result
+                })
+            },
+        );
+        self.train_ws = pool.into_inner();
+        Ok(results)
     }
 }
 
@@ -261,11 +280,43 @@ pub(crate) fn chunk_ranges(
 /// Which workspace each chunk of [`chunks_on`] runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Workspaces {
-    /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients).
+    /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients;
+    /// the chunk's activations go in a [`WorkspacePool`]'s).
     PerChunk,
     /// The one of the thread that runs it, reused chunk after chunk (an evaluation pass, whose results
     /// are returned by value): memory for a thread's chunk, not for the whole batch at once.
     PerThread,
+}
+
+/// Workspaces that the chunks of one phase take and give back: a chunk runs in whichever is free
+/// (the last one given back first, most likely still in its thread's cache), so there are only as
+/// many as chunks ever ran at once. Every pass overwrites what it reads, so a chunk's result does not
+/// depend on which one it got.
+pub(crate) struct WorkspacePool<W>(Mutex<Vec<W>>);
+
+impl<W: Default> WorkspacePool<W> {
+    /// A pool holding `workspaces` (from the last phase).
+    pub(crate) fn new(workspaces: Vec<W>) -> Self {
+        WorkspacePool(Mutex::new(workspaces))
+    }
+
+    /// Runs `job` in a free workspace (a new one if none is free) and gives it back.
+    pub(crate) fn with<R>(&self, job: impl FnOnce(&mut W) -> R) -> R {
+        let free = self.lock().pop();
+        let mut ws = free.unwrap_or_default();
+        let result = job(&mut ws);
+        self.lock().push(ws);
+        result
+    }
+
+    /// The workspaces, for the next phase.
+    pub(crate) fn into_inner(self) -> Vec<W> {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<W>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// One chunk's tokens and labels.
@@ -470,25 +521,22 @@ impl Engine for FastEngine {
         // One team for the chunks and the sum of their gradients (summed into the first chunk's).
         let results = with_team(self.threads, |team| {
             let results = self.run_chunks(team, params, batch, true)?;
-            let (first, rest) = self.train_ws[..results.len()].split_at_mut(1);
+            let (first, rest) = self.train_grads[..results.len()].split_at_mut(1);
             let ran = "every chunk ran a backward pass";
             let rest: Vec<_> = rest
                 .iter_mut()
-                .map(|ws| ws.grads.as_mut().expect(ran).buffers_mut())
+                .map(|g| g.as_mut().expect(ran).buffers_mut())
                 .collect();
             let adds: Vec<Vec<&[f32]>> = rest
                 .iter()
                 .map(|bufs| bufs.iter().map(|b| b.as_slice()).collect())
                 .collect();
-            let outs = first[0].grads.as_mut().expect(ran).buffers_mut();
+            let outs = first[0].as_mut().expect(ran).buffers_mut();
             let outs = outs.into_iter().map(|b| b.as_mut_slice()).collect();
             team.phase(sum_items(outs, adds, false));
             Ok::<_, GrokError>(results)
         })?;
-        let total = self.train_ws[0]
-            .grads
-            .as_ref()
-            .expect("the first chunk ran");
+        let total = self.train_grads[0].as_ref().expect("the first chunk ran");
         self.family.write_grads(total, grads, trainable);
         Ok(totals(&results, batch.predictions()))
     }
@@ -737,6 +785,31 @@ fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sixteen chunks on a team of two take their workspaces from one pool: every chunk runs in one,
+    /// and the pool ends with one per chunk that ran at the same time, at most one per thread, not
+    /// one per chunk.
+    #[test]
+    fn a_pool_holds_a_workspace_per_chunk_running_at_once() {
+        let pool = WorkspacePool::new(Vec::<Vec<usize>>::new());
+        with_team(2, |team| {
+            let pool = &pool;
+            let chunk = move |c: usize| -> Item {
+                Box::new(move || {
+                    pool.with(|ws| {
+                        ws.push(c);
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    })
+                })
+            };
+            team.phase((0..16).map(chunk).collect());
+        });
+        let workspaces = pool.into_inner();
+        assert!((1..=2).contains(&workspaces.len()), "{workspaces:?}");
+        let mut ran = workspaces.concat();
+        ran.sort_unstable();
+        assert_eq!(ran, (0..16).collect::<Vec<_>>());
+    }
 
     /// Chunks are cut by predictions: a last-position batch keeps chunks of ≥ 128 rows (at most 16
     /// when training), a batch scored at every position gets chunks of a few rows, evaluation may cut
