@@ -141,8 +141,8 @@ pub struct FastEngine {
     family: Family,
     /// Worker threads.
     threads: usize,
-    /// Training chunks' activations: a workspace per thread running one at a time, handed from chunk
-    /// to chunk so that a chunk writes into buffers still in cache from the chunk before it.
+    /// Training chunks' activations: a pool of workspaces handed from chunk to chunk, one per chunk
+    /// running at the time, so memory does not grow with the chunk count.
     train_ws: Vec<Workspace>,
     /// Each training chunk's gradients, kept until they are summed.
     train_grads: Vec<Option<Weights>>,
