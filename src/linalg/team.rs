@@ -12,7 +12,8 @@
 //! Any thread runs any item, the caller included: the caller starts on the first phase at once and
 //! runs every item itself when no helper has arrived (all are busy in other teams, or one thread
 //! was asked for), so a busy helper delays the work and never deadlocks it. Which thread runs an
-//! item never changes a result: items own disjoint outputs.
+//! item never changes a result: items own disjoint outputs. Scratch they need while they run comes
+//! from a [`Pool`], one per item running at once rather than one per item.
 
 use std::any::Any;
 use std::cell::Cell;
@@ -313,9 +314,61 @@ fn with_team_in<R>(lobby: &'static Lobby, threads: usize, work: impl FnOnce(&Tea
     work(&team)
 }
 
+/// Scratch that a phase's items take and give back: an item runs in whichever one is free (the one
+/// given back last first), so there are only as many as items ever ran at once — at most one per
+/// thread of the team — however many items the phase has. Each item must overwrite what it reads,
+/// so that its result does not depend on which one it got.
+pub struct Pool<W>(Mutex<Vec<W>>);
+
+impl<W: Default> Pool<W> {
+    /// A pool holding `scratch` (from the last phase).
+    pub fn new(scratch: Vec<W>) -> Self {
+        Pool(Mutex::new(scratch))
+    }
+
+    /// Runs `job` in a free one (a new one if none is free) and gives it back.
+    pub fn with<R>(&self, job: impl FnOnce(&mut W) -> R) -> R {
+        let free = lock(&self.0).pop();
+        let mut w = free.unwrap_or_default();
+        let result = job(&mut w);
+        lock(&self.0).push(w);
+        result
+    }
+
+    /// Every one, for the next phase.
+    pub fn into_inner(self) -> Vec<W> {
+        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sixteen items on a team of two take their scratch from one pool: every item runs in one, and
+    /// the pool ends with one per item that ran at the same time, at most one per thread, not one per
+    /// item.
+    #[test]
+    fn a_pool_holds_one_scratch_per_item_running_at_once() {
+        let pool = Pool::new(Vec::<Vec<usize>>::new());
+        with_team(2, |team| {
+            let pool = &pool;
+            let item = move |c: usize| -> Item {
+                Box::new(move || {
+                    pool.with(|ws| {
+                        ws.push(c);
+                        std::thread::sleep(std::time::Duration::from_micros(300));
+                    })
+                })
+            };
+            team.phase((0..16).map(item).collect());
+        });
+        let scratch = pool.into_inner();
+        assert!((1..=2).contains(&scratch.len()), "{scratch:?}");
+        let mut ran = scratch.concat();
+        ran.sort_unstable();
+        assert_eq!(ran, (0..16).collect::<Vec<_>>());
+    }
 
     /// Three phases on a team of `threads` over `len` zeros, items of `per_item` values each: every
     /// item checks that the previous phase finished (its values are round − 1) and sets them to

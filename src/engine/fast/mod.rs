@@ -26,12 +26,11 @@ use crate::engine::loss::{stablemax_s, LossKind};
 use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_slice;
-use crate::linalg::team::{with_team, Item, Team, ITEM_VALUES};
+use crate::linalg::team::{with_team, Item, Pool, Team, ITEM_VALUES};
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
 use crate::tasks::Target;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use transformer::{Dims, Prepared, Scoring, Weights, Workspace};
 
@@ -224,7 +223,7 @@ impl FastEngine {
             ));
         }
         // Each chunk keeps its gradients; its activations go in whichever workspace is free.
-        let pool = WorkspacePool::new(std::mem::take(&mut self.train_ws));
+        let pool = Pool::new(std::mem::take(&mut self.train_ws));
         let results = chunks_on(
             team,
             self.threads,
@@ -280,43 +279,11 @@ pub(crate) fn chunk_ranges(
 /// Which workspace each chunk of [`chunks_on`] runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Workspaces {
-    /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients;
-    /// the chunk's activations go in a [`WorkspacePool`]'s).
+    /// Its own, kept after the call (a training pass: the caller then reduces each chunk's gradients).
     PerChunk,
     /// The one of the thread that runs it, reused chunk after chunk (an evaluation pass, whose results
     /// are returned by value): memory for a thread's chunk, not for the whole batch at once.
     PerThread,
-}
-
-/// Workspaces that the chunks of one phase take and give back: a chunk runs in whichever is free
-/// (the last one given back first, most likely still in its thread's cache), so there are only as
-/// many as chunks ever ran at once. Every pass overwrites what it reads, so a chunk's result does not
-/// depend on which one it got.
-pub(crate) struct WorkspacePool<W>(Mutex<Vec<W>>);
-
-impl<W: Default> WorkspacePool<W> {
-    /// A pool holding `workspaces` (from the last phase).
-    pub(crate) fn new(workspaces: Vec<W>) -> Self {
-        WorkspacePool(Mutex::new(workspaces))
-    }
-
-    /// Runs `job` in a free workspace (a new one if none is free) and gives it back.
-    pub(crate) fn with<R>(&self, job: impl FnOnce(&mut W) -> R) -> R {
-        let free = self.lock().pop();
-        let mut ws = free.unwrap_or_default();
-        let result = job(&mut ws);
-        self.lock().push(ws);
-        result
-    }
-
-    /// The workspaces, for the next phase.
-    pub(crate) fn into_inner(self) -> Vec<W> {
-        self.0.into_inner().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<W>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// One chunk's tokens and labels.
@@ -785,31 +752,6 @@ fn stablemax_row_loss(row: &mut [f32], y: u32, inv: Option<f32>) -> (f64, bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Sixteen chunks on a team of two take their workspaces from one pool: every chunk runs in one,
-    /// and the pool ends with one per chunk that ran at the same time, at most one per thread, not
-    /// one per chunk.
-    #[test]
-    fn a_pool_holds_a_workspace_per_chunk_running_at_once() {
-        let pool = WorkspacePool::new(Vec::<Vec<usize>>::new());
-        with_team(2, |team| {
-            let pool = &pool;
-            let chunk = move |c: usize| -> Item {
-                Box::new(move || {
-                    pool.with(|ws| {
-                        ws.push(c);
-                        std::thread::sleep(std::time::Duration::from_micros(300));
-                    })
-                })
-            };
-            team.phase((0..16).map(chunk).collect());
-        });
-        let workspaces = pool.into_inner();
-        assert!((1..=2).contains(&workspaces.len()), "{workspaces:?}");
-        let mut ran = workspaces.concat();
-        ran.sort_unstable();
-        assert_eq!(ran, (0..16).collect::<Vec<_>>());
-    }
 
     /// Chunks are cut by predictions: a last-position batch keeps chunks of ≥ 128 rows (at most 16
     /// when training), a batch scored at every position gets chunks of a few rows, evaluation may cut
