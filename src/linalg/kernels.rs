@@ -169,9 +169,37 @@ pub fn simd_build() -> SimdBuild {
     }
 }
 
-/// Defines `$name`, which runs `$body` (an `#[inline(always)]` method whose callees are inlined too)
-/// in the build [`simd_build`] picks, plus `$avx2` and `$avx512`, the AVX2 + FMA and AVX-512 copies.
+/// Defines `$name`, which runs `$body` (an `#[inline(always)]` method or function whose callees are
+/// inlined too) in the build [`simd_build`] picks, plus `$avx2` and `$avx512`, the AVX2 + FMA and
+/// AVX-512 copies.
 macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident / $avx512:ident => $body:ident(
+        $($arg:ident: $ty:ty),* $(,)?
+    ) $(-> $ret:ty)?) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            match $crate::linalg::kernels::simd_build() {
+                // SAFETY: `simd_build` never exceeds what this CPU has.
+                $crate::linalg::kernels::SimdBuild::Avx512 => return unsafe { $avx512($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Avx2 => return unsafe { $avx2($($arg),*) },
+                $crate::linalg::kernels::SimdBuild::Baseline => {}
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+        unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
+            $body($($arg),*)
+        }
+    };
     ($(#[$doc:meta])* $vis:vis fn $name:ident / $avx2:ident / $avx512:ident => $body:ident(
         &self $(, $arg:ident: $ty:ty)* $(,)?
     ) $(-> $ret:ty)?) => {
@@ -237,11 +265,31 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// `out[n] += Σ_rows x[rows×n]`.
+/// Columns a pass summing down the rows keeps in registers from row to row (four AVX-512
+/// vectors): adding each row into `out` in memory instead makes every row's additions wait for the
+/// previous row's stores.
+pub const COLUMN_BLOCK: usize = 64;
+
+/// `out[n] += Σ_rows x[rows×n]`, each column's sum in row order, [`COLUMN_BLOCK`] columns at a time.
 #[inline(always)]
 pub fn add_column_sums(out: &mut [f32], x: &[f32]) {
-    for row in x.chunks_exact(out.len()) {
-        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    let n = out.len();
+    for (c0, out) in (0..n)
+        .step_by(COLUMN_BLOCK)
+        .zip(out.chunks_mut(COLUMN_BLOCK))
+    {
+        if let Ok(out) = <&mut [f32; COLUMN_BLOCK]>::try_from(&mut *out) {
+            let mut acc = *out;
+            for row in x.chunks_exact(n) {
+                let row: &[f32; COLUMN_BLOCK] = row[c0..][..COLUMN_BLOCK].try_into().unwrap();
+                acc.iter_mut().zip(row).for_each(|(a, v)| *a += v);
+            }
+            *out = acc;
+        } else {
+            for row in x.chunks_exact(n) {
+                out.iter_mut().zip(&row[c0..]).for_each(|(o, v)| *o += v);
+            }
+        }
     }
 }
 
@@ -302,13 +350,22 @@ fn exp_finish(y: f32, r: f32) -> f32 {
 /// Entries [`exp_slice`] computes side by side.
 const EXP_BLOCK: usize = 32;
 
-/// `x ← exp_f32(x)` for every entry, with [`exp_f32`]'s bits: [`EXP_BLOCK`] entries at a time, each
-/// step applied to the whole block before the next, so four vectors' dependency chains run side by
-/// side. In a plain loop LLVM vectorises `exp_f32` one vector at a time, and its chain of ~20
-/// dependent operations fills a small core's scheduler (AMD Zen 1 splits each AVX operation in two)
-/// and waits on its own latency.
+simd_dispatch! {
+    /// `x ← exp_f32(x)` for every entry, with [`exp_f32`]'s bits: [`EXP_BLOCK`] entries at a time, each
+    /// step applied to the whole block before the next, so four vectors' dependency chains run side by
+    /// side. In a plain loop LLVM vectorises `exp_f32` one vector at a time, and its chain of ~20
+    /// dependent operations fills a small core's scheduler (AMD Zen 1 splits each AVX operation in two)
+    /// and waits on its own latency.
+    ///
+    /// Compiled on its own for the build [`simd_build`] names rather than inlined into the caller:
+    /// inlined into the fast engine's large per-build passes, LLVM kept the block's arrays on the stack
+    /// and the cross-entropy's exponentials took twice as long (seed 003's loss pass, Zen 4).
+    pub fn exp_slice / exp_slice_avx2 / exp_slice_avx512 => exp_slice_body(xs: &mut [f32])
+}
+
+/// [`exp_slice`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub fn exp_slice(xs: &mut [f32]) {
+fn exp_slice_body(xs: &mut [f32]) {
     let mut blocks = xs.chunks_exact_mut(EXP_BLOCK);
     for block in &mut blocks {
         exp_block(block.try_into().expect("chunks_exact gives whole blocks"));
@@ -371,6 +428,34 @@ pub fn gelu_new_grad(x: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`add_column_sums`] adds each column's rows in row order (the bits of the plain row-by-row
+    /// loop), for widths below, at and past [`COLUMN_BLOCK`] with and without a tail.
+    #[test]
+    fn column_sums_keep_the_row_order() {
+        for n in [
+            1,
+            5,
+            COLUMN_BLOCK - 1,
+            COLUMN_BLOCK,
+            COLUMN_BLOCK + 7,
+            3 * COLUMN_BLOCK,
+            300,
+        ] {
+            let x: Vec<f32> = (0..n * 37)
+                .map(|i| ((i * 7919 % 613) as f32 - 306.0) * 1.37e-3)
+                .collect();
+            let start: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+            let mut want = start.clone();
+            for row in x.chunks_exact(n) {
+                want.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+            }
+            let mut got = start;
+            add_column_sums(&mut got, &x);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "width {n}");
+        }
+    }
 
     fn naive(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Vec<f32> {
         let mut c = vec![0.0; m * n];

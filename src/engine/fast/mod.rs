@@ -27,6 +27,7 @@ use crate::engine::{Batch, BatchStats, Engine};
 use crate::error::{GrokError, Result};
 use crate::linalg::kernels::exp_slice;
 use crate::linalg::team::{with_team, Item, Pool, Team, ITEM_VALUES};
+use crate::linalg::transpose::{self, columns16};
 use crate::model::bitnet::{BitNetConfig, BitNetTree, Residual};
 use crate::model::transformer::TransformerTree;
 use crate::model::{ActFn, MlpConfig, ModelConfig, Params, TransformerConfig};
@@ -598,21 +599,35 @@ impl Targets<'_> {
     }
 }
 
-/// Rows whose serial chains (the sum of exponentials) [`score_rows`] interleaves; the arg-max scan
-/// runs across lanes within a row ([`first_max`]).
-const ROW_GROUP: usize = 8;
+/// Rows whose serial chains (the sum of exponentials) [`score_rows`] interleaves: two groups of
+/// [`columns16`]'s rows, turned column-major so that step `j` of sixteen rows' chains is one vector
+/// addition and the two groups' chains run side by side. The arg-max scan runs across lanes within
+/// a row ([`first_max`]).
+const ROW_GROUP: usize = 2 * transpose::ROWS;
 
-/// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`, the
-/// first row being scored row `first_row` of `targets`: per row −log softmax(row)[y], or under StableMax −log s(row_y)/Σ s; with
-/// `inv` = 1/n, each row becomes d(mean loss)/d(row) in place (a row without a target gets zeros and
-/// no loss).
-///
-/// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
-/// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
-/// keeps its digits instead of rounding to 0. Every row's operations run in one fixed order; rows are
-/// taken [`ROW_GROUP`] at a time so that their serial sums overlap instead of waiting on each other.
+crate::linalg::kernels::simd_dispatch! {
+    /// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`, the
+    /// first row being scored row `first_row` of `targets`: per row −log softmax(row)[y], or under StableMax −log s(row_y)/Σ s; with
+    /// `inv` = 1/n, each row becomes d(mean loss)/d(row) in place (a row without a target gets zeros and
+    /// no loss).
+    ///
+    /// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
+    /// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
+    /// keeps its digits instead of rounding to 0. Every row's operations run in one fixed order; rows are
+    /// taken [`ROW_GROUP`] at a time so that their serial sums overlap instead of waiting on each other.
+    pub(crate) fn score_rows / score_rows_avx2 / score_rows_avx512 => score_rows_body(
+        logits: &mut [f32],
+        vo: usize,
+        first_row: usize,
+        targets: Targets,
+        scoring: (Option<f32>, LossKind),
+        sums: &mut (f64, usize),
+    )
+}
+
+/// [`score_rows`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub(crate) fn score_rows(
+fn score_rows_body(
     logits: &mut [f32],
     vo: usize,
     first_row: usize,
@@ -621,6 +636,7 @@ pub(crate) fn score_rows(
     (loss, correct): &mut (f64, usize),
 ) {
     let mut i = first_row;
+    let mut columns = Vec::new();
     for rows in logits.chunks_mut(ROW_GROUP * vo) {
         let n = rows.len() / vo;
         let mut ys = [None; ROW_GROUP];
@@ -639,10 +655,10 @@ pub(crate) fn score_rows(
                 }
             }
         } else if n == ROW_GROUP {
-            cross_entropy_rows::<ROW_GROUP>(rows, vo, &ys, inv, loss, correct);
+            cross_entropy_rows::<ROW_GROUP>(rows, vo, &ys, inv, (loss, correct), &mut columns);
         } else {
             for (row, y) in rows.chunks_exact_mut(vo).zip(&ys) {
-                cross_entropy_rows::<1>(row, vo, &[*y], inv, loss, correct);
+                cross_entropy_rows::<1>(row, vo, &[*y], inv, (loss, correct), &mut columns);
             }
         }
         i += n;
@@ -650,15 +666,15 @@ pub(crate) fn score_rows(
 }
 
 /// Cross-entropy on `G` rows at once (see [`score_rows`]): the loss of each row with a target added
-/// to `loss` in row order, its arg-max hit counted.
+/// to `loss` in row order, its arg-max hit counted; `columns` is scratch for [`exp_sums`].
 #[inline(always)]
 fn cross_entropy_rows<const G: usize>(
     rows: &mut [f32],
     vo: usize,
     ys: &[Option<u32>; G],
     inv: Option<f32>,
-    loss: &mut f64,
-    correct: &mut usize,
+    (loss, correct): (&mut f64, &mut usize),
+    columns: &mut Vec<f32>,
 ) {
     let (mut best, mut max) = ([0usize; G], [f32::NEG_INFINITY; G]);
     for (r, row) in rows.chunks_exact(vo).enumerate() {
@@ -675,12 +691,7 @@ fn cross_entropy_rows<const G: usize>(
         exp_slice(row);
         row[best[r]] = 0.0;
     }
-    let mut rest = [-0.0f32; G];
-    for j in 0..vo {
-        for r in 0..G {
-            rest[r] += rows[r * vo + j];
-        }
-    }
+    let rest = exp_sums::<G>(rows, vo, columns);
     for r in 0..G {
         let row = &mut rows[r * vo..(r + 1) * vo];
         row[best[r]] = 1.0;
@@ -696,6 +707,33 @@ fn cross_entropy_rows<const G: usize>(
             row[y as usize] -= inv;
         }
     }
+}
+
+/// Each of the `G` rows' serial sum `((−0 + row[0]) + row[1]) + …`: for a whole [`ROW_GROUP`],
+/// over its two halves turned column-major (into `t`), step by step side by side.
+#[inline(always)]
+fn exp_sums<const G: usize>(rows: &[f32], vo: usize, t: &mut Vec<f32>) -> [f32; G] {
+    let mut rest = [-0.0f32; G];
+    if G != ROW_GROUP {
+        for (r, row) in rows.chunks_exact(vo).enumerate() {
+            rest[r] = row.iter().fold(-0.0, |s, &v| s + v);
+        }
+        return rest;
+    }
+    const H: usize = transpose::ROWS;
+    t.resize(2 * H * vo, 0.0);
+    let (ta, tb) = t.split_at_mut(H * vo);
+    let (ta, tb) = (columns16(rows, vo, ta), columns16(&rows[H * vo..], vo, tb));
+    let (mut a, mut b) = ([-0.0f32; H], [-0.0f32; H]);
+    for (aj, bj) in ta.chunks_exact(H).zip(tb.chunks_exact(H)) {
+        for r in 0..H {
+            a[r] += aj[r];
+            b[r] += bj[r];
+        }
+    }
+    rest[..H].copy_from_slice(&a);
+    rest[H..].copy_from_slice(&b);
+    rest
 }
 
 /// Lanes [`first_max`] scans side by side.
@@ -832,12 +870,19 @@ mod tests {
         }
     }
 
-    /// [`score_rows`] takes rows eight at a time; the loss, the hits and every gradient entry are the
-    /// bits scoring each row on its own gives (19 rows: two groups of 8 and 3 alone), for both losses
-    /// and for rows without a target.
+    /// [`score_rows`] takes rows [`ROW_GROUP`] at a time; the loss, the hits and every gradient entry
+    /// are the bits scoring each row on its own gives (two groups and 3 rows alone; rows of 23 and
+    /// of 37 outputs, so the column-major sums have tails past whole vectors), for both losses and
+    /// for rows without a target.
     #[test]
     fn grouped_rows_score_with_the_bits_of_one_row_at_a_time() {
-        let (vo, rows, seq) = (23, 19, 5);
+        for vo in [23, 37] {
+            grouped_rows_score_like_single_rows(vo);
+        }
+    }
+
+    fn grouped_rows_score_like_single_rows(vo: usize) {
+        let (rows, seq) = (2 * ROW_GROUP + 3, 5);
         let logits: Vec<f32> = (0..rows * vo)
             .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.11)
             .collect();

@@ -1,6 +1,7 @@
 //! TransformerLens's LayerNorm on rows of a matrix, forward and backward, for the fast engine:
 //! `y = (x − mean)/√(var + eps) · w + b` (`LN`), or without the affine map (`LNPre`).
 
+use crate::linalg::kernels::COLUMN_BLOCK;
 use crate::linalg::transpose::{self, columns16};
 
 /// What the forward pass keeps for the backward pass: the normalized rows x̂ and each row's
@@ -110,10 +111,22 @@ fn normalize_rows(
     }
 }
 
-/// Given d(loss)/dy in `dy`, adds d(loss)/dx to `dx` and, for an affine norm, Σ dy·x̂ and Σ dy to
-/// `grads = (dw, db)`. With u = dy·w: dx = rstd·(u − mean(u) − x̂·mean(u·x̂)).
+crate::linalg::kernels::simd_dispatch! {
+    /// Given d(loss)/dy in `dy`, adds d(loss)/dx to `dx` and, for an affine norm, Σ dy·x̂ and Σ dy
+    /// to `grads = (dw, db)`. With u = dy·w: dx = rstd·(u − mean(u) − x̂·mean(u·x̂)).
+    pub fn backward / backward_avx2 / backward_avx512 => backward_body(
+        dy: &[f32],
+        c: &NormCache,
+        d: usize,
+        w: Option<&[f32]>,
+        grads: Option<(&mut [f32], &mut [f32])>,
+        dx: &mut [f32],
+    )
+}
+
+/// [`backward`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub fn backward(
+fn backward_body(
     dy: &[f32],
     c: &NormCache,
     d: usize,
@@ -122,12 +135,7 @@ pub fn backward(
     dx: &mut [f32],
 ) {
     if let Some((dw, db)) = grads {
-        for (dyr, xh) in dy.chunks_exact(d).zip(c.xhat.chunks_exact(d)) {
-            for ((gw, gb), (&g, &v)) in dw.iter_mut().zip(db.iter_mut()).zip(dyr.iter().zip(xh)) {
-                *gw += g * v;
-                *gb += g;
-            }
-        }
+        affine_grads(dy, &c.xhat, d, dw, db);
     }
     let mut t = vec![0.0f32; 2 * GROUP * d];
     let (t_dy, t_xhat) = t.split_at_mut(GROUP * d);
@@ -150,6 +158,42 @@ pub fn backward(
             {
                 let (mean_u, mean_ux) = u_means::<1>(dy, xhat, d, w);
                 backward_rows(dy, xhat, rstd, d, w, &mean_u, &mean_ux, dx);
+            }
+        }
+    }
+}
+
+/// `dw += Σ_rows dy·x̂` and `db += Σ_rows dy`, each column's sums in row order, [`COLUMN_BLOCK`]
+/// columns at a time kept in registers across the rows.
+#[inline(always)]
+fn affine_grads(dy: &[f32], xhat: &[f32], d: usize, dw: &mut [f32], db: &mut [f32]) {
+    const B: usize = COLUMN_BLOCK;
+    let rows = || dy.chunks_exact(d).zip(xhat.chunks_exact(d));
+    for (c0, (dw, db)) in (0..d)
+        .step_by(B)
+        .zip(dw.chunks_mut(B).zip(db.chunks_mut(B)))
+    {
+        if let (Ok(dw), Ok(db)) = (
+            <&mut [f32; B]>::try_from(&mut *dw),
+            <&mut [f32; B]>::try_from(&mut *db),
+        ) {
+            let (mut gw, mut gb) = (*dw, *db);
+            for (dyr, xh) in rows() {
+                let g: &[f32; B] = dyr[c0..][..B].try_into().unwrap();
+                let v: &[f32; B] = xh[c0..][..B].try_into().unwrap();
+                for j in 0..B {
+                    gw[j] += g[j] * v[j];
+                    gb[j] += g[j];
+                }
+            }
+            (*dw, *db) = (gw, gb);
+        } else {
+            for (dyr, xh) in rows() {
+                let cols = dw.iter_mut().zip(db.iter_mut());
+                for ((gw, gb), (&g, &v)) in cols.zip(dyr[c0..].iter().zip(&xh[c0..])) {
+                    *gw += g * v;
+                    *gb += g;
+                }
             }
         }
     }
@@ -284,6 +328,36 @@ mod tests {
             let mut dx = vec![0.5; d];
             backward(&dy[span.clone()], &one, d, Some(&w), None, &mut dx);
             assert_eq!(dx, dx_all[span], "row {r}");
+        }
+    }
+
+    /// dw and db sum each column down the rows in row order (the bits of the plain loop), for
+    /// widths below, at and past [`COLUMN_BLOCK`], with and without a tail.
+    #[test]
+    fn affine_gradients_keep_the_row_order() {
+        for d in [13, COLUMN_BLOCK, COLUMN_BLOCK + 13, 2 * COLUMN_BLOCK] {
+            let rows = 21;
+            let x: Vec<f32> = (0..rows * d)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.031)
+                .collect();
+            let dy: Vec<f32> = (0..rows * d)
+                .map(|i| ((i * 17 % 29) as f32 - 14.0) * 0.07)
+                .collect();
+            let mut c = NormCache::default();
+            forward(&x, d, 1e-5, None, &mut c);
+            let (mut want_w, mut want_b) = (vec![0.25f32; d], vec![-0.5f32; d]);
+            for (g, v) in dy.chunks_exact(d).zip(c.xhat.chunks_exact(d)) {
+                for j in 0..d {
+                    want_w[j] += g[j] * v[j];
+                    want_b[j] += g[j];
+                }
+            }
+            let (mut dw, mut db) = (vec![0.25f32; d], vec![-0.5f32; d]);
+            let mut dx = vec![0.0; rows * d];
+            backward(&dy, &c, d, None, Some((&mut dw, &mut db)), &mut dx);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&dw), bits(&want_w), "d = {d}");
+            assert_eq!(bits(&db), bits(&want_b), "d = {d}");
         }
     }
 }

@@ -144,11 +144,22 @@ impl AttnShape {
     }
 }
 
-/// Attention forward, one (row, query, head) at a time (seq is tiny): from `qkv [rows·seq, 3·hd]`
-/// (Q, K, V side by side) the softmax `pattern [rows, tq, n_heads, seq]` (entries past the keys are
-/// left as they were and never read) and `z [rows·tq, hd]`.
+crate::linalg::kernels::simd_dispatch! {
+    /// Attention forward, one (row, query, head) at a time (seq is tiny): from `qkv [rows·seq,
+    /// 3·hd]` (Q, K, V side by side) the softmax `pattern [rows, tq, n_heads, seq]` (entries past
+    /// the keys are left as they were and never read) and `z [rows·tq, hd]`. Compiled on its own
+    /// for each build, as is the backward pass.
+    pub fn attention_forward / attention_forward_avx2 / attention_forward_avx512 => attention_forward_body(
+        s: AttnShape,
+        qkv: &[f32],
+        pattern: &mut [f32],
+        z: &mut [f32],
+    )
+}
+
+/// [`attention_forward`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub fn attention_forward(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
+fn attention_forward_body(s: AttnShape, qkv: &[f32], pattern: &mut [f32], z: &mut [f32]) {
     if s.tq >= BATCHED_QUERIES {
         return attention_forward_batched(s, qkv, pattern, z);
     }
@@ -548,10 +559,21 @@ impl<const R: usize> TileInput<'_, R> {
     }
 }
 
-/// Attention backward: from `dz [rows·tq, hd]` and the forward's `qkv` and `pattern`, accumulates
-/// d(loss)/d(qkv) into `dqkv [rows·seq, 3·hd]` (zeroed by the caller).
+crate::linalg::kernels::simd_dispatch! {
+    /// Attention backward: from `dz [rows·tq, hd]` and the forward's `qkv` and `pattern`,
+    /// accumulates d(loss)/d(qkv) into `dqkv [rows·seq, 3·hd]` (zeroed by the caller).
+    pub fn attention_backward / attention_backward_avx2 / attention_backward_avx512 => attention_backward_body(
+        s: AttnShape,
+        qkv: &[f32],
+        pattern: &[f32],
+        dz: &[f32],
+        dqkv: &mut [f32],
+    )
+}
+
+/// [`attention_backward`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub fn attention_backward(
+fn attention_backward_body(
     s: AttnShape,
     qkv: &[f32],
     pattern: &[f32],

@@ -721,7 +721,6 @@ impl<'a> Prepared<'a> {
         }
         let dm = d.d_model;
         let rows = rows * out_positions;
-        let unembed_in = sized(&mut ws.unembed_in, rows * dm);
         if d.norm.is_some() {
             let [w, b] = &self.w.ln_final;
             norm::forward(
@@ -731,8 +730,12 @@ impl<'a> Prepared<'a> {
                 affine(w, b),
                 &mut ws.ln_final,
             );
-            unembed_in.copy_from_slice(&ws.ln_final.y);
-        } else if d.final_rms {
+            // The output is what the unembedding reads (the backward pass needs only x̂ and rstd).
+            std::mem::swap(&mut ws.unembed_in, &mut ws.ln_final.y);
+            return;
+        }
+        let unembed_in = sized(&mut ws.unembed_in, rows * dm);
+        if d.final_rms {
             let normed = sized(&mut ws.normed, rows * dm);
             let norms = sized(&mut ws.norms, rows);
             let root_d = (dm as f32).sqrt();
@@ -938,8 +941,13 @@ impl<'a> Prepared<'a> {
         let Some(lookup) = lookup else {
             let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
             attention_backward(d.attn(rows, seq, tq), &c.qkv, &c.pattern, dz, dqkv);
-            // d(block input): the residual path plus the Q/K/V projections.
-            let dx = zeroed(&mut ws.dx, rows * seq * dm);
+            // d(block input): the residual path plus the Q/K/V projections (every position is
+            // written below when every position is a query).
+            let dx = if tq == seq {
+                sized(&mut ws.dx, rows * seq * dm)
+            } else {
+                zeroed(&mut ws.dx, rows * seq * dm)
+            };
             let first_q = seq - tq;
             for r in 0..rows {
                 for qi in 0..tq {
