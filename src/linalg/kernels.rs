@@ -190,12 +190,14 @@ macro_rules! simd_dispatch {
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
+        #[inline(never)]
         unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512bw,avx512dq")]
+        #[inline(never)]
         unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }

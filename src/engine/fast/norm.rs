@@ -28,9 +28,21 @@ pub type Affine<'a> = Option<(&'a [f32], &'a [f32])>;
 /// of each row in turn) cost ~3.5 cycles per entry on a Zen 4, ~7 % of seed 003's training samples.
 const GROUP: usize = transpose::ROWS;
 
-/// Normalizes the rows of `x` (`d` wide) into `c`.
+crate::linalg::kernels::simd_dispatch! {
+    /// Normalizes the rows of `x` (`d` wide) into `c`. Compiled on its own for each build, as is
+    /// the backward pass: inlined into the engine's large per-build passes, they ran slower.
+    pub fn forward / forward_avx2 / forward_avx512 => forward_body(
+        x: &[f32],
+        d: usize,
+        eps: f32,
+        affine: Affine,
+        c: &mut NormCache,
+    )
+}
+
+/// [`forward`]'s work, for the build it is compiled into.
 #[inline(always)]
-pub fn forward(x: &[f32], d: usize, eps: f32, affine: Affine, c: &mut NormCache) {
+fn forward_body(x: &[f32], d: usize, eps: f32, affine: Affine, c: &mut NormCache) {
     let rows = x.len() / d;
     c.xhat.resize(rows * d, 0.0);
     c.rstd.resize(rows, 0.0);
