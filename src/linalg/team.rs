@@ -9,6 +9,9 @@
 //! helper woken from sleep (rayon's pool, which teams used before) joined 50–90 µs after the team
 //! opened — a tenth of one of seed 002's 0.7 ms steps — and a lingering one joins in 1–1.5 µs.
 //!
+//! A process forked from one that has helpers (Python's `multiprocessing`) has none of their
+//! threads: its first team starts helpers of its own (`tests/fork.rs`).
+//!
 //! Any thread runs any item, the caller included: the caller starts on the first phase at once and
 //! runs every item itself when no helper has arrived (all are busy in other teams, or one thread
 //! was asked for), so a busy helper delays the work and never deadlocks it. Which thread runs an
@@ -130,6 +133,9 @@ struct Openings {
     /// Helper threads started (they never exit), and how many of them sleep on `woken`.
     threads: usize,
     asleep: usize,
+    /// The process they were started in: a child made by `fork` (Python's `multiprocessing`, say)
+    /// inherits these counts but none of the threads, and starts helpers of its own.
+    pid: u32,
 }
 
 /// The process's helpers.
@@ -142,6 +148,7 @@ impl Lobby {
                 teams: Vec::new(),
                 threads: 0,
                 asleep: 0,
+                pid: 0,
             }),
             woken: Condvar::new(),
             posted: AtomicUsize::new(0),
@@ -152,6 +159,16 @@ impl Lobby {
     /// team asked for (one that cannot start is simply not there: the caller runs the items).
     fn open(&'static self, team: &Arc<Shared>, helpers: usize) {
         let mut open = lock(&self.open);
+        let pid = std::process::id();
+        if open.pid != pid {
+            // A new process (or a forked child, whose parent's helpers and teams are not here).
+            *open = Openings {
+                teams: Vec::new(),
+                threads: 0,
+                asleep: 0,
+                pid,
+            };
+        }
         open.teams.push(Opening {
             team: team.clone(),
             wanted: helpers,
