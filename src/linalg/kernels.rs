@@ -353,15 +353,15 @@ fn exp_finish(y: f32, r: f32) -> f32 {
 const EXP_BLOCK: usize = 32;
 
 simd_dispatch! {
-    /// `x ← exp_f32(x)` for every entry, with [`exp_f32`]'s bits: [`EXP_BLOCK`] entries at a time, each
-    /// step applied to the whole block before the next, so four vectors' dependency chains run side by
-    /// side. In a plain loop LLVM vectorises `exp_f32` one vector at a time, and its chain of ~20
-    /// dependent operations fills a small core's scheduler (AMD Zen 1 splits each AVX operation in two)
-    /// and waits on its own latency.
+    /// `x ← exp_f32(x)` for every entry, with [`exp_f32`]'s bits: [`EXP_BLOCK`] entries at a
+    /// time, each step applied to the whole block before the next, so four vectors' dependency
+    /// chains run side by side. In a plain loop LLVM vectorises `exp_f32` one vector at a time, and
+    /// its chain of ~20 dependent operations fills a small core's scheduler (AMD Zen 1 splits each
+    /// AVX operation in two) and waits on its own latency.
     ///
     /// Compiled on its own for the build [`simd_build`] names rather than inlined into the caller:
-    /// inlined into the fast engine's large per-build passes, LLVM kept the block's arrays on the stack
-    /// and the cross-entropy's exponentials took twice as long (seed 003's loss pass, Zen 4).
+    /// inlined into the fast engine's large per-build passes, LLVM kept the block's arrays on the
+    /// stack and the cross-entropy's exponentials took twice as long (seed 003's loss, Zen 4).
     pub fn exp_slice / exp_slice_avx2 / exp_slice_avx512 => exp_slice_body(xs: &mut [f32])
 }
 

@@ -606,15 +606,16 @@ impl Targets<'_> {
 const ROW_GROUP: usize = 2 * transpose::ROWS;
 
 crate::linalg::kernels::simd_dispatch! {
-    /// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`, the
-    /// first row being scored row `first_row` of `targets`: per row −log softmax(row)[y], or under StableMax −log s(row_y)/Σ s; with
-    /// `inv` = 1/n, each row becomes d(mean loss)/d(row) in place (a row without a target gets zeros and
-    /// no loss).
+    /// Adds the loss (f64, row by row) and the arg-max hits of `logits` (rows of `vo`) to `sums`,
+    /// the first row being scored row `first_row` of `targets`: per row −log softmax(row)[y], or
+    /// under StableMax −log s(row_y)/Σ s; with `inv` = 1/n, each row becomes d(mean loss)/d(row) in
+    /// place (a row without a target gets zeros and no loss).
     ///
-    /// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] − max)`:
-    /// the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked loss of 1e-7
-    /// keeps its digits instead of rounding to 0. Every row's operations run in one fixed order; rows are
-    /// taken [`ROW_GROUP`] at a time so that their serial sums overlap instead of waiting on each other.
+    /// Each row's loss is `(max − logit[y]) + ln(1 + S)` with `S = Σ_{j≠argmax} exp(logit[j] −
+    /// max)`: the exponentials are f32 (relative error ~1e-7 each) and `ln_1p` is f64, so a grokked
+    /// loss of 1e-7 keeps its digits instead of rounding to 0. Every row's operations run in one
+    /// fixed order; rows are taken [`ROW_GROUP`] at a time so that their serial sums overlap instead
+    /// of waiting on each other. Compiled on its own for each build (see [`exp_slice`]).
     pub(crate) fn score_rows / score_rows_avx2 / score_rows_avx512 => score_rows_body(
         logits: &mut [f32],
         vo: usize,
