@@ -138,18 +138,25 @@ struct Openings {
     pid: u32,
 }
 
+impl Openings {
+    /// No teams and no helpers yet, in process `pid`.
+    const fn none_in(pid: u32) -> Self {
+        Openings {
+            teams: Vec::new(),
+            threads: 0,
+            asleep: 0,
+            pid,
+        }
+    }
+}
+
 /// The process's helpers.
 static LOBBY: Lobby = Lobby::new();
 
 impl Lobby {
     const fn new() -> Self {
         Lobby {
-            open: Mutex::new(Openings {
-                teams: Vec::new(),
-                threads: 0,
-                asleep: 0,
-                pid: 0,
-            }),
+            open: Mutex::new(Openings::none_in(0)),
             woken: Condvar::new(),
             posted: AtomicUsize::new(0),
         }
@@ -162,12 +169,7 @@ impl Lobby {
         let pid = std::process::id();
         if open.pid != pid {
             // A new process (or a forked child, whose parent's helpers and teams are not here).
-            *open = Openings {
-                teams: Vec::new(),
-                threads: 0,
-                asleep: 0,
-                pid,
-            };
+            *open = Openings::none_in(pid);
         }
         open.teams.push(Opening {
             team: team.clone(),
