@@ -28,7 +28,7 @@ pub struct BenchReport {
     pub epoch_flops_full: f64,
     /// FLOPs the fast engine actually performs for one epoch (same counting).
     pub epoch_flops_performed: f64,
-    /// f32 matmul peak of this machine in GFLOP/s (512³, one thread and all threads).
+    /// f32 matmul peak of this machine in GFLOP/s (512³, one thread and the run's threads).
     pub matmul_peak_gflops: (f64, f64),
 }
 
@@ -83,16 +83,17 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
             .sum::<f64>()
             + forward_flops(cfg, fast, n_test)
     };
+    let threads = crate::engine::thread_count(cfg.train.threads);
     Ok(BenchReport {
         engine: t.engine_name(),
-        threads: crate::engine::thread_count(cfg.train.threads),
+        threads,
         train_step_ms: median(train_ms),
         test_forward_ms: median(test_ms),
         steps: steps.len(),
         batch,
         epoch_flops_full: epoch(false),
         epoch_flops_performed: epoch(fast),
-        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
+        matmul_peak_gflops: matmul_peaks(threads),
     })
 }
 
@@ -127,7 +128,7 @@ pub struct RowsBenchReport {
     pub rows: (usize, usize),
     /// FLOPs per million rows of forward + backward (3 forwards), reference-equivalent and performed.
     pub train_flops_per_million: (f64, f64),
-    /// f32 matmul peak of this machine in GFLOP/s (one thread and all threads).
+    /// f32 matmul peak of this machine in GFLOP/s (one thread and the run's threads).
     pub matmul_peak_gflops: (f64, f64),
 }
 
@@ -165,9 +166,10 @@ pub fn bench_rows(cfg: &RunConfig, iters: usize) -> Result<RowsBenchReport> {
     }
     let million = 1_000_000;
     let fast = t.engine_name() == "fast";
+    let threads = crate::engine::thread_count(cfg.train.threads);
     Ok(RowsBenchReport {
         engine: t.engine_name(),
-        threads: crate::engine::thread_count(cfg.train.threads),
+        threads,
         pass_rows,
         train_ms_per_million: median(train),
         test_ms_per_million: median(test),
@@ -176,7 +178,7 @@ pub fn bench_rows(cfg: &RunConfig, iters: usize) -> Result<RowsBenchReport> {
             3.0 * forward_flops(cfg, false, million),
             3.0 * forward_flops(cfg, fast, million),
         ),
-        matmul_peak_gflops: (matmul_peak(1), matmul_peak(crate::engine::thread_count(0))),
+        matmul_peak_gflops: matmul_peaks(threads),
     })
 }
 
@@ -216,6 +218,21 @@ const PEAK_REPEATS: usize = 25;
 /// burst of a neighbour's work (a Zen 4 host printed a 2-thread peak at half its usual figure, and a
 /// share of 112 %), so the products go on until this much time has passed.
 const PEAK_SPAN: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// [`matmul_peak`] on one thread and on the run's `threads` (the same figure twice for one thread):
+/// the run's GFLOP/s are a share of the second, so it must be measured on the threads they ran on
+/// (it was measured on every core, and a 1-thread run read "33 % of the peak" at 64 % of its own).
+pub fn matmul_peaks(threads: usize) -> (f64, f64) {
+    let one = matmul_peak(1);
+    (
+        one,
+        if threads > 1 {
+            matmul_peak(threads)
+        } else {
+            one
+        },
+    )
+}
 
 /// Best GFLOP/s of 512×512×512 f32 matmuls with `threads` threads (the `gemm` crate), over at least
 /// [`PEAK_REPEATS`] products and [`PEAK_SPAN`].
@@ -262,4 +279,18 @@ pub fn matmul_peak(threads: usize) -> f64 {
         best = best.min(s.elapsed().as_secs_f64());
     }
     2.0 * (n * n * n) as f64 / best / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matmul_peaks;
+
+    /// A 1-thread run's shares are of the 1-thread peak: the run's figure is that measurement
+    /// itself, not one taken on every core.
+    #[test]
+    fn a_one_thread_run_is_measured_against_the_one_thread_peak() {
+        let (one, run) = matmul_peaks(1);
+        assert!(one > 0.0);
+        assert_eq!(one.to_bits(), run.to_bits());
+    }
 }

@@ -70,10 +70,7 @@ pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<Strin
             secs * 1e3
         );
     }
-    out += &format!(
-        "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
-        r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
-    );
+    out += &peak_line(r.matmul_peak_gflops, r.threads);
     Ok(out)
 }
 
@@ -107,17 +104,38 @@ fn rows_text(preset: &str, cfg: &crate::RunConfig, iters: usize) -> Result<Strin
             r.rows.0,
             r.rows.1
         ),
-        format!(
-            "  f32 matmul peak (512^3)  {:8.1} GFLOP/s 1 thread, {:.1} GFLOP/s {} threads",
-            r.matmul_peak_gflops.0, r.matmul_peak_gflops.1, r.threads
-        ),
+        peak_line(r.matmul_peak_gflops, r.threads),
     ]
     .join("\n"))
 }
 
+/// The matmul peak on one thread and, for a run on more, on the run's `threads` (what its shares
+/// are of).
+fn peak_line((one, run): (f64, f64), threads: usize) -> String {
+    let line = format!("  f32 matmul peak (512^3)  {one:8.1} GFLOP/s 1 thread");
+    if threads > 1 {
+        return format!("{line}, {run:.1} GFLOP/s {threads} threads");
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
-    use super::share;
+    use super::{peak_line, share};
+
+    /// A 1-thread run's peak is the 1-thread figure alone (it printed the every-core figure as
+    /// "1 threads"); a run on more threads shows both.
+    #[test]
+    fn the_peak_line_names_the_threads_it_was_measured_on() {
+        assert_eq!(
+            peak_line((110.0, 110.0), 1),
+            "  f32 matmul peak (512^3)     110.0 GFLOP/s 1 thread"
+        );
+        assert_eq!(
+            peak_line((110.0, 215.5), 2),
+            "  f32 matmul peak (512^3)     110.0 GFLOP/s 1 thread, 215.5 GFLOP/s 2 threads"
+        );
+    }
 
     /// A share above the measured peak says the peak is suspect instead of passing as a figure.
     #[test]
