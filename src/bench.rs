@@ -28,6 +28,8 @@ pub struct BenchReport {
     pub epoch_flops_full: f64,
     /// FLOPs the fast engine actually performs for one epoch (same counting).
     pub epoch_flops_performed: f64,
+    /// The part of [`Self::epoch_flops_performed`] in the epoch's train steps.
+    pub train_flops_performed: f64,
     /// f32 matmul peak of this machine in GFLOP/s (512³, one thread and the run's threads).
     pub matmul_peak_gflops: (f64, f64),
 }
@@ -46,6 +48,20 @@ impl BenchReport {
     /// Reference-equivalent GFLOP per epoch divided by the measured time.
     pub fn equivalent_gflops(&self) -> f64 {
         self.epoch_flops_full / (self.epoch_ms() * 1e6)
+    }
+
+    /// Performed GFLOP/s of the train steps and of the test forward, each over its own time.
+    pub fn pass_gflops(&self) -> (f64, f64) {
+        let test = self.epoch_flops_performed - self.train_flops_performed;
+        (
+            self.train_flops_performed / (self.train_step_ms * 1e6),
+            test / (self.test_forward_ms * 1e6),
+        )
+    }
+
+    /// ms the train steps' performed FLOPs take at the measured matmul peak: their f32 floor.
+    pub fn train_floor_ms(&self) -> f64 {
+        self.train_flops_performed / (self.matmul_peak_gflops.1 * 1e6)
     }
 }
 
@@ -76,13 +92,13 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         .map(|s| batch.min(n_train - s))
         .collect();
     // A train step is counted as three forwards (forward, backward to activations and to weights).
-    let epoch = |fast: bool| {
+    let train = |fast: bool| {
         steps
             .iter()
             .map(|&rows| 3.0 * forward_flops(cfg, fast, rows))
             .sum::<f64>()
-            + forward_flops(cfg, fast, n_test)
     };
+    let epoch = |fast: bool| train(fast) + forward_flops(cfg, fast, n_test);
     let threads = crate::engine::thread_count(cfg.train.threads);
     Ok(BenchReport {
         engine: t.engine_name(),
@@ -93,6 +109,7 @@ pub fn bench(cfg: &RunConfig, iters: usize) -> Result<BenchReport> {
         batch,
         epoch_flops_full: epoch(false),
         epoch_flops_performed: epoch(fast),
+        train_flops_performed: train(fast),
         matmul_peak_gflops: matmul_peaks(threads),
     })
 }

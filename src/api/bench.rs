@@ -21,6 +21,15 @@ fn share(gflops: f64, peak: f64) -> String {
     }
 }
 
+/// How far `ms` is from `floor_ms`, the same FLOPs at the matmul peak.
+fn floor(ms: f64, floor_ms: f64) -> String {
+    if floor_ms > 0.0 && floor_ms.is_finite() {
+        format!("{:.2}× its f32 floor of {floor_ms:.2} ms", ms / floor_ms)
+    } else {
+        "no f32 floor without a peak".into()
+    }
+}
+
 /// Times preset `preset` (with `sets`), the median of `iters` passes, and returns the figures as
 /// text: whole epochs where they are short enough, figures per million rows otherwise.
 pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<String> {
@@ -42,11 +51,20 @@ pub fn bench_preset(preset: &str, sets: &[String], iters: usize) -> Result<Strin
         r.threads
     );
     let peak = r.matmul_peak_gflops.1;
+    let (train, test) = r.pass_gflops();
     out += &format!(
-        "  train steps ({} × {} rows) {:7.2} ms\n",
-        r.steps, r.batch, r.train_step_ms
+        "  train steps ({} × {} rows) {:7.2} ms  ({train:.1} GFLOP/s: {}; {})\n",
+        r.steps,
+        r.batch,
+        r.train_step_ms,
+        share(train, peak),
+        floor(r.train_step_ms, r.train_floor_ms())
     );
-    out += &format!("  test-set forward         {:8.2} ms\n", r.test_forward_ms);
+    out += &format!(
+        "  test-set forward         {:8.2} ms  ({test:.1} GFLOP/s: {})\n",
+        r.test_forward_ms,
+        share(test, peak)
+    );
     out += &format!(
         "  epoch                    {:8.2} ms  ({:.1} epochs/s)\n",
         r.epoch_ms(),
@@ -121,7 +139,14 @@ fn peak_line((one, run): (f64, f64), threads: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{peak_line, share};
+    use super::{floor, peak_line, share};
+
+    /// The train steps' distance from their floor is their time over the floor's.
+    #[test]
+    fn the_floor_is_the_same_work_at_the_peak() {
+        assert_eq!(floor(63.0, 42.0), "1.50× its f32 floor of 42.00 ms");
+        assert_eq!(floor(63.0, 0.0), "no f32 floor without a peak");
+    }
 
     /// A 1-thread run's peak is the 1-thread figure alone (it printed the every-core figure as
     /// "1 threads"); a run on more threads shows both.
