@@ -43,22 +43,13 @@ fn other_way_round(m: usize, n: usize, k: usize) -> bool {
 
 /// `gemm`'s f32 microkernel on this CPU: (lanes of a vector, rows of its tile) — (16, 64) with
 /// AVX-512, (8, 16) with AVX2 + FMA; `None` where not known, which turns [`other_way_round`] off.
+/// `gemm` picks its kernels from the CPU whatever `GROKLENS_SIMD` says, hence the detected build.
 fn gemm_f32_tile() -> Option<(usize, usize)> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512cd")
-            && is_x86_feature_detected!("avx512dq")
-            && is_x86_feature_detected!("avx512vl")
-        {
-            return Some((16, 64));
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some((8, 16));
-        }
+    match SimdBuild::detected() {
+        SimdBuild::Avx512 => Some((16, 64)),
+        SimdBuild::Avx2 => Some((8, 16)),
+        SimdBuild::Baseline => None,
     }
-    None
 }
 
 thread_local! {
