@@ -123,15 +123,30 @@ fn normalize_rows(
     }
 }
 
+/// What [`backward`] adds d(loss)/dx to before it stores the sum in `dx`.
+#[derive(Debug, Clone, Copy)]
+pub enum DxBase<'a> {
+    /// What `dx` holds (the gradient flowing into x from elsewhere).
+    Dx,
+    /// Zero: `dx` is overwritten, with the bits zeroing it and adding would give (`0 + v`, so a −0
+    /// turns to +0 as before), without the pass that zeroes it.
+    Zero,
+    /// Another buffer of `dx`'s shape (a residual's gradient): `dx = base + v`, the bits of copying
+    /// `base` into `dx` and adding, without the copy.
+    Onto(&'a [f32]),
+}
+
 crate::linalg::kernels::simd_dispatch! {
-    /// Given d(loss)/dy in `dy`, adds d(loss)/dx to `dx` and, for an affine norm, Σ dy·x̂ and Σ dy
-    /// to `grads = (dw, db)`. With u = dy·w: dx = rstd·(u − mean(u) − x̂·mean(u·x̂)).
+    /// Given d(loss)/dy in `dy`, stores `base` + d(loss)/dx in `dx` ([`DxBase`]) and, for an affine
+    /// norm, adds Σ dy·x̂ and Σ dy to `grads = (dw, db)`. With u = dy·w: d(loss)/dx =
+    /// rstd·(u − mean(u) − x̂·mean(u·x̂)).
     pub fn backward / backward_avx2 / backward_avx512 => backward_body(
         dy: &[f32],
         c: &NormCache,
         d: usize,
         w: Option<&[f32]>,
         grads: Option<(&mut [f32], &mut [f32])>,
+        base: DxBase,
         dx: &mut [f32],
     )
 }
@@ -144,8 +159,16 @@ fn backward_body(
     d: usize,
     w: Option<&[f32]>,
     grads: Option<(&mut [f32], &mut [f32])>,
+    base: DxBase,
     dx: &mut [f32],
 ) {
+    if let DxBase::Onto(base) = base {
+        assert_eq!(
+            base.len(),
+            dx.len(),
+            "norm::backward: base and dx differ in length"
+        );
+    }
     if let Some((dw, db)) = grads {
         affine_grads(dy, &c.xhat, d, dw, db);
     }
@@ -156,20 +179,23 @@ fn backward_body(
         .zip(c.xhat.chunks(GROUP * d))
         .zip(c.rstd.chunks(GROUP))
         .zip(dx.chunks_mut(GROUP * d));
-    for (((dy, xhat), rstd), dx) in groups {
+    for (g, (((dy, xhat), rstd), dx)) in groups.enumerate() {
+        let base = base.rows(g * GROUP * d, dx.len());
         if rstd.len() == GROUP {
             let (t_dy, t_xhat) = (columns16(dy, d, t_dy), columns16(xhat, d, t_xhat));
             let (mean_u, mean_ux) = u_means::<GROUP>(t_dy, t_xhat, d, w);
-            backward_rows(dy, xhat, rstd, d, w, &mean_u, &mean_ux, dx);
+            backward_rows(dy, xhat, rstd, d, w, &mean_u, &mean_ux, base, dx);
         } else {
-            for (((dy, xhat), rstd), dx) in dy
+            for (r, (((dy, xhat), rstd), dx)) in dy
                 .chunks_exact(d)
                 .zip(xhat.chunks_exact(d))
                 .zip(rstd.chunks_exact(1))
                 .zip(dx.chunks_exact_mut(d))
+                .enumerate()
             {
                 let (mean_u, mean_ux) = u_means::<1>(dy, xhat, d, w);
-                backward_rows(dy, xhat, rstd, d, w, &mean_u, &mean_ux, dx);
+                let base = base.rows(r * d, d);
+                backward_rows(dy, xhat, rstd, d, w, &mean_u, &mean_ux, base, dx);
             }
         }
     }
@@ -236,7 +262,18 @@ fn u_means<const G: usize>(
     (mean_u, mean_ux)
 }
 
-/// [`backward`]'s d(loss)/dx on rows whose mean(u) and mean(u·x̂) are known.
+impl<'a> DxBase<'a> {
+    /// The base of `len` entries of `dx` from entry `start` on.
+    #[inline(always)]
+    fn rows(self, start: usize, len: usize) -> DxBase<'a> {
+        match self {
+            DxBase::Onto(b) => DxBase::Onto(&b[start..start + len]),
+            other => other,
+        }
+    }
+}
+
+/// [`backward`]'s `dx` on rows whose mean(u) and mean(u·x̂) are known.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn backward_rows(
@@ -247,18 +284,36 @@ fn backward_rows(
     w: Option<&[f32]>,
     mean_u: &[f32],
     mean_ux: &[f32],
+    base: DxBase,
     dx: &mut [f32],
 ) {
     for (r, ((&mu, &mux), &k)) in mean_u.iter().zip(mean_ux).zip(rstd).enumerate() {
         let span = r * d..(r + 1) * d;
         let (dyr, xh) = (&dy[span.clone()], &xhat[span.clone()]);
-        let rows = dx[span].iter_mut().zip(dyr).zip(xh);
+        let rows = dyr.iter().zip(xh);
+        let (out, base) = (&mut dx[span], base.rows(r * d, d));
         match w {
-            Some(w) => rows
-                .zip(w)
-                .for_each(|(((o, &g), &v), &w)| *o += k * (g * w - mu - v * mux)),
-            None => rows.for_each(|((o, &g), &v)| *o += k * (g - mu - v * mux)),
+            Some(w) => store(
+                out,
+                base,
+                rows.zip(w).map(|((&g, &v), &w)| k * (g * w - mu - v * mux)),
+            ),
+            None => store(out, base, rows.map(|(&g, &v)| k * (g - mu - v * mux))),
         }
+    }
+}
+
+/// `out = base + v` for the values `v` ([`DxBase`]).
+#[inline(always)]
+fn store(out: &mut [f32], base: DxBase, v: impl Iterator<Item = f32>) {
+    match base {
+        DxBase::Dx => out.iter_mut().zip(v).for_each(|(o, v)| *o += v),
+        DxBase::Zero => out.iter_mut().zip(v).for_each(|(o, v)| *o = 0.0 + v),
+        DxBase::Onto(b) => out
+            .iter_mut()
+            .zip(b)
+            .zip(v)
+            .for_each(|((o, &b), v)| *o = b + v),
     }
 }
 
@@ -287,7 +342,15 @@ mod tests {
         forward(&x, d, 1e-5, Some((&w, &b)), &mut c);
         let mut dx = vec![0.0; x.len()];
         let (mut dw, mut db) = (vec![0.0; d], vec![0.0; d]);
-        backward(&probe, &c, d, Some(&w), Some((&mut dw, &mut db)), &mut dx);
+        backward(
+            &probe,
+            &c,
+            d,
+            Some(&w),
+            Some((&mut dw, &mut db)),
+            DxBase::Dx,
+            &mut dx,
+        );
         let h = 1e-2f32;
         for i in 0..x.len() {
             let (mut up, mut down) = (x.clone(), x.clone());
@@ -329,7 +392,7 @@ mod tests {
         let mut all = NormCache::default();
         forward(&x, d, 1e-5, Some((&w, &b)), &mut all);
         let mut dx_all = vec![0.5; rows * d];
-        backward(&dy, &all, d, Some(&w), None, &mut dx_all);
+        backward(&dy, &all, d, Some(&w), None, DxBase::Dx, &mut dx_all);
         for r in 0..rows {
             let span = r * d..(r + 1) * d;
             let mut one = NormCache::default();
@@ -338,8 +401,47 @@ mod tests {
             assert_eq!(one.xhat, all.xhat[span.clone()], "row {r}");
             assert_eq!(one.rstd[0].to_bits(), all.rstd[r].to_bits(), "row {r}");
             let mut dx = vec![0.5; d];
-            backward(&dy[span.clone()], &one, d, Some(&w), None, &mut dx);
+            backward(
+                &dy[span.clone()],
+                &one,
+                d,
+                Some(&w),
+                None,
+                DxBase::Dx,
+                &mut dx,
+            );
             assert_eq!(dx, dx_all[span], "row {r}");
+        }
+    }
+
+    /// Storing onto a base or onto zero gives the bits of copying the base (or zeros) into `dx`
+    /// and adding, group of sixteen rows and rows on their own alike (19 rows).
+    #[test]
+    fn a_base_gives_the_bits_of_copying_it_in_and_adding() {
+        let (d, rows) = (13, 19);
+        let gen = |n: usize, a: usize, m: usize, s: f32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * a % m) as f32 - m as f32 / 2.0) * s)
+                .collect()
+        };
+        let (x, dy, base) = (
+            gen(rows * d, 37, 101, 0.031),
+            gen(rows * d, 17, 29, 0.07),
+            gen(rows * d, 11, 23, 0.05),
+        );
+        let w: Vec<f32> = (0..d).map(|i| 0.7 + i as f32 * 0.05).collect();
+        for w in [Some(&w[..]), None] {
+            let mut c = NormCache::default();
+            forward(&x, d, 1e-5, w.map(|w| (w, w)), &mut c);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            let (mut want, mut got) = (base.clone(), vec![7.0; rows * d]);
+            backward(&dy, &c, d, w, None, DxBase::Dx, &mut want);
+            backward(&dy, &c, d, w, None, DxBase::Onto(&base), &mut got);
+            assert_eq!(bits(&got), bits(&want), "onto a base");
+            let (mut want, mut got) = (vec![0.0; rows * d], vec![7.0; rows * d]);
+            backward(&dy, &c, d, w, None, DxBase::Dx, &mut want);
+            backward(&dy, &c, d, w, None, DxBase::Zero, &mut got);
+            assert_eq!(bits(&got), bits(&want), "onto zero");
         }
     }
 
@@ -366,7 +468,15 @@ mod tests {
             }
             let (mut dw, mut db) = (vec![0.25f32; d], vec![-0.5f32; d]);
             let mut dx = vec![0.0; rows * d];
-            backward(&dy, &c, d, None, Some((&mut dw, &mut db)), &mut dx);
+            backward(
+                &dy,
+                &c,
+                d,
+                None,
+                Some((&mut dw, &mut db)),
+                DxBase::Dx,
+                &mut dx,
+            );
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&dw), bits(&want_w), "d = {d}");
             assert_eq!(bits(&db), bits(&want_b), "d = {d}");

@@ -12,7 +12,7 @@
 //!   LayerNorm reads the token's embedding alone, so `LN(W_E)·W_QKV` is looked up per token and the
 //!   LayerNorm's backward runs once per vocabulary entry instead of once per position.
 
-use crate::engine::fast::norm::{self, NormCache};
+use crate::engine::fast::norm::{self, DxBase, NormCache};
 use crate::engine::fast::ops::{
     activation_backward, attention_backward, attention_forward, dot, embed_backward, embed_forward,
     hidden_activation, mm_nn, mm_nn_acc, mm_nt_with_t, mm_tn, mm_tn_acc, AttnShape, FastAct,
@@ -425,7 +425,8 @@ struct BlockCache {
     pattern: Vec<f32>,
     /// `[rows·tq, hd]`.
     z: Vec<f32>,
-    /// resid_mid at query positions `[rows·tq, d_model]`.
+    /// resid_mid at query positions `[rows·tq, d_model]`, kept only where the backward pass reads
+    /// it (an MLP without a LayerNorm before it); else empty, built in the block's output.
     mid: Vec<f32>,
     /// `[rows·tq, d_mlp]` (empty under ReLU, see [`hidden_activation`]).
     pre: Vec<f32>,
@@ -590,7 +591,7 @@ impl<'a> Prepared<'a> {
         if d.norm.is_some() {
             // ws.dout holds d(loss)/d(ln_final output); move it aside and write d(resid) there.
             std::mem::swap(&mut ws.dout, &mut ws.dnorm);
-            let dout = zeroed(&mut ws.dout, rows_out * d.d_model);
+            let dout = sized(&mut ws.dout, rows_out * d.d_model);
             let dnorm = &ws.dnorm[..rows_out * d.d_model];
             let [w, b] = &mut g.ln_final;
             norm::backward(
@@ -599,6 +600,7 @@ impl<'a> Prepared<'a> {
                 d.d_model,
                 weight(&self.w.ln_final),
                 grads(w, b),
+                DxBase::Zero,
                 dout,
             );
         }
@@ -826,9 +828,18 @@ impl<'a> Prepared<'a> {
             mm_nn(qkv, input, &b.w_qkv, rows * seq, n3, dm);
             add_bias(qkv, &b.b_qkv);
         }
-        // Residual stream at the query positions.
+        // Residual stream at the query positions. The backward pass reads resid_mid only as the
+        // MLP's input where no LayerNorm comes before it; otherwise resid_mid is built in `out`
+        // itself, which the MLP then adds to (resid_post = resid_mid + MLP), without a copy.
         let first_q = seq - tq;
-        let mid = sized(&mut c.mid, rows * tq * dm);
+        let n_out = rows * tq * dm;
+        let out = sized(out, n_out);
+        let keep_mid = !d.attn_only && d.norm.is_none();
+        let mid = if keep_mid {
+            sized(&mut c.mid, n_out)
+        } else {
+            &mut out[..]
+        };
         for r in 0..rows {
             for qi in 0..tq {
                 let t = first_q + qi;
@@ -865,18 +876,19 @@ impl<'a> Prepared<'a> {
         }
         mm_nn_acc(mid, z, &b.w_o, rows * tq, dm, hd);
         add_bias(mid, &b.b_o);
-        let out = sized(out, rows * tq * dm);
-        out.copy_from_slice(mid);
+        if keep_mid {
+            out.copy_from_slice(&c.mid[..n_out]);
+        }
         if d.attn_only {
             return;
         }
         let m = d.d_mlp;
         let input = if d.norm.is_some() {
             let [.., w, bias] = &b.ln;
-            norm::forward(mid, dm, d.eps, affine(w, bias), &mut c.ln2);
+            norm::forward(out, dm, d.eps, affine(w, bias), &mut c.ln2);
             &c.ln2.y
         } else {
-            &*mid
+            &c.mid[..n_out]
         };
         let (pre, post) = (&mut c.pre, &mut c.post);
         hidden_activation(d.act, &b.b_in, rows * tq * m, pre, post, |h| {
@@ -927,7 +939,8 @@ impl<'a> Prepared<'a> {
                 let dn = sized(&mut ws.dnorm, nq * dm);
                 mm_nt_with_t(dn, dpre, w_in, (nq, dm, m), false);
                 let [.., w, bias] = &mut gb.ln;
-                norm::backward(dn, &c.ln2, dm, weight(&b.ln[2..]), grads(w, bias), dmid);
+                let (w, bias) = (weight(&b.ln[2..]), grads(w, bias));
+                norm::backward(dn, &c.ln2, dm, w, bias, DxBase::Dx, dmid);
             } else {
                 mm_nt_with_t(dmid, dpre, w_in, (nq, dm, m), true);
             }
@@ -942,14 +955,16 @@ impl<'a> Prepared<'a> {
             let dqkv = zeroed(&mut ws.dqkv, rows * seq * n3);
             attention_backward(d.attn(rows, seq, tq), &c.qkv, &c.pattern, dz, dqkv);
             // d(block input): the residual path plus the Q/K/V projections (every position is
-            // written below when every position is a query).
+            // written below when every position is a query). With a LayerNorm and every position
+            // a query, the LayerNorm's backward stores its gradient onto the residual's instead.
+            let onto_residual = d.norm.is_some() && tq == seq;
             let dx = if tq == seq {
                 sized(&mut ws.dx, rows * seq * dm)
             } else {
                 zeroed(&mut ws.dx, rows * seq * dm)
             };
             let first_q = seq - tq;
-            for r in 0..rows {
+            for r in (0..rows).filter(|_| !onto_residual) {
                 for qi in 0..tq {
                     let t = first_q + qi;
                     dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
@@ -964,7 +979,13 @@ impl<'a> Prepared<'a> {
                 let dn = sized(&mut ws.dnorm, n * dm);
                 mm_nt_with_t(dn, dqkv, w_qkv, (n, dm, n3), false);
                 let [w, bias, ..] = &mut gb.ln;
-                norm::backward(dn, &c.ln1, dm, weight(&b.ln), grads(w, bias), dx);
+                let (w, bias) = (weight(&b.ln), grads(w, bias));
+                let base = if onto_residual {
+                    DxBase::Onto(dmid)
+                } else {
+                    DxBase::Dx
+                };
+                norm::backward(dn, &c.ln1, dm, w, bias, base, dx);
             } else {
                 mm_nt_with_t(dx, dqkv, w_qkv, (n, dm, n3), true);
             }
@@ -1003,7 +1024,8 @@ impl<'a> Prepared<'a> {
                 let dn = sized(&mut ws.dnorm, dv * dm);
                 mm_nt_with_t(dn, g_tok, w_qkv, (dv, dm, n3), false);
                 let [w, bias, ..] = &mut gb.ln;
-                norm::backward(dn, ln, dm, weight(&b.ln), grads(w, bias), &mut g.w_e);
+                let (w, bias) = (weight(&b.ln), grads(w, bias));
+                norm::backward(dn, ln, dm, w, bias, DxBase::Dx, &mut g.w_e);
             }
         }
         // The residual path: d(resid_post) at the query positions goes straight to the embeddings.
