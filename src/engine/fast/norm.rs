@@ -111,14 +111,18 @@ fn normalize_rows(
         rstd[r] = k;
         let xr = &x[r * d..(r + 1) * d];
         let xh = &mut xhat[r * d..(r + 1) * d];
-        xh.iter_mut().zip(xr).for_each(|(o, &v)| *o = (v - m) * k);
         let yr = &mut y[r * d..(r + 1) * d];
+        // x̂ and y in one pass, y from the x̂ still in a register rather than read back.
+        let out = xh.iter_mut().zip(yr.iter_mut()).zip(xr);
         match affine {
-            Some((w, b)) => yr
-                .iter_mut()
-                .zip(xh.iter().zip(w.iter().zip(b)))
-                .for_each(|(o, (&v, (&w, &b)))| *o = v * w + b),
-            None => yr.copy_from_slice(xh),
+            Some((w, b)) => out.zip(w.iter().zip(b)).for_each(|((o, &v), (&w, &b))| {
+                let h = (v - m) * k;
+                (*o.0, *o.1) = (h, h * w + b);
+            }),
+            None => out.for_each(|(o, &v)| {
+                let h = (v - m) * k;
+                (*o.0, *o.1) = (h, h);
+            }),
         }
     }
 }
