@@ -37,8 +37,15 @@ fn other_way_round(m: usize, n: usize, k: usize) -> bool {
     let Some((lanes, rows)) = gemm_f32_tile() else {
         return false;
     };
-    let general = m > 1 && n > 1 && k > 2 && m * n > 256;
-    general && m.is_multiple_of(lanes) && m <= 2 * rows && n > 2 * rows && k >= 2 * n
+    general_path(m, n, k) && m.is_multiple_of(lanes) && m <= 2 * rows && n > 2 * rows && k >= 2 * n
+}
+
+/// Whether `gemm` takes an `m×n×k` product down its general path, where each output is one chain
+/// of multiply-adds over `k` in order, cut into blocks by `k` alone up to 512 (past it, also by
+/// whether both `m` and `n` are at most 64). Its paths for small products (at most 256 outputs,
+/// one row or column, or k ≤ 2) choose their order of sums by the operands' strides and sizes.
+pub fn general_path(m: usize, n: usize, k: usize) -> bool {
+    m > 1 && n > 1 && k > 2 && m * n > 256
 }
 
 /// `gemm`'s f32 microkernel on this CPU: (lanes of a vector, rows of its tile) — (16, 64) with

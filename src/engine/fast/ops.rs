@@ -6,7 +6,7 @@
 
 use super::sized;
 use crate::linalg::kernels::{
-    add_bias, exp_f32, exp_slice, gelu_new, gelu_new_grad, matmul, matmul_strided,
+    add_bias, exp_f32, exp_slice, gelu_new, gelu_new_grad, general_path, matmul, matmul_strided,
 };
 use crate::model::ActFn;
 
@@ -29,9 +29,8 @@ pub fn mm_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize
 }
 
 /// `out[m×n] = a[m×k]·Wᵀ` (`acc`: `+=`) for `w` = (`W` `[n×k]`, its transpose `[k×n]`): from the
-/// transpose, which `gemm` reads in place, except where `gemm` takes one of its paths for small
-/// products (at most 256 outputs, one row or column, or k ≤ 2: these choose their order of sums by
-/// the operands' strides), which get `W` as always. So the bits are those `a·Wᵀ` always gave.
+/// transpose, which `gemm` reads in place, on its general path ([`general_path`]); products it
+/// takes down a path for small ones get `W` as always. So the bits are those `a·Wᵀ` always gave.
 #[inline(always)]
 pub fn mm_nt_with_t(
     out: &mut [f32],
@@ -50,7 +49,7 @@ pub fn mm_nt_with_t(
 /// Whether [`mm_nt_with_t`] reads the transpose for an `m×n×k` product (else `W` itself).
 #[inline(always)]
 pub fn mm_nt_with_t_applies(m: usize, n: usize, k: usize) -> bool {
-    m > 1 && n > 1 && k > 2 && m * n > 256
+    general_path(m, n, k)
 }
 
 /// `out[m×n] = aᵀ · b` with `a` stored `[k×m]`: a weight's gradient from its input and its output's
