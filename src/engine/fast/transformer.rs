@@ -964,11 +964,13 @@ impl<'a> Prepared<'a> {
                 zeroed(&mut ws.dx, rows * seq * dm)
             };
             let first_q = seq - tq;
-            for r in (0..rows).filter(|_| !onto_residual) {
-                for qi in 0..tq {
-                    let t = first_q + qi;
-                    dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
-                        .copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
+            if !onto_residual {
+                for r in 0..rows {
+                    for qi in 0..tq {
+                        let t = first_q + qi;
+                        dx[(r * seq + t) * dm..(r * seq + t + 1) * dm]
+                            .copy_from_slice(&dmid[(r * tq + qi) * dm..(r * tq + qi + 1) * dm]);
+                    }
                 }
             }
             add_column_sums(&mut gb.b_qkv, dqkv);
