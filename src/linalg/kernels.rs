@@ -30,9 +30,9 @@ pub fn matmul(
 /// most two, and wastes no lanes when `m` is a whole number of vectors. It pays where the sum runs
 /// over at least twice as many rows as the output has columns: below that the transposes cost more
 /// than the copy they save (on a Zen 4, `[128, 384]` over 114 rows 5 % slower, over 3 rows 2×).
-/// Both take each output as the same chain of multiply-adds over `k`, cut into blocks by `k`
-/// alone, so the bits are the same; only products `gemm` sends down its general path qualify (the
-/// small ones, as in `mm_nt_with_t`, choose their order of sums by the operands' strides).
+/// Only products on `gemm`'s general path qualify ([`general_path`]); there both take each output
+/// as the same chain of multiply-adds over `k`, cut into the same blocks (swapping `m` and `n`
+/// keeps whether both are at most 64), so the bits are the same.
 fn other_way_round(m: usize, n: usize, k: usize) -> bool {
     let Some((lanes, rows)) = gemm_f32_tile() else {
         return false;
